@@ -1,0 +1,37 @@
+"""Fixtures shared by every tier: temp DBs, and one real-systemd sandbox per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from vx11d import db  # noqa: E402
+
+
+@pytest.fixture
+def dbpath(tmp_path: Path) -> str:
+    """A fresh, migrated DB file in tmp_path."""
+    path = str(tmp_path / "vx11.db")
+    db.Database(path, migrate=True).close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """A real systemd booted in systemd-nspawn for this test session; powered off at the end."""
+    from vx11d.ctl.sandbox import Sandbox
+
+    sb = Sandbox(f"vx11t-{os.getpid()}")
+    try:
+        sb.up()
+        yield sb
+    finally:
+        if os.environ.get("VX11_KEEP_SANDBOX") != "1":
+            sb.down()

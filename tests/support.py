@@ -1,0 +1,22 @@
+"""Shared test helpers: wait on a condition with a deadline, never sleep and hope."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def poll_for(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+             what: str = "condition") -> T:
+    """Call ``cond`` until it returns something truthy; AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T = cond()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+        time.sleep(interval)
+        last = cond()
+    return last

@@ -1,0 +1,160 @@
+"""Config: defaults, the sample file, and every refusal path (file, key and reason named)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vx11d import config
+from vx11d.confload import parse_duration, parse_size
+from vx11d.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def refuse(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as ei:
+        config.parse(text, "/etc/vx11/vx11.yml")
+    assert "/etc/vx11/vx11.yml" in str(ei.value)
+    return ei.value
+
+
+def test_empty_file_gives_all_defaults():
+    cfg = config.parse("", "x.yml")
+    assert cfg.gateway.listen_port == 8000
+    assert cfg.madre.profile == "solo_madre"
+    assert cfg.hermes.idle_unload == 7200
+    assert cfg.rotate.keep_days == 7
+    assert cfg.db.path == "/var/lib/vx11/vx11.db"
+
+
+def test_missing_default_file_means_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("VX11_CONFIG", raising=False)
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "absent.yml"))
+    assert config.load().gateway.listen_port == 8000
+
+
+def test_missing_explicit_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(str(tmp_path / "absent.yml"))
+
+
+def test_sample_file_is_current_and_valid():
+    shipped = (REPO / "packaging" / "vx11.yml").read_text()
+    assert shipped == config.sample(), "regenerate: vx11ctl config sample > packaging/vx11.yml"
+    assert config.parse(shipped, "packaging/vx11.yml") == config.parse("", "packaging/vx11.yml")
+
+
+@pytest.mark.parametrize("text,key,reason", [
+    ("bogus: 1", "bogus", "unknown key"),
+    ("gateway:\n  listen_prot: 80", "gateway.listen_prot", "unknown key"),
+    ("gateway:\n  listen_port: '8000'", "gateway.listen_port", "must be an integer"),
+    ("gateway:\n  listen_port: true", "gateway.listen_port", "must be an integer"),
+    ("gateway:\n  listen_port: 70000", "gateway.listen_port", "not a TCP port"),
+    ("gateway: [1, 2]", "gateway", "must be a mapping"),
+    ("gateway:\n  metrics_address: 0.0.0.0", "gateway.metrics_address", "loopback"),
+    ("gateway:\n  max_body: 12Q", "gateway.max_body", "expected a size"),
+    ("gateway:\n  max_body: 10", "gateway.max_body", ">= 1024"),
+    ("gateway:\n  token_file: relative/token", "gateway.token_file", "absolute path"),
+    ("madre:\n  profile: everything", "madre.profile", "one of"),
+    ("madre:\n  tick: soon", "madre.tick", "expected a duration"),
+    ("madre:\n  tick: .nan", "madre.tick", "finite"),
+    ("madre:\n  port_range: [30000, 20000]", "madre", "port_range"),
+    ("madre:\n  templates:\n    web:\n      command: [python3]", "madre.templates.web",
+     "absolute path"),
+    ("madre:\n  templates:\n    web:\n      command: [/bin/true]\n      max_ttl: 10\n"
+     "      default_ttl: 20", "madre.templates.web", "default_ttl"),
+    ("madre:\n  templates:\n    Bad Name:\n      command: [/bin/true]", "madre",
+     "template name"),
+    ("madre:\n  templates:\n    web:\n      command: [/bin/true]\n      bogus: 1",
+     "madre.templates.web.bogus", "unknown key"),
+    ("madre:\n  templates:\n    web: {}", "madre.templates.web.command", "is required"),
+    ("reaper:\n  rules:\n  - name: r\n    comm: '('", "reaper.rules[0].comm",
+     "regular expression"),
+    ("reaper:\n  rules:\n  - name: r", "reaper.rules[0]", "matches everything"),
+    ("reaper:\n  rules:\n  - name: r\n    comm: x\n    action: nuke", "reaper.rules[0].action",
+     "one of"),
+    ("reaper:\n  interval: -1", "reaper.interval", ">= 0.1"),
+    ("rotate:\n  compression_level: 10", "rotate.compression_level", "<= 9"),
+    ("rotate:\n  roots: /srv/audit", "rotate.roots", "must be a list"),
+    ("switch:\n  rules:\n  - name: a\n    answer: b", "switch.rules[0]", "exactly one"),
+    ("remote:\n  base_url: ftp://x", "remote", "http(s) URL"),
+    ("log_level: loud", "log_level", "one of"),
+    ("path: /x", "path", "unknown key"),
+    ("db:\n  path: \"/var/lib/\\0x\"", "db.path", "NUL"),
+])
+def test_refusals_name_the_key_and_reason(text, key, reason):
+    e = refuse(text)
+    assert e.key == key
+    assert reason in e.reason
+
+
+def test_invalid_yaml_names_the_line():
+    e = refuse("gateway:\n  listen_port: [\n")
+    assert "not valid YAML" in e.reason
+    assert e.key.startswith("line")
+
+
+def test_top_level_must_be_mapping():
+    assert "must be a mapping" in refuse("- a\n- b\n").reason
+
+
+def test_non_utf8_and_oversized_files_refused(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_bytes(b"log_level: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config.load(str(bad))
+    big = tmp_path / "big.yml"
+    big.write_text("# " + "x" * (config.MAX_CONFIG_BYTES + 10))
+    with pytest.raises(ConfigError, match="larger than"):
+        config.load(str(big))
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    e = refuse("log_level: !!python/object/apply:os.system ['true']")
+    assert "not valid YAML" in e.reason
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("5m", 300), ("2h", 7200), ("7d", 604800),
+                                          (12, 12), ("250ms", 0.25), (1.5, 1.5)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text,n", [("512M", 512 * 1024**2), ("6G", 6 * 1024**3),
+                                    ("6GiB", 6 * 1024**3), (100, 100), ("1k", 1024)])
+def test_sizes(text, n):
+    assert parse_size(text) == n
+
+
+def test_config_is_immutable():
+    cfg = config.parse("", "x.yml")
+    with pytest.raises(AttributeError):
+        cfg.gateway.listen_port = 1  # type: ignore[misc]
+
+
+def test_vx11ctl_config_check_exit_codes(tmp_path):
+    good, bad = tmp_path / "good.yml", tmp_path / "bad.yml"
+    good.write_text("reaper:\n  interval: 5s\n")
+    bad.write_text("reaper:\n  intervall: 5s\n")
+    ok = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "config", "check",
+                         "--path", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    no = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "config", "check",
+                         "--path", str(bad)], capture_output=True, text=True)
+    assert no.returncode == 78
+    assert "reaper.intervall" in no.stderr and "unknown key" in no.stderr
+
+
+def test_daemon_with_bad_config_exits_78_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("gateway:\n  listen_port: eighty\n")
+    r = subprocess.run([sys.executable, "-m", "vx11d", "reaper"], capture_output=True,
+                       text=True, env={"VX11_CONFIG": str(bad), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 78
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "gateway.listen_port" in lines[0] and str(bad) in lines[0]

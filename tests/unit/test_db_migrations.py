@@ -1,0 +1,132 @@
+"""Migrations, pragmas and the schema's own guarantees (append-only events, live ports)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from vx11d import db
+
+
+def test_fresh_db_has_schema_v1_and_pragmas(dbpath):
+    d = db.Database(dbpath)
+    names = {r[0] for r in d.query("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"spawner_hijas", "events", "activations", "rotations", "reaper_actions",
+            "schema_migrations"} <= names
+    assert d.query("PRAGMA journal_mode")[0][0] == "wal"
+    assert d.query("PRAGMA foreign_keys")[0][0] == 1
+    assert d.query("PRAGMA synchronous")[0][0] == 1  # NORMAL
+    assert d.query("PRAGMA busy_timeout")[0][0] == 5000
+    assert [r[0] for r in d.query("SELECT name FROM schema_migrations")] == \
+        [n for n, _ in db.MIGRATIONS]
+    assert db.check(d) == []
+
+
+def test_migrations_apply_once(dbpath):
+    d = db.Database(dbpath)
+    assert db.apply_migrations(d) == []
+    assert len(d.query("SELECT * FROM schema_migrations")) == len(db.MIGRATIONS)
+
+
+def test_failed_migration_rolls_back_with_its_record(dbpath, monkeypatch):
+    def m999_broken(conn):
+        conn.execute("CREATE TABLE half_done (x)")
+        raise sqlite3.OperationalError("boom")
+
+    monkeypatch.setattr(db, "MIGRATIONS", [*db.MIGRATIONS, ("m999_broken", m999_broken)])
+    d = db.Database(dbpath)
+    with pytest.raises(db.DbError, match="boom"):
+        db.apply_migrations(d)
+    assert not d.query("SELECT 1 FROM sqlite_master WHERE name='half_done'")
+    assert not d.query("SELECT 1 FROM schema_migrations WHERE name='m999_broken'")
+    assert "migrations not applied: m999_broken" in db.check(d)
+
+
+def test_events_are_append_only(dbpath):
+    d = db.Database(dbpath)
+    eid = d.event("test", "something", subject="h1", n=1)
+    with pytest.raises(db.DbError, match="append-only"):
+        d.write(lambda c: c.execute("UPDATE events SET event='x' WHERE id=?", (eid,)))
+    with pytest.raises(db.DbError, match="append-only"):
+        d.write(lambda c: c.execute("DELETE FROM events"))
+    assert d.query("SELECT event, subject, data FROM events")[0][:] == \
+        ("something", "h1", '{"n": 1}')
+
+
+def _hija(c, hid, port, status="running"):
+    c.execute("INSERT INTO spawner_hijas (id, template, ttl_s, port, unit, status, created_at) "
+              "VALUES (?, 't', 10, ?, ?, ?, ?)", (hid, port, f"vx11-hija-{hid}.service", status,
+                                                  time.time()))
+
+
+def test_a_port_is_held_by_one_live_hija_only(dbpath):
+    d = db.Database(dbpath)
+    d.write(lambda c: _hija(c, "a", 20001))
+    with pytest.raises(db.DbError, match="UNIQUE"):
+        d.write(lambda c: _hija(c, "b", 20001))
+    d.write(lambda c: c.execute("UPDATE spawner_hijas SET status='expired' WHERE id='a'"))
+    d.write(lambda c: _hija(c, "b", 20001))  # released once the first one ended
+
+
+def test_status_values_are_checked(dbpath):
+    d = db.Database(dbpath)
+    with pytest.raises(db.DbError, match="CHECK"):
+        d.write(lambda c: _hija(c, "x", None, status="zombie"))
+
+
+def test_foreign_keys_enforced(dbpath):
+    d = db.Database(dbpath)
+    with pytest.raises(db.DbError, match="FOREIGN KEY"):
+        d.write(lambda c: c.execute(
+            "INSERT INTO reaper_actions (ts, pid, rule, action, outcome, hija_id) "
+            "VALUES (0, 1, 'r', 'observe', 'seen', 'nope')"))
+
+
+def test_write_rolls_back_on_exception(dbpath):
+    d = db.Database(dbpath)
+
+    def fn(c):
+        _hija(c, "r1", None)
+        raise ValueError("caller bug")
+
+    with pytest.raises(ValueError):
+        d.write(fn)
+    assert d.query("SELECT count(*) FROM spawner_hijas")[0][0] == 0
+
+
+def test_readonly_handle_refuses_writes(dbpath):
+    ro = db.Database(dbpath, readonly=True)
+    with pytest.raises(db.DbError, match="read-only"):
+        ro.write(lambda c: None)
+    with pytest.raises(db.DbError):
+        ro.query("INSERT INTO events (ts, component, event) VALUES (0, 'a', 'b')")
+
+
+def test_schema_sql_and_map_cover_every_table(dbpath, tmp_path):
+    d = db.Database(dbpath)
+    sql = db.schema_sql(d)
+    fresh = sqlite3.connect(tmp_path / "replay.db")
+    fresh.executescript(sql)  # DB_SCHEMA replays into an empty DB
+    tables = {r[0] for r in d.query("SELECT name FROM sqlite_master WHERE type='table' "
+                                    "AND name NOT LIKE 'sqlite_%'")}
+    mapped = {ln.split("\t")[0] for ln in db.schema_map().splitlines()[1:]}
+    assert tables == mapped
+
+
+def test_reopens_after_fork(dbpath):
+    import os
+
+    d = db.Database(dbpath)
+    d.event("test", "parent")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            d.event("test", "child")
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [r[0] for r in d.query("SELECT event FROM events ORDER BY id")] == ["parent", "child"]

@@ -1,0 +1,338 @@
+"""The vx11d configuration: one YAML file, a section per daemon, refused whole if wrong.
+
+Path: ``/etc/vx11/vx11.yml``, overridden by ``$VX11_CONFIG``. A missing file means
+"all defaults". ``vx11ctl config sample`` prints every key with its default and
+meaning (that output is ``packaging/vx11.yml``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import yaml
+
+from .confload import Duration, Size, build, check_abs_path, check_regex, describe, opt
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/vx11/vx11.yml"
+MAX_CONFIG_BYTES = 1024 * 1024
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _check_name(value: str) -> str | None:
+    if not _NAME_RE.match(value):
+        return "must match [a-z][a-z0-9_-]{0,31}"
+    return None
+
+
+def _check_port(value: int) -> str | None:
+    if not 0 <= value <= 65535:
+        return f"not a TCP port: {value}"
+    return None
+
+
+def _check_loopback(value: str) -> str | None:
+    if value not in ("127.0.0.1", "::1", "localhost") and not value.startswith("127."):
+        return f"metrics listen only on loopback; got {value!r}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DbConfig:
+    path: str = opt("/var/lib/vx11/vx11.db", "SQLite database file shared by all daemons",
+                    check=check_abs_path)
+    busy_timeout_ms: int = opt(5000, "how long one statement waits for a lock", lo=10, hi=600_000)
+    write_deadline: Duration = opt(Duration(30), "how long a write transaction is retried "
+                                   "while the database stays locked", lo=0.1, hi=3600)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    listen_address: str = opt("0.0.0.0", "address to bind when not socket-activated")  # noqa: S104
+    listen_port: int = opt(8000, "port to bind when not socket-activated", check=_check_port)
+    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
+                               check=_check_loopback)
+    metrics_port: int = opt(9711, "/metrics port", check=_check_port)
+    token_credential: str = opt("token", "name of the systemd credential holding the API token")
+    token_file: str = opt("/etc/vx11/token", "fallback token file (must be mode 0600)",
+                          check=check_abs_path)
+    max_body: Size = opt(Size(1024 * 1024), "largest accepted request body", lo=1024,
+                         hi=64 * 1024**2)
+    keepalive_timeout: Duration = opt(Duration(15), "idle keep-alive connection timeout",
+                                      lo=1, hi=3600)
+    request_timeout: Duration = opt(Duration(30), "per-request deadline", lo=1, hi=3600)
+    auth_fail_limit: int = opt(10, "failed token attempts from one client before 429",
+                               lo=1, hi=100_000)
+    auth_fail_window: Duration = opt(Duration(60), "window for counting failed attempts",
+                                     lo=1, hi=86400)
+    spawn_wait: Duration = opt(Duration(10), "how long POST /vx11/spawn waits for madre to "
+                               "start the hija", lo=0.1, hi=300)
+    hermes_socket: str = opt("/run/vx11-hermes/hermes.sock", "Hermes worker UNIX socket",
+                             check=check_abs_path)
+    madre_wake_socket: str = opt("/run/vx11/madre.sock", "madre's wake-up datagram socket",
+                                 check=check_abs_path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HijaArg:
+    type: Literal["str", "int"] = opt("str", "argument type")
+    pattern: str = opt(r"^[A-Za-z0-9._-]{1,64}$", "regex a str argument must fully match",
+                       check=check_regex)
+    min: int = opt(0, "smallest int value")
+    max: int = opt(2**31 - 1, "largest int value")
+    required: bool = opt(False, "whether the argument must be given")
+    default: str = opt("", "value used when the argument is not given")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HijaTemplate:
+    command: list[str] = opt(doc="argv; {name} is replaced by argument name, {port} by the "
+                             "allocated port")
+    args: dict[str, HijaArg] = opt(doc="the arguments a spawn request may pass",
+                                   factory=dict)
+    default_ttl: Duration = opt(Duration(60), "TTL when the request gives none", lo=1,
+                                hi=7 * 86400)
+    max_ttl: Duration = opt(Duration(3600), "largest TTL a request may ask for", lo=1,
+                            hi=7 * 86400)
+    needs_port: bool = opt(False, "allocate a port from madre.port_range and pass $PORT")
+    memory_max: Size = opt(Size(512 * 1024**2), "MemoryMax= of the hija unit", lo=1024**2)
+    cpu_quota_percent: int = opt(100, "CPUQuota= of the hija unit, in percent", lo=1, hi=10000)
+    tasks_max: int = opt(64, "TasksMax= of the hija unit", lo=1, hi=100_000)
+
+    def validate(self) -> str | None:
+        if not self.command or not self.command[0].startswith("/"):
+            return "command must be a non-empty list whose first item is an absolute path"
+        if self.default_ttl > self.max_ttl:
+            return "default_ttl must be <= max_ttl"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MadreConfig:
+    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
+                               check=_check_loopback)
+    metrics_port: int = opt(9712, "/metrics port", check=_check_port)
+    profile: Literal["solo_madre", "full"] = opt("solo_madre", "solo_madre: core only; "
+                                                 "full: also keeps Hermes up")
+    port_range: list[int] = opt(doc="first and last port handed to hijas",
+                                factory=lambda: (20000, 20999))
+    tick: Duration = opt(Duration(1), "main-loop period (expiry backstop, windows)",
+                         lo=0.05, hi=60)
+    backstop_grace: Duration = opt(Duration(5), "how long past expiry madre lets systemd act "
+                                   "before it stops a hija itself", lo=0, hi=3600)
+    stop_timeout: Duration = opt(Duration(5), "TimeoutStopSec= of hija units", lo=1, hi=600)
+    max_activation: Duration = opt(Duration(86400), "longest activation window", lo=60,
+                                   hi=30 * 86400)
+    hija_user: str = opt("", "user hijas run as; empty means DynamicUser=yes")
+    templates: dict[str, HijaTemplate] = opt(doc="hija templates by name", factory=dict)
+
+    def validate(self) -> str | None:
+        if len(self.port_range) != 2 or not 1024 <= self.port_range[0] <= self.port_range[1] \
+                <= 65535:
+            return "port_range must be [first, last] with 1024 <= first <= last <= 65535"
+        for name in self.templates:
+            if _check_name(name):
+                return f"template name {name!r} must match [a-z][a-z0-9_-]{{0,31}}"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReaperRule:
+    name: str = opt(doc="rule name (a metric label; keep it short)", check=_check_name)
+    comm: str = opt("", "regex on the process name (comm)", check=check_regex)
+    cmdline: str = opt("", "regex on the command line (args joined by spaces)",
+                       check=check_regex)
+    user: str = opt("", "user name or uid the process must run as")
+    min_age: Duration = opt(Duration(0), "minimum process age", lo=0)
+    orphan: bool = opt(False, "only processes re-parented to PID 1 or a subreaper")
+    zombie_parent: bool = opt(False, "only parents that leak zombies")
+    min_zombies: int = opt(1, "with zombie_parent: how many zombies make a leak", lo=1)
+    cgroup: str = opt("", "regex on the process's cgroup path", check=check_regex)
+    action: Literal["observe", "terminate"] = opt("observe", "observe only, or terminate")
+    grace: Duration = opt(Duration(10), "seconds between SIGTERM and SIGKILL", lo=0, hi=3600)
+
+    def validate(self) -> str | None:
+        if not (self.comm or self.cmdline or self.user or self.cgroup or self.orphan
+                or self.zombie_parent):
+            return f"rule {self.name!r} matches everything; give at least one condition"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReaperConfig:
+    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
+                               check=_check_loopback)
+    metrics_port: int = opt(9713, "/metrics port", check=_check_port)
+    interval: Duration = opt(Duration(30), "time between scans", lo=0.1, hi=86400)
+    max_kills_per_scan: int = opt(10, "circuit breaker: most processes signalled per scan",
+                                  lo=0, hi=100_000)
+    observe_log_interval: Duration = opt(Duration(600), "a finding is logged again only "
+                                         "after this long", lo=0, hi=7 * 86400)
+    protected_units: list[str] = opt(doc="glob patterns of units/slices never touched",
+                                     factory=lambda: ("-.slice", "init.scope", "systemd-*",
+                                                      "vx11-gateway.service",
+                                                      "vx11-madre.service",
+                                                      "vx11-reaper.service",
+                                                      "vx11-hermes.service",
+                                                      "vx11-rotate.service"))
+    hija_enforce: bool = opt(True, "terminate hija processes whose DB record has ended")
+    hija_grace: Duration = opt(Duration(5), "grace for ended-hija processes", lo=0, hi=3600)
+    rules: list[ReaperRule] = opt(doc="policy rules, first match wins", factory=tuple)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RotateRoot:
+    path: str = opt(doc="an audit output root", check=check_abs_path)
+    archive_dir: str = opt("", "where archives go (default: <path>/archive)",
+                           check=check_abs_path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RotateConfig:
+    roots: list[RotateRoot] = opt(doc="audit roots to rotate", factory=tuple)
+    keep_days: float = opt(7.0, "archive dirs older than this many days", lo=0, hi=36500)
+    aggressive_days: float = opt(90.0, "with --aggressive, delete archives older than this",
+                                 lo=1, hi=36500)
+    hard_exclude: list[str] = opt(doc="extra glob patterns never archived or deleted "
+                                  "(SCORECARD.json, DB_SCHEMA*, DB_MAP* always are)",
+                                  factory=tuple)
+    compression_level: int = opt(6, "gzip level", lo=1, hi=9)
+    workers: int = opt(2, "parallel compression workers", lo=1, hi=64)
+    textfile_dir: str = opt("/var/lib/prometheus/node-exporter",
+                            "node_exporter textfile collector dir", check=check_abs_path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HermesConfig:
+    socket: str = opt("/run/vx11-hermes/hermes.sock", "UNIX socket the worker serves on",
+                      check=check_abs_path)
+    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
+                               check=_check_loopback)
+    metrics_port: int = opt(9714, "/metrics port (0: serve /metrics on the socket only)",
+                            check=_check_port)
+    model_path: str = opt("/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf",
+                          "GGUF model file", check=check_abs_path)
+    model_sha256: str = opt("", "expected sha256 of the model (empty: not checked)")
+    max_model_size: Size = opt(Size(8 * 1024**3), "largest model file accepted", lo=1024)
+    n_ctx: int = opt(4096, "context length", lo=16, hi=131072)
+    n_threads: int = opt(0, "inference threads (0: all cores)", lo=0, hi=1024)
+    max_tokens: int = opt(512, "cap on generated tokens per request", lo=1, hi=32768)
+    idle_unload: Duration = opt(Duration(7200), "unload the model after this long unused",
+                                lo=1, hi=7 * 86400)
+    rss_limit: Size = opt(Size(int(5.5 * 1024**3)), "RSS guard: above it, finish and restart",
+                          lo=16 * 1024**2)
+    queue_max: int = opt(8, "requests waiting beyond the running one before 503", lo=0,
+                         hi=10_000)
+    request_timeout: Duration = opt(Duration(120), "per-request deadline", lo=0.1, hi=3600)
+    chat_format: str = opt("chatml", "llama-cpp-python chat format")
+    window: Duration = opt(Duration(7200), "default activation window", lo=60, hi=30 * 86400)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwitchRule:
+    name: str = opt(doc="rule name", check=_check_name)
+    exact: str = opt("", "answer when the query equals this (case-insensitive, trimmed)")
+    pattern: str = opt("", "answer when this regex matches; groups fill {1}, {2}...",
+                       check=check_regex)
+    answer: str = opt(doc="answer text or template")
+
+    def validate(self) -> str | None:
+        if bool(self.exact) == bool(self.pattern):
+            return f"switch rule {self.name!r} needs exactly one of exact or pattern"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwitchConfig:
+    rules: list[SwitchRule] = opt(doc="pattern rules, tried in order", factory=tuple)
+    max_query_chars: int = opt(2000, "longest query Switch looks at", lo=1, hi=1_000_000)
+    window: Duration = opt(Duration(3600), "default activation window", lo=60, hi=30 * 86400)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoteConfig:
+    base_url: str = opt("", "OpenAI-compatible base URL (empty: no remote route)")
+    api_key_file: str = opt("", "file holding the remote API key", check=check_abs_path)
+    model: str = opt("", "model name sent to the remote API")
+    timeout: Duration = opt(Duration(30), "remote request timeout", lo=0.1, hi=600)
+
+    def validate(self) -> str | None:
+        if self.base_url and not re.match(r"^https?://[^\s/]+", self.base_url):
+            return f"base_url must be an http(s) URL; got {self.base_url!r}"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    log_level: Literal["debug", "info", "warning", "error"] = opt("info", "log level")
+    db: DbConfig = opt(doc="the shared SQLite database", factory=DbConfig)
+    gateway: GatewayConfig = opt(doc="tentaculo_link, the HTTP entrypoint",
+                                 factory=GatewayConfig)
+    madre: MadreConfig = opt(doc="madre, the hija supervisor", factory=MadreConfig)
+    reaper: ReaperConfig = opt(doc="the zombie and orphan reaper", factory=ReaperConfig)
+    rotate: RotateConfig = opt(doc="the audit rotator", factory=RotateConfig)
+    hermes: HermesConfig = opt(doc="the Hermes LLM worker", factory=HermesConfig)
+    switch: SwitchConfig = opt(doc="the deterministic router", factory=SwitchConfig)
+    remote: RemoteConfig = opt(doc="the remote API fallback", factory=RemoteConfig)
+    path: str = opt("", "(set by the loader: the file this came from)")
+
+
+def config_path(explicit: str | None = None) -> str:
+    """The config file in force: an explicit path, ``$VX11_CONFIG``, or the default."""
+    return explicit or os.environ.get("VX11_CONFIG") or DEFAULT_PATH
+
+
+def parse(text: str, path: str) -> Config:
+    """Config from YAML text; ConfigError naming the key on any problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(yaml)"
+        raise ConfigError(path, where, f"not valid YAML: {getattr(e, 'problem', e)}") from e
+    if data is None:
+        data = {}
+    if isinstance(data, dict) and "path" in data:
+        raise ConfigError(path, "path", "unknown key")
+    cfg = build(Config, data, path)
+    return _replace_path(cfg, path)
+
+
+def load(explicit: str | None = None) -> Config:
+    """Load the config in force; a missing default file means all defaults."""
+    path = config_path(explicit)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError as e:
+        if explicit or os.environ.get("VX11_CONFIG"):
+            raise ConfigError(path, "", "file not found") from e
+        return _replace_path(Config(), path)
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror}") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, "", f"larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"not UTF-8 (byte {e.start})") from e
+    return parse(text, path)
+
+
+def _replace_path(cfg: Config, path: str) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, path=path)
+
+
+def sample() -> str:
+    """The documented sample config: every key, its default and what it means."""
+    head = ["# vx11d configuration (/etc/vx11/vx11.yml). Every key is optional; the values",
+            "# below are the defaults. Durations: 30s, 5m, 2h, 7d or seconds. Sizes: 512M,",
+            "# 6G or bytes. Unknown keys and bad values stop the daemons with exit 78.", ""]
+    body = [ln for ln in describe(Config) if not ln.startswith(("path:", "# (set by"))]
+    return "\n".join(head + body) + "\n"

@@ -1,0 +1,1 @@
+"""vx11ctl: the one operator command."""

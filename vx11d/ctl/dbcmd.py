@@ -1,0 +1,61 @@
+"""``vx11ctl db check|schema|migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .. import config, db
+from .main import emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("db", help="check or describe the shared database")
+    s = p.add_subparsers(dest="db_command", required=True)
+    c = s.add_parser("check", help="integrity_check and foreign_key_check (exit 1 on problems)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=check)
+    m = s.add_parser("schema", help="write DB_SCHEMA (SQL) and DB_MAP (table owners)")
+    m.add_argument("--out", required=True, help="directory to write into")
+    m.set_defaults(func=schema)
+    g = s.add_parser("migrate", help="create the database or apply pending migrations")
+    g.set_defaults(func=migrate)
+
+
+def _open(args: argparse.Namespace, readonly: bool) -> db.Database:
+    cfg = config.load(args.config)
+    return db.Database.from_config(cfg, readonly=readonly)
+
+
+def check(args: argparse.Namespace) -> int:
+    d = _open(args, readonly=True)
+    if not os.path.exists(d.path):
+        emit(args, {"path": d.path, "ok": False, "problems": ["database file missing"]},
+             f"{d.path}: database file missing")
+        return 1
+    problems = db.check(d)
+    emit(args, {"path": d.path, "ok": not problems, "problems": problems},
+         f"{d.path}: ok" if not problems else "\n".join(problems))
+    return 1 if problems else 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    d = _open(args, readonly=False)
+    db.apply_migrations(d)
+    os.makedirs(args.out, exist_ok=True)
+    for name, text in (("DB_SCHEMA", db.schema_sql(d)), ("DB_MAP", db.schema_map())):
+        tmp = os.path.join(args.out, f".{name}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(args.out, name))
+    print(f"wrote {args.out}/DB_SCHEMA and {args.out}/DB_MAP")
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    d = _open(args, readonly=False)
+    applied = db.apply_migrations(d)
+    print(f"{d.path}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
+    return 0

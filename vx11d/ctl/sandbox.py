@@ -1,0 +1,296 @@
+"""``vx11ctl sandbox``: a throwaway real systemd in a systemd-nspawn container.
+
+The container boots on the host's read-only ``/usr`` with everything else on a fresh
+tmpfs (``--volatile=yes``), its own network namespace (``--private-network``: only a
+loopback, so several sandboxes never fight over :8000) and these binds:
+
+* the checkout at its own path (the virtualenv's scripts point into it);
+* the virtualenv at ``/opt/vx11d``, where the units expect the installed package;
+* a staging dir at ``/etc/systemd/system`` holding links to ``units/*``;
+* a staging dir at ``/etc/vx11`` holding the config and a 0600 API token;
+* a fixed ``/etc/machine-id``, so systemd does not treat the boot as a first boot
+  and enable every preset unit found in ``/usr``.
+
+Nothing of the host's own systemd is used or touched, booted with systemd or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import SandboxError
+
+STATE_ROOT = Path(os.environ.get("VX11_SANDBOX_STATE", "/run/vx11-sandbox"))
+INSTALL_PREFIX = "/opt/vx11d"
+CONTAINER_PATH = f"{INSTALL_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def default_name() -> str:
+    """The sandbox name in force: ``$VX11_SANDBOX`` or ``vx11``."""
+    return os.environ.get("VX11_SANDBOX") or "vx11"
+
+
+class Sandbox:
+    """One named sandbox: its state dir on the host and its container."""
+
+    def __init__(self, name: str | None = None, *, repo: Path = REPO,
+                 venv: str | None = None):
+        self.name = name or default_name()
+        if not self.name.replace("-", "").isalnum() or len(self.name) > 40:
+            raise SandboxError(f"bad sandbox name {self.name!r}: letters, digits and '-'")
+        self.repo = repo
+        self.venv = Path(venv or sys.prefix)
+        self.state = STATE_ROOT / self.name
+        self.etc_vx11 = self.state / "etc-vx11"
+
+    # --- inspection ------------------------------------------------------------------
+
+    def nspawn_pid(self) -> int | None:
+        """PID of the systemd-nspawn process, if this sandbox is up."""
+        try:
+            pid = int((self.state / "nspawn.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        if b"systemd-nspawn" not in cmdline[0] or self.name.encode() not in cmdline:
+            return None
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+        return pid
+
+    def leader(self) -> int | None:
+        """PID (on the host) of the container's systemd, PID 1 inside."""
+        pid = self.nspawn_pid()
+        if pid is None:
+            return None
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return None
+        for child in children:
+            try:
+                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                    return int(child)
+            except OSError:
+                continue
+        return None
+
+    def is_up(self) -> bool:
+        return self.leader() is not None
+
+    # --- life ------------------------------------------------------------------------
+
+    def up(self, timeout: float = 90.0, config: str | None = None) -> None:
+        """Boot the sandbox (or reuse the running one) and wait until systemd is up."""
+        if not shutil.which("systemd-nspawn"):
+            raise SandboxError("systemd-nspawn not found: apt-get install systemd-container")
+        if os.geteuid() != 0:
+            raise SandboxError("the sandbox needs root (systemd-nspawn)")
+        deadline = time.monotonic() + timeout
+        if self.nspawn_pid() is None:
+            self._prepare(config)
+            self._boot()
+            try:
+                self._wait_running(deadline)
+            except SandboxError as first:
+                # One more boot if nspawn died at once (seen once, with an empty log,
+                # right after another container was killed); the second error is final.
+                if self.nspawn_pid() is not None or self._log_tail().count("\n") > 3:
+                    raise
+                log_first = str(first)
+                self._prepare(config)
+                self._boot()
+                try:
+                    self._wait_running(deadline)
+                except SandboxError as second:
+                    raise SandboxError(f"{second}\n(first attempt: {log_first})") from first
+        else:
+            self._wait_running(deadline)
+        self._provision()
+
+    def _prepare(self, config: str | None) -> None:
+        if self.state.exists():
+            shutil.rmtree(self.state)
+        units = self.state / "etc-systemd-system"
+        units.mkdir(parents=True)
+        self.etc_vx11.mkdir(mode=0o755)
+        for unit in sorted((self.repo / "units").iterdir()):
+            if unit.is_file():
+                (units / unit.name).symlink_to(unit)
+        cfg_text = config if config is not None else (
+            self.repo / "packaging" / "sandbox" / "vx11.yml").read_text()
+        (self.etc_vx11 / "vx11.yml").write_text(cfg_text)
+        fd = os.open(self.etc_vx11 / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        (self.state / "machine-id").write_text(secrets.token_hex(16) + "\n")
+
+    def _boot(self) -> None:
+        binds = [f"--bind={self.repo}", f"--bind={self.venv}:{INSTALL_PREFIX}",
+                 f"--bind={self.state / 'etc-systemd-system'}:/etc/systemd/system",
+                 f"--bind={self.etc_vx11}:/etc/vx11",
+                 f"--bind-ro={self.state / 'machine-id'}:/etc/machine-id"]
+        if not self.venv.resolve().is_relative_to(self.repo):
+            binds.append(f"--bind={self.venv}")
+        base = Path(os.path.realpath(sys.base_prefix))
+        if not base.is_relative_to("/usr"):
+            binds.append(f"--bind-ro={base}")
+        cmd = ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
+               "-M", self.name, "--console=passive", "--private-network", *binds,
+               "-b", "systemd.firstboot=off"]
+        with open(self.state / "nspawn.log", "wb") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        (self.state / "nspawn.pid").write_text(str(proc.pid))
+
+    def _wait_running(self, deadline: float) -> None:
+        state = ""
+        while time.monotonic() < deadline:
+            if self.nspawn_pid() is None:
+                raise SandboxError(f"systemd-nspawn exited; see {self.state / 'nspawn.log'}:\n"
+                                   + self._log_tail())
+            if self.leader() is not None:
+                r = self.exec(["systemctl", "is-system-running", "--wait"], timeout=30)
+                state = r.stdout.strip()
+                if state in ("running", "degraded"):
+                    return
+            time.sleep(0.1)
+        raise SandboxError(f"sandbox {self.name} not up in time (state {state or 'unknown'})")
+
+    def _provision(self) -> None:
+        """Create users and dirs from packaging/, as the .deb's postinst would."""
+        sysusers = self.repo / "packaging" / "sysusers.d" / "vx11.conf"
+        tmpfiles = self.repo / "packaging" / "tmpfiles.d" / "vx11.conf"
+        for argv in (["systemd-sysusers", str(sysusers)],
+                     ["systemd-tmpfiles", "--create", str(tmpfiles)]):
+            if Path(argv[-1]).exists():
+                r = self.exec(argv, timeout=60)
+                if r.returncode != 0:
+                    raise SandboxError(f"{' '.join(argv)} failed: {r.stderr.strip()}")
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.state / "nspawn.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def exec(self, argv: list[str], *, timeout: float | None = None, input: str | None = None,
+             capture: bool = True, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the container; returns its exit status and output."""
+        leader = self.leader()
+        if leader is None:
+            raise SandboxError(f"sandbox {self.name} is not up (vx11ctl sandbox up)")
+        base_env = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "HOME": "/root",
+                    "TERM": os.environ.get("TERM", "dumb"), "SYSTEMD_PAGER": "",
+                    "SYSTEMD_COLORS": "0"}
+        base_env.update(env or {})
+        cmd = ["nsenter", "-t", str(leader), "-a", "env", "-i",
+               *[f"{k}={v}" for k, v in base_env.items()], *argv]
+        return subprocess.run(cmd, text=True, input=input, timeout=timeout,
+                              capture_output=capture, check=False)
+
+    def write_config(self, text: str) -> None:
+        """Replace the sandbox's /etc/vx11/vx11.yml (daemons see it on restart or reload)."""
+        tmp = self.etc_vx11 / ".vx11.yml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.etc_vx11 / "vx11.yml")
+
+    def token(self) -> str:
+        return (self.etc_vx11 / "token").read_text().strip()
+
+    def down(self, timeout: float = 30.0) -> None:
+        """Power the container off and remove its state; leaves nothing running."""
+        pid = self.nspawn_pid()
+        if pid is not None:
+            if self.leader() is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.exec(["systemctl", "poweroff", "--no-block"], timeout=10)
+            deadline = time.monotonic() + timeout
+            while self.nspawn_pid() is not None and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.1)
+            if self.nspawn_pid() is not None:
+                os.kill(pid, signal.SIGKILL)
+                while self.nspawn_pid() is not None and time.monotonic() < deadline + 10:
+                    _reap(pid)
+                    time.sleep(0.1)
+        if self.state.exists():
+            shutil.rmtree(self.state, ignore_errors=True)
+
+    def describe(self) -> dict[str, object]:
+        """What ``vx11ctl sandbox status`` shows."""
+        info: dict[str, object] = {"name": self.name, "up": False, "state_dir": str(self.state)}
+        leader = self.leader()
+        if leader is not None:
+            r = self.exec(["systemctl", "is-system-running"], timeout=10)
+            info.update(up=True, leader_pid=leader, nspawn_pid=self.nspawn_pid(),
+                        system_state=r.stdout.strip())
+        return info
+
+
+def _reap(pid: int) -> None:
+    """Collect the nspawn process if this process started it (else it is not our child)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# --- vx11ctl sandbox ----------------------------------------------------------------
+
+def register(sub) -> None:  # type: ignore[no-untyped-def]
+    """Add ``vx11ctl sandbox up|exec|down|status``."""
+    p = sub.add_parser("sandbox", help="a throwaway real systemd to try vx11d in")
+    p.add_argument("--name", help="sandbox name (default: $VX11_SANDBOX or vx11)")
+    s = p.add_subparsers(dest="sandbox_command", required=True)
+    s.add_parser("up", help="boot it (or reuse it) and wait until systemd runs"
+                 ).set_defaults(func=_cmd_up)
+    e = s.add_parser("exec", help="run a command inside; its exit status is passed through")
+    e.add_argument("argv", nargs=argparse.REMAINDER)
+    e.set_defaults(func=_cmd_exec)
+    s.add_parser("down", help="power it off and remove its state").set_defaults(func=_cmd_down)
+    st = s.add_parser("status", help="is it up, and in which state")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_status)
+
+
+def _cmd_up(args) -> int:  # type: ignore[no-untyped-def]
+    sb = Sandbox(args.name)
+    sb.up()
+    print(f"sandbox {sb.name} is up (systemd pid {sb.leader()} on the host); "
+          f"try: vx11ctl sandbox exec systemctl status 'vx11-*'")
+    return 0
+
+
+def _cmd_exec(args) -> int:  # type: ignore[no-untyped-def]
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise SandboxError("exec needs a command")
+    r = Sandbox(args.name).exec(argv, capture=False)
+    return r.returncode
+
+
+def _cmd_down(args) -> int:  # type: ignore[no-untyped-def]
+    sb = Sandbox(args.name)
+    sb.down()
+    print(f"sandbox {sb.name} is down")
+    return 0
+
+
+def _cmd_status(args) -> int:  # type: ignore[no-untyped-def]
+    from .main import emit
+
+    info = Sandbox(args.name).describe()
+    text = (f"sandbox {info['name']}: up, systemd {info.get('system_state')}"
+            if info["up"] else f"sandbox {info['name']}: down")
+    emit(args, info, text)
+    return 0 if info["up"] else 3

@@ -1,0 +1,268 @@
+"""The life of a long-running daemon under systemd (Type=notify).
+
+    starting --start() ok--> running --SIGTERM--> stopping --stop()--> stopped
+                                |  ^
+                           SIGHUP  reload() done (or refused: old config kept)
+                                v  |
+                             reloading
+
+READY=1 is sent only after ``start()`` returned (the daemon can do its job);
+``STATUS=`` whenever the status text changes; ``WATCHDOG=1`` after each pass of the
+main loop, so a hung loop (or a SIGSTOP) stops the pings and systemd restarts the unit;
+``STOPPING=1`` before ``stop()``. Signal handlers only set flags; the loop acts on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import sdnotify
+
+from .config import Config
+from .config import load as load_config
+from .errors import ConfigError
+
+log = logging.getLogger("vx11.runtime")
+
+
+class Notifier:
+    """sd_notify messages to ``$NOTIFY_SOCKET`` (silently nothing when not under systemd)."""
+
+    def __init__(self) -> None:
+        self._n = sdnotify.SystemdNotifier()
+        self.sent: list[str] = []
+
+    def send(self, msg: str) -> None:
+        self._n.notify(msg)
+
+    def ready(self, status: str) -> None:
+        self.send(f"READY=1\nSTATUS={_one_line(status)}\nMAINPID={os.getpid()}")
+
+    def status(self, text: str) -> None:
+        self.send(f"STATUS={_one_line(text)}")
+
+    def watchdog(self) -> None:
+        self.send("WATCHDOG=1")
+
+    def reloading(self) -> None:
+        self.send("RELOADING=1")
+
+    def stopping(self, status: str = "stopping") -> None:
+        self.send(f"STOPPING=1\nSTATUS={_one_line(status)}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:512]
+
+
+def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
+    """Seconds between pings (half of WatchdogSec), or None when no watchdog is armed."""
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC")
+    if not usec:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None
+    try:
+        value = int(usec)
+    except ValueError:
+        return None
+    return value / 2e6 if value > 0 else None
+
+
+class Service(Protocol):
+    """What a daemon gives the runtime. ``interval`` is the tick period in seconds."""
+
+    component: str
+    interval: float
+
+    def start(self) -> None: ...
+    def tick(self) -> None: ...
+    def status(self) -> str: ...
+    def reload(self, cfg: Config) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Lifecycle:
+    """The state machine and its notifications, shared by the sync and asyncio loops."""
+
+    def __init__(self, notifier: Notifier, clock: Callable[[], float] = time.monotonic,
+                 watchdog: float | None = None):
+        self.n = notifier
+        self.clock = clock
+        self.watchdog = watchdog
+        self.state = "starting"
+        self.stop_requested = False
+        self.reload_requested = False
+        self._last_status = ""
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested = True
+
+    def request_reload(self, *_: Any) -> None:
+        self.reload_requested = True
+
+    def started(self, status: str) -> None:
+        assert self.state == "starting", self.state
+        self.state = "running"
+        self._last_status = status
+        self.n.ready(status)
+
+    def progressed(self, status: str) -> None:
+        """One pass of the main loop finished: ping the watchdog, update STATUS."""
+        if self.watchdog is not None:
+            self.n.watchdog()
+        if status != self._last_status:
+            self._last_status = status
+            self.n.status(status)
+
+    def begin_reload(self) -> None:
+        self.reload_requested = False
+        self.state = "reloading"
+        self.n.reloading()
+
+    def end_reload(self, status: str) -> None:
+        self.state = "running"
+        self._last_status = status
+        self.n.ready(status)
+
+    def begin_stop(self, status: str = "stopping") -> None:
+        self.state = "stopping"
+        self.n.stopping(status)
+
+    def stopped(self) -> None:
+        self.state = "stopped"
+
+    def wait_for(self, next_tick: float) -> float:
+        """How long the loop may sleep: until the next tick, capped by the watchdog period."""
+        delay = max(0.0, next_tick - self.clock())
+        if self.watchdog is not None:
+            delay = min(delay, self.watchdog)
+        return delay
+
+
+class _Waker:
+    """A self-pipe the C-level signal wakeup writes to, so a sleeping loop wakes at once."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            try:
+                ready, _, _ = select.select([self.r], [], [], seconds)
+            except InterruptedError:
+                return
+            if ready:
+                self.drain()
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old)
+        os.close(self.r)
+        os.close(self.w)
+
+
+def _reload(service: Any, life: Lifecycle, config_path: str | None) -> None:
+    life.begin_reload()
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        log.error("reload refused, keeping the running config: %s", e,
+                  extra={"VX11_EVENT": "config_reload_refused"})
+    else:
+        service.reload(cfg)
+        log.info("config reloaded from %s", cfg.path, extra={"VX11_EVENT": "config_reloaded"})
+    life.end_reload(service.status())
+
+
+def run(service: Service, *, notifier: Notifier | None = None,
+        config_path: str | None = None) -> int:
+    """Run a synchronous service until SIGTERM/SIGINT; returns the exit code."""
+    life = Lifecycle(notifier or Notifier(), watchdog=watchdog_interval())
+    signal.signal(signal.SIGTERM, life.request_stop)
+    signal.signal(signal.SIGINT, life.request_stop)
+    signal.signal(signal.SIGHUP, life.request_reload)
+    waker = _Waker()
+    try:
+        service.start()
+        life.started(service.status())
+        next_tick = life.clock()
+        while not life.stop_requested:
+            if life.reload_requested:
+                _reload(service, life, config_path)
+            if life.clock() >= next_tick:
+                service.tick()
+                next_tick = life.clock() + service.interval
+            life.progressed(service.status())
+            if life.stop_requested or life.reload_requested:
+                continue
+            waker.sleep(life.wait_for(next_tick))
+        life.begin_stop()
+        service.stop()
+        life.stopped()
+        return 0
+    finally:
+        waker.close()
+
+
+async def run_async(service: Any, *, notifier: Notifier | None = None,
+                    config_path: str | None = None) -> int:
+    """Run an asyncio service (async start/tick/stop) until SIGTERM/SIGINT."""
+    life = Lifecycle(notifier or Notifier(), watchdog=watchdog_interval())
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def on_signal(kind: str) -> None:
+        if kind == "stop":
+            life.request_stop()
+        else:
+            life.request_reload()
+        wake.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_signal, "stop")
+    loop.add_signal_handler(signal.SIGINT, on_signal, "stop")
+    loop.add_signal_handler(signal.SIGHUP, on_signal, "reload")
+    await service.start()
+    life.started(service.status())
+    next_tick = life.clock()
+    while not life.stop_requested:
+        if life.reload_requested:
+            life.begin_reload()
+            try:
+                cfg = load_config(config_path)
+            except ConfigError as e:
+                log.error("reload refused, keeping the running config: %s", e,
+                          extra={"VX11_EVENT": "config_reload_refused"})
+            else:
+                await service.reload(cfg)
+            life.end_reload(service.status())
+        if life.clock() >= next_tick:
+            await service.tick()
+            next_tick = life.clock() + service.interval
+        life.progressed(service.status())
+        wake.clear()
+        if life.stop_requested or life.reload_requested:
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=life.wait_for(next_tick))
+    life.begin_stop()
+    await service.stop()
+    life.stopped()
+    return 0
