@@ -1,0 +1,210 @@
+"""The gateway app in-process: auth on every path but /health, JSON errors, limits, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, generate_latest
+
+from vx11d import config
+from vx11d.db import Database
+from vx11d.gateway.app import build_app
+from vx11d.gateway.context import CTX, GatewayContext
+from vx11d.gateway.http import ApiError, read_json
+
+TOKEN = "t0ken-for-tests-0123456789"
+
+
+def _echo_module():
+    """A route module for these tests: echoes a JSON body, or fails in chosen ways."""
+    mod = types.ModuleType("vx11_test_echo")
+
+    async def echo(request):
+        return web.json_response({"got": await read_json(request)})
+
+    async def boom(request):
+        raise RuntimeError("a bug with secret " + TOKEN)
+
+    async def slow(request):
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    async def conflict(request):
+        raise ApiError(409, "conflict", "already there", id="x")
+
+    def setup(app):
+        assert app[CTX] is not None
+        app.router.add_post("/echo", echo)
+        app.router.add_get("/boom", boom)
+        app.router.add_get("/slow", slow)
+        app.router.add_get("/conflict", conflict)
+
+    mod.setup = setup
+    sys.modules["vx11_test_echo"] = mod
+    return "vx11_test_echo"
+
+
+@pytest.fixture
+def client_factory(dbpath):
+    clients = []
+    loop = asyncio.new_event_loop()
+
+    def make(yaml_text=""):
+        cfg = config.parse(yaml_text, "test.yml")
+        ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
+        app = build_app(ctx, TOKEN, modules=[_echo_module()])
+        client = TestClient(TestServer(app), loop=loop)
+        loop.run_until_complete(client.start_server())
+        clients.append(client)
+        return client, ctx
+
+    yield make, loop
+    for c in clients:
+        loop.run_until_complete(c.close())
+    loop.close()
+
+
+def run(loop, coro):
+    return loop.run_until_complete(coro)
+
+
+def test_health_is_open_everything_else_needs_a_token(client_factory):
+    make, loop = client_factory
+    c, _ = make()
+
+    async def go():
+        r = await c.get("/health")
+        assert r.status == 200 and (await r.json())["status"] == "ok"
+        for method, path in [("GET", "/vx11/hijas"), ("POST", "/echo"), ("GET", "/nope"),
+                             ("DELETE", "/vx11/hijas/1"), ("POST", "/health"),
+                             ("GET", "/metrics"), ("GET", "/health/"), ("GET", "/HEALTH"),
+                             ("GET", "/health/../vx11/hijas")]:
+            r = await c.request(method, path)
+            assert r.status == 401, (method, path, r.status)
+            body = await r.json()
+            assert body["error"] == "unauthorized"
+            assert TOKEN not in await r.text()
+        r = await c.get("/nope", headers={"X-VX11-Token": TOKEN})
+        assert r.status == 404 and (await r.json())["error"] == "not_found"
+        r = await c.post("/echo", json={"a": 1}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status == 200 and (await r.json()) == {"got": {"a": 1}}
+
+    run(loop, go())
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-VX11-Token": "wrong"},
+    {"X-VX11-Token": "x" * 5000},
+    {"Authorization": "Bearer " + "é" * 20},
+    {"Authorization": "Basic " + TOKEN},
+    {"X-VX11-Token": TOKEN + "x"},
+])
+def test_bad_tokens_are_401_never_500(client_factory, headers):
+    make, loop = client_factory
+    c, _ = make()
+
+    async def go():
+        r = await c.get("/conflict", headers=headers)
+        assert r.status == 401
+
+    run(loop, go())
+
+
+def test_repeated_failures_get_429_with_retry_after(client_factory):
+    make, loop = client_factory
+    c, ctx = make("gateway:\n  auth_fail_limit: 3\n  auth_fail_window: 60s\n")
+
+    async def go():
+        for _ in range(3):
+            assert (await c.get("/conflict", headers={"X-VX11-Token": "bad"})).status == 401
+        r = await c.get("/conflict", headers={"X-VX11-Token": TOKEN})
+        assert r.status == 429
+        assert 1 <= int(r.headers["Retry-After"]) <= 61
+        assert (await c.get("/health")).status == 200
+
+    run(loop, go())
+    text = generate_latest(ctx.registry).decode()
+    assert 'vx11_gateway_auth_failures_total{reason="invalid"} 3.0' in text
+    assert 'vx11_gateway_auth_failures_total{reason="rate_limited"} 1.0' in text
+
+
+@pytest.mark.parametrize("body,ctype,status,code", [
+    (b"{not json", "application/json", 400, "bad_json"),
+    (b"", "application/json", 400, "empty_body"),
+    (b"[1,2]", "application/json", 422, "bad_body"),
+    (b"\xff\xfe", "application/json", 400, "bad_json"),
+    (b"a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    (b"{" + b'"a":' * 10 + b"1" + b"}" * 10, "application/json", 400, "bad_json"),
+])
+def test_bad_bodies_get_clear_4xx(client_factory, body, ctype, status, code):
+    make, loop = client_factory
+    c, _ = make()
+
+    async def go():
+        r = await c.post("/echo", data=body, headers={"X-VX11-Token": TOKEN,
+                                                      "Content-Type": ctype})
+        assert r.status == status
+        assert (await r.json())["error"] == code
+
+    run(loop, go())
+
+
+def test_oversized_body_is_413(client_factory):
+    make, loop = client_factory
+    c, _ = make("gateway:\n  max_body: 2K\n")
+
+    async def go():
+        r = await c.post("/echo", json={"x": "y" * 5000}, headers={"X-VX11-Token": TOKEN})
+        assert r.status == 413 and (await r.json())["error"] == "too_large"
+
+    run(loop, go())
+
+
+def test_bug_is_a_logged_500_without_the_secret(client_factory, caplog):
+    from vx11d import journal
+
+    journal.register_secret(TOKEN)
+    make, loop = client_factory
+    c, _ = make()
+    caplog.handler.addFilter(journal.RedactFilter())
+
+    async def go():
+        r = await c.get("/boom", headers={"X-VX11-Token": TOKEN})
+        assert r.status == 500 and (await r.json())["error"] == "internal"
+        assert TOKEN not in await r.text()
+
+    run(loop, go())
+    assert any("unhandled error" in r.getMessage() for r in caplog.records)
+
+
+def test_request_timeout_is_504(client_factory):
+    make, loop = client_factory
+    c, _ = make("gateway:\n  request_timeout: 1s\n")
+
+    async def go():
+        r = await c.get("/slow", headers={"X-VX11-Token": TOKEN})
+        assert r.status == 504 and (await r.json())["error"] == "timeout"
+
+    run(loop, go())
+
+
+def test_api_error_and_metrics_labels_are_bounded(client_factory):
+    make, loop = client_factory
+    c, ctx = make()
+
+    async def go():
+        r = await c.get("/conflict", headers={"X-VX11-Token": TOKEN})
+        assert r.status == 409 and (await r.json()) == {"error": "conflict",
+                                                        "message": "already there", "id": "x"}
+        for i in range(20):
+            await c.get(f"/random/{i}", headers={"X-VX11-Token": TOKEN})
+
+    run(loop, go())
+    text = generate_latest(ctx.registry).decode()
+    assert 'vx11_gateway_requests_total{code="409",method="GET",route="/conflict"} 1.0' in text
+    assert "/random/" not in text

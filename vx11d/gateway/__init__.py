@@ -1,0 +1,1 @@
+"""tentaculo_link: the single token-protected HTTP entrypoint (:8000)."""

@@ -1,0 +1,165 @@
+"""The gateway's aiohttp application: middlewares, /health, and the route modules.
+
+Middlewares, outermost first: metrics (requests by route and code, latency), errors
+(every failure becomes a JSON body; a bug is a logged 500, bad input never is), auth
+(401 without a valid token on every path but /health, 429 after repeated failures),
+deadline (per-request timeout → 504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from .. import journal
+from .auth import FailureLimiter, TokenChecker, presented_token
+from .context import CTX, GatewayContext
+from .http import ApiError, Handler, json_error
+
+log = logging.getLogger("vx11.gateway")
+
+OPEN_PATHS = frozenset({"/health"})
+# Route modules, each with setup(app). Order only matters for --help listings.
+ROUTE_MODULES: list[str] = []
+
+CHECKER: web.AppKey[TokenChecker] = web.AppKey("vx11_checker", TokenChecker)
+LIMITER: web.AppKey[FailureLimiter] = web.AppKey("vx11_limiter", FailureLimiter)
+METRICS: web.AppKey[dict] = web.AppKey("vx11_metrics", dict)
+
+
+def _route_label(request: web.Request) -> str:
+    info = request.match_info
+    if info is None or getattr(info, "http_exception", None) is not None:
+        return "unmatched"
+    resource = info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    m = request.app[METRICS]
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        route = _route_label(request)
+        m["requests"].labels(route, request.method, str(status)).inc()
+        m["latency"].labels(route).observe(time.perf_counter() - t0)
+
+
+@web.middleware
+async def errors_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return json_error(e.status, e.code, e.message, headers=e.headers or None, **e.extra)
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, "too_large", "request body larger than "
+                          f"{request.app._client_max_size} bytes")
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
+        return json_error(e.status, e.reason.lower().replace(" ", "_"), e.reason,
+                          headers=headers or None)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, _route_label(request),
+                      extra={"VX11_EVENT": "gateway_internal_error"})
+        return json_error(500, "internal", "internal error (logged)")
+
+
+@web.middleware
+async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+        return await handler(request)
+    limiter, m = request.app[LIMITER], request.app[METRICS]
+    client = request.remote or "unknown"
+    wait = limiter.blocked(client)
+    if wait > 0:
+        m["auth_failures"].labels("rate_limited").inc()
+        return json_error(429, "too_many_failures", "too many failed token attempts",
+                          headers={"Retry-After": str(int(wait) + 1)})
+    token = presented_token(request.headers.get("X-VX11-Token"),
+                            request.headers.get("Authorization"))
+    if not request.app[CHECKER].valid(token):
+        limiter.failed(client)
+        reason = "missing" if token is None else "invalid"
+        m["auth_failures"].labels(reason).inc()
+        journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,
+                      level=logging.WARNING, client=client, reason=reason)
+        return json_error(401, "unauthorized", "a valid X-VX11-Token or Authorization: "
+                          "Bearer token is required",
+                          headers={"WWW-Authenticate": 'Bearer realm="vx11"'})
+    return await handler(request)
+
+
+@web.middleware
+async def deadline_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    info = request.match_info
+    if info is not None and getattr(info.handler, "_vx11_no_timeout", False):
+        return await handler(request)
+    try:
+        async with asyncio.timeout(request.app[CTX].cfg.gateway.request_timeout):
+            return await handler(request)
+    except TimeoutError:
+        return json_error(504, "timeout", "request took longer than "
+                          f"{request.app[CTX].cfg.gateway.request_timeout:g}s")
+
+
+async def health(request: web.Request) -> web.Response:
+    """The one open path: is the gateway up (route modules may add to it)."""
+    body: dict = {"status": "ok", "component": "gateway"}
+    for contribute in request.app[CTX].extras.get("health", []):
+        body.update(await contribute(request.app))
+    return web.json_response(body)
+
+
+def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
+              ) -> web.Application:
+    """The gateway application for ``ctx``, with every route module set up."""
+    app = web.Application(client_max_size=int(ctx.cfg.gateway.max_body),
+                          middlewares=[metrics_mw, errors_mw, auth_mw, deadline_mw])
+    app[CTX] = ctx
+    app[CHECKER] = TokenChecker(token)
+    app[LIMITER] = FailureLimiter(ctx.cfg.gateway.auth_fail_limit,
+                                  ctx.cfg.gateway.auth_fail_window)
+    app[METRICS] = _metrics(ctx)
+    app.router.add_get("/health", health)
+    for name in ROUTE_MODULES if modules is None else modules:
+        importlib.import_module(name).setup(app)
+    return app
+
+
+def _metrics(ctx: GatewayContext) -> dict:
+    existing = ctx.extras.get("gateway_metrics")
+    if existing is not None:  # one set per registry, across app rebuilds (tests, reload)
+        return existing
+    m = {
+        "requests": Counter("vx11_gateway_requests_total", "HTTP requests by route, "
+                            "method and status code", ["route", "method", "code"],
+                            registry=ctx.registry),
+        "latency": Histogram("vx11_gateway_request_duration_seconds", "HTTP request "
+                             "latency by route", ["route"], registry=ctx.registry,
+                             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
+                                      2.5, 5, 10, 30)),
+        "auth_failures": Counter("vx11_gateway_auth_failures_total", "rejected requests "
+                                 "by reason (missing, invalid, rate_limited)", ["reason"],
+                                 registry=ctx.registry),
+    }
+    for reason in ("missing", "invalid", "rate_limited"):
+        m["auth_failures"].labels(reason)
+    ctx.extras["gateway_metrics"] = m
+    return m

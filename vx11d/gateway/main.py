@@ -1,0 +1,88 @@
+"""``vx11d gateway``: the wiring of tentaculo_link (socket-activated on :8000, Type=notify)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from aiohttp import web
+
+from .. import journal, metrics, runtime
+from ..config import Config
+from ..db import Database
+from .app import CHECKER, LIMITER, build_app
+from .auth import load_token
+from .context import GatewayContext
+
+log = logging.getLogger("vx11.gateway")
+
+
+def activation_socket() -> socket.socket | None:
+    """The listening socket systemd passed (vx11-gateway.socket), if any."""
+    from systemd.daemon import listen_fds
+
+    fds = listen_fds()  # checks LISTEN_PID and unsets the variables
+    if not fds:
+        return None
+    return socket.socket(fileno=fds[0])
+
+
+class GatewayService:
+    """The gateway as a runtime service."""
+
+    component = "gateway"
+    interval = 5.0
+
+    def __init__(self, cfg: Config, db: Database, registry) -> None:
+        self.ctx = GatewayContext(cfg=cfg, db=db, registry=registry)
+        self.runner: web.AppRunner | None = None
+        self.where = ""
+        self.metrics_server = None
+
+    async def start(self) -> None:
+        cfg = self.ctx.cfg.gateway
+        token = load_token(cfg.token_credential, cfg.token_file)
+        journal.register_secret(token)
+        self.app = build_app(self.ctx, token)
+        self.runner = web.AppRunner(self.app, keepalive_timeout=cfg.keepalive_timeout,
+                                    access_log=None, handle_signals=False)
+        await self.runner.setup()
+        sock = activation_socket()
+        if sock is not None:
+            site: web.BaseSite = web.SockSite(self.runner, sock)
+            self.where = f"socket-activated on {sock.getsockname()}"
+        else:
+            site = web.TCPSite(self.runner, cfg.listen_address, cfg.listen_port,
+                               reuse_address=True)
+            self.where = f"listening on {cfg.listen_address}:{cfg.listen_port}"
+        await site.start()
+        self.metrics_server = metrics.serve(self.ctx.registry, cfg.metrics_address,
+                                            cfg.metrics_port)
+        journal.event(log, "gateway_started", "tentaculo_link %s", self.where)
+
+    async def tick(self) -> None:
+        self.app[LIMITER].prune()
+
+    def status(self) -> str:
+        return self.where
+
+    async def reload(self, cfg: Config) -> None:
+        """New config for route modules and a re-read token; listeners stay as they are."""
+        self.ctx.cfg = cfg
+        token = load_token(cfg.gateway.token_credential, cfg.gateway.token_file)
+        journal.register_secret(token)
+        self.app[CHECKER].replace(token)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+
+
+def main(cfg: Config, argv: list[str]) -> int:
+    """Wire config, DB, metrics and the app, and run until SIGTERM."""
+    registry = metrics.new_registry("gateway")
+    db = Database.from_config(cfg, migrate=True)
+    return asyncio.run(runtime.run_async(GatewayService(cfg, db, registry)))
