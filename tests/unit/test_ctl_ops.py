@@ -26,7 +26,7 @@ def ns(**kw):
 def test_logs_filters_by_unit_and_event():
     argv = opscmd.journalctl_args(ns(component="madre", event="hija_expired", json=True))
     assert argv[:2] == ["journalctl", "--no-pager"]
-    assert ["-u", "vx11-madre.service"] == argv[argv.index("-u"):argv.index("-u") + 2]
+    assert argv[argv.index("-u"):argv.index("-u") + 2] == ["-u", "vx11-madre.service"]
     assert "VX11_EVENT=hija_expired" in argv and argv[-2:] == ["-o", "json"]
     assert "-u" in opscmd.journalctl_args(ns()) and "vx11-*" in opscmd.journalctl_args(ns())
 
