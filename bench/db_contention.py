@@ -40,20 +40,26 @@ def _bump(c: sqlite3.Connection) -> None:
               "VALUES (?, 'bench', 'bump', ?, '{}')", (time.time(), str(n + 1)))
 
 
-def vx11_writer(path: str, start: float, seconds: float, out: mp.Queue) -> None:
-    d = db.Database(path, busy_timeout_ms=BUSY_TIMEOUT_MS, write_deadline=60)
-    d.conn  # noqa: B018 - open before the start line, like a daemon does
+def _hammer(txn, busy_error: type[Exception], start: float, seconds: float,
+            out: mp.Queue) -> None:
+    """Run ``txn`` from the start line until the end; count commits and surfaced errors."""
     commits = busy = 0
     while time.time() < start:
         time.sleep(0.0005)
     end = start + seconds
     while time.time() < end:
         try:
-            d.write(_bump)
+            txn()
             commits += 1
-        except DbBusy:
+        except busy_error:
             busy += 1
     out.put((commits, busy))
+
+
+def vx11_writer(path: str, start: float, seconds: float, out: mp.Queue) -> None:
+    d = db.Database(path, busy_timeout_ms=BUSY_TIMEOUT_MS, write_deadline=60)
+    d.conn  # noqa: B018 - open before the start line, like a daemon does
+    _hammer(lambda: d.write(_bump), DbBusy, start, seconds, out)
 
 
 def raw_writer(path: str, start: float, seconds: float, out: mp.Queue) -> None:
@@ -62,21 +68,18 @@ def raw_writer(path: str, start: float, seconds: float, out: mp.Queue) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    commits = busy = 0
-    while time.time() < start:
-        time.sleep(0.0005)
-    end = start + seconds
-    while time.time() < end:
+
+    def txn() -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             _bump(conn)
             conn.execute("COMMIT")
-            commits += 1
         except sqlite3.OperationalError:
-            busy += 1
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-    out.put((commits, busy))
+            raise
+
+    _hammer(txn, sqlite3.OperationalError, start, seconds, out)
 
 
 def one_round(kind: str, writers: int, seconds: float) -> dict:
