@@ -164,8 +164,10 @@ class Sandbox:
         state = ""
         while time.monotonic() < deadline:
             if self.nspawn_pid() is None:
-                raise SandboxError(f"systemd-nspawn exited; see {self.state / 'nspawn.log'}:\n"
-                                   + self._log_tail())
+                raise SandboxError(
+                    f"systemd-nspawn exited; see {self.state / 'nspawn.log'}:\n"
+                    + (self._log_tail() or "(empty log: if several containers run, "
+                       "fs.inotify.max_user_instances may be exhausted)"))
             if self.leader() is not None:
                 r = self.exec(["systemctl", "is-system-running", "--wait"], timeout=30)
                 state = r.stdout.strip()
