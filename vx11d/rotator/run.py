@@ -64,7 +64,11 @@ def fault(point: str) -> None:
 def run_lock(path: str) -> Iterator[None]:
     """Hold an exclusive flock on ``path`` (LockBusy if another run holds it)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o660)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o660)
+    except PermissionError:
+        # made by another user (root running --local): flock works on a read-only fd
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -295,7 +299,7 @@ def _prepare_archive_dir(sc: RootScan, dry_run: bool, actions: list[str],
         actions.append(f"{verb}create archive dir {sc.archive_dir}")
         if dry_run:
             return None
-        os.makedirs(sc.archive_dir, mode=0o2770, exist_ok=True)
+        os.makedirs(sc.archive_dir, mode=0o770, exist_ok=True)
         ast = os.stat(sc.archive_dir)
     afd = os.open(sc.archive_dir, DIR_FLAGS)
     try:
@@ -429,7 +433,7 @@ def rotate(cfg: Any, *, dry_run: bool = False, aggressive: bool = False,
                 sc = scan_root(r.path, adir, patterns, cfg.keep_days * DAY, now, dry_run,
                                actions, errors)
             except OSError as e:
-                errors.append(f"root {r.path}: {e.strerror or e}")
+                errors.append(f"root {r.path}: {e.filename or r.path}: {e.strerror or e}")
                 sc = None
             if sc is None:
                 continue
