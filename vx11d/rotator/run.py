@@ -130,8 +130,19 @@ def process_dir(job: Job, hook: Hook | None = None) -> DirResult:
     res = DirResult(job.root, job.name, archive=os.path.join(job.archive_dir,
                                                              names.archive_name(job.name)))
     verb = "would " if job.dry_run else ""
-    root_fd = os.open(job.root, DIR_FLAGS)
-    arch_fd = _open_archive_dir(job.archive_dir)
+    try:
+        root_fd = os.open(job.root, DIR_FLAGS)
+    except OSError as e:
+        res.action = "failed"
+        res.errors.append(f"{src}: cannot open the root: {e.strerror}")
+        return res
+    try:
+        arch_fd = _open_archive_dir(job.archive_dir)
+    except OSError as e:
+        os.close(root_fd)
+        res.action = "failed"
+        res.errors.append(f"{src}: cannot open the archive dir: {e.strerror}")
+        return res
     try:
         rst = os.fstat(root_fd)
         policy = Policy(job.patterns, rst.st_dev, rst.st_uid)
@@ -449,9 +460,13 @@ def rotate(cfg: Any, *, dry_run: bool = False, aggressive: bool = False,
         freed = 0
         if aggressive:
             for sc in scans:
-                d_names, d_bytes = aggressive_phase(sc.archive_dir, patterns,
-                                                    cfg.aggressive_days * DAY, now, dry_run,
-                                                    actions, errors)
+                try:
+                    d_names, d_bytes = aggressive_phase(sc.archive_dir, patterns,
+                                                        cfg.aggressive_days * DAY, now,
+                                                        dry_run, actions, errors)
+                except OSError as e:
+                    errors.append(f"archive dir {sc.archive_dir}: {e.strerror or e}")
+                    continue
                 deleted += d_names
                 freed += d_bytes
         tot = {"active_dirs": 0, "active_bytes": 0, "archive_count": 0, "archive_bytes": 0}
