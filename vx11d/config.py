@@ -216,6 +216,10 @@ class RotateConfig:
         paths = [r.path.rstrip("/") for r in self.roots]
         if len(set(paths)) != len(paths):
             return "roots: the same path is listed twice"
+        adirs = [(r.archive_dir or r.path.rstrip("/") + "/archive").rstrip("/")
+                 for r in self.roots]
+        if len(set(adirs)) != len(adirs):
+            return "roots: two roots share one archive_dir (their archives could collide)"
         return None
 
 

@@ -162,6 +162,10 @@ def test_lock_busy_exits_75(tmp_path, capsys):
     ("rotate:\n  hard_exclude: ['']", "non-empty"),
     ("rotate:\n  roots: [{path: /a}, {path: /a/}]", "listed twice"),
     ("rotate:\n  lock_file: rel.lock", "absolute"),
+    ("rotate:\n  roots: [{path: /a, archive_dir: /x}, {path: /b, archive_dir: /x/}]",
+     "share one archive_dir"),
+    ("rotate:\n  roots: [{path: /a}, {path: /b, archive_dir: /a/archive}]",
+     "share one archive_dir"),
 ])
 def test_config_refusals(text, reason):
     from vx11d import config
