@@ -60,15 +60,44 @@ def fault(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def run_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (LockBusy if another run holds it)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+class LockError(Vx11Error):
+    """The lock file cannot be opened."""
+
+
+def _open_lock(path: str, create: bool) -> int | None:
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o660)
+        return os.open(path, os.O_RDWR | flags)
+    except FileNotFoundError:
+        if not create:
+            return None
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+        except OSError as e:
+            raise LockError(f"cannot create lock file {path}: {e.strerror}") from e
+        # flock needs only a read-only fd: a run as another user (root with --local,
+        # vx11 in the unit) can still take it.
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o644)
+        return fd
     except PermissionError:
-        # made by another user (root running --local): flock works on a read-only fd
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            return os.open(path, os.O_RDONLY | flags)
+        except OSError as e:
+            raise LockError(f"cannot open lock file {path}: {e.strerror}") from e
+    except OSError as e:
+        raise LockError(f"cannot open lock file {path}: {e.strerror}") from e
+
+
+@contextlib.contextmanager
+def run_lock(path: str, *, create: bool = True) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (LockBusy if another run holds it). With
+    ``create=False`` (a dry run) a missing lock file is not created and not needed."""
+    fd = _open_lock(path, create)
+    if fd is None:
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -435,7 +464,7 @@ def rotate(cfg: Any, *, dry_run: bool = False, aggressive: bool = False,
     patterns = patterns_for(cfg.hard_exclude)
     actions: list[str] = []
     errors: list[str] = []
-    with run_lock(cfg.lock_file):
+    with run_lock(cfg.lock_file, create=not dry_run):
         scans: list[RootScan] = []
         jobs: list[Job] = []
         for r in cfg.roots:

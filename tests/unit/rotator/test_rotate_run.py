@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,42 @@ def test_only_one_rotation_at_a_time(tmp_path):
     with run.run_lock(cfg.rotate.lock_file), pytest.raises(run.LockBusy):
         run.rotate(cfg.rotate, now=NOW)
     assert (root / OLD).exists()
+
+
+def test_dry_run_needs_no_lock_file_and_a_foreign_one_still_locks(tmp_path):
+    root = populated(tmp_path)
+    cfg = make_cfg(tmp_path, [{"path": str(root)}])
+    lock = Path(cfg.rotate.lock_file)
+    run.rotate(cfg.rotate, dry_run=True, now=NOW)
+    assert not lock.exists(), "a dry run created the lock file"
+    run.rotate(cfg.rotate, now=NOW)
+    assert lock.stat().st_mode & 0o777 == 0o644
+    # a lock file made by root still locks for another user (flock on a read-only fd)
+    base = Path("/tmp") / f"vx11-rotate-lock-{os.getpid()}"
+    base.mkdir(mode=0o755)
+    try:
+        lock2 = base / "rotate.lock"
+        with run.run_lock(str(lock2)):
+            pass
+        code = ("import sys; from vx11d.rotator import run\n"
+                "with run.run_lock(sys.argv[1]): print('locked')")
+        r = subprocess.run([sys.executable, "-c", code, str(lock2)], user=65534,
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0 and r.stdout.strip() == "locked", r.stderr
+        with run.run_lock(str(lock2)):
+            r = subprocess.run([sys.executable, "-c", code, str(lock2)], user=65534,
+                               capture_output=True, text=True, check=False)
+            assert "LockBusy" in r.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_unusable_lock_path_is_a_clear_error(tmp_path):
+    cfg = make_cfg(tmp_path, [{"path": str(populated(tmp_path))}],
+                   lock_file=str(tmp_path / "afile" / "lock"))
+    (tmp_path / "afile").write_text("not a dir")
+    with pytest.raises(run.LockError, match="lock file"):
+        run.rotate(cfg.rotate, now=NOW)
 
 
 def test_two_workers_archive_in_parallel_processes(tmp_path):
