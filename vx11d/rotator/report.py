@@ -43,7 +43,9 @@ def text(rep: dict[str, Any]) -> str:
                      f"{ag['limit_days']:g} days ({_mb(ag['bytes_freed'])})")
     else:
         lines.append("4 aggressive: not requested (--aggressive)")
-    lines.append(f"5 report:     {rp['active_dirs']} active dirs ({_mb(rp['active_bytes'])}), "
+    when = " (as now)" if rep["dry_run"] else ""
+    lines.append(f"5 report:     {rp['active_dirs']} audit dirs{when} "
+                 f"({_mb(rp['active_bytes'])}), "
                  f"{rp['archive_count']} archives ({_mb(rp['archive_bytes'])}), total "
                  f"{_mb(rp['total_bytes'])}")
     for root in sc["roots"]:
