@@ -86,6 +86,7 @@ def record(cfg: Config, rep: dict[str, Any]) -> None:
             db.close()
     except Vx11Error as e:
         rep["errors"].append(f"database: {e}")
+        last_success = None
     path = os.path.join(cfg.rotate.textfile_dir, "vx11_rotate.prom")
     try:
         metrics.write_textfile(report.registry(rep, last_success), path)
