@@ -183,7 +183,7 @@ def process_dir(job: Job, hook: Hook | None = None) -> DirResult:
                 res.members = _verify_existing(arch_fd, final, root_fd, job.name, policy)
                 res.verified = True
                 res.action = "would_reuse" if job.dry_run else "reused"
-            except (VerifyError, WalkError) as e:
+            except VerifyError as e:  # a WalkError (the source's fault) leaves all as is
                 res.errors.append(f"{src}: existing archive {res.archive} does not verify: "
                                   f"{e}; it is set aside and rebuilt")
                 aside = f"{final}.bad-{int(job.now)}"
