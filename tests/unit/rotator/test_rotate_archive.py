@@ -131,3 +131,24 @@ def test_existing_archive_missing_a_source_file_is_rebuilt(tmp_path):
     assert any("not in the archive" in e for e in rep["errors"])
     m = archive_members(root / "archive" / f"{OLD}.tar.gz")
     assert f"{OLD}/late.txt" in m
+
+
+def test_source_walk_failure_never_sets_a_sound_archive_aside(tmp_path, monkeypatch):
+    from vx11d.rotator.walk import WalkError
+
+    root = tmp_path / "r"
+    audit_tree(root, OLD, n_files=3)
+    (root / "archive").mkdir()
+    out, _w = build(tmp_path, root, OLD)
+    final = root / "archive" / f"{OLD}.tar.gz"
+    os.rename(out, final)
+
+    def failing(*a, **k):
+        raise WalkError("sub: changed during the walk")
+
+    monkeypatch.setattr(run, "_verify_existing", failing)
+    cfg = make_cfg(tmp_path, [{"path": str(root)}])
+    rep = run.rotate(cfg.rotate, now=NOW)
+    assert rep["phases"]["archive"]["failed"] == 1
+    assert os.listdir(root / "archive") == [final.name]
+    assert (root / OLD / "f0.txt").exists()
