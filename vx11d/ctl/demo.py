@@ -81,10 +81,22 @@ def main() -> int:
              lambda rc, out: out.strip() == "active")
         step(sb, "what the reaper sees and would do", ["vx11ctl", "reaper", "scan"])
     if has_unit("vx11-rotate.timer"):
+        root = "/var/lib/vx11/audit/demo"
+        step(sb, "an audit root: one dir 7+ days old, one from today, one misnamed",
+             ["sh", "-c", f"mkdir -p {root}/20200101T000000Z_smoke/logs "
+              f"{root}/$(date -u +%Y%m%dT%H%M%SZ) {root}/notes && "
+              f"echo ok > {root}/20200101T000000Z_smoke/logs/run.log && "
+              f"echo '{{}}' > {root}/20200101T000000Z_smoke/SCORECARD.json && "
+              f"chown -R vx11:vx11 {root} && find {root} | sort"])
         step(sb, "the audit rotator runs on a timer",
              ["systemctl", "list-timers", "--all", "--no-pager", "vx11-rotate.timer"])
-        step(sb, "a dry run shows what it would do", ["vx11ctl", "rotate", "--dry-run"],
-             ok_codes=(0, 1))
+        step(sb, "a dry run shows what it would do and changes nothing",
+             ["vx11ctl", "rotate", "--dry-run"])
+        step(sb, "the real run, as the timer would start it", ["vx11ctl", "rotate"])
+        step(sb, "the old dir is now a verified archive; SCORECARD.json stayed",
+             ["sh", "-c", f"find {root} | sort"])
+        step(sb, "its node_exporter textfile",
+             ["grep", "-v", "^#", "/var/lib/prometheus/node-exporter/vx11_rotate.prom"])
     if _has_ctl(sb, "route"):
         step(sb, "Switch answers what rules can answer", ["vx11ctl", "route", "2+2*10"])
     if has_unit("vx11-hermes.service"):
