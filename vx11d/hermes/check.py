@@ -83,7 +83,8 @@ def check_template(template: str) -> None:
     try:
         env.from_string(template).render(
             messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-            bos_token="<s>", eos_token="</s>", add_generation_prompt=True)
+            bos_token="<s>", eos_token="</s>",  # noqa: S106
+            add_generation_prompt=True)
     except TemplateError as e:  # SecurityError is a TemplateError
         raise Refused(f"chat_template does not render in a sandbox: "
                       f"{type(e).__name__}: {e}") from e
@@ -106,7 +107,7 @@ def _scan(reader) -> int:
             scanned += 1
         elif t.tensor_type == Q.BF16 or t.tensor_type in quants._type_traits:
             raw = np.asarray(data).view(np.uint8).reshape(-1)
-            block, size = quants.GGML_QUANT_SIZES[t.tensor_type]
+            _block, size = quants.GGML_QUANT_SIZES[t.tensor_type]
             take = max(size, (QUANT_SAMPLE_BYTES // size) * size)
             for start in (0, max(0, (raw.size // size // 2) * size),
                           max(0, raw.size - take)):

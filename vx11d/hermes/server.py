@@ -327,10 +327,10 @@ class Worker:
 
         pumper = asyncio.ensure_future(pump())
         try:
-            counts, outcome = await self._run(request, kwargs, deadline, on_chunk)
+            _counts, outcome = await self._run(request, kwargs, deadline, on_chunk)
         except Exception as e:
             log.exception("generation failed")
-            counts, outcome = None, "error"
+            outcome = "error"
             out.put_nowait(b"data: " + json.dumps({"error": {"message": str(e)}}).encode()
                            + b"\n\n")
         if outcome == "timeout":

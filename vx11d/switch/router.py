@@ -79,13 +79,17 @@ class Switch:
                 break
             m = rx.search(query)
             if m is not None:
-                groups = m.groups()
-                return name, _GROUP.sub(
-                    lambda g: (groups[int(g.group(1)) - 1] or "")
-                    if 0 < int(g.group(1)) <= len(groups) else g.group(0), answer)
+                return name, _fill(answer, m.groups())
         if exact is not None:
             return exact[1], exact[2]
         return None
+
+
+def _fill(answer: str, groups: tuple) -> str:
+    def one(g: re.Match) -> str:
+        i = int(g.group(1))
+        return (groups[i - 1] or "") if 0 < i <= len(groups) else g.group(0)
+    return _GROUP.sub(one, answer)
 
 
 def _looks_like_bomb(reason: str) -> bool:
