@@ -179,6 +179,7 @@ async def route(request: web.Request) -> web.Response:
         return done("switch", answer=decision.answer, rule=decision.rule)
     m["fall"].labels("switch", "no_answer").inc()
     tried = {"switch": "no_answer"}
+    details: dict[str, str] = {}
     msg = {"messages": [{"role": "user", "content": query}]}
     budget = max(0.5, ctx.cfg.gateway.request_timeout - 1)
     try:
@@ -191,20 +192,24 @@ async def route(request: web.Request) -> web.Response:
     except StepFailed as e:
         m["fall"].labels("hermes", e.reason).inc()
         tried["hermes"] = e.reason
+        details["hermes"] = str(e)
     try:
         url, headers = _remote_target(ctx, st["up"])
         remaining = budget - (time.perf_counter() - t0)
-        body = {**msg, "model": ctx.cfg.remote.model or "default"}
+        body = {**msg, "model": ctx.cfg.remote.model or "default",
+                "max_tokens": ctx.cfg.hermes.max_tokens}
         out = await _ask(st["up"].remote(), url, body, headers,
                          min(ctx.cfg.remote.timeout, max(0.5, remaining)))
-        return done("remote", answer=out["choices"][0]["message"]["content"],
+        return done("remote", answer=out["choices"][0]["message"]["content"], tried=tried,
+                    details=details,
                     model=out.get("model"), usage=out.get("usage"))
     except StepFailed as e:
         m["fall"].labels("remote", e.reason).inc()
         tried["remote"] = e.reason
+        details["remote"] = str(e)
     m["routed"].labels("none").inc()
     raise ApiError(503, "no_route", "no route could answer: " + ", ".join(
-        f"{k} {v}" for k, v in tried.items()), tried=tried,
+        f"{k} {v}" for k, v in tried.items()), tried=tried, details=details,
         latency_ms=round((time.perf_counter() - t0) * 1000, 3))
 
 

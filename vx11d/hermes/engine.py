@@ -164,7 +164,24 @@ class Engine:
         import numpy as np
         from llama_cpp import LogitsProcessorList
 
+        llm = self.llm
+        if llm is None:
+            raise RuntimeError("model is not loaded")
         counts = {"prompt_tokens": 0, "completion_tokens": 0, "finish_reason": None}
+        # llama-cpp-python 0.3.x drops every logits processor when logit_bias is also
+        # given (``logits_processor = logits_processor.extend(...)`` is None), so the
+        # bias is applied here instead of being passed through.
+        bias = kwargs.pop("logit_bias", None) or {}
+        bias_ids = np.fromiter(bias.keys(), dtype=np.intp, count=len(bias))
+        bias_vals = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+
+        # llama-cpp-python 0.3.x also overruns max_tokens while the text so far ends in an
+        # incomplete UTF-8 sequence (it keeps sampling until the context is full, then
+        # llama_decode fails): past the budget, or near the end of the context, only the
+        # end-of-sequence token may be sampled.
+        max_tokens = kwargs.get("max_tokens") or 1 << 30
+        n_ctx = llm.n_ctx()
+        eos = llm.token_eos()
 
         def watch(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
             if cancel.is_set():
@@ -172,11 +189,17 @@ class Engine:
             if not counts["prompt_tokens"]:
                 counts["prompt_tokens"] = len(input_ids)
             counts["completion_tokens"] += 1
+            if counts["completion_tokens"] > max_tokens or len(input_ids) >= n_ctx - 2:
+                counts["forced_stop"] = True
+                scores = np.full_like(scores, -np.inf)
+                scores[eos] = 0.0
+                return scores
+            if bias:
+                ok = bias_ids < scores.shape[-1]
+                scores = scores.copy()
+                scores[bias_ids[ok]] += bias_vals[ok]
             return scores
 
-        llm = self.llm
-        if llm is None:
-            raise RuntimeError("model is not loaded")
         it = llm.create_chat_completion(**kwargs, stream=True,
                                         logits_processor=LogitsProcessorList([watch]))
         try:
@@ -190,6 +213,9 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 it.close()
+        if counts.pop("forced_stop", False):
+            counts["completion_tokens"] -= 1  # the forced end-of-sequence step
+            counts["finish_reason"] = "length"
         return counts
 
     def shutdown(self) -> None:
