@@ -35,7 +35,7 @@ def model(kind: str, directory: str) -> str:
 
 def config_text(tmp: str, model_path: str, **hermes) -> str:
     h = {"socket": os.path.join(tmp, "run", "hermes.sock"), "model_path": model_path,
-         "metrics_port": 0, "n_ctx": 256, "max_tokens": 24, "n_threads": 2, **hermes}
+         "metrics_port": 0, "n_ctx": 256, "max_tokens": 24, "n_threads": 1, **hermes}
     return json.dumps({"db": {"path": os.path.join(tmp, "vx11.db")}, "hermes": h})
 
 
@@ -44,6 +44,7 @@ class WorkerProc:
 
     def __init__(self, tmp: str, model_path: str, **hermes):
         self.tmp = tmp
+        self.model_path = model_path
         os.makedirs(os.path.join(tmp, "run"), exist_ok=True)
         self.cfg_path = os.path.join(tmp, "hermes.yml")
         self.write_config(model_path, **hermes)

@@ -237,9 +237,9 @@ class Worker:
         if gen and took > 0:
             self.m["tps"].set(gen / took)
 
-    async def _run(self, request, kwargs, deadline, on_chunk):
-        """Generate until done, deadline, or the client going away."""
-        cancel = threading.Event()
+    async def _run(self, request, kwargs, deadline, on_chunk, cancel=None):
+        """Generate until done, deadline, or the client going away (or ``cancel``)."""
+        cancel = cancel or threading.Event()
         started = time.monotonic()
         task = asyncio.ensure_future(self.engine.generate(kwargs, cancel, on_chunk))
         outcome = "ok"
@@ -253,7 +253,7 @@ class Worker:
                 if done:
                     break
                 transport = request.transport
-                if transport is None or transport.is_closing():
+                if transport is None or transport.is_closing() or cancel.is_set():
                     outcome = "cancelled"
                     break
         except asyncio.CancelledError:
@@ -311,6 +311,7 @@ class Worker:
             out.put_nowait(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
         broken = False
+        cancel = threading.Event()
 
         async def pump() -> None:
             nonlocal broken
@@ -324,10 +325,11 @@ class Worker:
                     await resp.write(data)
                 except (ConnectionError, RuntimeError):
                     broken = True
+                    cancel.set()  # the client went away: stop generating
 
         pumper = asyncio.ensure_future(pump())
         try:
-            _counts, outcome = await self._run(request, kwargs, deadline, on_chunk)
+            _counts, outcome = await self._run(request, kwargs, deadline, on_chunk, cancel)
         except Exception as e:
             log.exception("generation failed")
             outcome = "error"
