@@ -64,8 +64,12 @@ class HermesService:
         await web.UnixSite(self.runner, h.socket).start()
         os.chmod(h.socket, 0o660)
         if h.metrics_port:
-            self.metrics_server = metrics.serve(self.registry, h.metrics_address,
-                                                h.metrics_port)
+            try:
+                self.metrics_server = metrics.serve(self.registry, h.metrics_address,
+                                                    h.metrics_port)
+            except OSError as e:  # e.g. PrivateNetwork=yes without AF_INET: socket only
+                log.warning("no /metrics on %s:%d (%s); it stays on the socket",
+                            h.metrics_address, h.metrics_port, e)
         journal.event(log, "hermes_started", "Hermes worker on %s (model %s, loads on "
                       "first use)", h.socket, h.model_path, socket=h.socket)
 
