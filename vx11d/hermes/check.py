@@ -16,7 +16,8 @@ child checks, in order:
 5. ``tokenizer.chat_template``: refused when it names a dunder attribute
    (``__class__``, ``__mro__``, ``__globals__``, ``__subclasses__``...) and rendered
    once with sample messages in a jinja2 ``ImmutableSandboxedEnvironment`` (what
-   llama-cpp-python itself uses) — a SecurityError or any error refuses it.
+   llama-cpp-python itself uses, where an unsafe access silently renders as empty; here
+   it raises) — a SecurityError or any template error refuses it.
 
 It prints one JSON line: ``{"ok": true, ...}`` or ``{"ok": false, "reason": ...}``.
 """
@@ -77,9 +78,17 @@ def check_template(template: str) -> None:
     if m:
         raise Refused(f"chat_template refers to {m.group(0)!r} (template injection)")
     from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    class Strict(ImmutableSandboxedEnvironment):
+        """The sandbox quietly renders an unsafe access as undefined; we refuse it."""
+
+        def unsafe_undefined(self, obj, attribute):
+            raise SecurityError(f"access to {attribute!r} of a {type(obj).__name__} "
+                                "is unsafe")
+
+    env = Strict(trim_blocks=True, lstrip_blocks=True)
     try:
         env.from_string(template).render(
             messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
