@@ -65,7 +65,11 @@ def _metrics(ctx: GatewayContext) -> dict:
 
 
 def hermes_enabled(ctx: GatewayContext) -> bool:
-    """A live hermes activation in the DB, or the ``full`` profile."""
+    """A live hermes activation in the DB, or the ``full`` profile.
+
+    Called on the loop: one indexed read on a WAL database (tens of microseconds; readers
+    never wait for writers), cheaper than a thread hop on every request.
+    """
     if ctx.cfg.madre.profile == "full":
         return True
     rows = ctx.db.query("SELECT 1 FROM activations WHERE component = 'hermes' AND ended_at "
@@ -183,7 +187,7 @@ async def route(request: web.Request) -> web.Response:
     msg = {"messages": [{"role": "user", "content": query}]}
     budget = max(0.5, ctx.cfg.gateway.request_timeout - 1)
     try:
-        if not await asyncio.to_thread(hermes_enabled, ctx):
+        if not hermes_enabled(ctx):
             raise StepFailed("inactive")
         out = await _ask(st["up"].hermes(ctx.cfg.hermes.socket), "/v1/chat/completions",
                          {**msg, "max_tokens": ctx.cfg.hermes.max_tokens}, {}, budget)
@@ -240,7 +244,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     stream = body.get("stream") is True
     targets = []
-    if await asyncio.to_thread(hermes_enabled, ctx):
+    if hermes_enabled(ctx):
         targets.append(("hermes", st["up"].hermes(ctx.cfg.hermes.socket),
                         "/v1/chat/completions", {"Content-Type": "application/json"},
                         body, ctx.cfg.hermes.request_timeout + 5))
@@ -320,7 +324,7 @@ async def models(request: web.Request) -> web.Response:
     """The models the chat endpoint can reach now."""
     ctx = request.app[CTX]
     data = []
-    if await asyncio.to_thread(hermes_enabled, ctx):
+    if hermes_enabled(ctx):
         data.append({"id": os.path.basename(ctx.cfg.hermes.model_path), "object": "model",
                      "owned_by": "vx11-hermes", "created": 0})
     if ctx.cfg.remote.base_url:
@@ -346,7 +350,7 @@ async def hermes_health(app: web.Application) -> dict:
     """/health contribution: is Hermes enabled, and what its worker says."""
     ctx = app[CTX]
     try:
-        enabled = await asyncio.to_thread(hermes_enabled, ctx)
+        enabled = hermes_enabled(ctx)
     except Exception:  # noqa: BLE001 - health must answer even when the DB does not
         return {"hermes": {"enabled": None, "state": "unknown"}}
     info: dict[str, Any] = {"enabled": enabled, "state": "down"}

@@ -143,8 +143,10 @@ class Engine:
             self.m["refused"].set(0)
 
     async def generate(self, kwargs: dict, cancel: threading.Event,
-                       on_chunk: Callable[[dict], None]) -> dict:
-        """Stream a chat completion on the worker thread; ``on_chunk`` runs on the loop.
+                       on_chunk: Callable[[dict], None], *, on_loop: bool = True) -> dict:
+        """Stream a chat completion on the worker thread; ``on_chunk`` runs on the loop
+        (or, with ``on_loop=False``, on the worker thread: it must then be thread-safe,
+        e.g. a list append — no loop wake-up per token).
 
         Returns ``{"prompt_tokens", "completion_tokens", "finish_reason"}``; raises
         Cancelled when ``cancel`` was set.
@@ -154,6 +156,9 @@ class Engine:
 
         def emit(chunk: dict) -> None:
             loop.call_soon_threadsafe(on_chunk, chunk)
+
+        if not on_loop:
+            emit = on_chunk
 
         try:
             return await loop.run_in_executor(self._pool, self._run, kwargs, cancel, emit)

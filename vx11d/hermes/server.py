@@ -237,11 +237,12 @@ class Worker:
         if gen and took > 0:
             self.m["tps"].set(gen / took)
 
-    async def _run(self, request, kwargs, deadline, on_chunk, cancel=None):
+    async def _run(self, request, kwargs, deadline, on_chunk, cancel=None, on_loop=True):
         """Generate until done, deadline, or the client going away (or ``cancel``)."""
         cancel = cancel or threading.Event()
         started = time.monotonic()
-        task = asyncio.ensure_future(self.engine.generate(kwargs, cancel, on_chunk))
+        task = asyncio.ensure_future(self.engine.generate(kwargs, cancel, on_chunk,
+                                                          on_loop=on_loop))
         outcome = "ok"
         try:
             while not task.done():
@@ -280,7 +281,8 @@ class Worker:
                 parts.append(delta["content"])
 
         try:
-            counts, outcome = await self._run(request, kwargs, deadline, on_chunk)
+            counts, outcome = await self._run(request, kwargs, deadline, on_chunk,
+                                              on_loop=False)  # list.append: thread-safe
         except Exception as e:
             log.exception("generation failed")
             return _err(500, "generation_failed", f"{type(e).__name__}: {e}"), "error"
