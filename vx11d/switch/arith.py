@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 
 from ..errors import Vx11Error
 
@@ -27,6 +28,8 @@ MAX_NODES = 200
 MAX_DIGITS = 4300  # Python's own int<->str conversion limit
 MAX_FACTORIAL = 1000
 _INT_LIMIT = 10 ** MAX_DIGITS
+# A run of unary signs nests one AST level each; refuse it before the parser walks it.
+_SIGN_RUN = re.compile(r"(?:[-+~]\s*){" + str(MAX_DEPTH + 1) + ",}")
 
 
 class ArithError(Vx11Error):
@@ -146,7 +149,7 @@ def parse(text: str, max_chars: int = 2000) -> ast.Expression:
     """The checked syntax tree of ``text`` (ArithError if it is not acceptable arithmetic)."""
     if len(text) > max_chars:
         raise ArithError(f"expression longer than {max_chars} characters")
-    if text.count("(") > MAX_DEPTH:
+    if text.count("(") > MAX_DEPTH or _SIGN_RUN.search(text):
         raise ArithError(f"expression nested deeper than {MAX_DEPTH}")
     try:
         tree = ast.parse(text.strip(), mode="eval")
