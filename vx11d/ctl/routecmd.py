@@ -40,7 +40,8 @@ def route(args: argparse.Namespace) -> int:
         any_addr = ("0.0.0.0", "::", "")  # noqa: S104 - we connect, not bind
         host = "127.0.0.1" if g.listen_address in any_addr else g.listen_address
         url = (args.url or f"http://{host}:{g.listen_port}").rstrip("/") + "/vx11/route"
-        req = urllib.request.Request(url, data=json.dumps({"query": args.query}).encode(),  # noqa: S310
+        payload = json.dumps({"query": args.query}).encode()
+        req = urllib.request.Request(url, data=payload,  # noqa: S310 - http(s) only
                                      headers={"Content-Type": "application/json",
                                               "X-VX11-Token": _token(g.token_file)})
         try:
