@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import aiohttp
 import pytest
@@ -158,3 +160,14 @@ def test_client_going_away_cancels_generation(spawn, models):
     assert gen < 400
     status, _ = unix_request(w.socket, "GET", "/health")
     assert status == 200 and w.health()["running"] == 0
+
+
+def test_rss_limit_below_the_idle_worker_is_a_config_error(tmp_path, models):
+    from tests.hermes_support import config_text
+    cfg = tmp_path / "h.yml"
+    cfg.write_text(config_text(str(tmp_path), models["tiny"], rss_limit="16M"))
+    env = {**os.environ, "VX11_CONFIG": str(cfg)}
+    r = subprocess.run([sys.executable, "-m", "vx11d", "hermes"], env=env, timeout=60,
+                       capture_output=True, text=True)
+    assert r.returncode == 78  # EX_CONFIG: systemd does not restart-loop it
+    assert "hermes.rss_limit" in r.stderr and "below the idle worker" in r.stderr

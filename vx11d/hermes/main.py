@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .. import journal, metrics, runtime
 from ..config import Config
+from ..errors import ConfigError
 from .engine import Engine, rss_bytes
 from .server import Worker, build_app, log_exit, new_metrics
 
@@ -53,6 +54,10 @@ class HermesService:
 
     async def start(self) -> None:
         h = self.cfg.hermes
+        idle = rss_bytes()
+        if idle > int(h.rss_limit):  # it would exit and restart for ever
+            raise ConfigError(self.cfg.path, "hermes.rss_limit", f"{int(h.rss_limit)} bytes is "
+                              f"below the idle worker's own RSS ({idle} bytes)")
         self._load_restarts()
         self.m["rss_limit"].set(int(h.rss_limit))
         self.runner = web.AppRunner(build_app(self.worker), access_log=None,
