@@ -22,6 +22,7 @@ from tests.hermes_support import (
     model,
     wait_port,
 )
+from tests.support import poll_for
 from vx11d import config
 from vx11d.db import Database
 from vx11d.gateway.app import build_app
@@ -208,3 +209,58 @@ def test_worker_api_rejects_bad_bodies(worker):
         status, data = unix_request(worker.socket, "POST", "/v1/chat/completions", body)
         assert status in (400, 422), (body, data)
     assert worker.proc.poll() is None
+
+
+def test_gateway_stream_cancel_and_queue_full_pass_through(tmp_path, dbpath):
+    """A client leaving a stream at the gateway stops generation in Hermes; a full Hermes
+    queue is a 503 with Retry-After at the gateway too."""
+    import asyncio
+
+    import aiohttp
+
+    from tests.hermes_support import model as make_model
+
+    w = WorkerProc(str(tmp_path / "w"), make_model("medium", str(tmp_path)), n_ctx=512,
+                   max_tokens=400, queue_max=0)
+    try:
+        cfg = config.parse(json.dumps({"db": {"path": dbpath}, "hermes": {
+            "socket": w.socket, "model_path": w.model_path}}), "gw.yml")
+        ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
+        _activate(ctx.db)
+        gw = AppThread(lambda: build_app(ctx, TOKEN, modules=["vx11d.gateway.chain"]))
+        url = gw.url + "/v1/chat/completions"
+        hdr = {"X-VX11-Token": TOKEN}
+        # random weights emit invalid UTF-8 that holds chunks back: bias it away
+        bias = {str(k): v for k, v in high_byte_bias().items()}
+        body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 400,
+                "logit_bias": bias}
+        try:
+            assert w.chat("warm up", max_tokens=2)[0] == 200
+
+            async def leave_early():
+                async with aiohttp.ClientSession() as s:
+                    r = await s.post(url, json={**body, "stream": True}, headers=hdr)
+                    assert r.status == 200
+                    await r.content.readline()
+                    r.close()
+
+            asyncio.run(leave_early())
+            poll_for(lambda: b'vx11_hermes_requests_total{outcome="cancelled"} 1.0'
+                     in w.get("/metrics")[1], 15, what="Hermes counted the cancel")
+
+            async def two_at_once():
+                async with aiohttp.ClientSession() as s:
+                    first = asyncio.ensure_future(s.post(url, json={**body, "stream": True},
+                                                         headers=hdr))
+                    await asyncio.sleep(0.3)
+                    async with s.post(url, json=body, headers=hdr) as r2:
+                        second = (r2.status, r2.headers.get("Retry-After"), await r2.json())
+                    (await first).close()
+                    return second
+
+            status, retry, data = asyncio.run(two_at_once())
+            assert (status, data["error"]) == (503, "queue_full") and retry
+        finally:
+            gw.close()
+    finally:
+        w.stop()

@@ -4,8 +4,8 @@ Every llama.cpp call (load, generate, close) runs on ONE worker thread, so the a
 loop never blocks (its progress is what pings the watchdog) and calls never overlap.
 Generation streams chunks back to the loop through ``call_soon_threadsafe``; a cancel
 flag is checked before every sampled token (in a logits processor, which llama-cpp-python
-calls once per token) and between chunks, so a timeout or a client that went away
-stops generation within one token.
+calls once per token, and which then forces end-of-sequence) and between chunks, so a
+timeout or a client that went away stops generation within one token.
 """
 
 from __future__ import annotations
@@ -188,13 +188,15 @@ class Engine:
         n_ctx = llm.n_ctx()
         eos = llm.token_eos()
 
+        # This runs inside a ctypes sampler callback: an exception raised here is printed
+        # and IGNORED by ctypes (generation goes on), so a cancel is honoured the same way
+        # as the budget: by forcing end-of-sequence, which ends generation at this token.
         def watch(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-            if cancel.is_set():
-                raise Cancelled()
             if not counts["prompt_tokens"]:
                 counts["prompt_tokens"] = len(input_ids)
             counts["completion_tokens"] += 1
-            if counts["completion_tokens"] > max_tokens or len(input_ids) >= n_ctx - 2:
+            if cancel.is_set() or counts["completion_tokens"] > max_tokens \
+                    or len(input_ids) >= n_ctx - 2:
                 counts["forced_stop"] = True
                 scores = np.full_like(scores, -np.inf)
                 scores[eos] = 0.0
@@ -218,6 +220,8 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 it.close()
+        if cancel.is_set():
+            raise Cancelled()
         if counts.pop("forced_stop", False):
             counts["completion_tokens"] -= 1  # the forced end-of-sequence step
             counts["finish_reason"] = "length"

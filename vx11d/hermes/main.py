@@ -143,6 +143,8 @@ class HermesService:
             await self.engine.unload("reload")
 
     async def stop(self) -> None:
+        self.worker.draining = True  # new requests: 503 while the runner shuts down
+        self.worker.cancel_all()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.engine.llm is not None:

@@ -151,6 +151,7 @@ class Worker:
         self.waiting = 0
         self.running = 0
         self.draining = False
+        self.active: set[threading.Event] = set()
 
     def busy(self) -> bool:
         return self.running > 0 or self.waiting > 0
@@ -237,9 +238,21 @@ class Worker:
         if gen and took > 0:
             self.m["tps"].set(gen / took)
 
+    def cancel_all(self) -> None:
+        """Stop every generation in flight (shutdown)."""
+        for ev in list(self.active):
+            ev.set()
+
     async def _run(self, request, kwargs, deadline, on_chunk, cancel=None, on_loop=True):
         """Generate until done, deadline, or the client going away (or ``cancel``)."""
         cancel = cancel or threading.Event()
+        self.active.add(cancel)
+        try:
+            return await self._generate(request, kwargs, deadline, on_chunk, cancel, on_loop)
+        finally:
+            self.active.discard(cancel)
+
+    async def _generate(self, request, kwargs, deadline, on_chunk, cancel, on_loop):
         started = time.monotonic()
         task = asyncio.ensure_future(self.engine.generate(kwargs, cancel, on_chunk,
                                                           on_loop=on_loop))
