@@ -236,7 +236,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs (< 60 s)")
     a = ap.parse_args()
-    runs, tokens, ft_tokens = (3, 48, 8) if a.quick else (7, 128, 16)
+    runs, tokens, ft_tokens = (3, 48, 8) if a.quick else (11, 128, 16)
     t_start = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="vx11-bench-hermes-")
     try:
