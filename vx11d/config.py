@@ -229,7 +229,9 @@ class HermesConfig:
                       check=check_abs_path)
     metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
                                check=_check_loopback)
-    metrics_port: int = opt(9714, "/metrics port (0: serve /metrics on the socket only)",
+    metrics_port: int = opt(0, "extra loopback /metrics port (0: none). The unit has "
+                            "PrivateNetwork=yes, so scrape through the gateway's "
+                            "/vx11/hermes/metrics; /metrics is always on the socket",
                             check=_check_port)
     model_path: str = opt("/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf",
                           "GGUF model file", check=check_abs_path)

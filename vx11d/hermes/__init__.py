@@ -1,0 +1,1 @@
+"""Hermes: the local LLM worker (llama-cpp-python) behind a UNIX socket."""

@@ -1,0 +1,153 @@
+"""Random-weight LLaMA GGUF models for tests and the bench, and a damaged-GGUF corpus.
+
+No model can be downloaded on the build machines, so the suite writes its own with the
+``gguf`` package: :func:`write_model` (tiny by default, ~0.5 MB; ``BENCH_SHAPE`` makes a
+token cost milliseconds) and :func:`write_corpus` (files Hermes must refuse).
+
+    python -m vx11d.hermes.testmodel OUT.gguf [--bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+PIECES = ["▁the", "▁a", "▁is", "▁of", "▁and", "▁to", "▁in", "▁it", "▁vx", "11",
+          "▁hermes", "▁switch", "▁ok", "▁yes", "▁no", "e", "s", "t", "▁", "."]
+N_BYTE = 256
+FIRST_BYTE = 3
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int = 2
+    embd: int = 64
+    heads: int = 4
+    ff: int = 128
+    ctx: int = 256
+
+
+TINY_SHAPE = Shape()
+BENCH_SHAPE = Shape(layers=8, embd=768, heads=12, ff=2048, ctx=512)
+
+
+def high_byte_bias() -> dict[int, float]:
+    """A logit_bias that suppresses byte tokens >= 0x80 (invalid UTF-8 alone)."""
+    return {FIRST_BYTE + b: -100.0 for b in range(0x80, 0x100)}
+
+
+def write_model(path: str, shape: Shape = TINY_SHAPE, *, seed: int = 11, f16: bool = True,
+                chat_template: str | None = None, poison: float | None = None) -> str:
+    """Write a random-weight LLaMA GGUF to ``path``; ``poison`` puts that value in a weight."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(N_BYTE)] + PIECES
+    types = [2, 3, 3] + [6] * N_BYTE + [1] * len(PIECES)
+    scores = [0.0] * (FIRST_BYTE + N_BYTE) + [-float(i) for i in range(len(PIECES))]
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_context_length(shape.ctx)
+    w.add_embedding_length(shape.embd)
+    w.add_block_count(shape.layers)
+    w.add_feed_forward_length(shape.ff)
+    w.add_head_count(shape.heads)
+    w.add_head_count_kv(shape.heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(shape.embd // shape.heads)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+    dt = np.float16 if f16 else np.float32
+    n_vocab, e = len(tokens), shape.embd
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.05).astype(dt)
+
+    emb = mat(n_vocab, e)
+    if poison is not None:
+        emb = emb.astype(np.float32)
+        emb[5, 7] = poison
+    w.add_tensor("token_embd.weight", emb)
+    w.add_tensor("output_norm.weight", np.ones(e, dtype=np.float32))
+    for i in range(shape.layers):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(e, dtype=np.float32))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(e, dtype=np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            w.add_tensor(p + name + ".weight", mat(e, e))
+        w.add_tensor(p + "ffn_gate.weight", mat(shape.ff, e))
+        w.add_tensor(p + "ffn_up.weight", mat(shape.ff, e))
+        w.add_tensor(p + "ffn_down.weight", mat(e, shape.ff))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+INJECTION = ("{{ ''.__class__.__mro__[1].__subclasses__() }}"
+             "{% for m in messages %}{{ m.content }}{% endfor %}")
+INJECTION_ATTR = ("{{ messages|attr('__class__')|attr('__mro__') }}"
+                  "{% for m in messages %}{{ m.content }}{% endfor %}")
+
+
+def write_corpus(directory: str, good: str | None = None, seed: int = 7) -> list[str]:
+    """Write damaged GGUF files into ``directory``; returns their paths (all must be refused)."""
+    os.makedirs(directory, exist_ok=True)
+    good = good or write_model(os.path.join(directory, ".good.gguf.src"))
+    with open(good, "rb") as f:
+        data = f.read()
+    rnd = random.Random(seed)
+    cases: dict[str, bytes] = {"empty": b"", "magic_only": data[:4], "header_only": data[:24]}
+    for frac in (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99):
+        cases[f"truncated_{int(frac * 100):02d}pct"] = data[:int(len(data) * frac)]
+    cases["truncated_last_byte"] = data[:-1]
+    cases["bad_magic"] = b"GGML" + data[4:]
+    cases["version_99"] = data[:4] + struct.pack("<I", 99) + data[8:]
+    cases["huge_tensor_count"] = data[:8] + struct.pack("<Q", 2**62) + data[16:]
+    cases["huge_kv_count"] = data[:16] + struct.pack("<Q", 2**62) + data[24:]
+    cases["random_bytes"] = rnd.randbytes(len(data))
+    cases["random_after_header"] = data[:24] + rnd.randbytes(len(data) - 24)
+    paths = []
+    for name, blob in cases.items():
+        p = os.path.join(directory, name + ".gguf")
+        with open(p, "wb") as f:
+            f.write(blob)
+        paths.append(p)
+    paths.append(write_model(os.path.join(directory, "nan_weights.gguf"), poison=float("nan")))
+    paths.append(write_model(os.path.join(directory, "inf_weights.gguf"), poison=float("inf")))
+    paths.append(write_model(os.path.join(directory, "template_injection_mro.gguf"),
+                             chat_template=INJECTION))
+    paths.append(write_model(os.path.join(directory, "template_injection_attr.gguf"),
+                             chat_template=INJECTION_ATTR))
+    os.unlink(good) if good.endswith(".src") else None
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--bench", action="store_true", help="the bigger bench shape")
+    p.add_argument("--corpus", action="store_true", help="write the damaged corpus into OUT")
+    a = p.parse_args(argv)
+    if a.corpus:
+        for path in write_corpus(a.out):
+            print(path)
+    else:
+        print(write_model(a.out, BENCH_SHAPE if a.bench else TINY_SHAPE))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
