@@ -256,7 +256,7 @@ class FakeSystemd:
             raise SystemdError(f"StartTransientUnit: unit {name} already exists")
         if name in self.fail_start:
             raise SystemdError(f"StartTransientUnit: {name} refused")
-        stored = {k: v for k, v in props.items() if k not in self.ignore}
+        stored = {k: _s(v) for k, v in props.items() if k not in self.ignore}
         self._pid += 1
         stored.update(ActiveState="active", SubState="running", MainPID=self._pid,
                       Result="success", ExecMainStatus=0, ExecMainCode=0, LoadState="loaded")
