@@ -77,21 +77,24 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
         "CPUQuotaPerSecUSec": int(tpl.cpu_quota_percent * 10_000),
         "TasksMax": int(tpl.tasks_max),
         "NoNewPrivileges": True,
-        "PrivateTmp": True,
-        "PrivateDevices": True,
-        "ProtectSystem": b"strict",
-        "ProtectHome": b"yes",
-        "ProtectKernelTunables": True,
-        "ProtectKernelModules": True,
-        "ProtectKernelLogs": True,
-        "ProtectHostname": True,
-        "ProtectControlGroups": True,
+        "CapabilityBoundingSet": 0,
         "RestrictSUIDSGID": True,
         "RestrictRealtime": True,
         "LockPersonality": True,
-        "CapabilityBoundingSet": 0,
         "WorkingDirectory": b"/",
     }
+    if tpl.sandboxing == "strict":
+        props.update({
+            "PrivateTmp": True,
+            "PrivateDevices": True,
+            "ProtectSystem": b"strict",
+            "ProtectHome": b"yes",
+            "ProtectKernelTunables": True,
+            "ProtectKernelModules": True,
+            "ProtectKernelLogs": True,
+            "ProtectHostname": True,
+            "ProtectControlGroups": True,
+        })
     if cfg.madre.hija_user:
         props["User"] = cfg.madre.hija_user.encode()
     else:

@@ -250,3 +250,20 @@ def test_stored_args_are_json(env):
     row = spawn(cfg, db, reg, sd, "greet", args={"who": "bo"})
     raw = db.query("SELECT args FROM spawner_hijas WHERE id = ?", (row["id"],))[0][0]
     assert json.loads(raw) == {"who": "bo", "n": "1"}
+
+
+def test_config_refuses_a_bad_sandboxing_level():
+    with pytest.raises(config.ConfigError, match="sandboxing"):
+        config.parse("madre: {templates: {x: {command: [/bin/true], sandboxing: loose}}}",
+                     "t.yml")
+
+
+def test_strict_sandboxing_adds_mount_namespace_protections():
+    cfg = config.parse("madre: {templates: {a: {command: [/bin/true]}, "
+                       "b: {command: [/bin/true], sandboxing: basic}}}", "t.yml")
+    strict = unit_properties(cfg, cfg.madre.templates["a"], "x", ["/bin/true"], 5, None)
+    basic = unit_properties(cfg, cfg.madre.templates["b"], "x", ["/bin/true"], 5, None)
+    assert strict["ProtectSystem"] == b"strict" and "ProtectSystem" not in basic
+    for p in (strict, basic):
+        assert p["DynamicUser"] is True and p["NoNewPrivileges"] is True
+        assert p["CapabilityBoundingSet"] == 0
