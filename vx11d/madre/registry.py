@@ -393,8 +393,8 @@ class Registry:
                 tr.seen_active = True
                 fixed["ended"] += 1
             self._observe(unit, tr)
-        for name, _active, _sub in self.sd.list_units("vx11-hija-*"):
-            if name in live_units:
+        for name, active, _sub in self.sd.list_units("vx11-hija-*"):
+            if name in live_units or active not in ("active", "activating", "reloading"):
                 continue
             hid = name.removeprefix("vx11-hija-").removesuffix(".service")
             self._stop_unit(name)
