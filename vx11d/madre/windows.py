@@ -33,6 +33,7 @@ class Windows:
                  clock=time.time) -> None:
         self.cfg, self.db, self.sd, self.m, self.clock = cfg, db, sd, metrics, clock
         self._missing_logged = False
+        self._wanted: bool | None = None  # Hermes wanted at the previous tick
         self.live: dict[str, float] = {}
 
     def tick(self) -> None:
@@ -64,6 +65,9 @@ class Windows:
         self._hermes("hermes" in live or self.cfg.madre.profile == "full")
 
     def _hermes(self, want: bool) -> None:
+        """Start Hermes while wanted; stop it when its window ends (a transition only:
+        a Hermes someone started by hand outside any window is reported, not killed)."""
+        was, self._wanted = self._wanted, want
         try:
             if self.sd.load_state(HERMES_UNIT) != "loaded":
                 if want and not self._missing_logged:
@@ -80,9 +84,13 @@ class Windows:
                               "window", HERMES_UNIT)
                 self.sd.start(HERMES_UNIT)
             elif not want and state in ("active", "activating", "reloading"):
-                journal.event(log, "hermes_stopped", "stopping %s: no live activation "
-                              "window", HERMES_UNIT)
-                self.sd.stop(HERMES_UNIT)
+                if was:
+                    journal.event(log, "hermes_stopped", "stopping %s: its activation "
+                                  "window ended", HERMES_UNIT)
+                    self.sd.stop(HERMES_UNIT)
+                elif was is None:
+                    log.warning("%s runs outside any activation window (started by hand?)",
+                                HERMES_UNIT, extra={"VX11_EVENT": "hermes_outside_window"})
         except SystemdError as e:
             log.warning("cannot manage %s: %s", HERMES_UNIT, e)
 
