@@ -376,6 +376,10 @@ class Registry:
             live_units.add(unit)
             p = self.sd.properties(unit)
             if p is None or p.get("LoadState") == "not-found":
+                # The unit may have ended and been collected while its end signals still
+                # wait in the bus socket: apply them first, then settle what is left.
+                # (_transition only moves a row that is still live.)
+                self.on_changes(self.sd.drain())
                 self.tracked.pop(unit, None)
                 if self._transition(r["id"], "lost", only_from=("starting", "running"),
                                     level=logging.WARNING,

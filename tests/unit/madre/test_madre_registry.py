@@ -267,3 +267,11 @@ def test_strict_sandboxing_adds_mount_namespace_protections():
     for p in (strict, basic):
         assert p["DynamicUser"] is True and p["NoNewPrivileges"] is True
         assert p["CapabilityBoundingSet"] == 0
+
+
+def test_reconcile_applies_queued_end_signals_before_calling_a_row_lost(env):
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd, ttl=5)
+    sd.end(row["unit"], "timeout")  # ended and collected; signals not yet drained
+    reg.reconcile()
+    assert hijas.get(db, row["id"])["status"] == "expired"
