@@ -13,12 +13,13 @@ runs in the container. Definitions:
 - systemd-run baseline: wall time of ``systemd-run --property=Type=exec --collect
   --property=RuntimeMaxUSec=... /usr/bin/sleep infinity`` (it returns when the start
   job is done, i.e. after the exec), interleaved with the API spawns in the same run.
-  A second baseline adds the properties of madre's ``sandboxing: strict`` (DynamicUser,
-  PrivateTmp, ProtectSystem, ...), to show what that hardening costs inside systemd
-  (the bench template ``sleeper`` uses ``sandboxing: basic``: own dynamic user, no new
-  privileges, no capabilities).
-- systemd-run ceiling: the same burst size of bare ``systemd-run`` from as many
-  concurrent callers, per second: what systemd itself sustains on this machine.
+  Two more baselines add the properties of madre's ``sandboxing: basic`` (what the
+  bench template ``sleeper`` uses: DynamicUser, no new privileges, no capabilities,
+  limits, slice) and ``sandboxing: strict`` (plus PrivateTmp, ProtectSystem, ...), to
+  show what that hardening costs inside systemd itself.
+- systemd-run ceiling: the same burst size of ``systemd-run`` (bare, and with the
+  basic sandboxing) from as many concurrent callers, per second: what systemd itself
+  sustains on this machine in the same run.
 - spawns/s: a burst of spawns from concurrent keep-alive clients, divided by the wall
   time until every one was answered 201 running.
 - TTL stop error: for the burst's hijas, systemd's InactiveEnterTimestamp (recorded by
@@ -46,13 +47,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "sleeper"
-HARDENING = ["DynamicUser=yes", "NoNewPrivileges=yes", "PrivateTmp=yes", "PrivateDevices=yes",
-             "ProtectSystem=strict", "ProtectHome=yes", "ProtectKernelTunables=yes",
-             "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectHostname=yes",
-             "ProtectControlGroups=yes", "RestrictSUIDSGID=yes", "RestrictRealtime=yes",
-             "LockPersonality=yes", "CapabilityBoundingSet=", "MemoryMax=32M",
-             "CPUQuota=20%", "TasksMax=4", "KillMode=control-group",
-             "CollectMode=inactive-or-failed", "Slice=vx11-hijas.slice"]
+# madre's `sandboxing: basic` (the bench template) and what `strict` adds.
+BASIC = ["DynamicUser=yes", "NoNewPrivileges=yes", "RestrictSUIDSGID=yes",
+         "RestrictRealtime=yes", "LockPersonality=yes", "CapabilityBoundingSet=",
+         "MemoryMax=32M", "CPUQuota=20%", "TasksMax=4", "KillMode=control-group",
+         "Slice=vx11-hijas.slice"]
+STRICT = [*BASIC, "PrivateTmp=yes", "PrivateDevices=yes", "ProtectSystem=strict",
+          "ProtectHome=yes", "ProtectKernelTunables=yes", "ProtectKernelModules=yes",
+          "ProtectKernelLogs=yes", "ProtectHostname=yes", "ProtectControlGroups=yes"]
+LEVELS = {"bare": [], "basic": BASIC, "strict": STRICT}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -92,12 +95,10 @@ class Client:
             return r.status, raw
 
 
-def systemd_run(i: int, ttl: float, hardened: bool) -> float:
-    props = ["Type=exec", f"RuntimeMaxSec={ttl:g}"]
-    if hardened:
-        props += HARDENING
+def systemd_run(i: int, ttl: float, level: str) -> float:
+    props = ["Type=exec", f"RuntimeMaxSec={ttl:g}", *LEVELS[level]]
     argv = ["systemd-run", "--quiet", "--collect", f"--unit=vx11-bench-{os.getpid()}-"
-            f"{'h' if hardened else 'b'}{i}"]
+            f"{level}{i}"]
     for p in props:
         argv += ["-p", p]
     argv += ["/usr/bin/sleep", "infinity"]
@@ -116,7 +117,7 @@ def inside(quick: bool) -> dict:
 
     c = Client(token)
     c.call("GET", "/vx11/hijas?limit=1")  # warm the connection and the gateway
-    api, bare, hard = [], [], []
+    api, bare, basic, hard = [], [], [], []
     for i in range(n_lat):
         t0 = time.perf_counter()
         status, body = c.call("POST", "/vx11/spawn", {"template": TEMPLATE, "ttl_s": ttl_lat})
@@ -124,12 +125,15 @@ def inside(quick: bool) -> dict:
         if status != 201 or body.get("status") != "running":
             raise SystemExit(f"spawn {i}: {status} {body}")
         api.append(dt)
-        bare.append(systemd_run(i, ttl_lat, hardened=False))
-        hard.append(systemd_run(i, ttl_lat, hardened=True))
+        bare.append(systemd_run(i, ttl_lat, "bare"))
+        basic.append(systemd_run(i, ttl_lat, "basic"))
+        hard.append(systemd_run(i, ttl_lat, "strict"))
     out.update(n_latency=n_lat, p50_ms=statistics.median(api) * 1e3, p99_ms=pct(api, 99) * 1e3,
                systemd_run_p50_ms=statistics.median(bare) * 1e3,
+               systemd_run_basic_p50_ms=statistics.median(basic) * 1e3,
                systemd_run_strict_p50_ms=statistics.median(hard) * 1e3)
     out["p50_ratio_vs_systemd_run"] = out["p50_ms"] / out["systemd_run_p50_ms"]
+    out["p50_ratio_vs_systemd_run_basic"] = out["p50_ms"] / out["systemd_run_basic_p50_ms"]
     out["p50_ratio_vs_systemd_run_strict"] = out["p50_ms"] / out["systemd_run_strict_p50_ms"]
 
     # wait for the latency hijas to go, so the burst has the machine to itself
@@ -159,11 +163,14 @@ def inside(quick: bool) -> dict:
     time.sleep(ttl_burst + 1)
     from concurrent.futures import ThreadPoolExecutor
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(conc) as ex:
-        list(ex.map(lambda i: systemd_run(10_000 + i, ttl_burst, hardened=False),
-                    range(n_burst)))
-    out["systemd_run_per_s"] = n_burst / (time.perf_counter() - t0)
+    for level in ("bare", "basic"):
+        time.sleep(ttl_burst + 1)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(conc) as ex:
+            list(ex.map(lambda i, lv=level: systemd_run(10_000 + i, ttl_burst, lv),
+                        range(n_burst)))
+        key = "systemd_run_per_s" if level == "bare" else "systemd_run_basic_per_s"
+        out[key] = n_burst / (time.perf_counter() - t0)
 
     ids = [b["id"] for b in ok]
     deadline = time.monotonic() + ttl_burst + 30
@@ -230,14 +237,19 @@ def host(args: argparse.Namespace) -> int:
     res["total_s"] = round(time.monotonic() - t0, 1)
     rows = [("spawn latency p50 / p99 (ms)", f"{res['p50_ms']:.1f} / {res['p99_ms']:.1f}"),
             ("systemd-run p50 (ms)", f"{res['systemd_run_p50_ms']:.1f}"),
+            ("systemd-run + the same basic sandboxing p50 (ms)",
+             f"{res['systemd_run_basic_p50_ms']:.1f}"),
             ("systemd-run + madre's strict sandboxing p50 (ms)",
              f"{res['systemd_run_strict_p50_ms']:.1f}"),
             ("p50 ratio vs systemd-run (goal <= 1.5)", f"{res['p50_ratio_vs_systemd_run']:.2f}"),
+            ("p50 ratio vs systemd-run with the same basic sandboxing",
+             f"{res['p50_ratio_vs_systemd_run_basic']:.2f}"),
             ("p50 ratio vs systemd-run with strict sandboxing",
              f"{res['p50_ratio_vs_systemd_run_strict']:.2f}"),
             ("sustained spawns/s (goal >= 50)",
              f"{res['spawns_per_s']:.1f} ({res['burst_ok']}/{res['burst']} ok)"),
-            ("systemd-run ceiling, same burst (per s)", f"{res['systemd_run_per_s']:.1f}"),
+            ("systemd-run ceiling, same burst: bare / basic sandboxing (per s)",
+             f"{res['systemd_run_per_s']:.1f} / {res['systemd_run_basic_per_s']:.1f}"),
             ("TTL stop error p50 / p99 / max (s) (goal p99 <= 1.0)",
              f"{res['ttl_stop_error_p50_s']:.3f} / {res['ttl_stop_error_p99_s']:.3f} / "
              f"{res['ttl_stop_error_max_s']:.3f}"),

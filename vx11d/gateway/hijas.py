@@ -55,7 +55,7 @@ async def spawn(request: web.Request) -> web.Response:
     delay = 0.001
     while row["status"] not in SETTLED and time.monotonic() < deadline:
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.02)
+        delay = min(delay * 1.5, 0.005)
         row = hijas.get(ctx.db, row["id"])
     status = 201 if row["status"] in SETTLED else 202
     return web.json_response(_public(row), status=status,
