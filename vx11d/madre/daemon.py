@@ -30,6 +30,7 @@ from .windows import Windows
 log = logging.getLogger("vx11.madre")
 
 RECONCILE_EVERY = 30.0
+BATCH = 32  # requests started per loop pass (each is a D-Bus round trip or three)
 
 
 class Metrics:
@@ -128,16 +129,23 @@ class MadreService:
             while self.sock.recv(64):
                 n += 1
         self.m.wakes.inc(n)
+        self._work()
+
+    def _work(self) -> None:
+        """One bounded batch of requests; the rest in a later loop pass, so a burst never
+        holds the loop (and its watchdog pings) for long."""
+        more = False
         try:
-            self.reg.process_requests()
+            more = self.reg.process_requests(limit=BATCH) == BATCH
             self.reg.on_changes(self.sd.drain())
         except Exception:
             log.exception("processing requests failed")
         self._refresh()
+        if more and self._loop is not None:
+            self._loop.call_soon(self._work)
 
     async def tick(self) -> None:
-        self.reg.process_requests()
-        self.reg.on_changes(self.sd.drain())
+        self._work()  # requests a lost wake-up missed
         self.reg.backstop()
         self.win.tick()
         if time.monotonic() - self._last_reconcile > RECONCILE_EVERY:

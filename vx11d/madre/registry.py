@@ -166,11 +166,12 @@ class Registry:
         return done
 
     # --- requests ----------------------------------------------------------------------
-    def process_requests(self) -> int:
-        """Start every ``requested`` row and carry out stop requests; how many started."""
+    def process_requests(self, limit: int = 1000) -> int:
+        """Start up to ``limit`` ``requested`` rows and carry out stop requests; how many
+        requests were looked at (== limit: call again, more may wait)."""
         rows = self.db.query("SELECT id, template, args, ttl_s, unit, stop_requested_at "
                              "FROM spawner_hijas WHERE status = 'requested' "
-                             "ORDER BY created_at LIMIT 500")
+                             "ORDER BY created_at LIMIT ?", (limit,))
         started = 0
         for r in rows:
             try:
@@ -183,7 +184,7 @@ class Registry:
                 self._transition(r["id"], "failed", only_from=("requested", "starting"),
                                  reason=f"internal error: {e}"[:300], level=logging.ERROR)
         self.process_stops()
-        return started
+        return len(rows)
 
     def _spawn(self, r: sqlite3.Row) -> int:
         hid, unit = r["id"], r["unit"]
