@@ -86,6 +86,7 @@ class PystemdClient:
         from pystemd.dbuslib import DBus
 
         self._pending: dict[str, Change] = {}
+        self._dispatched = 0
         try:
             self.ctl = DBus()
             self.ctl.open()
@@ -109,6 +110,7 @@ class PystemdClient:
     def _on_props(self, msg: Any) -> None:
         from pystemd.dbuslib import path_decode
 
+        self._dispatched += 1
         msg.process_reply(False)
         path = msg.get_path()
         if not path or not path.startswith(UNIT_PREFIX + b"/"):
@@ -123,18 +125,28 @@ class PystemdClient:
         ch.props.update(_props(changed))
 
     def _on_removed(self, msg: Any) -> None:
+        self._dispatched += 1
         msg.process_reply(False)
         name = _s(msg.body[0])
         if name.startswith("vx11-"):
             self._pending.setdefault(name, Change(name)).removed = True
 
     def drain(self) -> list[Change]:
-        """Process every queued bus message; the changes seen, in arrival order."""
+        """Process every queued bus message; the changes seen, in arrival order.
+
+        sd_bus_process() hands back no message when it dispatched one to a match
+        callback, and it may already have read several messages off the socket (so the
+        fd stops being readable): keep calling it until a few calls in a row did
+        nothing, or messages would wait for the next tick."""
+        idle = 0
         try:
-            while True:
+            while idle < 3:
+                before = self._dispatched
                 m = self.mon.process()
-                if m.is_empty():
-                    break
+                if m.is_empty() and self._dispatched == before:
+                    idle += 1
+                else:
+                    idle = 0
         except Exception as e:
             raise SystemdError(f"D-Bus signal processing failed: {e}") from e
         out = list(self._pending.values())
