@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: deps
-	$(VENV)/bin/ruff check vx11d tests bench
+	$(VENV)/bin/ruff check .
 
 test: deps lint
 	$(VENV)/bin/python -m pytest

@@ -208,6 +208,23 @@ class RotateConfig:
     workers: int = opt(2, "parallel compression workers", lo=1, hi=64)
     textfile_dir: str = opt("/var/lib/prometheus/node-exporter",
                             "node_exporter textfile collector dir", check=check_abs_path)
+    lock_file: str = opt("/var/lib/vx11/rotate.lock", "flock()ed so only one rotation runs "
+                         "at a time (outside the roots, so --dry-run changes nothing there)",
+                         check=check_abs_path)
+
+    def validate(self) -> str | None:
+        for pat in self.hard_exclude:
+            if not pat or "/" in pat or "\0" in pat:
+                return f"hard_exclude pattern {pat!r} must be a non-empty file-name glob " \
+                       "without '/' (it matches names at any depth)"
+        paths = [r.path.rstrip("/") for r in self.roots]
+        if len(set(paths)) != len(paths):
+            return "roots: the same path is listed twice"
+        adirs = [(r.archive_dir or r.path.rstrip("/") + "/archive").rstrip("/")
+                 for r in self.roots]
+        if len(set(adirs)) != len(adirs):
+            return "roots: two roots share one archive_dir (their archives could collide)"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

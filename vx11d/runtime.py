@@ -179,16 +179,23 @@ class _Waker:
         os.close(self.w)
 
 
-def _reload(service: Any, life: Lifecycle, config_path: str | None) -> None:
-    life.begin_reload()
+def _load_for_reload(config_path: str | None) -> Config | None:
+    """The new config for a SIGHUP, or None (logged) when it does not load."""
     try:
         cfg = load_config(config_path)
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e,
                   extra={"VX11_EVENT": "config_reload_refused"})
-    else:
+        return None
+    log.info("config reloaded from %s", cfg.path, extra={"VX11_EVENT": "config_reloaded"})
+    return cfg
+
+
+def _reload(service: Any, life: Lifecycle, config_path: str | None) -> None:
+    life.begin_reload()
+    cfg = _load_for_reload(config_path)
+    if cfg is not None:
         service.reload(cfg)
-        log.info("config reloaded from %s", cfg.path, extra={"VX11_EVENT": "config_reloaded"})
     life.end_reload(service.status())
 
 
@@ -245,12 +252,8 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
     while not life.stop_requested:
         if life.reload_requested:
             life.begin_reload()
-            try:
-                cfg = load_config(config_path)
-            except ConfigError as e:
-                log.error("reload refused, keeping the running config: %s", e,
-                          extra={"VX11_EVENT": "config_reload_refused"})
-            else:
+            cfg = _load_for_reload(config_path)
+            if cfg is not None:
                 await service.reload(cfg)
             life.end_reload(service.status())
         if life.clock() >= next_tick:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -77,3 +79,16 @@ def test_systemd_analyze_verify_passes_on_every_unit(sandbox):
         r = sandbox.exec(["systemd-analyze", "verify", f"/etc/systemd/system/{name}"],
                          timeout=60)
         assert r.returncode == 0 and not r.stderr.strip(), f"{name}: {r.stderr}"
+
+
+def test_sandbox_exec_passes_exit_status_and_output(sandbox):
+    r = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "sandbox", "--name",
+                        sandbox.name, "exec", "sh", "-c", "echo inside; exit 7"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 7 and r.stdout.strip() == "inside"
+    st = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "sandbox", "--name",
+                         sandbox.name, "status", "--json"], capture_output=True, text=True,
+                        cwd=REPO)
+    assert st.returncode == 0 and '"up": true' in st.stdout
+    # PID 1 inside is systemd, and the host's PID 1 is not visible there.
+    assert sandbox.exec(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"

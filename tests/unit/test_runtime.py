@@ -184,3 +184,37 @@ def test_sleeping_loop_wakes_at_once_on_signal():
         timer.cancel()
     check()
     assert svc.ticks == 1
+
+
+class AsyncCounting(Counting):
+    async def start(self):
+        super().start()
+
+    async def tick(self):
+        super().tick()
+
+    async def reload(self, cfg):
+        super().reload(cfg)
+
+    async def stop(self):
+        super().stop()
+
+
+def test_run_async_reloads_and_stops_on_real_signals(tmp_path):
+    import asyncio
+
+    cfgfile = tmp_path / "vx11.yml"
+    cfgfile.write_text("reaper:\n  interval: 9s\n")
+    n = FakeNotifier()
+
+    def on_tick(s):
+        if s.ticks == 2:
+            os.kill(os.getpid(), signal.SIGHUP)
+        elif s.ticks == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    svc = AsyncCounting(on_tick)
+    assert asyncio.run(runtime.run_async(svc, notifier=n, config_path=str(cfgfile))) == 0
+    assert svc.events == ["start", ("reload", 9.0), "stop"]
+    assert n.sent[0].startswith("READY=1") and n.sent[-1].startswith("STOPPING=1")
+    assert "RELOADING=1" in n.sent

@@ -44,7 +44,7 @@ class Sandbox:
     """One named sandbox: its state dir on the host and its container."""
 
     def __init__(self, name: str | None = None, *, repo: Path = REPO,
-                 venv: str | None = None):
+                 venv: str | None = None, die_with_caller: bool = False):
         self.name = name or default_name()
         if not self.name.replace("-", "").isalnum() or len(self.name) > 40:
             raise SandboxError(f"bad sandbox name {self.name!r}: letters, digits and '-'")
@@ -52,21 +52,26 @@ class Sandbox:
         self.venv = Path(venv or sys.prefix)
         self.state = STATE_ROOT / self.name
         self.etc_vx11 = self.state / "etc-vx11"
+        # A test session's sandbox powers off when the session's process dies, even by
+        # SIGKILL (nspawn turns SIGTERM into a clean poweroff of the container).
+        self.die_with_caller = die_with_caller
 
     # --- inspection ------------------------------------------------------------------
 
     def nspawn_pid(self) -> int | None:
-        """PID of the systemd-nspawn process, if this sandbox is up."""
+        """PID of this sandbox's systemd-nspawn process, if it is up."""
         try:
             pid = int((self.state / "nspawn.pid").read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
-            return None
-        if b"systemd-nspawn" not in cmdline[0] or self.name.encode() not in cmdline:
-            return None
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return None
-        return pid
+            pid = None
+        if pid is not None and _is_nspawn_of(pid, self.name):
+            return pid
+        # No (or a stale) pid file: find it by its command line, so a sandbox whose
+        # state dir was lost can still be found and taken down.
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and _is_nspawn_of(int(entry), self.name):
+                return int(entry)
+        return None
 
     def leader(self) -> int | None:
         """PID (on the host) of the container's systemd, PID 1 inside."""
@@ -150,15 +155,19 @@ class Sandbox:
                "-b", "systemd.firstboot=off"]
         with open(self.state / "nspawn.log", "wb") as logf:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_term_on_parent_death
+                                    if self.die_with_caller else None)
         (self.state / "nspawn.pid").write_text(str(proc.pid))
 
     def _wait_running(self, deadline: float) -> None:
         state = ""
         while time.monotonic() < deadline:
             if self.nspawn_pid() is None:
-                raise SandboxError(f"systemd-nspawn exited; see {self.state / 'nspawn.log'}:\n"
-                                   + self._log_tail())
+                raise SandboxError(
+                    f"systemd-nspawn exited; see {self.state / 'nspawn.log'}:\n"
+                    + (self._log_tail() or "(empty log: if several containers run, "
+                       "fs.inotify.max_user_instances may be exhausted)"))
             if self.leader() is not None:
                 r = self.exec(["systemctl", "is-system-running", "--wait"], timeout=30)
                 state = r.stdout.strip()
@@ -210,23 +219,40 @@ class Sandbox:
         return (self.etc_vx11 / "token").read_text().strip()
 
     def down(self, timeout: float = 30.0) -> None:
-        """Power the container off and remove its state; leaves nothing running."""
+        """Power the container off and remove its state; leaves nothing running.
+
+        Steps, each only if the previous one did not end it within its share of
+        ``timeout``: ``systemctl poweroff`` inside, SIGTERM to nspawn (which also asks
+        the container to power off), then SIGKILL to the container's PID 1 (which ends
+        its whole PID namespace) and to nspawn.
+        """
         pid = self.nspawn_pid()
         if pid is not None:
-            if self.leader() is not None:
+            leader = self.leader()
+            if leader is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.exec(["systemctl", "poweroff", "--no-block"], timeout=10)
-            deadline = time.monotonic() + timeout
-            while self.nspawn_pid() is not None and time.monotonic() < deadline:
-                _reap(pid)
-                time.sleep(0.1)
-            if self.nspawn_pid() is not None:
-                os.kill(pid, signal.SIGKILL)
-                while self.nspawn_pid() is not None and time.monotonic() < deadline + 10:
-                    _reap(pid)
-                    time.sleep(0.1)
+            if not self._gone(pid, timeout / 2):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            if not self._gone(pid, timeout / 2):
+                for victim in (leader, pid):
+                    if victim is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(victim, signal.SIGKILL)
+                if not self._gone(pid, 10):
+                    raise SandboxError(f"sandbox {self.name}: nspawn {pid} does not exit")
         if self.state.exists():
             shutil.rmtree(self.state, ignore_errors=True)
+
+    def _gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while _is_nspawn_of(pid, self.name):
+            _reap(pid)
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def describe(self) -> dict[str, object]:
         """What ``vx11ctl sandbox status`` shows."""
@@ -237,6 +263,50 @@ class Sandbox:
             info.update(up=True, leader_pid=leader, nspawn_pid=self.nspawn_pid(),
                         system_state=r.stdout.strip())
         return info
+
+
+def _term_on_parent_death() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def running_names(prefix: str = "") -> list[str]:
+    """Names of the sandboxes whose nspawn runs now (optionally only those with a prefix)."""
+    names = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"systemd-nspawn") and b"-M" in cmdline:
+            i = cmdline.index(b"-M")
+            if i + 1 < len(cmdline):
+                name = cmdline[i + 1].decode(errors="replace")
+                if name.startswith(prefix) and _is_nspawn_of(int(entry), name):
+                    names.append(name)
+    return sorted(set(names))
+
+
+def _is_nspawn_of(pid: int, name: str) -> bool:
+    """Is ``pid`` a live (not zombie) systemd-nspawn running the machine ``name``?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if not cmdline or not cmdline[0].endswith(b"systemd-nspawn"):
+        return False
+    if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+        return False
+    try:
+        i = cmdline.index(b"-M")
+    except ValueError:
+        return False
+    return i + 1 < len(cmdline) and cmdline[i + 1] == name.encode()
 
 
 def _reap(pid: int) -> None:

@@ -1,0 +1,72 @@
+"""vx11ctl logs (journalctl arguments) and scorecard checks on real files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vx11d import db
+from vx11d.ctl import opscmd
+from vx11d.errors import ConfigError
+
+
+def ns(**kw):
+    base = {"component": None, "event": None, "follow": False, "lines": 50, "since": None,
+            "json": False}
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_logs_filters_by_unit_and_event():
+    argv = opscmd.journalctl_args(ns(component="madre", event="hija_expired", json=True))
+    assert argv[:2] == ["journalctl", "--no-pager"]
+    assert argv[argv.index("-u"):argv.index("-u") + 2] == ["-u", "vx11-madre.service"]
+    assert "VX11_EVENT=hija_expired" in argv and argv[-2:] == ["-o", "json"]
+    assert "-u" in opscmd.journalctl_args(ns()) and "vx11-*" in opscmd.journalctl_args(ns())
+
+
+@pytest.mark.parametrize("event", ["x y", "a;rm -rf /", "VX11_EVENT=x", "../x"])
+def test_logs_refuses_odd_event_names(event):
+    with pytest.raises(ConfigError):
+        opscmd.journalctl_args(ns(event=event))
+
+
+def test_scorecard_flags_overdue_hija_and_loose_token(tmp_path):
+    dbfile = tmp_path / "vx11.db"
+    token = tmp_path / "token"
+    token.write_text("x" * 32)
+    os.chmod(token, 0o644)
+    cfgfile = tmp_path / "vx11.yml"
+    cfgfile.write_text(f"db:\n  path: {dbfile}\ngateway:\n  token_file: {token}\n")
+    d = db.Database(str(dbfile), migrate=True)
+    now = time.time()
+    d.write(lambda c: c.execute(
+        "INSERT INTO spawner_hijas (id, template, ttl_s, unit, status, created_at, expires_at) "
+        "VALUES ('old1', 't', 5, 'vx11-hija-old1.service', 'running', ?, ?)",
+        (now - 3600, now - 3000)))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "--config", str(cfgfile),
+                        "scorecard", "--out", str(out), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    card = json.loads((out / "SCORECARD.json").read_text())
+    by = {c["name"]: c for c in card["checks"]}
+    assert card["ok"] is False
+    assert by["config_valid"]["ok"] and by["db_integrity"]["ok"]
+    assert not by["no_overdue_hijas"]["ok"] and "old1" in by["no_overdue_hijas"]["detail"]
+    assert not by["token_file_0600"]["ok"]
+    assert json.loads(r.stdout) == card
+
+
+def test_zombie_count_reads_proc_fixture(tmp_path):
+    for pid, state in [(1, "S"), (20, "Z"), (21, "Z"), (22, "R")]:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (we ird) comm) {state} 1 1 1")
+    (tmp_path / "self").mkdir()
+    assert opscmd._count_zombies(str(tmp_path)) == 2

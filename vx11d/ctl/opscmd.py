@@ -1,0 +1,151 @@
+"""``vx11ctl logs`` and ``vx11ctl scorecard``: reading the journal, and hygiene checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+
+from .. import config, db
+from ..errors import ConfigError, DbError
+from .main import emit
+from .units import show, unit_names
+
+COMPONENTS = ("gateway", "madre", "reaper", "rotate", "hermes")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lg = sub.add_parser("logs", help="the daemons' journal (journalctl with vx11 filters)")
+    lg.add_argument("component", nargs="?", choices=COMPONENTS,
+                    help="one daemon (default: all vx11 units)")
+    lg.add_argument("--event", help="only entries with VX11_EVENT=EVENT")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("-n", "--lines", type=int, default=50)
+    lg.add_argument("--since", help="journalctl --since (e.g. '1 hour ago')")
+    lg.add_argument("--json", action="store_true", help="one JSON object per entry")
+    lg.set_defaults(func=logs)
+    sc = sub.add_parser("scorecard", help="hygiene checks, written to SCORECARD.json")
+    sc.add_argument("--out", default="/var/lib/vx11",
+                    help="directory for SCORECARD.json (default: /var/lib/vx11)")
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(func=scorecard)
+
+
+def journalctl_args(args: argparse.Namespace) -> list[str]:
+    """The journalctl command line for ``vx11ctl logs`` (matches only, never a shell)."""
+    argv = ["journalctl", "--no-pager", "-n", str(max(0, args.lines))]
+    if args.component:
+        argv += ["-u", f"vx11-{args.component}.service"]
+    else:
+        argv += ["-u", "vx11-*", "-u", "vx11.target"]
+    if args.event:
+        if not args.event.replace("_", "").isalnum():
+            raise ConfigError("(command line)", "--event", "letters, digits and _ only")
+        argv.append(f"VX11_EVENT={args.event}")
+    if args.since:
+        argv += ["--since", args.since]
+    if args.follow:
+        argv.append("-f")
+    argv += ["-o", "json" if args.json else "short-iso"]
+    return argv
+
+
+def logs(args: argparse.Namespace) -> int:
+    return subprocess.run(journalctl_args(args), check=False).returncode
+
+
+def _check(name: str, ok: bool, detail: str) -> dict[str, object]:
+    return {"name": name, "ok": bool(ok), "detail": detail}
+
+
+def run_checks(config_path: str | None) -> list[dict[str, object]]:
+    """The hygiene checks: config, DB, units, TTLs, windows, token, zombies."""
+    checks: list[dict[str, object]] = []
+    try:
+        cfg = config.load(config_path)
+    except ConfigError as e:
+        return [_check("config_valid", False, str(e))]
+    checks.append(_check("config_valid", True, cfg.path))
+    now = time.time()
+    if os.path.exists(cfg.db.path):
+        d = db.Database.from_config(cfg, readonly=True)
+        try:
+            problems = db.check(d)
+            checks.append(_check("db_integrity", not problems, "; ".join(problems) or "ok"))
+            no_ttl = d.query("SELECT count(*) FROM spawner_hijas WHERE status IN "
+                             "('requested','starting','running') AND ttl_s <= 0")[0][0]
+            checks.append(_check("hijas_have_ttl", no_ttl == 0, f"{no_ttl} without a TTL"))
+            grace = cfg.madre.backstop_grace + 30
+            overdue = d.query("SELECT id FROM spawner_hijas WHERE status = 'running' AND "
+                              "expires_at < ?", (now - grace,))
+            checks.append(_check("no_overdue_hijas", not overdue,
+                                 f"{len(overdue)} running past expiry + {grace:g}s: "
+                                 + ",".join(r[0] for r in overdue[:10])))
+            long_windows = d.query("SELECT count(*) FROM activations WHERE ended_at IS NULL "
+                                   "AND expires_at - created_at > ?",
+                                   (cfg.madre.max_activation + 1,))[0][0]
+            checks.append(_check("activations_bounded", long_windows == 0,
+                                 f"{long_windows} live windows longer than "
+                                 f"{cfg.madre.max_activation:g}s"))
+            if cfg.rotate.roots:
+                last = d.query("SELECT max(finished_at) FROM rotations WHERE errors = 0 "
+                               "AND dry_run = 0")[0][0]
+                fresh = last is not None and now - last < 36 * 3600
+                age = "never" if last is None else f"{(now - last) / 3600:.1f} h ago"
+                checks.append(_check("rotation_recent", fresh, age))
+        except DbError as e:
+            checks.append(_check("db_integrity", False, str(e)))
+        finally:
+            d.close()
+    else:
+        checks.append(_check("db_integrity", False, f"{cfg.db.path} does not exist"))
+    units = show(unit_names())
+    failed = [u["Id"] for u in units if u.get("ActiveState") == "failed"]
+    checks.append(_check("no_failed_units", not failed, ",".join(failed) or "none failed"))
+    try:
+        mode = stat.S_IMODE(os.stat(cfg.gateway.token_file).st_mode)
+        checks.append(_check("token_file_0600", mode & 0o077 == 0, f"mode {mode:o}"))
+    except OSError as e:
+        checks.append(_check("token_file_0600", False, f"{cfg.gateway.token_file}: "
+                             f"{e.strerror}"))
+    zombies = _count_zombies()
+    checks.append(_check("zombies_low", zombies < 10, f"{zombies} zombie processes"))
+    return checks
+
+
+def _count_zombies(proc: str = "/proc") -> int:
+    n = 0
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if data[data.rfind(b")") + 2:data.rfind(b")") + 3] == b"Z":
+            n += 1
+    return n
+
+
+def scorecard(args: argparse.Namespace) -> int:
+    checks = run_checks(args.config)
+    card = {"generated_at": time.time(), "host": socket.gethostname(),
+            "ok": all(c["ok"] for c in checks), "checks": checks}
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "SCORECARD.json")
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(card, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    text = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}"
+                     for c in checks) + f"\nwrote {path}"
+    emit(args, card, text)
+    return 0 if card["ok"] else 1

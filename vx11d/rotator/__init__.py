@@ -1,0 +1,1 @@
+"""The audit rotator: archive old timestamped audit dirs, verified, before any delete."""

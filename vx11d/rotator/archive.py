@@ -1,0 +1,219 @@
+"""Write an audit dir as a tar.gz streamed from the fd walk, and verify one by reading it back.
+
+The writer keeps nothing but a hash of the members it wrote (their keys, in walk
+order), so memory stays flat however large the tree. The verifier reads every member
+to EOF through :mod:`gzip`, which checks the CRC and length, and compares the member
+sequence with the walk: the same keys in the same order (a fresh archive), or the
+source's keys as an ordered subsequence (an archive found after a crash, whose source
+may already be partly removed).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from ..errors import Vx11Error
+from .walk import Entry, WalkError
+
+CHUNK = 1 << 20
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+_TYPES = {"d": tarfile.DIRTYPE, "f": tarfile.REGTYPE, "l": tarfile.SYMTYPE}
+_KINDS = {tarfile.DIRTYPE: "d", tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f",
+          tarfile.SYMTYPE: "l"}
+
+
+class VerifyError(Vx11Error):
+    """An archive is unreadable, corrupt, or does not hold what the walk saw."""
+
+
+@dataclass
+class Written:
+    """What went into an archive: the hash of member keys, member count, bytes."""
+
+    digest: str
+    members: int
+    files: int
+    bytes_in: int
+    bytes_out: int
+
+
+class GzipWriter:
+    """A gzip stream written to an fd; small writes are batched, big ones compressed as is."""
+
+    def __init__(self, fd: int, level: int):
+        self.fd = fd
+        self.comp = zlib.compressobj(level, zlib.DEFLATED, 31)
+        self.buf = bytearray()
+        self.bytes_out = 0
+        self.pos = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.pos += len(data)
+        if len(data) >= CHUNK:
+            self._flush_buf()
+            self._emit(self.comp.compress(data))
+            return
+        self.buf += data
+        if len(self.buf) >= CHUNK:
+            self._flush_buf()
+
+    def _flush_buf(self) -> None:
+        if self.buf:
+            self._emit(self.comp.compress(self.buf))
+            self.buf = bytearray()
+
+    def _emit(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+            self.bytes_out += n
+
+    def close(self) -> None:
+        self._flush_buf()
+        self._emit(self.comp.flush())
+
+
+def member_name(name: str, rel: str) -> str:
+    return f"{name}/{rel}" if rel else name
+
+
+def write(out_fd: int, name: str, entries: Iterable[Entry], level: int) -> Written:
+    """Write ``entries`` (files with open fds) as ``name/...`` members of a tar.gz."""
+    gz = GzipWriter(out_fd, level)
+    h = hashlib.sha256()
+    members = files = bytes_in = 0
+    for e in entries:
+        ti = tarfile.TarInfo(member_name(name, e.rel))
+        ti.type = _TYPES[e.kind]
+        ti.mode, ti.uid, ti.gid, ti.mtime = e.mode, e.uid, e.gid, e.mtime
+        ti.size = e.size
+        ti.linkname = e.link
+        ti.uname = ti.gname = ""
+        gz.write(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if e.kind == "f":
+            assert e.fd is not None
+            _copy(e, gz)
+            files += 1
+            bytes_in += e.size
+        h.update(e.key().encode("utf-8", "surrogateescape"))
+        members += 1
+    gz.write(bytes(2 * _BLOCK))
+    gz.write(bytes(-gz.pos % _RECORD))
+    gz.close()
+    return Written(h.hexdigest(), members, files, bytes_in, gz.bytes_out)
+
+
+def _copy(e: Entry, gz: GzipWriter) -> None:
+    left = e.size
+    while left:
+        data = os.read(e.fd, min(CHUNK, left))  # type: ignore[arg-type]
+        if not data:
+            raise WalkError(f"{e.rel}: shrank while being archived")
+        gz.write(data)
+        left -= len(data)
+    if os.read(e.fd, 1):  # type: ignore[arg-type]
+        raise WalkError(f"{e.rel}: grew while being archived")
+    pad = -e.size % _BLOCK
+    if pad:
+        gz.write(bytes(pad))
+
+
+def read_keys(fd: int, name: str) -> Iterator[str]:
+    """Keys of every member of the archive open at ``fd``, each read to EOF; then the
+    gzip stream to its end (CRC, length, nothing after the tar end). VerifyError on any
+    fault."""
+    dup = os.dup(fd)
+    os.lseek(dup, 0, os.SEEK_SET)
+    try:
+        with open(dup, "rb", buffering=0) as raw, \
+                gzip.GzipFile(fileobj=raw, mode="rb") as gz, \
+                tarfile.open(fileobj=gz, mode="r|", bufsize=CHUNK, encoding="utf-8",
+                             errors="surrogateescape") as tar:
+            for m in tar:
+                yield _member_key(tar, m, name)
+            while True:
+                tail = gz.read(CHUNK)
+                if not tail:
+                    break
+                if tail.count(0) != len(tail):
+                    raise VerifyError("data after the end of the tar archive")
+    except VerifyError:
+        raise
+    except (OSError, EOFError, zlib.error, tarfile.TarError, ValueError,
+            UnicodeError) as e:
+        raise VerifyError(f"unreadable: {type(e).__name__}: {e}") from e
+
+
+def _member_key(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str) -> str:
+    if m.name == name:
+        rel = ""
+    elif m.name.startswith(name + "/"):
+        rel = m.name[len(name) + 1:]
+    else:
+        raise VerifyError(f"member {m.name!r} is outside {name}/")
+    kind = _KINDS.get(m.type)
+    if kind is None:
+        raise VerifyError(f"member {m.name!r} has unexpected type {m.type!r}")
+    if kind == "f":
+        f = tar.extractfile(m)
+        assert f is not None
+        got = 0
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                break
+            got += len(chunk)
+        if got != m.size:
+            raise VerifyError(f"member {m.name!r}: {got} bytes, header says {m.size}")
+    e = Entry(rel, kind, m.mode, m.uid, m.gid, m.size if kind == "f" else 0, int(m.mtime),
+              m.linkname)
+    return e.key()
+
+
+def verify_exact(fd: int, name: str, want: Written) -> None:
+    """The archive holds exactly what was written: same keys, order, count and sizes."""
+    h = hashlib.sha256()
+    members = 0
+    for key in read_keys(fd, name):
+        h.update(key.encode("utf-8", "surrogateescape"))
+        members += 1
+    if members != want.members:
+        raise VerifyError(f"{members} members read back, {want.members} written")
+    if h.hexdigest() != want.digest:
+        raise VerifyError("members read back differ from the walk (names, sizes or order)")
+
+
+def verify_covers(fd: int, name: str, source: Iterable[Entry]) -> int:
+    """The archive is sound and holds every entry still in the source (in order);
+    returns the archive's member count."""
+    keys = read_keys(fd, name)
+    members = 0
+    for e in source:
+        want = e.key()
+        for key in keys:
+            members += 1
+            if key == want:
+                break
+        else:
+            raise VerifyError(f"{e.rel or '.'}: in the source but not in the archive")
+    for _key in keys:
+        members += 1
+    return members
+
+
+def digest_of(entries: Iterable[Entry]) -> tuple[str, int]:
+    """The key hash and count of a (stat-only) walk, to compare with :class:`Written`."""
+    h = hashlib.sha256()
+    n = 0
+    for e in entries:
+        h.update(e.key().encode("utf-8", "surrogateescape"))
+        n += 1
+    return h.hexdigest(), n
