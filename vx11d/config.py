@@ -102,6 +102,10 @@ class HijaTemplate:
     memory_max: Size = opt(Size(512 * 1024**2), "MemoryMax= of the hija unit", lo=1024**2)
     cpu_quota_percent: int = opt(100, "CPUQuota= of the hija unit, in percent", lo=1, hi=10000)
     tasks_max: int = opt(64, "TasksMax= of the hija unit", lo=1, hi=100_000)
+    sandboxing: Literal["strict", "basic"] = opt(
+        "strict", "basic: own user, no new privileges, no capabilities; strict: also "
+        "private /tmp and /dev, read-only system, no /home, protected kernel (mount "
+        "namespaces: about 80 ms more per spawn)")
 
     def validate(self) -> str | None:
         if not self.command or not self.command[0].startswith("/"):

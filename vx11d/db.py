@@ -296,6 +296,12 @@ _V1 = [
     "CREATE INDEX reaper_actions_ts ON reaper_actions(ts)",
 ]
 
+@migration
+def m002_madre_stop_request(conn: sqlite3.Connection) -> None:
+    """A stop request on a hija (DELETE /vx11/hijas/{id}, vx11ctl hijas stop) for madre."""
+    conn.execute("ALTER TABLE spawner_hijas ADD COLUMN stop_requested_at REAL")
+
+
 # Which daemon writes which table (DB_MAP).
 TABLE_OWNERS = {
     "spawner_hijas": ("madre", "rows requested by the gateway and vx11ctl; every later "

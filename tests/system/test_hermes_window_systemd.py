@@ -1,9 +1,7 @@
 """Activation windows start and stop vx11-hermes (madre's job, issue 6 contract).
 
-NEEDS MADRE: madre and its unit come from a parallel branch; until they are merged this
-module is skipped. After the merge it checks the whole contract under real systemd: a
-live ``hermes`` activation row → madre starts vx11-hermes.service; the window expires →
-madre stops it.
+The whole contract under real systemd: a live ``hermes`` activation row → madre
+starts vx11-hermes.service; the window expires → madre stops it.
 """
 
 from __future__ import annotations
@@ -14,13 +12,9 @@ import pytest
 
 from tests.support import poll_for
 
-from .conftest import REPO, show, sysctl
+from .conftest import show, sysctl
 
-pytestmark = [
-    pytest.mark.system,
-    pytest.mark.skipif(not (REPO / "units" / "vx11-madre.service").exists(),
-                       reason="needs madre (vx11-madre.service) from the madre branch"),
-]
+pytestmark = pytest.mark.system
 
 MODEL = "/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf"
 WINDOW = 12.0

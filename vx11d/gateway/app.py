@@ -25,7 +25,12 @@ log = logging.getLogger("vx11.gateway")
 
 OPEN_PATHS = frozenset({"/health"})
 # Route modules, each with setup(app). Order only matters for --help listings.
-ROUTE_MODULES: list[str] = ["vx11d.gateway.chain"]
+ROUTE_MODULES: list[str] = [
+    "vx11d.gateway.openapi",
+    "vx11d.gateway.hijas",
+    "vx11d.gateway.policy",
+    "vx11d.gateway.chain",
+]
 
 CHECKER: web.AppKey[TokenChecker] = web.AppKey("vx11_checker", TokenChecker)
 LIMITER: web.AppKey[FailureLimiter] = web.AppKey("vx11_limiter", FailureLimiter)

@@ -1,0 +1,281 @@
+"""Benchmark: hija spawn latency vs bare systemd-run, sustained spawns/s, TTL accuracy, 401 sweep.
+
+    .venv/bin/python bench/spawn.py [--quick] [--keep]
+
+Boots a sandbox (a real systemd in systemd-nspawn), starts madre and the gateway on the
+sandbox config, and runs this same file inside it (``--inside``), so every HTTP client
+runs in the container. Definitions:
+
+- spawn latency: from sending ``POST /vx11/spawn`` (keep-alive connection) to its 201
+  response. The gateway answers 201 only once madre recorded ``running``, which madre
+  does when systemd reports the unit active; hijas are ``Type=exec``, so "active" means
+  the hija's main process has been exec'd (the process is running its command).
+- systemd-run baseline: wall time of ``systemd-run --property=Type=exec --collect
+  --property=RuntimeMaxUSec=... /usr/bin/sleep infinity`` (it returns when the start
+  job is done, i.e. after the exec), interleaved with the API spawns in the same run.
+  Two more baselines add the properties of madre's ``sandboxing: basic`` (what the
+  bench template ``sleeper`` uses: DynamicUser, no new privileges, no capabilities,
+  limits, slice) and ``sandboxing: strict`` (plus PrivateTmp, ProtectSystem, ...), to
+  show what that hardening costs inside systemd itself.
+- systemd-run ceiling: the same burst size of ``systemd-run`` (bare, and with the
+  basic sandboxing) from as many concurrent callers, per second: what systemd itself
+  sustains on this machine in the same run.
+- spawns/s: a burst of spawns from concurrent keep-alive clients, divided by the wall
+  time until every one was answered 201 running.
+- TTL stop error: for the burst's hijas, systemd's InactiveEnterTimestamp (recorded by
+  madre from the unit's PropertiesChanged signal as ``ended_at``) minus ``expires_at``
+  (ActiveEnterTimestamp + TTL).
+- 401 sweep: every method+path in /openapi.json (fetched with the token) plus unknown
+  paths, sent without a token; counts the 401 answers.
+
+Last line: one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = "sleeper"
+# madre's `sandboxing: basic` (the bench template) and what `strict` adds.
+BASIC = ["DynamicUser=yes", "NoNewPrivileges=yes", "RestrictSUIDSGID=yes",
+         "RestrictRealtime=yes", "LockPersonality=yes", "CapabilityBoundingSet=",
+         "MemoryMax=32M", "CPUQuota=20%", "TasksMax=4", "KillMode=control-group",
+         "Slice=vx11-hijas.slice"]
+STRICT = [*BASIC, "PrivateTmp=yes", "PrivateDevices=yes", "ProtectSystem=strict",
+          "ProtectHome=yes", "ProtectKernelTunables=yes", "ProtectKernelModules=yes",
+          "ProtectKernelLogs=yes", "ProtectHostname=yes", "ProtectControlGroups=yes"]
+LEVELS = {"bare": [], "basic": BASIC, "strict": STRICT}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+# --- inside the sandbox -----------------------------------------------------------------
+
+class Client:
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        self.conn = http.client.HTTPConnection("127.0.0.1", 8000, timeout=30)
+
+    def call(self, method: str, path: str, body=None, token: bool = True):
+        headers = {"Content-Type": "application/json"}
+        if token and self.token:
+            headers["X-VX11-Token"] = self.token
+        data = None if body is None else json.dumps(body)
+        for attempt in (0, 1):
+            try:
+                self.conn.request(method, path, body=data, headers=headers)
+                r = self.conn.getresponse()
+                raw = r.read()
+                break
+            except (http.client.HTTPException, OSError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", 8000, timeout=30)
+                if attempt:
+                    raise
+        try:
+            return r.status, json.loads(raw)
+        except ValueError:
+            return r.status, raw
+
+
+def systemd_run(i: int, ttl: float, level: str) -> float:
+    props = ["Type=exec", f"RuntimeMaxSec={ttl:g}", *LEVELS[level]]
+    argv = ["systemd-run", "--quiet", "--collect", f"--unit=vx11-bench-{os.getpid()}-"
+            f"{level}{i}"]
+    for p in props:
+        argv += ["-p", p]
+    argv += ["/usr/bin/sleep", "infinity"]
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True)
+    return time.perf_counter() - t0
+
+
+def inside(quick: bool) -> dict:
+    token = Path("/etc/vx11/token").read_text().strip()
+    n_lat = 20 if quick else 100
+    n_burst = 100 if quick else 400
+    conc = 16
+    ttl_lat, ttl_burst = 4.0, 3.0
+    out: dict = {"quick": quick}
+
+    c = Client(token)
+    c.call("GET", "/vx11/hijas?limit=1")  # warm the connection and the gateway
+    api, bare, basic, hard = [], [], [], []
+    for i in range(n_lat):
+        t0 = time.perf_counter()
+        status, body = c.call("POST", "/vx11/spawn", {"template": TEMPLATE, "ttl_s": ttl_lat})
+        dt = time.perf_counter() - t0
+        if status != 201 or body.get("status") != "running":
+            raise SystemExit(f"spawn {i}: {status} {body}")
+        api.append(dt)
+        bare.append(systemd_run(i, ttl_lat, "bare"))
+        basic.append(systemd_run(i, ttl_lat, "basic"))
+        hard.append(systemd_run(i, ttl_lat, "strict"))
+    out.update(n_latency=n_lat, p50_ms=statistics.median(api) * 1e3, p99_ms=pct(api, 99) * 1e3,
+               systemd_run_p50_ms=statistics.median(bare) * 1e3,
+               systemd_run_basic_p50_ms=statistics.median(basic) * 1e3,
+               systemd_run_strict_p50_ms=statistics.median(hard) * 1e3)
+    out["p50_ratio_vs_systemd_run"] = out["p50_ms"] / out["systemd_run_p50_ms"]
+    out["p50_ratio_vs_systemd_run_basic"] = out["p50_ms"] / out["systemd_run_basic_p50_ms"]
+    out["p50_ratio_vs_systemd_run_strict"] = out["p50_ms"] / out["systemd_run_strict_p50_ms"]
+
+    # wait for the latency hijas to go, so the burst has the machine to itself
+    time.sleep(ttl_lat + 1)
+    results: list[tuple[int, dict]] = []
+    lock = threading.Lock()
+    per = [n_burst // conc + (1 if i < n_burst % conc else 0) for i in range(conc)]
+
+    def worker(k: int) -> None:
+        cl = Client(token)
+        for _ in range(per[k]):
+            st, b = cl.call("POST", "/vx11/spawn", {"template": TEMPLATE, "ttl_s": ttl_burst})
+            with lock:
+                results.append((st, b))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(conc)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ok = [b for st, b in results if st == 201 and b.get("status") == "running"]
+    out.update(burst=n_burst, burst_concurrency=conc, burst_ok=len(ok),
+               spawns_per_s=len(ok) / wall)
+
+    time.sleep(ttl_burst + 1)
+    from concurrent.futures import ThreadPoolExecutor
+
+    for level in ("bare", "basic"):
+        time.sleep(ttl_burst + 1)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(conc) as ex:
+            list(ex.map(lambda i, lv=level: systemd_run(10_000 + i, ttl_burst, lv),
+                        range(n_burst)))
+        key = "systemd_run_per_s" if level == "bare" else "systemd_run_basic_per_s"
+        out[key] = n_burst / (time.perf_counter() - t0)
+
+    ids = [b["id"] for b in ok]
+    deadline = time.monotonic() + ttl_burst + 30
+    rows: list = []
+    while time.monotonic() < deadline:
+        db = sqlite3.connect("file:/var/lib/vx11/vx11.db?mode=ro", uri=True)
+        marks = ",".join("?" * len(ids))
+        rows = db.execute(f"SELECT status, ended_at, expires_at FROM spawner_hijas "
+                          f"WHERE id IN ({marks})", ids).fetchall()
+        db.close()
+        if all(r[0] not in ("requested", "starting", "running") for r in rows):
+            break
+        time.sleep(0.2)
+    errs = [abs(r[1] - r[2]) for r in rows if r[0] == "expired" and r[1] and r[2]]
+    out.update(ttl_expired=len(errs), ttl_not_expired=len(rows) - len(errs),
+               ttl_stop_error_p50_s=pct(errs, 50), ttl_stop_error_p99_s=pct(errs, 99),
+               ttl_stop_error_max_s=max(errs) if errs else float("nan"))
+
+    status, doc = c.call("GET", "/openapi.json")
+    paths = []
+    for path, ops in doc["paths"].items():
+        for method in ops:
+            if (path, method) != ("/health", "get"):
+                paths.append((method.upper(), path.replace("{id}", "abcdefghij")))
+    paths += [("GET", "/"), ("GET", "/nope"), ("POST", "/vx11/nope"), ("GET", "/health/x"),
+              ("DELETE", "/health"), ("PUT", "/vx11/spawn"), ("GET", "/metrics")]
+    n401 = 0
+    bad = []
+    anon = Client(None)
+    for method, path in paths:
+        st, _ = anon.call(method, path, {} if method in ("POST", "PUT") else None, token=False)
+        if st == 401:
+            n401 += 1
+        else:
+            bad.append(f"{method} {path}: {st}")
+    out.update(paths_checked=len(paths), unauthorized_paths_401=n401, not_401=bad)
+    return out
+
+
+# --- on the host --------------------------------------------------------------------------
+
+def host(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(REPO))
+    from vx11d.ctl.sandbox import Sandbox
+
+    sb = Sandbox(os.environ.get("VX11_SANDBOX") or f"vx11bench-{os.getpid()}")
+    t0 = time.monotonic()
+    sb.up()
+    try:
+        sb.write_config((REPO / "packaging" / "sandbox" / "vx11.yml").read_text())
+        for argv in (["systemctl", "daemon-reload"],
+                     ["systemctl", "restart", "vx11-madre.service", "vx11-gateway.socket"],
+                     ["systemctl", "stop", "vx11-gateway.service"]):
+            sb.exec(argv, timeout=60)
+        r = sb.exec(["/opt/vx11d/bin/python", str(Path(__file__).resolve()), "--inside",
+                     *(["--quick"] if args.quick else [])], timeout=600)
+        if r.returncode != 0:
+            print(r.stdout, r.stderr, file=sys.stderr)
+            return 1
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        if not args.keep:
+            sb.down()
+    res["total_s"] = round(time.monotonic() - t0, 1)
+    rows = [("spawn latency p50 / p99 (ms)", f"{res['p50_ms']:.1f} / {res['p99_ms']:.1f}"),
+            ("systemd-run p50 (ms)", f"{res['systemd_run_p50_ms']:.1f}"),
+            ("systemd-run + the same basic sandboxing p50 (ms)",
+             f"{res['systemd_run_basic_p50_ms']:.1f}"),
+            ("systemd-run + madre's strict sandboxing p50 (ms)",
+             f"{res['systemd_run_strict_p50_ms']:.1f}"),
+            ("p50 ratio vs systemd-run (goal <= 1.5)", f"{res['p50_ratio_vs_systemd_run']:.2f}"),
+            ("p50 ratio vs systemd-run with the same basic sandboxing",
+             f"{res['p50_ratio_vs_systemd_run_basic']:.2f}"),
+            ("p50 ratio vs systemd-run with strict sandboxing",
+             f"{res['p50_ratio_vs_systemd_run_strict']:.2f}"),
+            ("sustained spawns/s (goal >= 50)",
+             f"{res['spawns_per_s']:.1f} ({res['burst_ok']}/{res['burst']} ok)"),
+            ("systemd-run ceiling, same burst: bare / basic sandboxing (per s)",
+             f"{res['systemd_run_per_s']:.1f} / {res['systemd_run_basic_per_s']:.1f}"),
+            ("TTL stop error p50 / p99 / max (s) (goal p99 <= 1.0)",
+             f"{res['ttl_stop_error_p50_s']:.3f} / {res['ttl_stop_error_p99_s']:.3f} / "
+             f"{res['ttl_stop_error_max_s']:.3f}"),
+            ("401 sweep", f"{res['unauthorized_paths_401']}/{res['paths_checked']} paths 401"),
+            ("total time (s)", f"{res['total_s']}")]
+    w = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"{a:<{w}}  {b}")
+    for k, v in list(res.items()):
+        if isinstance(v, float):
+            res[k] = round(v, 4)
+    print(json.dumps(res, sort_keys=True))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer samples (< 60 s)")
+    ap.add_argument("--keep", action="store_true", help="leave the sandbox up")
+    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.inside:
+        print(json.dumps(inside(args.quick)))
+        return 0
+    return host(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

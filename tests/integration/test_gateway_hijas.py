@@ -1,0 +1,193 @@
+"""The gateway's hija and policy routes in-process, against a real DB file (no madre)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from vx11d import config, hijas
+from vx11d.db import Database
+from vx11d.gateway.app import ROUTE_MODULES, build_app
+from vx11d.gateway.context import GatewayContext
+
+TOKEN = "t0ken-for-tests-0123456789"
+H = {"X-VX11-Token": TOKEN}
+REPO = Path(__file__).resolve().parents[2]
+CFG = """
+gateway: {spawn_wait: 0.2s, auth_fail_limit: 1000, madre_wake_socket: /nonexistent/m.sock}
+madre:
+  templates:
+    sleeper: {command: [/usr/bin/sleep, infinity], max_ttl: 60s}
+    greet:
+      command: [/usr/bin/echo, "{who}"]
+      args: {who: {pattern: "^[a-z]{1,8}$", required: true}}
+"""
+
+
+@pytest.fixture
+def gw(dbpath):
+    loop = asyncio.new_event_loop()
+    cfg = config.parse(CFG, "t.yml")
+    ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
+    app = build_app(ctx, TOKEN)
+    client = TestClient(TestServer(app), loop=loop)
+    loop.run_until_complete(client.start_server())
+
+    def call(method, path, body=None, headers=H, raw=None):
+        async def go():
+            kw = {"headers": headers}
+            if raw is not None:
+                kw["data"] = raw
+            elif body is not None:
+                kw["json"] = body
+            r = await client.request(method, path, **kw)
+            text = await r.text()
+            return r.status, (json.loads(text) if text.startswith(("{", "[")) else text)
+        return loop.run_until_complete(go())
+
+    yield call, app, ctx
+    loop.run_until_complete(client.close())
+    loop.close()
+
+
+def registered(app):
+    out = set()
+    for r in app.router.routes():
+        if r.method == "HEAD":
+            continue
+        out.add((r.method, r.resource.canonical))
+    return out
+
+
+def test_every_registered_route_needs_a_token_but_health(gw):
+    call, app, _ = gw
+    routes = registered(app)
+    assert ("POST", "/vx11/spawn") in routes and ("GET", "/vx11/policy") in routes
+    for method, path in [*sorted(routes), ("GET", "/nope"), ("POST", "/vx11/x")]:
+        status, body = call(method, path.replace("{id}", "abcdefghij"), {}, headers={})
+        if (method, path) == ("GET", "/health"):
+            assert status == 200
+        else:
+            assert status == 401, (method, path)
+            assert body["error"] == "unauthorized"
+    status, _ = call("GET", "/vx11/hijas", headers={"X-VX11-Token": "wrong"})
+    assert status == 401
+
+
+def test_served_openapi_equals_the_file_and_documents_every_route(gw):
+    call, app, _ = gw
+    status, doc = call("GET", "/openapi.json")
+    assert status == 200
+    assert doc == json.loads((REPO / "docs" / "openapi.json").read_text())
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    missing = registered(app) - documented
+    assert not missing, f"routes missing from docs/openapi.json: {missing}"
+    assert "vx11d.gateway.hijas" in ROUTE_MODULES
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({"template": "sleeper"}, 422),                       # TTL missing
+    ({"template": "sleeper", "ttl_s": 61}, 422),          # above max_ttl
+    ({"template": "sleeper", "ttl_s": 0}, 422),
+    ({"template": "sleeper", "ttl_s": "10"}, 422),
+    ({"template": "nope", "ttl_s": 10}, 404),             # unknown template
+    ({"template": "greet", "ttl_s": 10}, 422),            # required arg missing
+    ({"template": "greet", "ttl_s": 10, "args": {"who": "$(id)"}}, 422),
+    ({"template": "sleeper", "ttl_s": 10, "command": "/bin/sh"}, 422),  # no raw commands
+    ({"ttl_s": 10}, 422),
+    ([1, 2], 422),
+])
+def test_spawn_refuses_bad_input_with_clear_errors(gw, body, code):
+    call, _, ctx = gw
+    status, resp = call("POST", "/vx11/spawn", body)
+    assert status == code, resp
+    assert resp["message"]
+    assert ctx.db.query("SELECT count(*) FROM spawner_hijas")[0][0] == 0
+
+
+def test_spawn_bad_bodies(gw):
+    call, _, _ = gw
+    assert call("POST", "/vx11/spawn", raw=b"{nope", headers={**H, "Content-Type":
+                                                             "application/json"})[0] == 400
+    assert call("POST", "/vx11/spawn", raw=b"x", headers={**H, "Content-Type":
+                                                          "text/plain"})[0] == 415
+    big = b'{"a":"' + b"x" * 2_000_000 + b'"}'
+    assert call("POST", "/vx11/spawn", raw=big, headers={**H, "Content-Type":
+                                                         "application/json"})[0] == 413
+
+
+def test_spawn_without_madre_is_accepted_as_202_then_listed_and_stoppable(gw):
+    call, _, ctx = gw
+    status, row = call("POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": 5})
+    assert status == 202 and row["status"] == "requested"
+    assert row["unit"] == f"vx11-hija-{row['id']}.service"
+    status, listing = call("GET", "/vx11/hijas?status=live")
+    assert status == 200 and [h["id"] for h in listing["hijas"]] == [row["id"]]
+    assert call("GET", f"/vx11/hijas/{row['id']}")[1]["template"] == "sleeper"
+    assert call("GET", "/vx11/hijas/zzzzzzzzzz")[0] == 404
+    assert call("GET", "/vx11/hijas/../etc")[0] in (401, 404)
+    assert call("GET", "/vx11/hijas?status=bogus")[0] == 400
+    assert call("GET", "/vx11/hijas?limit=x")[0] == 400
+    status, stopped = call("DELETE", f"/vx11/hijas/{row['id']}")
+    assert status == 202 and stopped["stop_requested_at"]
+    assert call("DELETE", "/vx11/hijas/zzzzzzzzzz")[0] == 404
+    ctx.db.write(lambda c: c.execute("UPDATE spawner_hijas SET status='stopped' WHERE id=?",
+                                     (row["id"],)))
+    assert call("DELETE", f"/vx11/hijas/{row['id']}")[0] == 409
+
+
+def test_spawn_answers_201_once_madre_marked_it_running(gw):
+    call, _, ctx = gw
+    ctx.cfg = config.parse(CFG.replace("0.2s", "5s"), "t.yml")
+
+    def fake_madre():
+        for _ in range(500):
+            time.sleep(0.01)
+            if ctx.db.write(lambda c: c.execute(
+                    "UPDATE spawner_hijas SET status='running', main_pid=42 WHERE "
+                    "status='requested'").rowcount):
+                return
+
+    t = threading.Thread(target=fake_madre)
+    t.start()
+    status, row = call("POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": 5})
+    t.join()
+    assert status == 201 and row["status"] == "running" and row["main_pid"] == 42
+
+
+def test_policy_activate_list_deactivate(gw):
+    call, _, _ = gw
+    status, body = call("POST", "/vx11/policy", {"component": "hermes", "for": "2h"})
+    assert status == 201 and body["activated"]["component"] == "hermes"
+    status, pol = call("GET", "/vx11/policy")
+    assert status == 200 and pol["profile"] == "solo_madre"
+    assert [w["component"] for w in pol["windows"]] == ["hermes"]
+    for bad, code in (({"component": "hermes"}, 422), ({"component": "hermes", "for": "x"},
+                                                       422),
+                      ({"component": "hermes", "ttl_s": 10**9}, 422),
+                      ({"component": "nope", "ttl_s": 60}, 404),
+                      ({"component": "hermes", "action": "explode", "ttl_s": 60}, 422),
+                      ({"component": "hermes", "ttl_s": 60, "extra": 1}, 422)):
+        assert call("POST", "/vx11/policy", bad)[0] == code, bad
+    status, body = call("POST", "/vx11/policy", {"component": "hermes",
+                                                 "action": "deactivate"})
+    assert status == 200 and body["windows_ended"] == 1
+    assert call("GET", "/vx11/policy")[1]["windows"] == []
+
+
+def test_health_stays_open_and_ok_without_a_bus(gw):
+    call, _, _ = gw
+    status, body = call("GET", "/health", headers={})
+    assert status == 200 and body["status"] == "ok" and "daemons" in body
+
+
+def test_hija_ids_are_unit_name_safe():
+    ids = {hijas.new_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(hijas.ID_RE.match(i) for i in ids)

@@ -1,0 +1,277 @@
+"""madre's state machine, reconcile, ports and windows against the fake systemd adapter."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from vx11d import config, hijas
+from vx11d.db import Database
+from vx11d.madre.daemon import Metrics
+from vx11d.madre.registry import Registry, check_readback, unit_properties
+from vx11d.madre.systemd import FakeSystemd
+from vx11d.madre.windows import HERMES_UNIT, Windows
+
+CFG = """
+madre:
+  port_range: [30000, 30002]
+  backstop_grace: 2s
+  templates:
+    sleeper: {command: [/usr/bin/sleep, infinity], max_ttl: 60s}
+    web: {command: [/usr/bin/python3, -m, http.server, "{port}"], needs_port: true}
+    greet:
+      command: [/usr/bin/echo, "hello {who}", "{n}"]
+      args:
+        who: {pattern: "^[a-z]{1,8}$", required: true}
+        n: {type: int, min: 1, max: 5, default: "1"}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def env(dbpath):
+    cfg = config.parse(CFG, "t.yml")
+    db = Database(dbpath)
+    sd = FakeSystemd()
+    clock = Clock()
+    m = Metrics(CollectorRegistry())
+    reg = Registry(cfg, db, sd, m, clock=clock)
+    yield cfg, db, sd, reg, clock, m
+    sd.close()
+    db.close()
+
+
+def spawn(cfg, db, reg, sd, template="sleeper", ttl=10, args=None):
+    row = hijas.request_spawn(db, cfg, template, ttl, args or {}, "test")
+    reg.process_requests()
+    reg.on_changes(sd.drain())
+    return hijas.get(db, row["id"])
+
+
+def events(db, hid):
+    return [r[0] for r in db.query("SELECT event FROM events WHERE subject = ? ORDER BY id",
+                                   (hid,))]
+
+
+def test_spawn_runs_then_expires_with_full_audit_trail(env):
+    cfg, db, sd, reg, _clock, m = env
+    row = spawn(cfg, db, reg, sd)
+    assert row["status"] == "running" and row["main_pid"]
+    unit = sd.units[row["unit"]]
+    assert unit["RuntimeMaxUSec"] == 10_000_000
+    assert unit["CollectMode"] == "inactive-or-failed" and unit["Slice"] == "vx11-hijas.slice"
+    sd.end(row["unit"], "timeout")
+    reg.on_changes(sd.drain())
+    row = hijas.get(db, row["id"])
+    assert row["status"] == "expired" and row["result"] == "timeout"
+    assert events(db, row["id"]) == ["hija_requested", "hija_spawned", "hija_running",
+                                     "hija_expired"]
+    assert m.ended.labels("expired")._value.get() == 1
+
+
+@pytest.mark.parametrize(("result", "code", "status"), [("success", 0, "exited"),
+                                                         ("exit-code", 3, "failed"),
+                                                         ("signal", 9, "failed")])
+def test_end_reasons(env, result, code, status):
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd)
+    sd.end(row["unit"], result, code)
+    reg.on_changes(sd.drain())
+    row = hijas.get(db, row["id"])
+    assert (row["status"], row["exit_status"]) == (status, code)
+
+
+def test_ports_are_allocated_and_released(env):
+    cfg, db, sd, reg, _clock, _m = env
+    rows = [spawn(cfg, db, reg, sd, "web") for _ in range(3)]
+    assert sorted(r["port"] for r in rows) == [30000, 30001, 30002]
+    assert all(f"PORT={r['port']}" in sd.units[r["unit"]]["Environment"]
+               for r in rows)
+    full = spawn(cfg, db, reg, sd, "web")
+    assert full["status"] == "failed" and "in use" in full["reason"]
+    sd.end(rows[1]["unit"], "timeout")
+    reg.on_changes(sd.drain())
+    again = spawn(cfg, db, reg, sd, "web")
+    assert again["status"] == "running" and again["port"] == 30001
+
+
+def test_args_are_validated_and_substituted_never_a_shell(env):
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd, "greet", args={"who": "ana", "n": 3})
+    (_argv0, argv, _), = sd.units[row["unit"]]["ExecStart"]
+    assert argv == ["/usr/bin/echo", "hello ana", "3"]
+    tpl = cfg.madre.templates["greet"]
+    for bad in ({}, {"who": "Ana; rm -rf /"}, {"who": "ana", "n": 9}, {"who": "ana", "x": 1},
+                {"who": ["a"]}, {"who": "ana", "n": True}, "notadict"):
+        with pytest.raises(hijas.InputError):
+            hijas.check_args(tpl, bad)
+
+
+def test_ttl_is_required_and_bounded(env):
+    cfg, db, _sd, _reg, _clock, _m = env
+    for ttl in (None, 0, -1, 61, "10", True, float("nan")):
+        with pytest.raises(hijas.InputError):
+            hijas.request_spawn(db, cfg, "sleeper", ttl, {}, "t")
+    with pytest.raises(hijas.NotFound):
+        hijas.request_spawn(db, cfg, "nope", 10, {}, "t")
+
+
+def test_property_that_does_not_stick_fails_the_spawn_loudly(dbpath):
+    cfg = config.parse(CFG, "t.yml")
+    db = Database(dbpath)
+    sd = FakeSystemd(ignore=("RuntimeMaxUSec",))
+    reg = Registry(cfg, db, sd, Metrics(CollectorRegistry()))
+    row = spawn(cfg, db, reg, sd)
+    assert row["status"] == "failed" and "RuntimeMaxUSec" in row["reason"]
+    assert row["unit"] not in sd.units  # stopped
+    sd.close()
+
+
+def test_readback_compares_dbus_values():
+    cfg = config.parse(CFG, "t.yml")
+    props = unit_properties(cfg, cfg.madre.templates["sleeper"], "abc", ["/bin/true"], 5, 20000)
+    got = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in props.items()}
+    got["Environment"] = ["VX11_HIJA_ID=abc", "PORT=20000", "OTHER=1"]
+    assert check_readback(props, got) == []
+    got["TasksMax"] = 2**64 - 1
+    assert check_readback(props, got)[0].startswith("TasksMax")
+
+
+def test_systemd_refusal_fails_the_row(env):
+    cfg, db, sd, reg, _clock, _m = env
+    row = hijas.request_spawn(db, cfg, "sleeper", 10, {}, "t")
+    sd.fail_start.add(row["unit"])
+    reg.process_requests()
+    row = hijas.get(db, row["id"])
+    assert row["status"] == "failed" and "refused" in row["reason"]
+
+
+def test_stop_request_before_and_after_start(env):
+    cfg, db, sd, reg, _clock, _m = env
+    early = hijas.request_spawn(db, cfg, "sleeper", 10, {}, "t")
+    hijas.request_stop(db, early["id"], "t")
+    reg.process_requests()
+    assert hijas.get(db, early["id"])["status"] == "stopped"
+    assert early["unit"] not in [c[1] for c in sd.calls]
+    row = spawn(cfg, db, reg, sd)
+    hijas.request_stop(db, row["id"], "t")
+    reg.process_requests()
+    reg.on_changes(sd.drain())
+    assert hijas.get(db, row["id"])["status"] == "stopped"
+    with pytest.raises(hijas.Conflict):
+        hijas.request_stop(db, row["id"], "t")
+    with pytest.raises(hijas.NotFound):
+        hijas.request_stop(db, "zzzzzzzzzz", "t")
+
+
+def test_backstop_stops_a_hija_past_expiry_plus_grace(env):
+    cfg, db, sd, reg, clock, _m = env
+    row = spawn(cfg, db, reg, sd, ttl=5)
+    clock.t += 6  # past expiry, within grace
+    reg.backstop()
+    assert row["unit"] in sd.units
+    clock.t += 2
+    reg.backstop()
+    reg.on_changes(sd.drain())
+    row = hijas.get(db, row["id"])
+    assert row["status"] == "expired" and "backstop" in row["reason"]
+
+
+def test_reconcile_lost_rows_adopted_units_and_orphans(env):
+    cfg, db, sd, reg, clock, _m = env
+    gone = spawn(cfg, db, reg, sd)
+    kept = spawn(cfg, db, reg, sd)
+    del sd.units[gone["unit"]]  # collected while madre was down
+    sd.units["vx11-hija-orphan0000.service"] = {"ActiveState": "active", "SubState": "running"}
+    fresh = Registry(cfg, db, sd, Metrics(CollectorRegistry()), clock=clock)  # a restart
+    fixed = fresh.reconcile()
+    assert fixed == {"lost": 1, "ended": 0, "adopted": 1, "orphans": 1}
+    assert hijas.get(db, gone["id"])["status"] == "lost"
+    assert "vx11-hija-orphan0000.service" not in sd.units
+    assert db.query("SELECT count(*) FROM events WHERE event = 'hija_orphan_stopped'")[0][0] == 1
+    sd.end(kept["unit"], "timeout")
+    fresh.on_changes(sd.drain())
+    assert hijas.get(db, kept["id"])["status"] == "expired"
+
+
+def test_reconcile_settles_a_row_left_starting_by_a_crash(env):
+    cfg, db, sd, _reg, _clock, _m = env
+    row = hijas.request_spawn(db, cfg, "sleeper", 10, {}, "t")
+    db.write(lambda c: c.execute("UPDATE spawner_hijas SET status='starting' WHERE id=?",
+                                 (row["id"],)))
+    Registry(cfg, db, sd, Metrics(CollectorRegistry())).reconcile()
+    assert hijas.get(db, row["id"])["status"] == "lost"
+
+
+def test_template_removed_from_config_fails_the_request(env):
+    cfg, db, _sd, reg, _clock, _m = env
+    row = hijas.request_spawn(db, cfg, "sleeper", 10, {}, "t")
+    reg.cfg = config.parse("madre: {templates: {}}", "t.yml")
+    reg.process_requests()
+    assert hijas.get(db, row["id"])["status"] == "failed"
+
+
+def test_windows_expire_and_drive_hermes(env):
+    cfg, db, sd, _reg, _clock, m = env
+    win = Windows(cfg, db, sd, m)
+    win.tick()  # no unit installed, no window: nothing happens
+    sd.installed.add(HERMES_UNIT)
+    hijas.activate(db, cfg, "hermes", 3600, "t")
+    win.tick()
+    assert ("start", HERMES_UNIT) in sd.calls
+    hijas.deactivate(db, "hermes", "t")
+    win.tick()
+    assert ("stop", HERMES_UNIT) in sd.calls
+    a = hijas.activate(db, cfg, "switch", 60, "t")
+    db.write(lambda c: c.execute("UPDATE activations SET expires_at = created_at + 0.001 "
+                                 "WHERE id = ?", (a["id"],)))
+    Windows(cfg, db, sd, m, clock=lambda: time.time() + 1).tick()
+    row = db.query("SELECT ended_reason FROM activations WHERE id = ?", (a["id"],))[0]
+    assert row[0] == "expired"
+    for bad in (None, 0, -5, cfg.madre.max_activation + 1, "1h", True):
+        with pytest.raises(hijas.InputError):
+            hijas.activate(db, cfg, "hermes", bad, "t")
+    with pytest.raises(hijas.NotFound):
+        hijas.activate(db, cfg, "llama", 60, "t")
+
+
+def test_stored_args_are_json(env):
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd, "greet", args={"who": "bo"})
+    raw = db.query("SELECT args FROM spawner_hijas WHERE id = ?", (row["id"],))[0][0]
+    assert json.loads(raw) == {"who": "bo", "n": "1"}
+
+
+def test_config_refuses_a_bad_sandboxing_level():
+    with pytest.raises(config.ConfigError, match="sandboxing"):
+        config.parse("madre: {templates: {x: {command: [/bin/true], sandboxing: loose}}}",
+                     "t.yml")
+
+
+def test_strict_sandboxing_adds_mount_namespace_protections():
+    cfg = config.parse("madre: {templates: {a: {command: [/bin/true]}, "
+                       "b: {command: [/bin/true], sandboxing: basic}}}", "t.yml")
+    strict = unit_properties(cfg, cfg.madre.templates["a"], "x", ["/bin/true"], 5, None)
+    basic = unit_properties(cfg, cfg.madre.templates["b"], "x", ["/bin/true"], 5, None)
+    assert strict["ProtectSystem"] == b"strict" and "ProtectSystem" not in basic
+    for p in (strict, basic):
+        assert p["DynamicUser"] is True and p["NoNewPrivileges"] is True
+        assert p["CapabilityBoundingSet"] == 0
+
+
+def test_reconcile_applies_queued_end_signals_before_calling_a_row_lost(env):
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd, ttl=5)
+    sd.end(row["unit"], "timeout")  # ended and collected; signals not yet drained
+    reg.reconcile()
+    assert hijas.get(db, row["id"])["status"] == "expired"

@@ -1,0 +1,167 @@
+"""Route module: the OpenAPI 3.1 document at ``GET /openapi.json`` (token-protected).
+
+The document is built here and kept in the repository as ``docs/openapi.json``
+(``python -m vx11d.gateway.openapi > docs/openapi.json``); a test checks that the
+served document equals the file and that every registered route is documented.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+
+ERR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(desc: str, schema: dict | None = None) -> dict[str, Any]:
+    r: dict[str, Any] = {"description": desc}
+    if schema is not None:
+        r["content"] = {"application/json": {"schema": schema}}
+    return r
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "malformed request", 401: "missing or invalid token", 404: "not found",
+            409: "conflict with the current state", 413: "body too large",
+            415: "not JSON", 422: "invalid field value", 429: "too many failed token "
+            "attempts", 502: "upstream failed", 503: "unavailable", 504: "deadline passed"}
+    return {str(c): _resp(text[c], ERR) for c in (401, 429, *codes)}
+
+
+def _body(schema: dict) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+HIJA = {"$ref": "#/components/schemas/Hija"}
+ID_PARAM = {"name": "id", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": "^[a-z0-9]{10}$"}}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document of every gateway route."""
+    open_api: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "vx11d tentaculo_link", "version": __version__,
+                 "description": "The single token-protected entrypoint. Every path but "
+                 "GET /health needs X-VX11-Token or Authorization: Bearer."},
+        "security": [{"token": []}, {"bearer": []}],
+        "paths": {
+            "/health": {"get": {
+                "summary": "gateway liveness and each vx11 daemon's state (open)",
+                "security": [],
+                "responses": {"200": _resp("ok", {"type": "object", "properties": {
+                    "status": {"type": "string"}, "component": {"type": "string"},
+                    "daemons": {}}})}}},
+            "/openapi.json": {"get": {
+                "summary": "this document",
+                "responses": {"200": _resp("the OpenAPI document", {"type": "object"}),
+                              **_errors()}}},
+            "/vx11/spawn": {"post": {
+                "summary": "spawn a hija from a template, with a mandatory TTL",
+                "requestBody": _body({"type": "object", "required": ["template", "ttl_s"],
+                                      "additionalProperties": False, "properties": {
+                                          "template": {"type": "string"},
+                                          "ttl_s": {"type": "number", "exclusiveMinimum": 0,
+                                                    "description": "at most the "
+                                                    "template's max_ttl"},
+                                          "args": {"type": "object"}}}),
+                "responses": {"201": _resp("running (or already ended: see status)", HIJA),
+                              "202": _resp("accepted, still starting", HIJA),
+                              **_errors(400, 404, 413, 415, 422)}}},
+            "/vx11/hijas": {"get": {
+                "summary": "hijas, newest first",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
+                        "live", "requested", "starting", "running", "expired", "exited",
+                        "failed", "stopped", "lost"]}},
+                    {"name": "limit", "in": "query", "schema": {
+                        "type": "integer", "minimum": 1, "maximum": 10000}}],
+                "responses": {"200": _resp("the hijas", {"type": "object", "properties": {
+                    "hijas": {"type": "array", "items": HIJA},
+                    "count": {"type": "integer"}}}), **_errors(400)}}},
+            "/vx11/hijas/{id}": {
+                "get": {"summary": "one hija", "parameters": [ID_PARAM],
+                        "responses": {"200": _resp("the hija", HIJA), **_errors(404)}},
+                "delete": {"summary": "ask madre to stop a live hija",
+                           "parameters": [ID_PARAM],
+                           "responses": {"202": _resp("stop requested", HIJA),
+                                         **_errors(404, 409)}}},
+            "/vx11/policy": {
+                "get": {"summary": "profile and live activation windows",
+                        "responses": {"200": _resp("policy", {"type": "object", "properties": {
+                            "profile": {"type": "string"},
+                            "components": {"type": "array", "items": {"type": "string"}},
+                            "windows": {"type": "array", "items": {"type": "object"}}}}),
+                            **_errors()}},
+                "post": {"summary": "activate a component for a TTL, or deactivate it",
+                         "requestBody": _body({"type": "object", "required": ["component"],
+                                               "additionalProperties": False, "properties": {
+                                                   "component": {"type": "string",
+                                                                 "enum": ["hermes", "switch"]},
+                                                   "action": {"type": "string", "enum": [
+                                                       "activate", "deactivate"]},
+                                                   "ttl_s": {"type": "number"},
+                                                   "for": {"type": "string",
+                                                           "examples": ["2h"]}}}),
+                         "responses": {"201": _resp("window opened", {"type": "object"}),
+                                       "200": _resp("deactivated", {"type": "object"}),
+                                       **_errors(400, 404, 413, 415, 422)}}},
+            "/vx11/route": {"post": {
+                "summary": "route a query (Switch rules, Hermes, remote fallback)",
+                "requestBody": _body({"type": "object"}),
+                "responses": {"200": _resp("the answer and the route taken",
+                                           {"type": "object"}),
+                              **_errors(400, 413, 415, 422, 502, 503, 504)}}},
+            "/v1/chat/completions": {"post": {
+                "summary": "OpenAI-compatible chat completions through the same routes",
+                "requestBody": _body({"type": "object"}),
+                "responses": {"200": _resp("a chat completion", {"type": "object"}),
+                              **_errors(400, 413, 415, 422, 502, 503, 504)}}},
+        },
+        "components": {
+            "securitySchemes": {
+                "token": {"type": "apiKey", "in": "header", "name": "X-VX11-Token"},
+                "bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                    "error": {"type": "string"}, "message": {"type": "string"}}},
+                "Hija": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "template": {"type": "string"},
+                    "args": {"type": "object"}, "ttl_s": {"type": "number"},
+                    "port": {"type": ["integer", "null"]}, "unit": {"type": "string"},
+                    "main_pid": {"type": ["integer", "null"]},
+                    "status": {"type": "string", "enum": [
+                        "requested", "starting", "running", "expired", "exited", "failed",
+                        "stopped", "lost"]},
+                    "created_at": {"type": "number"},
+                    "started_at": {"type": ["number", "null"]},
+                    "expires_at": {"type": ["number", "null"]},
+                    "ended_at": {"type": ["number", "null"]},
+                    "exit_status": {"type": ["integer", "null"]},
+                    "result": {"type": ["string", "null"]},
+                    "reason": {"type": ["string", "null"]},
+                    "stop_requested_at": {"type": ["number", "null"]}}}}},
+    }
+    return open_api
+
+
+def text() -> str:
+    """The document as the text kept in docs/openapi.json."""
+    return json.dumps(document(), indent=2, sort_keys=True) + "\n"
+
+
+async def serve(request: web.Request) -> web.Response:
+    """The OpenAPI document."""
+    return web.Response(text=text(), content_type="application/json")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/openapi.json", serve)
+
+
+if __name__ == "__main__":
+    print(text(), end="")

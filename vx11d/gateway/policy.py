@@ -1,0 +1,118 @@
+"""Route module: activation windows (``GET|POST /vx11/policy``) and daemon states in /health.
+
+Windows are rows in ``activations``; madre ends expired ones and starts or stops the
+units they cover. Every activation needs a TTL (``ttl_s`` seconds or ``for`` like
+``2h``), at most ``madre.max_activation``.
+
+/health reports each vx11 daemon's ``ActiveState`` and ``StatusText`` (its STATUS=
+line) read from systemd over D-Bus: systemd is the authority on whether a unit runs,
+the property reads are unprivileged and read-only, and the DB has no liveness
+information. The reads run in a worker thread with a short deadline, so a slow bus
+never stalls the event loop; failures show as ``unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from .. import hijas
+from ..confload import parse_duration
+from ..errors import InputError
+from .context import CTX
+from .http import ApiError, read_json
+
+log = logging.getLogger("vx11.gateway")
+
+DAEMON_UNITS = ("vx11-gateway.service", "vx11-madre.service", "vx11-reaper.service",
+                "vx11-hermes.service", "vx11-rotate.timer")
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    """The profile and the live activation windows."""
+    ctx = request.app[CTX]
+    return web.json_response({"profile": ctx.cfg.madre.profile,
+                              "components": list(hijas.COMPONENTS),
+                              "windows": hijas.live_windows(ctx.db)})
+
+
+async def post_policy(request: web.Request) -> web.Response:
+    """Activate a component for a TTL, or deactivate it."""
+    ctx = request.app[CTX]
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"component", "action", "ttl_s", "for"})
+    if unknown:
+        raise ApiError(422, "invalid", f"unknown field(s): {', '.join(unknown)[:200]}")
+    action = body.get("action", "activate")
+    component = body.get("component")
+    by = f"http:{request.remote}"
+    try:
+        if action == "activate":
+            seconds: Any = body.get("ttl_s")
+            if seconds is None and body.get("for") is not None:
+                try:
+                    seconds = float(parse_duration(body["for"]))
+                except ValueError as e:
+                    raise InputError(f"for: {e}") from e
+            row = hijas.activate(ctx.db, ctx.cfg, component, seconds, by)
+            hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
+            return web.json_response({"activated": row}, status=201)
+        if action == "deactivate":
+            n = hijas.deactivate(ctx.db, component, by)
+            hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
+            return web.json_response({"deactivated": component, "windows_ended": n})
+    except hijas.NotFound as e:
+        raise ApiError(404, "not_found", str(e)) from e
+    except InputError as e:
+        raise ApiError(422, "invalid", str(e)) from e
+    raise ApiError(422, "invalid", "action must be activate or deactivate")
+
+
+def _unit_states() -> dict[str, dict[str, str]]:
+    from pystemd.dbusexc import DBusBaseError, DBusNoSuchUnitError
+    from pystemd.dbuslib import DBus, apply_signature
+
+    dest, path = b"org.freedesktop.systemd1", b"/org/freedesktop/systemd1"
+    out: dict[str, dict[str, str]] = {}
+    with DBus() as bus:
+        for unit in DAEMON_UNITS:
+            try:
+                upath = bus.call_method(dest, path, b"org.freedesktop.systemd1.Manager",
+                                        b"GetUnit", apply_signature(b"s", [unit.encode()])
+                                        ).body
+            except DBusNoSuchUnitError:
+                out[unit] = {"active_state": "inactive", "status": "not loaded"}
+                continue
+            except DBusBaseError as e:
+                out[unit] = {"active_state": "unknown", "status": str(e)[:100]}
+                continue
+            state = bus.get_property(dest, upath, b"org.freedesktop.systemd1.Unit",
+                                     b"ActiveState", b"s").decode()
+            status = ""
+            if unit.endswith(".service"):
+                status = bus.get_property(dest, upath, b"org.freedesktop.systemd1.Service",
+                                          b"StatusText", b"s").decode(errors="replace")
+            out[unit] = {"active_state": state, "status": status}
+    return out
+
+
+async def daemons_health(app: web.Application) -> dict[str, Any]:
+    """The /health contribution: each vx11 daemon as systemd sees it."""
+    from pystemd.dbusexc import DBusBaseError
+
+    loop = asyncio.get_running_loop()
+    try:
+        states = await asyncio.wait_for(loop.run_in_executor(None, _unit_states), 1.0)
+    except (TimeoutError, OSError, DBusBaseError) as e:  # no bus: say so, not 500
+        log.debug("daemon states unavailable: %s", e)
+        return {"daemons": "unknown"}
+    return {"daemons": states}
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/vx11/policy", get_policy)
+    app.router.add_post("/vx11/policy", post_policy)
+    app[CTX].extras.setdefault("health", []).append(daemons_health)

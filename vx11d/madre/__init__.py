@@ -1,0 +1,1 @@
+"""madre: the hija TTL supervisor (transient systemd units) and activation windows."""

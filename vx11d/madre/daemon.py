@@ -1,0 +1,189 @@
+"""madre as a runtime service: the bus fd and the wake socket in the asyncio loop.
+
+``start()`` reconciles the DB against systemd before READY; after that the loop reacts
+at once to two file descriptors: the D-Bus monitor connection (unit state changes,
+so ends are recorded promptly) and the wake datagram socket the gateway sends to
+after writing a request. ``tick()`` is the slow safety net: requests missed by a wake,
+the expiry backstop, activation windows, and a periodic reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import socket
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .. import journal
+from ..config import Config
+from ..db import Database
+from ..errors import SystemdError
+from .registry import ENDED_REASONS, Registry
+from .systemd import SystemdClient
+from .windows import Windows
+
+log = logging.getLogger("vx11.madre")
+
+RECONCILE_EVERY = 30.0
+BATCH = 32  # requests started per loop pass (each is a D-Bus round trip or three)
+
+
+class Metrics:
+    """madre's metrics, on the registry passed in."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.running = Gauge("vx11_hijas_running", "hijas whose unit is running",
+                             registry=registry)
+        self.spawned = Counter("vx11_hijas_spawned", "hija units started",
+                               registry=registry)
+        self.ended = Counter("vx11_hijas_ended", "hijas ended, by reason", ["reason"],
+                             registry=registry)
+        for r in ENDED_REASONS:
+            self.ended.labels(r)
+        self.spawn_seconds = Histogram(
+            "vx11_hija_spawn_duration_seconds", "from madre picking a request up to the "
+            "unit running", registry=registry,
+            buckets=(.005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
+        self.activations = Gauge("vx11_activations_live", "live activation windows by "
+                                 "component (1: a window is open)", ["component"],
+                                 registry=registry)
+        self.next_expiry = Gauge("vx11_hijas_next_expiry_seconds", "seconds until the next "
+                                 "running hija expires (0 when none runs)", registry=registry)
+        self.reconcile = Counter("vx11_madre_reconcile_fixes", "DB/systemd disagreements "
+                                 "settled by reconcile, by kind", ["kind"], registry=registry)
+        for k in ("lost", "ended", "adopted", "orphans"):
+            self.reconcile.labels(k)
+        self.wakes = Counter("vx11_madre_wakeups", "wake datagrams received",
+                             registry=registry)
+
+
+def bind_wake_socket(path: str, group: str = "vx11") -> socket.socket:
+    """The wake datagram socket, writable by the group the gateway runs as."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    s.bind(path)
+    s.setblocking(False)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+        if os.stat(path).st_gid != gid:  # under systemd, Group=vx11 already made it so
+            os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+    except (KeyError, PermissionError) as e:
+        log.warning("wake socket %s: cannot give it to group %s (%s); only root can "
+                    "wake madre, the gateway's requests wait for the tick", path, group, e)
+    return s
+
+
+class MadreService:
+    """The hija supervisor."""
+
+    component = "madre"
+
+    def __init__(self, cfg: Config, db: Database, sd: SystemdClient,
+                 registry: CollectorRegistry, *, wake_path: str | None = None) -> None:
+        self.cfg, self.db, self.sd = cfg, db, sd
+        self.m = Metrics(registry)
+        self.reg = Registry(cfg, db, sd, self.m)
+        self.win = Windows(cfg, db, sd, self.m)
+        self.wake_path = wake_path or cfg.gateway.madre_wake_socket
+        self.sock: socket.socket | None = None
+        self.interval = float(cfg.madre.tick)
+        self._last_reconcile = 0.0
+        self._status = "starting"
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        fixed = self.reg.reconcile()
+        for k, v in fixed.items():
+            self.m.reconcile.labels(k).inc(v)
+        self._last_reconcile = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sd.fileno(), self._on_bus)
+        os.makedirs(os.path.dirname(self.wake_path), exist_ok=True)
+        self.sock = bind_wake_socket(self.wake_path)
+        self._loop.add_reader(self.sock.fileno(), self._on_wake)
+        self.reg.process_requests()
+        self._refresh()
+        journal.event(log, "madre_started", "madre up: reconciled (%s), wake socket %s",
+                      ", ".join(f"{k} {v}" for k, v in fixed.items()), self.wake_path)
+
+    def _on_bus(self) -> None:
+        try:
+            self.reg.on_changes(self.sd.drain())
+        except SystemdError as e:
+            log.error("%s", e)
+        except Exception:
+            log.exception("handling unit changes failed")
+        self._refresh()
+
+    def _on_wake(self) -> None:
+        assert self.sock is not None
+        n = 0
+        with contextlib.suppress(BlockingIOError):
+            while self.sock.recv(64):
+                n += 1
+        self.m.wakes.inc(n)
+        self._work()
+
+    def _work(self) -> None:
+        """One bounded batch of requests; the rest in a later loop pass, so a burst never
+        holds the loop (and its watchdog pings) for long."""
+        more = False
+        try:
+            more = self.reg.process_requests(limit=BATCH) == BATCH
+            self.reg.on_changes(self.sd.drain())
+        except Exception:
+            log.exception("processing requests failed")
+        self._refresh()
+        if more and self._loop is not None:
+            self._loop.call_soon(self._work)
+
+    async def tick(self) -> None:
+        self._work()  # requests a lost wake-up missed
+        self.reg.backstop()
+        self.win.tick()
+        if time.monotonic() - self._last_reconcile > RECONCILE_EVERY:
+            self._last_reconcile = time.monotonic()
+            for k, v in self.reg.reconcile().items():
+                self.m.reconcile.labels(k).inc(v)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        running, nxt = self.reg.summary()
+        self.m.running.set(running)
+        self.m.next_expiry.set(nxt or 0)
+        text = f"{running} hija{'s' if running != 1 else ''} running"
+        if nxt is not None:
+            text += f", next expiry in {int(nxt + 0.999)}s"
+        extra = self.win.summary()
+        if extra:
+            text += f"; {extra}"
+        self._status = text
+
+    def status(self) -> str:
+        return self._status
+
+    async def reload(self, cfg: Config) -> None:
+        """New templates, limits and windows policy; the wake socket path stays."""
+        self.cfg = self.reg.cfg = self.win.cfg = cfg
+        self.interval = float(cfg.madre.tick)
+
+    async def stop(self) -> None:
+        """Leave the hijas running: systemd enforces their TTL; reconcile adopts them."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sd.fileno())
+            if self.sock is not None:
+                self._loop.remove_reader(self.sock.fileno())
+        if self.sock is not None:
+            self.sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.wake_path)
+        self.sd.close()
+
+

@@ -1,0 +1,24 @@
+"""``vx11d madre``: the wiring of the hija supervisor (Type=notify, root for unit control)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .. import metrics, runtime
+from ..config import Config
+from ..db import Database
+from .daemon import MadreService
+from .systemd import PystemdClient
+
+
+def main(cfg: Config, argv: list[str]) -> int:
+    """Wire config, DB, metrics and the systemd client, and run until SIGTERM."""
+    registry = metrics.new_registry("madre")
+    db = Database.from_config(cfg, migrate=True)
+    sd = PystemdClient()
+    service = MadreService(cfg, db, sd, registry)
+    server = metrics.serve(registry, cfg.madre.metrics_address, cfg.madre.metrics_port)
+    try:
+        return asyncio.run(runtime.run_async(service))
+    finally:
+        server.shutdown()

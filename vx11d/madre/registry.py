@@ -1,0 +1,421 @@
+"""The hija registry: requests become transient units; unit ends become DB records.
+
+    requested --start--> starting --unit active--> running --RuntimeMaxUSec--> expired
+        |                   |                         |---exit 0--------------> exited
+        |                   |                         |---exit != 0 / crash---> failed
+        |                   +--StartTransientUnit refused / property lost--> failed
+        +--stop requested before start----------------------------------------> stopped
+    running|starting --stop request--> stopped;  --backstop (past expiry+grace)--> expired
+    starting|running with no unit at reconcile ---------------------------------> lost
+
+Every transition is one DB transaction that updates ``spawner_hijas`` and appends an
+``events`` row, and one journal line (``VX11_EVENT=hija_*``, ``VX11_HIJA_ID``).
+The row is written ``starting`` before the unit is started, so after a crash at any
+point a unit never exists without a row; reconcile settles rows whose unit is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import journal
+from ..config import Config, HijaTemplate
+from ..db import Database, record_event
+from ..errors import DbError, InputError, SystemdError
+from ..hijas import LIVE, build_argv, check_args
+from . import ports
+from .systemd import Change, SystemdClient
+
+log = logging.getLogger("vx11.madre")
+
+SLICE = "vx11-hijas.slice"
+ENDED_REASONS = ("expired", "exited", "failed", "stopped", "lost")
+EVENT_OF = {"starting": "hija_spawned", "running": "hija_running", "expired": "hija_expired",
+            "exited": "hija_exited", "failed": "hija_failed", "stopped": "hija_stopped",
+            "lost": "hija_lost"}
+
+
+class PropertyNotSet(SystemdError):
+    """A unit property did not stick (wrong name or value silently ignored)."""
+
+
+@dataclass
+class Tracked:
+    """What madre keeps in memory about one live hija unit."""
+
+    hija_id: str
+    ttl: float
+    t0: float  # monotonic, when madre began starting it
+    props: dict[str, Any] = field(default_factory=dict)
+    seen_active: bool = False
+    running: bool = False
+    stop_as: str | None = None  # status to record when madre itself stopped it
+
+
+def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str],
+                    ttl: float, port: int | None) -> dict[str, Any]:
+    """The transient unit's properties, by their D-Bus names."""
+    env = [f"VX11_HIJA_ID={hija_id}".encode()]
+    if port is not None:
+        env.append(f"PORT={port}".encode())
+    props: dict[str, Any] = {
+        "Description": f"vx11 hija {hija_id}".encode(),
+        "Type": b"exec",
+        "ExecStart": [(argv[0].encode(), [a.encode() for a in argv], False)],
+        "Slice": SLICE.encode(),
+        "RuntimeMaxUSec": int(ttl * 1e6),
+        "CollectMode": b"inactive-or-failed",
+        "KillMode": b"control-group",
+        "TimeoutStopUSec": int(cfg.madre.stop_timeout * 1e6),
+        "Environment": env,
+        "MemoryMax": int(tpl.memory_max),
+        "CPUQuotaPerSecUSec": int(tpl.cpu_quota_percent * 10_000),
+        "TasksMax": int(tpl.tasks_max),
+        "NoNewPrivileges": True,
+        "CapabilityBoundingSet": 0,
+        "RestrictSUIDSGID": True,
+        "RestrictRealtime": True,
+        "LockPersonality": True,
+        "WorkingDirectory": b"/",
+    }
+    if tpl.sandboxing == "strict":
+        props.update({
+            "PrivateTmp": True,
+            "PrivateDevices": True,
+            "ProtectSystem": b"strict",
+            "ProtectHome": b"yes",
+            "ProtectKernelTunables": True,
+            "ProtectKernelModules": True,
+            "ProtectKernelLogs": True,
+            "ProtectHostname": True,
+            "ProtectControlGroups": True,
+        })
+    if cfg.madre.hija_user:
+        props["User"] = cfg.madre.hija_user.encode()
+    else:
+        props["DynamicUser"] = True
+    return props
+
+
+# Properties read back after start (name -> how to compare with what was asked).
+CHECKED = ("RuntimeMaxUSec", "CollectMode", "KillMode", "TimeoutStopUSec", "MemoryMax",
+           "CPUQuotaPerSecUSec", "TasksMax", "NoNewPrivileges", "Slice", "Environment",
+           "DynamicUser", "User", "ProtectSystem", "PrivateTmp", "RestrictSUIDSGID",
+           "CapabilityBoundingSet", "ProtectHome", "PrivateDevices")
+
+
+def check_readback(asked: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """Names of the properties whose value systemd does not report back as asked."""
+    bad = []
+    for name in CHECKED:
+        if name not in asked:
+            continue
+        want = asked[name]
+        want = want.decode() if isinstance(want, bytes) else want
+        if isinstance(want, list):
+            want = [w.decode() if isinstance(w, bytes) else w for w in want]
+        have = got.get(name)
+        if name == "Environment":
+            ok = isinstance(have, list) and all(w in have for w in want)
+        else:
+            ok = have == want
+        if not ok:
+            bad.append(f"{name} (asked {want!r}, systemd has {have!r})")
+    return bad
+
+
+class Registry:
+    """Carries spawn and stop requests out and records how every hija ends."""
+
+    def __init__(self, cfg: Config, db: Database, sd: SystemdClient, metrics: Any,
+                 clock=time.time) -> None:
+        self.cfg, self.db, self.sd, self.m, self.clock = cfg, db, sd, metrics, clock
+        self.tracked: dict[str, Tracked] = {}  # unit name -> Tracked
+
+    # --- transitions -----------------------------------------------------------------
+    def _transition(self, hija_id: str, status: str, *, only_from: tuple[str, ...] = LIVE,
+                    level: int = logging.INFO, **cols: Any) -> bool:
+        """Move one row to ``status`` (if it is in ``only_from``), with its event."""
+        now = self.clock()
+        if status in ENDED_REASONS:
+            cols.setdefault("ended_at", now)
+
+        def fn(c: sqlite3.Connection) -> bool:
+            sets = ", ".join(f"{k} = ?" for k in ("status", *cols))
+            marks = ",".join("?" * len(only_from))
+            cur = c.execute(f"UPDATE spawner_hijas SET {sets} WHERE id = ? AND status IN "  # noqa: S608
+                            f"({marks})", (status, *cols.values(), hija_id, *only_from))
+            if cur.rowcount != 1:
+                return False
+            record_event(c, "madre", EVENT_OF[status], subject=hija_id, status=status,
+                         **cols)
+            return True
+
+        done = self.db.write(fn)
+        if done:
+            detail = " ".join(f"{k}={v}" for k, v in cols.items() if k != "ended_at")
+            journal.event(log, EVENT_OF[status], "hija %s %s %s", hija_id, status, detail,
+                          level=level, hija_id=hija_id, pid=cols.get("main_pid"))
+            if status in ENDED_REASONS:
+                self.m.ended.labels(status).inc()
+        return done
+
+    # --- requests ----------------------------------------------------------------------
+    def process_requests(self, limit: int = 1000) -> int:
+        """Start up to ``limit`` ``requested`` rows and carry out stop requests; how many
+        requests were looked at (== limit: call again, more may wait)."""
+        rows = self.db.query("SELECT id, template, args, ttl_s, unit, stop_requested_at "
+                             "FROM spawner_hijas WHERE status = 'requested' "
+                             "ORDER BY created_at LIMIT ?", (limit,))
+        started = 0
+        for r in rows:
+            try:
+                started += self._spawn(r)
+            except DbError:
+                raise
+            except Exception as e:  # a poison request must not crash-loop madre
+                log.exception("spawning hija %s failed", r["id"])
+                self.tracked.pop(r["unit"], None)
+                self._transition(r["id"], "failed", only_from=("requested", "starting"),
+                                 reason=f"internal error: {e}"[:300], level=logging.ERROR)
+        self.process_stops()
+        return len(rows)
+
+    def _spawn(self, r: sqlite3.Row) -> int:
+        hid, unit = r["id"], r["unit"]
+        t0 = time.monotonic()
+        if r["stop_requested_at"] is not None:
+            self._transition(hid, "stopped", only_from=("requested",),
+                             reason="stop requested before start")
+            return 0
+        tpl = self.cfg.madre.templates.get(r["template"])
+        try:
+            if tpl is None:
+                raise InputError(f"template {r['template']!r} is no longer in the config")
+            args = check_args(tpl, json.loads(r["args"] or "{}"))
+            argv_check = build_argv(tpl, args, 1 if tpl.needs_port else None)
+            del argv_check
+        except (InputError, ValueError) as e:
+            self._transition(hid, "failed", only_from=("requested",), reason=str(e),
+                             level=logging.WARNING)
+            return 0
+        first, last = self.cfg.madre.port_range
+        ttl = float(r["ttl_s"])
+
+        def to_starting(c: sqlite3.Connection) -> int | bool | None:
+            port = ports.allocate(c, first, last) if tpl.needs_port else None
+            now = self.clock()
+            cur = c.execute("UPDATE spawner_hijas SET status = 'starting', port = ?, "
+                            "started_at = ?, expires_at = ? WHERE id = ? AND "
+                            "status = 'requested'", (port, now, now + ttl, hid))
+            if cur.rowcount != 1:
+                return False
+            record_event(c, "madre", "hija_spawned", subject=hid, status="starting",
+                         unit=unit, port=port, ttl_s=ttl, template=r["template"])
+            return port
+
+        try:
+            port = self.db.write(to_starting)
+        except ports.PortsExhausted as e:
+            self._transition(hid, "failed", only_from=("requested",), reason=str(e),
+                             level=logging.WARNING)
+            return 0
+        if port is False:
+            return 0
+        port = port if tpl.needs_port else None
+        journal.event(log, "hija_spawned", "hija %s starting as %s (template %s, ttl %gs, "
+                      "port %s)", hid, unit, r["template"], ttl, port, hija_id=hid)
+        props = unit_properties(self.cfg, tpl, hid, build_argv(tpl, args, port), ttl, port)
+        tr = Tracked(hid, ttl, t0)
+        self.tracked[unit] = tr
+        try:
+            self.sd.start_transient(unit, props)
+        except SystemdError as e:
+            del self.tracked[unit]
+            self._transition(hid, "failed", reason=f"systemd refused the unit: {e}",
+                             level=logging.ERROR)
+            return 0
+        self.m.spawned.inc()
+        got = self.sd.properties(unit)
+        if got is None:
+            return 1  # already ended and collected: the signals will tell how
+        bad = check_readback(props, got)
+        if bad:
+            log.error("hija %s: unit properties did not stick: %s; stopping it", hid,
+                      "; ".join(bad), extra={"VX11_EVENT": "hija_property_lost",
+                                             "VX11_HIJA_ID": hid})
+            tr.stop_as = "failed"
+            self._stop_unit(unit)
+            self._transition(hid, "failed", reason="properties did not stick: "
+                             + "; ".join(bad)[:500], level=logging.ERROR)
+            self.tracked.pop(unit, None)
+            return 0
+        tr.props.update(got)
+        self._observe(unit, tr)
+        return 1
+
+    def process_stops(self) -> None:
+        """Stop the live hijas someone asked to stop (DELETE, vx11ctl hijas stop)."""
+        rows = self.db.query("SELECT id, unit, status FROM spawner_hijas WHERE "
+                             "stop_requested_at IS NOT NULL AND status IN "
+                             "('starting','running')")
+        for r in rows:
+            tr = self.tracked.get(r["unit"])
+            if tr is not None and tr.stop_as is not None:
+                continue
+            if tr is None:
+                tr = self.tracked[r["unit"]] = Tracked(r["id"], 0, time.monotonic())
+            tr.stop_as = "stopped"
+            journal.event(log, "hija_stopping", "stopping hija %s on request", r["id"],
+                          hija_id=r["id"])
+            if not self._stop_unit(r["unit"]):
+                self.tracked.pop(r["unit"], None)
+                self._transition(r["id"], "stopped", reason="stop requested; unit gone")
+
+    def _stop_unit(self, unit: str) -> bool:
+        """StopUnit; False when the unit no longer exists."""
+        try:
+            self.sd.stop(unit)
+            return True
+        except SystemdError as e:
+            if "not loaded" in str(e) or "NoSuchUnit" in str(e):
+                return False
+            log.warning("StopUnit %s failed: %s", unit, e)
+            return True
+
+    # --- signals -----------------------------------------------------------------------
+    def on_changes(self, changes: list[Change]) -> None:
+        """Apply what systemd signalled: running, ended, removed."""
+        for ch in changes:
+            tr = self.tracked.get(ch.unit)
+            if tr is None:
+                continue
+            tr.props.update(ch.props)
+            if ch.removed and not self._is_end(tr):
+                # collected before we saw it end (should not happen; be safe)
+                tr.props.setdefault("ActiveState", "inactive")
+                tr.seen_active = True
+            self._observe(ch.unit, tr, removed=ch.removed)
+
+    @staticmethod
+    def _is_end(tr: Tracked) -> bool:
+        state = tr.props.get("ActiveState")
+        return state == "failed" or (state == "inactive" and tr.seen_active)
+
+    def _observe(self, unit: str, tr: Tracked, removed: bool = False) -> None:
+        state = tr.props.get("ActiveState")
+        if state in ("active", "reloading", "deactivating"):
+            tr.seen_active = True
+        if state == "active" and not tr.running:
+            tr.running = True
+            cols: dict[str, Any] = {"main_pid": int(tr.props.get("MainPID") or 0) or None}
+            enter = int(tr.props.get("ActiveEnterTimestamp") or 0)
+            if enter and tr.ttl:
+                cols["expires_at"] = enter / 1e6 + tr.ttl
+            if self._transition(tr.hija_id, "running", only_from=("starting",), **cols):
+                self.m.spawn_seconds.observe(time.monotonic() - tr.t0)
+        if self._is_end(tr) or (removed and tr.seen_active):
+            self._record_end(unit, tr)
+
+    def _record_end(self, unit: str, tr: Tracked) -> None:
+        self.tracked.pop(unit, None)
+        result = str(tr.props.get("Result") or "")
+        status_code = tr.props.get("ExecMainStatus")
+        if tr.stop_as is not None:
+            status = tr.stop_as
+        elif result == "timeout":
+            status = "expired"
+        elif result == "success":
+            status = "exited"
+        else:
+            status = "failed"
+        cols: dict[str, Any] = {"result": result or None, "exit_status": status_code}
+        ended = int(tr.props.get("InactiveEnterTimestamp") or 0)
+        if ended:
+            cols["ended_at"] = ended / 1e6
+        if status == "expired" and tr.stop_as:
+            cols["reason"] = "stopped by madre's backstop after expiry"
+        elif status == "failed":
+            cols["reason"] = f"systemd result {result or 'unknown'}, exit status {status_code}"
+        self._transition(tr.hija_id, status, only_from=("starting", "running"),
+                         level=logging.WARNING if status == "failed" else logging.INFO,
+                         **cols)
+
+    # --- safety nets -------------------------------------------------------------------
+    def backstop(self) -> None:
+        """Stop hijas still alive past expires_at + backstop_grace (systemd should have)."""
+        limit = self.clock() - self.cfg.madre.backstop_grace
+        rows = self.db.query("SELECT id, unit FROM spawner_hijas WHERE status = 'running' "
+                             "AND expires_at < ?", (limit,))
+        for r in rows:
+            tr = self.tracked.get(r["unit"])
+            if tr is not None and tr.stop_as is not None:
+                continue
+            if tr is None:
+                tr = self.tracked[r["unit"]] = Tracked(r["id"], 0, time.monotonic(),
+                                                       seen_active=True, running=True)
+            tr.stop_as = "expired"
+            journal.event(log, "hija_backstop", "hija %s outlived its expiry; stopping it",
+                          r["id"], level=logging.WARNING, hija_id=r["id"])
+            if not self._stop_unit(r["unit"]):
+                self.tracked.pop(r["unit"], None)
+                self._transition(r["id"], "expired", reason="backstop: unit already gone")
+
+    def reconcile(self) -> dict[str, int]:
+        """Make the DB and systemd agree: settle rows without units, stop units without rows."""
+        fixed = {"lost": 0, "ended": 0, "adopted": 0, "orphans": 0}
+        rows = self.db.query("SELECT id, unit, status, ttl_s FROM spawner_hijas WHERE "
+                             "status IN ('starting','running')")
+        live_units = set()
+        for r in rows:
+            unit = r["unit"]
+            live_units.add(unit)
+            p = self.sd.properties(unit)
+            if p is None or p.get("LoadState") == "not-found":
+                # The unit may have ended and been collected while its end signals still
+                # wait in the bus socket: apply them first, then settle what is left.
+                # (_transition only moves a row that is still live.)
+                self.on_changes(self.sd.drain())
+                self.tracked.pop(unit, None)
+                if self._transition(r["id"], "lost", only_from=("starting", "running"),
+                                    level=logging.WARNING,
+                                    reason=f"unit {unit} gone at reconcile (was {r['status']})"):
+                    fixed["lost"] += 1
+                continue
+            tr = self.tracked.get(unit)
+            if tr is None:
+                tr = self.tracked[unit] = Tracked(r["id"], float(r["ttl_s"]),
+                                                  time.monotonic(),
+                                                  running=r["status"] == "running")
+                fixed["adopted"] += 1
+            tr.props.update(p)
+            if p.get("ActiveState") in ("inactive", "failed"):
+                tr.seen_active = True
+                fixed["ended"] += 1
+            self._observe(unit, tr)
+        for name, active, _sub in self.sd.list_units("vx11-hija-*"):
+            if name in live_units or active not in ("active", "activating", "reloading"):
+                continue
+            hid = name.removeprefix("vx11-hija-").removesuffix(".service")
+            self._stop_unit(name)
+            self.db.event("madre", "hija_orphan_stopped", subject=hid, unit=name)
+            journal.event(log, "hija_orphan_stopped", "unit %s has no live DB row; stopped",
+                          name, level=logging.WARNING, hija_id=hid)
+            fixed["orphans"] += 1
+        if any(fixed.values()):
+            log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in fixed.items()),
+                     extra={"VX11_EVENT": "hija_reconcile"})
+        return fixed
+
+    # --- status --------------------------------------------------------------------------
+    def summary(self) -> tuple[int, float | None]:
+        """(running hijas, seconds to the next expiry or None)."""
+        r = self.db.query("SELECT count(*), min(expires_at) FROM spawner_hijas WHERE "
+                          "status = 'running'")[0]
+        nxt = None if r[1] is None else max(0.0, r[1] - self.clock())
+        return int(r[0]), nxt

@@ -1,0 +1,320 @@
+"""A small adapter over pystemd: the few systemd calls madre makes, and a fake for tests.
+
+Two bus connections: ``ctl`` for method calls, ``mon`` subscribed to the manager's
+signals (``Subscribe`` + matches on ``PropertiesChanged``, ``JobRemoved``,
+``UnitRemoved``). madre puts ``fileno()`` in its event loop and calls :meth:`drain`
+when it is readable, getting back :class:`Change` records for ``vx11-hija-*`` and
+watched units. Property names are D-Bus names (``RuntimeMaxUSec``): pystemd silently
+ignores a wrong one, so madre reads every property back after a start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import SystemdError
+
+log = logging.getLogger("vx11.madre")
+
+DEST = b"org.freedesktop.systemd1"
+PATH = b"/org/freedesktop/systemd1"
+MANAGER = b"org.freedesktop.systemd1.Manager"
+UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
+PROPS_IFACE = b"org.freedesktop.DBus.Properties"
+UNIT_PREFIX = b"/org/freedesktop/systemd1/unit"
+
+
+@dataclass
+class Change:
+    """What a signal told us about one unit (merged Unit and Service properties)."""
+
+    unit: str
+    props: dict[str, Any] = field(default_factory=dict)
+    removed: bool = False
+
+
+class SystemdClient(Protocol):
+    """What madre needs from systemd."""
+
+    def fileno(self) -> int: ...
+    def drain(self) -> list[Change]: ...
+    def start_transient(self, name: str, props: dict[str, Any]) -> None: ...
+    def start(self, name: str) -> None: ...
+    def stop(self, name: str) -> None: ...
+    def properties(self, name: str) -> dict[str, Any] | None: ...
+    def load_state(self, name: str) -> str: ...
+    def list_units(self, pattern: str) -> list[tuple[str, str, str]]: ...
+    def close(self) -> None: ...
+
+
+def _s(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, list):
+        return [_s(x) for x in v]
+    if isinstance(v, tuple):
+        return tuple(_s(x) for x in v)
+    return v
+
+
+def _props(d: dict) -> dict[str, Any]:
+    return {_s(k): _s(v) for k, v in d.items()}
+
+
+# D-Bus signatures pystemd 0.15 does not know (from systemd's dbus-execute.c).
+EXTRA_SIGNATURES = {"RestrictSUIDSGID": b"b", "CapabilityBoundingSet": b"t",
+                    "ProtectKernelLogs": b"b", "ProtectHostname": b"b"}
+
+
+def signature_of(prop: str) -> bytes:
+    """The D-Bus signature of a unit property; SystemdError for an unknown name."""
+    from pystemd.systemd1.unit_signatures import KNOWN_UNIT_SIGNATURES
+
+    sig = KNOWN_UNIT_SIGNATURES.get(prop.encode()) or EXTRA_SIGNATURES.get(prop)
+    if not isinstance(sig, bytes):
+        raise SystemdError(f"unit property {prop} has no known D-Bus signature")
+    return sig
+
+
+class PystemdClient:
+    """The real thing, on the system bus."""
+
+    def __init__(self) -> None:
+        from pystemd.dbuslib import DBus
+
+        self._pending: dict[str, Change] = {}
+        self._dispatched = 0
+        try:
+            self.ctl = DBus()
+            self.ctl.open()
+            self.mon = DBus()
+            self.mon.open()
+            # pystemd keeps only a C pointer to each callback and sets an attribute on
+            # it: plain functions, referenced from self so they outlive the match.
+            self._callbacks = (lambda msg, error=None, userdata=None: self._on_props(msg),
+                               lambda msg, error=None, userdata=None: self._on_removed(msg))
+            self.mon.match_signal(DEST, None, PROPS_IFACE, b"PropertiesChanged",
+                                  self._callbacks[0])
+            self.mon.match_signal(DEST, PATH, MANAGER, b"UnitRemoved", self._callbacks[1])
+            self.mon.call_method(DEST, PATH, MANAGER, b"Subscribe", [])
+        except Exception as e:  # pystemd raises DBusError subclasses and SystemError
+            raise SystemdError(f"cannot connect to systemd over D-Bus: {e}") from e
+
+    # --- signals -------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self.mon.get_fd()
+
+    def _on_props(self, msg: Any) -> None:
+        from pystemd.dbuslib import path_decode
+
+        self._dispatched += 1
+        msg.process_reply(False)
+        path = msg.get_path()
+        if not path or not path.startswith(UNIT_PREFIX + b"/"):
+            return
+        name = path_decode(path, UNIT_PREFIX).decode(errors="replace")
+        if not name.startswith("vx11-"):
+            return
+        iface, changed = msg.body[0], msg.body[1]
+        if iface not in (UNIT_IFACE, SERVICE_IFACE):
+            return
+        ch = self._pending.setdefault(name, Change(name))
+        ch.props.update(_props(changed))
+
+    def _on_removed(self, msg: Any) -> None:
+        self._dispatched += 1
+        msg.process_reply(False)
+        name = _s(msg.body[0])
+        if name.startswith("vx11-"):
+            self._pending.setdefault(name, Change(name)).removed = True
+
+    def drain(self) -> list[Change]:
+        """Process every queued bus message; the changes seen, in arrival order.
+
+        sd_bus_process() hands back no message when it dispatched one to a match
+        callback, and it may already have read several messages off the socket (so the
+        fd stops being readable): keep calling it until a few calls in a row did
+        nothing, or messages would wait for the next tick."""
+        idle = 0
+        try:
+            while idle < 3:
+                before = self._dispatched
+                m = self.mon.process()
+                if m.is_empty() and self._dispatched == before:
+                    idle += 1
+                else:
+                    idle = 0
+        except Exception as e:
+            raise SystemdError(f"D-Bus signal processing failed: {e}") from e
+        out = list(self._pending.values())
+        self._pending.clear()
+        return out
+
+    # --- calls ---------------------------------------------------------------------
+    def _call(self, path: bytes, iface: bytes, method: bytes, args: list) -> Any:
+        try:
+            return self.ctl.call_method(DEST, path, iface, method, args).body
+        except Exception as e:
+            raise SystemdError(f"{method.decode()}: {e}") from e
+
+    def start_transient(self, name: str, props: dict[str, Any]) -> None:
+        from pystemd.dbuslib import apply_signature
+
+        args = apply_signature(b"ss", [name.encode(), b"fail"])
+        args += [(ord(b"a"), b"(sv)")]
+        for key, value in props.items():
+            sig = signature_of(key)
+            args += [(ord(b"r"), b"sv"), (ord(b"s"), key.encode()), (ord(b"v"), sig)]
+            args += apply_signature(sig, [value])
+            args += [(-1, None), (-1, None)]
+        args += [(-1, None)]
+        args += [(ord(b"a"), b"(sa(sv))"), (-1, None)]
+        self._call(PATH, MANAGER, b"StartTransientUnit", args)
+
+    def start(self, name: str) -> None:
+        from pystemd.dbuslib import apply_signature
+
+        self._call(PATH, MANAGER, b"StartUnit", apply_signature(b"ss", [name.encode(),
+                                                                        b"replace"]))
+
+    def stop(self, name: str) -> None:
+        from pystemd.dbuslib import apply_signature
+
+        self._call(PATH, MANAGER, b"StopUnit", apply_signature(b"ss", [name.encode(),
+                                                                       b"replace"]))
+
+    def properties(self, name: str) -> dict[str, Any] | None:
+        """Unit and Service properties of a loaded unit; None if it is not loaded."""
+        from pystemd.dbusexc import DBusBaseError, DBusNoSuchUnitError
+        from pystemd.dbuslib import apply_signature
+
+        try:
+            path = self.ctl.call_method(DEST, PATH, MANAGER, b"GetUnit",
+                                        apply_signature(b"s", [name.encode()])).body
+        except DBusNoSuchUnitError:
+            return None
+        except Exception as e:
+            raise SystemdError(f"GetUnit {name}: {e}") from e
+        out: dict[str, Any] = {}
+        for iface in (UNIT_IFACE, SERVICE_IFACE):
+            try:
+                body = self.ctl.call_method(DEST, path, PROPS_IFACE, b"GetAll",
+                                            apply_signature(b"s", [iface])).body
+            except DBusBaseError as e:
+                # collected between GetUnit and GetAll
+                log.debug("GetAll %s on %s: %s", iface, name, e)
+                return out or None
+            out.update(_props(body))
+        return out
+
+    def load_state(self, name: str) -> str:
+        """LoadState after asking systemd to load the unit (``not-found`` if absent)."""
+        from pystemd.dbuslib import apply_signature
+
+        path = self._call(PATH, MANAGER, b"LoadUnit", apply_signature(b"s", [name.encode()]))
+        try:
+            return _s(self.ctl.get_property(DEST, path, UNIT_IFACE, b"LoadState", b"s"))
+        except Exception as e:
+            raise SystemdError(f"LoadState {name}: {e}") from e
+
+    def list_units(self, pattern: str) -> list[tuple[str, str, str]]:
+        """(name, ActiveState, SubState) of loaded units matching ``pattern``."""
+        from pystemd.dbuslib import apply_signature
+
+        body = self._call(PATH, MANAGER, b"ListUnitsByPatterns",
+                          apply_signature(b"asas", [[], [pattern.encode()]]))
+        return [(_s(u[0]), _s(u[3]), _s(u[4])) for u in body]
+
+    def close(self) -> None:
+        from pystemd.dbusexc import DBusBaseError
+
+        for bus in (getattr(self, "mon", None), getattr(self, "ctl", None)):
+            if bus is not None:
+                try:
+                    bus.close()
+                except DBusBaseError as e:  # closing a dead bus is not worth a crash
+                    log.debug("closing bus: %s", e)
+
+
+class FakeSystemd:
+    """An in-memory systemd for unit tests: units, their states and queued signals."""
+
+    def __init__(self, *, ignore: tuple[str, ...] = ()) -> None:
+        self.units: dict[str, dict[str, Any]] = {}
+        self.changes: list[Change] = []
+        self.calls: list[tuple[str, str]] = []
+        self.ignore = ignore  # property names "silently ignored" (the pystemd pitfall)
+        self.installed: set[str] = set()
+        self.fail_start: set[str] = set()
+        self._pid = 1000
+        self._r, self._w = __import__("os").pipe()
+
+    def fileno(self) -> int:
+        return self._r
+
+    def drain(self) -> list[Change]:
+        out, self.changes = self.changes, []
+        return out
+
+    def _emit(self, name: str, removed: bool = False, **props: Any) -> None:
+        self.changes.append(Change(name, dict(props), removed))
+
+    def start_transient(self, name: str, props: dict[str, Any]) -> None:
+        self.calls.append(("start_transient", name))
+        if name in self.units:
+            raise SystemdError(f"StartTransientUnit: unit {name} already exists")
+        if name in self.fail_start:
+            raise SystemdError(f"StartTransientUnit: {name} refused")
+        stored = {k: _s(v) for k, v in props.items() if k not in self.ignore}
+        self._pid += 1
+        stored.update(ActiveState="active", SubState="running", MainPID=self._pid,
+                      Result="success", ExecMainStatus=0, ExecMainCode=0, LoadState="loaded")
+        self.units[name] = stored
+        self._emit(name, ActiveState="active", SubState="running", MainPID=self._pid)
+
+    def end(self, name: str, result: str = "timeout", status: int = 15, *,
+            collect: bool = True) -> None:
+        """Test helper: the unit ends the way systemd would report it."""
+        u = self.units[name]
+        u.update(ActiveState="failed" if result != "success" else "inactive",
+                 SubState="dead", Result=result, ExecMainStatus=status, MainPID=0)
+        self._emit(name, Result=result, ExecMainStatus=status, ExecMainCode=2, MainPID=0)
+        self._emit(name, ActiveState=u["ActiveState"], SubState="dead",
+                   InactiveEnterTimestamp=0)
+        if collect:
+            del self.units[name]
+            self._emit(name, removed=True)
+
+    def start(self, name: str) -> None:
+        self.calls.append(("start", name))
+        self.units[name] = {"ActiveState": "active", "SubState": "running", "MainPID": 1,
+                            "LoadState": "loaded"}
+
+    def stop(self, name: str) -> None:
+        self.calls.append(("stop", name))
+        if name.startswith("vx11-hija-") and name in self.units:
+            self.end(name, result="success", status=15)
+        elif name in self.units:
+            self.units[name].update(ActiveState="inactive", SubState="dead")
+
+    def properties(self, name: str) -> dict[str, Any] | None:
+        u = self.units.get(name)
+        return dict(u) if u is not None else None
+
+    def load_state(self, name: str) -> str:
+        return "loaded" if name in self.installed or name in self.units else "not-found"
+
+    def list_units(self, pattern: str) -> list[tuple[str, str, str]]:
+        import fnmatch
+
+        return [(n, u["ActiveState"], u["SubState"]) for n, u in self.units.items()
+                if fnmatch.fnmatch(n, pattern)]
+
+    def close(self) -> None:
+        import os
+
+        os.close(self._r)
+        os.close(self._w)
