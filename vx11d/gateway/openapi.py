@@ -111,16 +111,44 @@ def document() -> dict[str, Any]:
                                        "200": _resp("deactivated", {"type": "object"}),
                                        **_errors(400, 404, 413, 415, 422)}}},
             "/vx11/route": {"post": {
-                "summary": "route a query (Switch rules, Hermes, remote fallback)",
-                "requestBody": _body({"type": "object"}),
-                "responses": {"200": _resp("the answer and the route taken",
-                                           {"type": "object"}),
+                "summary": "answer a query: Switch, then Hermes (inside its window), then "
+                           "the remote API, else 503 no_route",
+                "requestBody": _body({"type": "object", "required": ["query"], "properties": {
+                    "query": {"type": "string", "minLength": 1,
+                              "description": "at most switch.max_query_chars characters"}}}),
+                "responses": {"200": _resp("the answer and the route that served it", {
+                    "type": "object", "required": ["route", "latency_ms"], "properties": {
+                        "route": {"type": "string", "enum": ["switch", "hermes", "remote"]},
+                        "latency_ms": {"type": "number"}, "answer": {"type": "string"},
+                        "rule": {"type": "string"}, "model": {"type": "string"},
+                        "tried": {"type": "object"}, "details": {"type": "object"}}}),
                               **_errors(400, 413, 415, 422, 502, 503, 504)}}},
             "/v1/chat/completions": {"post": {
-                "summary": "OpenAI-compatible chat completions through the same routes",
-                "requestBody": _body({"type": "object"}),
-                "responses": {"200": _resp("a chat completion", {"type": "object"}),
+                "summary": "OpenAI-compatible chat completions (Hermes inside its window, "
+                           "else the remote API); the X-VX11-Route header names the route",
+                "requestBody": _body({"type": "object", "required": ["messages"],
+                                      "properties": {
+                                          "messages": {"type": "array",
+                                                       "items": {"type": "object"}},
+                                          "stream": {"type": "boolean"},
+                                          "max_tokens": {"type": "integer", "minimum": 1},
+                                          "model": {"type": "string"}}}),
+                "responses": {"200": {"description": "a chat completion, or with stream: "
+                                      "server-sent events of chunks", "content": {
+                                          "application/json": {"schema": {"type": "object"}},
+                                          "text/event-stream": {"schema": {"type": "string"}}}},
                               **_errors(400, 413, 415, 422, 502, 503, 504)}}},
+            "/v1/models": {"get": {
+                "summary": "the models the chat endpoint can reach now",
+                "responses": {"200": _resp("OpenAI model list", {"type": "object"}),
+                              **_errors()}}},
+            "/vx11/hermes/metrics": {"get": {
+                "summary": "Hermes's Prometheus metrics, relayed from its UNIX socket "
+                           "(Hermes has no network of its own)",
+                "responses": {"200": {"description": "Prometheus text exposition",
+                                      "content": {"text/plain": {"schema": {
+                                          "type": "string"}}}},
+                              **_errors(502, 503)}}},
         },
         "components": {
             "securitySchemes": {
