@@ -70,9 +70,7 @@ class Database:
                                        isolation_level=None, check_same_thread=False,
                                        timeout=self.busy_timeout_ms / 1000)
             else:
-                d = os.path.dirname(self.path)
-                if d:
-                    os.makedirs(d, mode=0o750, exist_ok=True)
+                _create_shared(self.path)
                 conn = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False,
                                        timeout=self.busy_timeout_ms / 1000)
@@ -153,6 +151,27 @@ class Database:
         """Append one row to the ``events`` audit trail in its own transaction."""
         return self.write(lambda c: record_event(c, component, event, subject=subject,
                                                  **fields))
+
+
+def _create_shared(path: str) -> None:
+    """Create the DB file mode 0660 (group-writable) if it does not exist yet.
+
+    Every daemon shares the file through group vx11 (the state dir is group vx11), but
+    SQLite creates files 0644 minus the umask, which locks out every writer but the
+    first. SQLite gives the -wal and -shm files the mode of the DB file, so this one
+    chmod covers all three.
+    """
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, mode=0o770, exist_ok=True)  # normally tmpfiles/StateDirectory= made it
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o660)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o660)
+    finally:
+        os.close(fd)
 
 
 def record_event(conn: sqlite3.Connection, component: str, event: str, *, subject: str = "",

@@ -18,7 +18,11 @@ class Heartbeat:
 
     def start(self) -> None:
         time.sleep(float(os.environ.get("HB_START_DELAY", "0")))
-        journal.event(self.log, "heartbeat_started", "heartbeat up", pid=os.getpid())
+        # The last thing before READY=1: the time (CLOCK_MONOTONIC, systemd's clock) the
+        # daemon was ready. journald's own timestamp is when it received the line, which
+        # can be after systemd processed READY, so tests compare with this one.
+        journal.event(self.log, "heartbeat_started", "heartbeat up", pid=os.getpid(),
+                      ready_usec=time.monotonic_ns() // 1000)
 
     def tick(self) -> None:
         self.ticks += 1

@@ -130,3 +130,17 @@ def test_reopens_after_fork(dbpath):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert [r[0] for r in d.query("SELECT event FROM events ORDER BY id")] == ["parent", "child"]
+
+
+def test_db_file_is_created_group_writable(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "state" / "vx11.db"
+        db.Database(str(path), migrate=True).event("test", "x")
+    finally:
+        os.umask(old)
+    for f in (path, path.with_name("vx11.db-wal"), path.with_name("vx11.db-shm")):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o660, f

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -64,24 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _db(args: argparse.Namespace) -> tuple[config.Config, Database]:
     cfg = config.load(args.config)
-    os.umask(0o007)
     db = Database.from_config(cfg, migrate=True)
-    _give_db_to_dir_owner(cfg.db.path)
     return cfg, db
-
-
-def _give_db_to_dir_owner(path: str) -> None:
-    """A DB file root created here belongs to the state dir's owner (user vx11), as if a
-    daemon had created it: SQLite makes it 0644 minus umask, so group vx11 cannot write."""
-    if os.geteuid() != 0:
-        return
-    d = os.stat(os.path.dirname(path) or ".")
-    for f in (path, f"{path}-wal", f"{path}-shm"):
-        try:
-            if os.stat(f).st_uid == 0 and d.st_uid != 0:
-                os.chown(f, d.st_uid, d.st_gid)
-        except FileNotFoundError:
-            continue
 
 
 def _fmt_row(r: dict[str, Any]) -> str:
