@@ -20,6 +20,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ log = logging.getLogger("vx11.madre")
 
 SLICE = "vx11-hijas.slice"
 ENDED_REASONS = ("expired", "exited", "failed", "stopped", "lost")
+SETTLED = ("running", *ENDED_REASONS)  # what a spawn waiter waits for
 EVENT_OF = {"starting": "hija_spawned", "running": "hija_running", "expired": "hija_expired",
             "exited": "hija_exited", "failed": "hija_failed", "stopped": "hija_stopped",
             "lost": "hija_lost"}
@@ -95,7 +97,9 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
             "ProtectHostname": True,
             "ProtectControlGroups": True,
         })
-    if cfg.madre.hija_user:
+    if cfg.madre.hija_user and not tpl.dynamic_user:
+        # a dedicated static user: no per-start UID allocation and no implied mount
+        # namespace (see docs/madre.md for what that trades away)
         props["User"] = cfg.madre.hija_user.encode()
     else:
         props["DynamicUser"] = True
@@ -136,6 +140,8 @@ class Registry:
                  clock=time.time) -> None:
         self.cfg, self.db, self.sd, self.m, self.clock = cfg, db, sd, metrics, clock
         self.tracked: dict[str, Tracked] = {}  # unit name -> Tracked
+        # called (hija id, status) after a row committed running or an end state
+        self.on_settled: Callable[[str, str], None] | None = None
 
     # --- transitions -----------------------------------------------------------------
     def _transition(self, hija_id: str, status: str, *, only_from: tuple[str, ...] = LIVE,
@@ -163,6 +169,8 @@ class Registry:
                           level=level, hija_id=hija_id, pid=cols.get("main_pid"))
             if status in ENDED_REASONS:
                 self.m.ended.labels(status).inc()
+            if self.on_settled is not None and status in SETTLED:
+                self.on_settled(hija_id, status)
         return done
 
     # --- requests ----------------------------------------------------------------------
@@ -241,7 +249,7 @@ class Registry:
                              level=logging.ERROR)
             return 0
         self.m.spawned.inc()
-        got = self.sd.properties(unit)
+        got = self.sd.readback(unit)
         if got is None:
             return 1  # already ended and collected: the signals will tell how
         bad = check_readback(props, got)

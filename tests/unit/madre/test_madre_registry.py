@@ -265,8 +265,38 @@ def test_strict_sandboxing_adds_mount_namespace_protections():
     basic = unit_properties(cfg, cfg.madre.templates["b"], "x", ["/bin/true"], 5, None)
     assert strict["ProtectSystem"] == b"strict" and "ProtectSystem" not in basic
     for p in (strict, basic):
-        assert p["DynamicUser"] is True and p["NoNewPrivileges"] is True
-        assert p["CapabilityBoundingSet"] == 0
+        assert p["User"] == b"vx11-hija" and "DynamicUser" not in p
+        assert p["NoNewPrivileges"] is True and p["CapabilityBoundingSet"] == 0
+
+
+def test_hijas_run_as_the_static_user_unless_a_template_asks_for_dynamic_user():
+    cfg = config.parse("madre: {templates: {s: {command: [/bin/true], sandboxing: basic}, "
+                       "d: {command: [/bin/true], sandboxing: basic, dynamic_user: true}}}",
+                       "t.yml")
+    assert cfg.madre.hija_user == "vx11-hija"
+    s = unit_properties(cfg, cfg.madre.templates["s"], "x", ["/bin/true"], 5, None)
+    d = unit_properties(cfg, cfg.madre.templates["d"], "x", ["/bin/true"], 5, None)
+    assert s["User"] == b"vx11-hija" and "DynamicUser" not in s
+    assert d["DynamicUser"] is True and "User" not in d
+    # an empty hija_user: DynamicUser for every template (the former default)
+    cfg = config.parse("madre: {hija_user: '', templates: {s: {command: [/bin/true]}}}",
+                       "t.yml")
+    p = unit_properties(cfg, cfg.madre.templates["s"], "x", ["/bin/true"], 5, None)
+    assert p["DynamicUser"] is True and "User" not in p
+
+
+@pytest.mark.parametrize("user", ["root", "vx11", "Bad User", "x" * 40])
+def test_config_refuses_a_hija_user_that_is_privileged_or_not_a_name(user):
+    with pytest.raises(config.ConfigError, match="hija_user"):
+        config.parse(f"madre: {{hija_user: '{user}'}}", "t.yml")
+
+
+def test_unit_path_escapes_like_systemd():
+    from vx11d.madre.systemd import unit_path
+
+    assert unit_path("vx11-hija-ab12.service") == \
+        b"/org/freedesktop/systemd1/unit/vx11_2dhija_2dab12_2eservice"
+    assert unit_path("") == b"/org/freedesktop/systemd1/unit/_"
 
 
 def test_reconcile_applies_queued_end_signals_before_calling_a_row_lost(env):
