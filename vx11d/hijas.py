@@ -193,6 +193,26 @@ def wake_madre(path: str) -> bool:
         return False
 
 
+# The settle notice: a waiter (the gateway) sends madre ``b"s <id>"`` from its own
+# autobound (abstract) datagram socket instead of the plain ``b"w"``; madre wakes as for
+# ``w`` and, once that hija's row has left ``requested``/``starting`` (committed), sends
+# the id back to the sender's address. It is only a hint: the DB row stays the record
+# (the waiter re-reads it), and a lost notice costs the waiter its fallback re-read.
+SETTLE = b"s "
+
+
+def settle_request(hija_id: str) -> bytes:
+    return SETTLE + hija_id.encode()
+
+
+def parse_settle(data: bytes) -> str | None:
+    """The hija id a wake datagram asks to be told about, or None (a plain wake)."""
+    if not data.startswith(SETTLE):
+        return None
+    hid = data[len(SETTLE):].decode("ascii", errors="replace")
+    return hid if ID_RE.match(hid) else None
+
+
 # --- activation windows ---------------------------------------------------------------
 
 def activate(db: Database, cfg: Config, component: Any, seconds: Any,

@@ -1,13 +1,20 @@
 """Route module: hijas. ``POST /vx11/spawn``, ``GET /vx11/hijas[/{id}]``, ``DELETE``.
 
 The gateway never starts a unit: it validates the request against the template,
-writes the ``requested`` row, wakes madre with one datagram, and watches the row
-(a cheap indexed read every few milliseconds, bounded by ``gateway.spawn_wait``).
+writes the ``requested`` row, and wakes madre with one datagram sent from its own
+reply socket (``s <id>``, see :func:`vx11d.hijas.settle_request`). madre sends the id
+back once the row is committed ``running`` (or ended); the gateway then re-reads the
+row, which stays the record. No polling: a notice that never comes (madre restarted,
+a datagram dropped) only costs a re-read every ``FALLBACK`` seconds, bounded by
+``gateway.spawn_wait``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
 import time
 from typing import Any
 
@@ -19,6 +26,77 @@ from .context import CTX
 from .http import ApiError, read_json
 
 SETTLED = ("running", *hijas.ENDED)
+FALLBACK = 0.25  # re-read the row this often when no settle notice came
+log = logging.getLogger("vx11.gateway")
+
+
+class SettleWaiter:
+    """One autobound datagram socket per gateway process: wakes madre, hears back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind("")  # Linux autobind: a unique abstract address, no file
+        self.sock.setblocking(False)
+        self.loop = asyncio.get_running_loop()
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.loop.add_reader(self.sock.fileno(), self._on_notice)
+
+    def _on_notice(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                hid = self.sock.recv(64).decode("ascii", errors="replace")
+                fut = self.waiting.get(hid)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    def wake(self, path: str, hija_id: str) -> asyncio.Future[None]:
+        """Register interest in ``hija_id`` (before madre can answer), then wake madre."""
+        fut = self.waiting[hija_id] = self.loop.create_future()
+        try:
+            self.sock.sendto(hijas.settle_request(hija_id), path)
+        except OSError as e:  # madre not listening: its tick or next start picks it up
+            log.debug("waking madre at %s: %s", path, e)
+        return fut
+
+    def forget(self, hija_id: str) -> None:
+        fut = self.waiting.pop(hija_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+def _waiter(app: web.Application) -> SettleWaiter:
+    extras = app[CTX].extras
+    w = extras.get("hijas_waiter")
+    if w is None:
+        w = extras["hijas_waiter"] = SettleWaiter()
+    return w
+
+
+async def wait_settled(app: web.Application, row: dict[str, Any]) -> dict[str, Any]:
+    """Wake madre and wait until the row is running or ended (or ``spawn_wait`` ran out)."""
+    ctx = app[CTX]
+    w = _waiter(app)
+    hid = row["id"]
+    fut = w.wake(ctx.cfg.gateway.madre_wake_socket, hid)
+    deadline = time.monotonic() + ctx.cfg.gateway.spawn_wait
+    try:
+        while row["status"] not in SETTLED:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if fut.done():  # told, yet not settled (never expected): plain fallback
+                await asyncio.sleep(min(left, FALLBACK))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), min(left, FALLBACK))
+            row = hijas.get(ctx.db, hid)
+    finally:
+        w.forget(hid)
+    return row
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
@@ -50,13 +128,7 @@ async def spawn(request: web.Request) -> web.Response:
                                   body.get("args"), requested_by=f"http:{request.remote}")
     except InputError as e:
         raise _api_error(e) from e
-    hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
-    deadline = time.monotonic() + ctx.cfg.gateway.spawn_wait
-    delay = 0.001
-    while row["status"] not in SETTLED and time.monotonic() < deadline:
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.005)
-        row = hijas.get(ctx.db, row["id"])
+    row = await wait_settled(request.app, row)
     status = 201 if row["status"] in SETTLED else 202
     return web.json_response(_public(row), status=status,
                              headers={"Location": f"/vx11/hijas/{row['id']}"})
@@ -101,7 +173,14 @@ async def stop_hija(request: web.Request) -> web.Response:
     return web.json_response(_public(row), status=202)
 
 
+async def _close_waiter(app: web.Application) -> None:
+    w = app[CTX].extras.pop("hijas_waiter", None)
+    if w is not None:
+        w.close()
+
+
 def setup(app: web.Application) -> None:
+    app.on_cleanup.append(_close_waiter)
     app.router.add_post("/vx11/spawn", spawn)
     app.router.add_get("/vx11/hijas", list_hijas)
     app.router.add_get("/vx11/hijas/{id}", get_hija)

@@ -19,7 +19,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .. import journal
+from .. import hijas, journal
 from ..config import Config
 from ..db import Database
 from ..errors import SystemdError
@@ -31,6 +31,7 @@ log = logging.getLogger("vx11.madre")
 
 RECONCILE_EVERY = 30.0
 BATCH = 32  # requests started per loop pass (each is a D-Bus round trip or three)
+MAX_WAITERS = 4096  # settle notices madre remembers (oldest dropped: they re-read the DB)
 
 
 class Metrics:
@@ -90,6 +91,9 @@ class MadreService:
         self.cfg, self.db, self.sd = cfg, db, sd
         self.m = Metrics(registry)
         self.reg = Registry(cfg, db, sd, self.m)
+        self.reg.on_settled = self._settled
+        # hija id -> abstract address of a waiter (the gateway) to notify when it settles
+        self._waiters: dict[str, bytes] = {}
         self.win = Windows(cfg, db, sd, self.m)
         self.wake_path = wake_path or cfg.gateway.madre_wake_socket
         self.sock: socket.socket | None = None
@@ -126,10 +130,26 @@ class MadreService:
         assert self.sock is not None
         n = 0
         with contextlib.suppress(BlockingIOError):
-            while self.sock.recv(64):
+            while True:
+                data, addr = self.sock.recvfrom(64)
                 n += 1
+                hid = hijas.parse_settle(data)
+                if hid is not None and isinstance(addr, bytes) and addr.startswith(b"\0"):
+                    self._waiters[hid] = addr
+                    while len(self._waiters) > MAX_WAITERS:  # oldest first
+                        self._waiters.pop(next(iter(self._waiters)))
         self.m.wakes.inc(n)
         self._work()
+
+    def _settled(self, hija_id: str, status: str) -> None:
+        """A row left requested/starting (committed): tell whoever waits for it."""
+        addr = self._waiters.pop(hija_id, None)
+        if addr is None or self.sock is None:
+            return
+        try:
+            self.sock.sendto(hija_id.encode(), addr)
+        except OSError as e:  # the waiter is gone or its queue is full: it re-reads the row
+            log.debug("settle notice for %s to %r: %s", hija_id, addr, e)
 
     def _work(self) -> None:
         """One bounded batch of requests; the rest in a later loop pass, so a burst never
