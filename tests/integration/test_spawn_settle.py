@@ -97,3 +97,30 @@ def test_madre_remembers_a_bounded_number_of_waiters_and_only_abstract_ones(dbpa
 
     waiters = asyncio.run(go())
     assert sorted(waiters) == ["aaaaaaaaa2", "aaaaaaaaa3", "aaaaaaaaa4"]
+
+
+def test_a_row_started_before_its_settle_request_was_read_is_told_at_once(dbpath, tmp_path):
+    """In a burst madre may start a row in an earlier pass than the one that reads its
+    ``s <id>`` datagram: the waiter must still hear back (not wait for its fallback)."""
+    cfg = config.parse(CFG.format(sock=tmp_path / "m.sock"), "t.yml")
+
+    async def go():
+        db = Database(dbpath)
+        madre = MadreService(cfg, db, FakeSystemd(), CollectorRegistry())
+        await madre.start()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind("")
+        s.settimeout(2)
+        try:
+            row = hijas.request_spawn(db, cfg, "sleeper", 5, {}, "test")
+            madre._work()  # started by a pass that has not read the datagram yet
+            assert hijas.get(db, row["id"])["status"] == "running"
+            s.sendto(hijas.settle_request(row["id"]), str(tmp_path / "m.sock"))
+            madre._on_wake()
+            return row["id"], s.recv(64).decode(), dict(madre._waiters)
+        finally:
+            s.close()
+            await madre.stop()
+
+    hid, told, waiters = asyncio.run(go())
+    assert told == hid and waiters == {}

@@ -23,7 +23,7 @@ from .. import hijas, journal
 from ..config import Config
 from ..db import Database
 from ..errors import SystemdError
-from .registry import ENDED_REASONS, Registry
+from .registry import ENDED_REASONS, SETTLED, Registry
 from .systemd import SystemdClient
 from .windows import Windows
 
@@ -129,6 +129,7 @@ class MadreService:
     def _on_wake(self) -> None:
         assert self.sock is not None
         n = 0
+        new: list[str] = []
         with contextlib.suppress(BlockingIOError):
             while True:
                 data, addr = self.sock.recvfrom(64)
@@ -136,10 +137,29 @@ class MadreService:
                 hid = hijas.parse_settle(data)
                 if hid is not None and isinstance(addr, bytes) and addr.startswith(b"\0"):
                     self._waiters[hid] = addr
+                    new.append(hid)
                     while len(self._waiters) > MAX_WAITERS:  # oldest first
                         self._waiters.pop(next(iter(self._waiters)))
         self.m.wakes.inc(n)
         self._work()
+        if new:
+            self._notify_settled(new)
+
+    def _notify_settled(self, ids: list[str]) -> None:
+        """A burst's row may have been started by an earlier pass, before its settle
+        request was read: whatever already settled is told now (the rest when it does)."""
+        ids = [i for i in ids if i in self._waiters]
+        for k in range(0, len(ids), 500):
+            part = ids[k:k + 500]
+            try:
+                rows = self.db.query("SELECT id, status FROM spawner_hijas WHERE id IN "  # noqa: S608
+                                     f"({','.join('?' * len(part))})", part)
+            except Exception:
+                log.exception("reading settled rows failed")
+                return
+            for r in rows:
+                if r["status"] in SETTLED:
+                    self._settled(r["id"], r["status"])
 
     def _settled(self, hija_id: str, status: str) -> None:
         """A row left requested/starting (committed): tell whoever waits for it."""
