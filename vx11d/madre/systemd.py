@@ -25,6 +25,7 @@ UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
 PROPS_IFACE = b"org.freedesktop.DBus.Properties"
 UNIT_PREFIX = b"/org/freedesktop/systemd1/unit"
+HIJA_PATH_PREFIX = UNIT_PREFIX + b"/vx11_2dhija_2d"  # unit_path("vx11-hija-")
 
 
 @dataclass
@@ -127,12 +128,15 @@ class PystemdClient:
         from pystemd.dbuslib import path_decode
 
         self._dispatched += 1
-        msg.process_reply(False)
+        # The match takes every unit's PropertiesChanged (D-Bus matches have no path
+        # prefix); only hija units matter. Look at the path (a header) before decoding
+        # the body: other units' signals (dozens per start/stop) then cost almost nothing.
         path = msg.get_path()
-        if not path or not path.startswith(UNIT_PREFIX + b"/"):
+        if not path or not path.startswith(HIJA_PATH_PREFIX):
             return
+        msg.process_reply(False)
         name = path_decode(path, UNIT_PREFIX).decode(errors="replace")
-        if not name.startswith("vx11-"):
+        if not name.startswith("vx11-hija-"):
             return
         iface, changed = msg.body[0], msg.body[1]
         if iface not in (UNIT_IFACE, SERVICE_IFACE):

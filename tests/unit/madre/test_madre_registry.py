@@ -305,3 +305,10 @@ def test_reconcile_applies_queued_end_signals_before_calling_a_row_lost(env):
     sd.end(row["unit"], "timeout")  # ended and collected; signals not yet drained
     reg.reconcile()
     assert hijas.get(db, row["id"])["status"] == "expired"
+
+
+def test_the_hija_signal_filter_prefix_is_the_escaped_unit_prefix():
+    from vx11d.madre.systemd import HIJA_PATH_PREFIX, unit_path
+
+    assert unit_path("vx11-hija-abcdefghij.service").startswith(HIJA_PATH_PREFIX)
+    assert not unit_path("vx11-bench-1.service").startswith(HIJA_PATH_PREFIX)
