@@ -249,10 +249,14 @@ class Registry:
                              level=logging.ERROR)
             return 0
         self.m.spawned.inc()
-        got = self.sd.readback(unit)
-        if got is None:
-            return 1  # already ended and collected: the signals will tell how
-        bad = check_readback(props, got)
+        try:
+            got = self.sd.readback(unit)
+        except SystemdError as e:  # unchecked properties: the unit must not run on
+            got, bad = {}, [f"cannot read them back: {e}"]
+        else:
+            if got is None:
+                return 1  # already ended and collected: the signals will tell how
+            bad = check_readback(props, got)
         if bad:
             log.error("hija %s: unit properties did not stick: %s; stopping it", hid,
                       "; ".join(bad), extra={"VX11_EVENT": "hija_property_lost",

@@ -288,6 +288,7 @@ class FakeSystemd:
         self.ignore = ignore  # property names "silently ignored" (the pystemd pitfall)
         self.installed: set[str] = set()
         self.fail_start: set[str] = set()
+        self.fail_readback = False
         self._pid = 1000
         self._r, self._w = __import__("os").pipe()
 
@@ -345,6 +346,8 @@ class FakeSystemd:
 
     def readback(self, name: str) -> dict[str, Any] | None:
         self.calls.append(("readback", name))
+        if self.fail_readback:
+            raise SystemdError(f"GetAll {name}: Connection timed out")
         return self.properties(name)
 
     def load_state(self, name: str) -> str:

@@ -137,6 +137,15 @@ def test_property_that_does_not_stick_fails_the_spawn_loudly(dbpath):
     sd.close()
 
 
+def test_a_failed_readback_stops_the_unit_and_fails_the_row(env):
+    cfg, db, sd, reg, _clock, _m = env
+    sd.fail_readback = True
+    row = spawn(cfg, db, reg, sd)
+    assert row["status"] == "failed" and "cannot read them back" in row["reason"]
+    assert row["unit"] not in sd.units and ("stop", row["unit"]) in sd.calls
+    assert row["unit"] not in reg.tracked
+
+
 def test_readback_compares_dbus_values():
     cfg = config.parse(CFG, "t.yml")
     props = unit_properties(cfg, cfg.madre.templates["sleeper"], "abc", ["/bin/true"], 5, 20000)
