@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import ConfigError, Vx11Error
 
 # Modules under vx11d.ctl that add command groups, in the order --help lists them.
-COMMANDS = ["units", "sandbox", "configcmd", "dbcmd"]
+COMMANDS = ["units", "sandbox", "configcmd", "dbcmd", "reapercmd"]
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
