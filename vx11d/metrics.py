@@ -18,7 +18,7 @@ def new_registry(component: str, *, process: bool = True,
                  ["version", "component"], registry=registry)
     info.labels(__version__, component).set(1)
     if process:
-        ProcessCollector(namespace="vx11", registry=registry, procfs=proc_path)
+        ProcessCollector(namespace="vx11", registry=registry, proc=proc_path)
     return registry
 
 
