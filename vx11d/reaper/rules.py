@@ -211,7 +211,7 @@ class Evaluator:
         if rule.zombie_parent:
             event = "zombie_parent_nudged" if terminate else "zombies_observed"
             action = "nudge" if terminate else "observe"
-        elif orphan:
+        elif rule.orphan:
             event = "orphan_terminated" if terminate else "orphan_observed"
             action = "terminate" if terminate else "observe"
         else:
