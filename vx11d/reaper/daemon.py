@@ -157,7 +157,7 @@ class ReaperService:
         self.report = rep
         self.scans += 1
         self._export(rep)
-        self._act(rep)
+        self.act(rep)
         self._prune(rep)
         self.m.last_scan.set(time.time())
         return rep
@@ -179,7 +179,8 @@ class ReaperService:
             journal.event(log, "hija_lookup_failed", "could not read hija records; hija "
                           "processes left alone this scan", level=logging.WARNING)
 
-    def _act(self, rep: Report) -> None:
+    def act(self, rep: Report) -> None:
+        """Carry out a report's findings (signals go through verified pidfds only)."""
         budget = self.rc.max_kills_per_scan
         skipped = 0
         now = self.clock()

@@ -31,7 +31,11 @@ class Proc:
 
     @property
     def is_kthread(self) -> bool:
-        """Kernel threads: the PF_KTHREAD flag, kthreadd itself or one of its children."""
+        """Kernel threads: the PF_KTHREAD flag, kthreadd itself or one of its children.
+
+        PID 2 is kthreadd only in the initial PID namespace; inside another one (where
+        kernel threads are invisible) it is an ordinary process: see Snapshot.is_kthread.
+        """
         return bool(self.flags & PF_KTHREAD) or self.pid == KTHREADD_PID \
             or self.ppid == KTHREADD_PID
 
@@ -51,6 +55,16 @@ class Snapshot:
     now_ticks: int
     malformed: int = 0
     zombies_by_parent: dict[int, list[int]] = field(default_factory=dict)
+
+    def is_kthread(self, p: Proc) -> bool:
+        """A kernel thread: PF_KTHREAD, or kthreadd (PID 2) or its child when PID 2 is
+        kthreadd here (or cannot be seen, the cautious answer)."""
+        if p.flags & PF_KTHREAD:
+            return True
+        if p.pid != KTHREADD_PID and p.ppid != KTHREADD_PID:
+            return False
+        k = self.procs.get(KTHREADD_PID)
+        return k is None or bool(k.flags & PF_KTHREAD) or k.comm == "kthreadd"
 
     def age(self, p: Proc) -> float:
         """Seconds since ``p`` started (from the boot clock read before the scan)."""

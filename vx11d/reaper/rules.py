@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..config import ReaperConfig, ReaperRule
-from .proc import CgroupCache, Proc, Snapshot, read_cmdline, unit_names
+from .proc import PF_KTHREAD, CgroupCache, Proc, Snapshot, read_cmdline, unit_names
 
 HIJA_RULE = "hija"
 HIJA_SLICE = "vx11-hijas.slice"
@@ -116,10 +116,15 @@ class Evaluator:
     def rule_names(self) -> list[str]:
         return [HIJA_RULE, *(r.name for r in self.rules)]
 
-    def protected(self, p: Proc, cgroup: str | None) -> bool:
+    def protected(self, p: Proc, cgroup: str | None, snap: Snapshot | None = None) -> bool:
         """True for what the reaper never touches, whatever the rules say."""
-        if p.pid in (1, self.self_pid) or p.is_kthread or p.ppid == 0:
+        kthread = snap.is_kthread(p) if snap is not None else bool(p.flags & PF_KTHREAD)
+        if p.pid in (1, self.self_pid) or kthread or p.ppid == 0:
             return True
+        return self.protected_cgroup(cgroup)
+
+    def protected_cgroup(self, cgroup: str | None) -> bool:
+        """The reaper's own unit, and units/slices matching ``protected_units``."""
         if cgroup is None:
             return True  # gone, or unreadable: not ours to judge
         if self.self_cgroup and (cgroup == self.self_cgroup
@@ -155,10 +160,10 @@ class Evaluator:
         hija_candidates: list[tuple[Proc, str, str]] = []
         zp = snap.zombies_by_parent
         for p in snap.procs.values():
-            if p.state == "Z" or p.pid == 1 or p.is_kthread or p.pid == self.self_pid:
+            if p.state == "Z" or p.pid == 1 or p.pid == self.self_pid or snap.is_kthread(p):
                 continue
             cg = self.cgroups.get(p)
-            if self.protected(p, cg):
+            if self.protected(p, cg, snap):
                 rep.protected += 1
                 continue
             assert cg is not None
