@@ -112,6 +112,7 @@ class Evaluator:
         self.cgroups = cgroups
         self.hija_lookup = hija_lookup
         self.proc_path = cgroups.proc
+        self._cg_protected: dict[str, bool] = {}
 
     def rule_names(self) -> list[str]:
         return [HIJA_RULE, *(r.name for r in self.rules)]
@@ -127,6 +128,14 @@ class Evaluator:
         """The reaper's own unit, and units/slices matching ``protected_units``."""
         if cgroup is None:
             return True  # gone, or unreadable: not ours to judge
+        hit = self._cg_protected.get(cgroup)
+        if hit is None:
+            if len(self._cg_protected) > 50_000:
+                self._cg_protected.clear()
+            hit = self._cg_protected[cgroup] = self._protected_cgroup(cgroup)
+        return hit
+
+    def _protected_cgroup(self, cgroup: str) -> bool:
         if self.self_cgroup and (cgroup == self.self_cgroup
                                  or cgroup.startswith(self.self_cgroup + "/")):
             return True
@@ -268,6 +277,8 @@ class Evaluator:
 
 def _hija_unit(cgroup: str) -> str | None:
     """The ``vx11-hija-<id>.service`` a cgroup path lies in, under ``vx11-hijas.slice``."""
+    if HIJA_SLICE not in cgroup:
+        return None
     names = unit_names(cgroup)
     for i, n in enumerate(names):
         if n == HIJA_SLICE and i + 1 < len(names) and _HIJA_UNIT.match(names[i + 1]):
