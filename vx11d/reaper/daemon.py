@@ -193,7 +193,8 @@ class ReaperService:
                 continue
             if budget <= 0:
                 skipped += 1
-                self._record(f, "circuit_open", None, quiet=True)
+                if self._due(("circuit_open", f.rule, *key), now):
+                    self._record(f, "circuit_open", None, quiet=True)
                 continue
             if f.action == "nudge":
                 nudged = self._nudged.get(key)
@@ -254,12 +255,16 @@ class ReaperService:
         self._record(f, outcome, sig)
 
     def _observe(self, f: Finding, now: float) -> None:
-        key = (f.event, f.rule, f.proc.pid, f.proc.start)
+        if self._due((f.event, f.rule, f.proc.pid, f.proc.start), now):
+            self._record(f, "observed", None)
+
+    def _due(self, key: tuple[str, str, int, int], now: float) -> bool:
+        """Rate limit for repeated findings: once per ``observe_log_interval`` per process."""
         last = self._logged.get(key)
         if last is not None and now - last < self.rc.observe_log_interval:
-            return
+            return False
         self._logged[key] = now
-        self._record(f, "observed", None)
+        return True
 
     def _prune(self, rep: Report) -> None:
         procs = rep.snapshot.procs
