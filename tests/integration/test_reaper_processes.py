@@ -1,7 +1,9 @@
 """The reaper against real processes: zombies, orphans, stubborn processes, hijas, PID reuse.
 
 Every rule here names only this test's own processes (a random comm), and the host's
-processes all sit in the root cgroup, so protected_units leaves "-.slice" out.
+processes all sit in the root cgroup, so protected_units leaves "-.slice" out. The
+built-in hija rule is switched off except in the hija test (which uses its own /proc
+view): other sandboxes' hijas run on this host too.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def tag() -> str:
 def service(yaml_text: str, dbpath: str | None = None, proc_path: str = "/proc"
             ) -> ReaperService:
     db = Database(dbpath) if dbpath else None
-    return ReaperService(parse(textwrap.dedent(yaml_text), "test.yml"), db,
+    text = textwrap.dedent(yaml_text)
+    if proc_path == "/proc":
+        text = text.replace("reaper:\n", "reaper:\n  hija_enforce: false\n", 1)
+    return ReaperService(parse(text, "test.yml"), db,
                          ReaperMetrics(CollectorRegistry()), proc_path=proc_path)
 
 

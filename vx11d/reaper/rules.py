@@ -276,13 +276,16 @@ class Evaluator:
 
 
 def _hija_unit(cgroup: str) -> str | None:
-    """The ``vx11-hija-<id>.service`` a cgroup path lies in, under ``vx11-hijas.slice``."""
+    """The ``vx11-hija-<id>.service`` a cgroup path lies in: exactly
+    ``/vx11.slice/vx11-hijas.slice/vx11-hija-<id>.service[/...]`` from the root, so the
+    hijas of a nested container (``/payload/vx11.slice/...`` seen from its host) are
+    never taken for this host's."""
     if HIJA_SLICE not in cgroup:
         return None
     names = unit_names(cgroup)
-    for i, n in enumerate(names):
-        if n == HIJA_SLICE and i + 1 < len(names) and _HIJA_UNIT.match(names[i + 1]):
-            return names[i + 1]
+    if len(names) >= 3 and names[0] == "vx11.slice" and names[1] == HIJA_SLICE \
+            and _HIJA_UNIT.match(names[2]):
+        return names[2]
     return None
 
 

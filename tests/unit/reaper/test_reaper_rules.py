@@ -121,6 +121,8 @@ def test_hija_rule_terminates_ended_or_unknown_hijas_and_spares_live_ones(fp):
     for i, hid in enumerate(["live1", "ended1", "norow1", "start1"], start=1):
         fp.add(BASE + i, "worker", cgroup=HIJA_CG.format(hid))
     fp.add(BASE + 9, "worker", cgroup="/vx11.slice/vx11-hija-fake.service")  # not in the slice
+    # a nested container's hija, as its host sees it: not this host's hija
+    fp.add(BASE + 8, "worker", cgroup="/payload" + HIJA_CG.format("nested1"))
     rows = {"vx11-hija-live1.service": ("live1", "running"),
             "vx11-hija-ended1.service": ("ended1", "expired"),
             "vx11-hija-start1.service": ("start1", "starting")}
