@@ -85,7 +85,21 @@ def main() -> int:
     if has_unit("vx11-reaper.service"):
         wait(sb, "the reaper", ["systemctl", "is-active", "vx11-reaper.service"],
              lambda rc, out: out.strip() == "active")
-        step(sb, "what the reaper sees and would do", ["vx11ctl", "reaper", "scan"])
+        step(sb, "a parent that never waits for its children (it leaks 2 zombies)",
+             ["systemd-run", "--unit", "demo-leaky", "/usr/bin/python3", "-c",
+              "import os,time; open('/proc/self/comm','w').write('leaky'); "
+              "[os.fork() or os._exit(0) for _ in range(2)]; time.sleep(600)"])
+        wait(sb, "the reaper to see them",
+             ["systemctl", "show", "-p", "StatusText", "vx11-reaper.service"],
+             lambda rc, out: "2 zombies under pid" in out, timeout=30)
+        step(sb, "its STATUS line names the leaking parent",
+             ["systemctl", "show", "-p", "StatusText", "vx11-reaper.service"])
+        step(sb, "what the reaper sees and would do (observe-only: no rule says terminate)",
+             ["vx11ctl", "reaper", "scan"])
+        step(sb, "its metrics carry the rule, never a pid",
+             ["sh", "-c", "curl -s 127.0.0.1:9713/metrics | grep '^vx11_reaper_zombies'"])
+        step(sb, "stopping the leaky unit lets systemd reap them",
+             ["systemctl", "stop", "demo-leaky.service"])
     if has_unit("vx11-rotate.timer"):
         root = "/var/lib/vx11/audit/demo"
         step(sb, "an audit root: one dir 7+ days old, one from today, one misnamed",
