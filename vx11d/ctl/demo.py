@@ -108,6 +108,11 @@ def main() -> int:
               f"echo ok > {root}/20200101T000000Z_smoke/logs/run.log && "
               f"echo '{{}}' > {root}/20200101T000000Z_smoke/SCORECARD.json && "
               f"chown -R vx11:vx11 {root} && find {root} | sort"])
+        cfg = (sb.etc_vx11 / "vx11.yml").read_text()
+        if "\nrotate:" not in cfg:
+            sb.write_config(cfg + f"rotate:\n  roots:\n    - path: {root}\n")
+        step(sb, "the root is configured in /etc/vx11/vx11.yml",
+             ["sh", "-c", "sed -n '/^rotate:/,$p' /etc/vx11/vx11.yml"])
         step(sb, "the audit rotator runs on a timer",
              ["systemctl", "list-timers", "--all", "--no-pager", "vx11-rotate.timer"])
         step(sb, "a dry run shows what it would do and changes nothing",
