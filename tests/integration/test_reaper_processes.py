@@ -19,7 +19,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.support import poll_for
@@ -364,8 +363,8 @@ def test_a_comm_with_parens_spaces_and_newline_in_a_real_process():
         stop(p)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a PID namespace")
 def test_a_reused_pid_is_never_signalled(tmp_path):
+    assert os.geteuid() == 0, "the suite runs as root (a PID namespace of its own)"
     r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
                         "tests.integration.reaper_reuse", "25", str(tmp_path / "r.db")],
                        cwd=REPO, capture_output=True, text=True, timeout=120,
