@@ -66,20 +66,40 @@ def main() -> int:
                    ["curl", "-sS", "-H", f"X-VX11-Token: {token}", "-H",
                     "Content-Type: application/json", "-d", body,
                     "localhost:8000/vx11/spawn"])
-        hid = json.loads(out).get("id") if out.strip().startswith("{") else None
-        if hid:
-            step(sb, "it runs as a transient unit with RuntimeMaxUSec",
-                 ["systemctl", "show", "-p", "ActiveState,RuntimeMaxUSec,Slice",
-                  f"vx11-hija-{hid}.service"])
-            wait(sb, "the hija to expire", ["vx11ctl", "hijas", "list", "--json"],
-                 lambda rc, out: f'"{hid}"' in out and '"expired"' in out, timeout=30)
-            step(sb, "madre recorded the expiry", ["vx11ctl", "hijas", "list"])
-            step(sb, "the journal has it, with structured fields",
-                 ["journalctl", "-o", "cat", "--no-pager", "VX11_EVENT=hija_expired"])
+        hid = json.loads(out)["id"]
+        step(sb, "it runs as a transient unit; systemd itself enforces the TTL",
+             ["systemctl", "show", "-p", "ActiveState,RuntimeMaxUSec,Slice,DynamicUser",
+              f"vx11-hija-{hid}.service"])
+        step(sb, "a TTL above the template's max is refused (422)",
+             ["curl", "-sS", "-H", f"X-VX11-Token: {token}", "-H",
+              "Content-Type: application/json", "-d",
+              json.dumps({"template": "sleeper", "ttl_s": 99999}),
+              "localhost:8000/vx11/spawn"])
+        wait(sb, "the hija to expire", ["vx11ctl", "hijas", "list", "--json"],
+             lambda rc, out: any(h["id"] == hid and h["status"] == "expired"
+                                 for h in json.loads(out or "[]")), timeout=30)
+        step(sb, "madre recorded the expiry and released the port", ["vx11ctl", "hijas",
+                                                                    "list"])
+        step(sb, "the journal has every step, with structured fields",
+             ["journalctl", "-o", "cat", "--no-pager", f"VX11_HIJA_ID={hid}"])
     if has_unit("vx11-reaper.service"):
         wait(sb, "the reaper", ["systemctl", "is-active", "vx11-reaper.service"],
              lambda rc, out: out.strip() == "active")
-        step(sb, "what the reaper sees and would do", ["vx11ctl", "reaper", "scan"])
+        step(sb, "a parent that never waits for its children (it leaks 2 zombies)",
+             ["systemd-run", "--unit", "demo-leaky", "/usr/bin/python3", "-c",
+              "import os,time; open('/proc/self/comm','w').write('leaky'); "
+              "[os.fork() or os._exit(0) for _ in range(2)]; time.sleep(600)"])
+        wait(sb, "the reaper to see them",
+             ["systemctl", "show", "-p", "StatusText", "vx11-reaper.service"],
+             lambda rc, out: "2 zombies under pid" in out, timeout=30)
+        step(sb, "its STATUS line names the leaking parent",
+             ["systemctl", "show", "-p", "StatusText", "vx11-reaper.service"])
+        step(sb, "what the reaper sees and would do (observe-only: no rule says terminate)",
+             ["vx11ctl", "reaper", "scan"])
+        step(sb, "its metrics carry the rule, never a pid",
+             ["sh", "-c", "curl -s 127.0.0.1:9713/metrics | grep '^vx11_reaper_zombies'"])
+        step(sb, "stopping the leaky unit lets systemd reap them",
+             ["systemctl", "stop", "demo-leaky.service"])
     if has_unit("vx11-rotate.timer"):
         root = "/var/lib/vx11/audit/demo"
         step(sb, "an audit root: one dir 7+ days old, one from today, one misnamed",
@@ -88,6 +108,11 @@ def main() -> int:
               f"echo ok > {root}/20200101T000000Z_smoke/logs/run.log && "
               f"echo '{{}}' > {root}/20200101T000000Z_smoke/SCORECARD.json && "
               f"chown -R vx11:vx11 {root} && find {root} | sort"])
+        cfg = (sb.etc_vx11 / "vx11.yml").read_text()
+        if "\nrotate:" not in cfg:
+            sb.write_config(cfg + f"rotate:\n  roots:\n    - path: {root}\n")
+        step(sb, "the root is configured in /etc/vx11/vx11.yml",
+             ["sh", "-c", "sed -n '/^rotate:/,$p' /etc/vx11/vx11.yml"])
         step(sb, "the audit rotator runs on a timer",
              ["systemctl", "list-timers", "--all", "--no-pager", "vx11-rotate.timer"])
         step(sb, "a dry run shows what it would do and changes nothing",
@@ -97,11 +122,28 @@ def main() -> int:
              ["sh", "-c", f"find {root} | sort"])
         step(sb, "its node_exporter textfile",
              ["grep", "-v", "^#", "/var/lib/prometheus/node-exporter/vx11_rotate.prom"])
-    if _has_ctl(sb, "route"):
-        step(sb, "Switch answers what rules can answer", ["vx11ctl", "route", "2+2*10"])
+    step(sb, "Switch answers what rules can answer, deterministically",
+         ["vx11ctl", "route", "--via-gateway", "2+2*10"])
+    step(sb, "and refuses bombs fast", ["vx11ctl", "route", "9**9**9"], ok_codes=(1, 2))
     if has_unit("vx11-hermes.service"):
-        step(sb, "elevate Hermes for 2 hours (an activation window)",
-             ["vx11ctl", "activate", "hermes", "--for", "2h"])
+        model = "/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf"
+        step(sb, "a tiny generated GGUF stands in for the 7B model (no downloads here)",
+             ["sh", "-c", f"/opt/vx11d/bin/python -m vx11d.hermes.testmodel {model} && "
+              f"chgrp vx11 {model} && chmod 0640 {model} && ls -l {model}"])
+        step(sb, "without an activation window the chain has no LLM route (503)",
+             ["vx11ctl", "route", "--via-gateway", "tell me a story"], ok_codes=(1, 2))
+        step(sb, "elevate Hermes for 2 minutes (an activation window with a TTL)",
+             ["vx11ctl", "activate", "hermes", "--for", "2m"])
+        wait(sb, "madre to start Hermes", ["systemctl", "is-active", "vx11-hermes.service"],
+             lambda rc, out: out.strip() == "active")
+        step(sb, "Hermes runs under MemoryMax=6G",
+             ["systemctl", "show", "-p", "ActiveState,MemoryMax,StatusText",
+              "vx11-hermes.service"])
+        step(sb, "now the chain routes to Hermes (random weights: the text is noise)",
+             ["vx11ctl", "route", "--via-gateway", "--json", "tell me a story"])
+        step(sb, "deactivate: madre stops Hermes", ["vx11ctl", "deactivate", "hermes"])
+        wait(sb, "Hermes to stop", ["systemctl", "is-active", "vx11-hermes.service"],
+             lambda rc, out: out.strip() in ("inactive", "failed"))
     step(sb, "status", ["vx11ctl", "status"])
     step(sb, "database integrity", ["vx11ctl", "db", "check"])
     print(f"\nThe sandbox {sb.name!r} is still up. Try:\n"
@@ -110,10 +152,6 @@ def main() -> int:
           "  .venv/bin/vx11ctl sandbox exec vx11ctl smoke\n"
           "  .venv/bin/vx11ctl sandbox down", flush=True)
     return 0
-
-
-def _has_ctl(sb: Sandbox, command: str) -> bool:
-    return sb.exec(["vx11ctl", command, "--help"], timeout=30).returncode == 0
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from typing import Any
 from ..errors import ConfigError, Vx11Error
 
 # Modules under vx11d.ctl that add command groups, in the order --help lists them.
-COMMANDS = ["units", "opscmd", "sandbox", "configcmd", "dbcmd", "rotatecmd", "hijascmd",
-            "routecmd"]
+COMMANDS = ["units", "opscmd", "sandbox", "configcmd", "dbcmd", "hijascmd", "reapercmd",
+            "rotatecmd", "routecmd"]
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:

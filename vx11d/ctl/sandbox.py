@@ -132,6 +132,14 @@ class Sandbox:
         for unit in sorted((self.repo / "units").iterdir()):
             if unit.is_file():
                 (units / unit.name).symlink_to(unit)
+        # The dev virtualenv's scripts and editable install point into the checkout; a
+        # checkout under /tmp or /root would vanish behind PrivateTmp=/ProtectHome= in the
+        # hardened units, so every vx11-* service gets it bound back in (read-only).
+        dropin = units / "vx11-.service.d"
+        dropin.mkdir()
+        (dropin / "sandbox-source.conf").write_text(
+            "# written by vx11ctl sandbox: the checkout this sandbox runs\n[Service]\n"
+            + "".join(f"BindReadOnlyPaths={p}\n" for p in self._source_paths()))
         cfg_text = config if config is not None else (
             self.repo / "packaging" / "sandbox" / "vx11.yml").read_text()
         (self.etc_vx11 / "vx11.yml").write_text(cfg_text)
@@ -140,16 +148,22 @@ class Sandbox:
             f.write(secrets.token_urlsafe(32) + "\n")
         (self.state / "machine-id").write_text(secrets.token_hex(16) + "\n")
 
+    def _source_paths(self) -> list[Path]:
+        """Host paths the container needs at their own path: checkout, venv, Python."""
+        paths = [self.repo]
+        if not self.venv.resolve().is_relative_to(self.repo):
+            paths.append(self.venv)
+        base = Path(os.path.realpath(sys.base_prefix))
+        if not base.is_relative_to("/usr"):
+            paths.append(base)
+        return paths
+
     def _boot(self) -> None:
         binds = [f"--bind={self.repo}", f"--bind={self.venv}:{INSTALL_PREFIX}",
                  f"--bind={self.state / 'etc-systemd-system'}:/etc/systemd/system",
                  f"--bind={self.etc_vx11}:/etc/vx11",
                  f"--bind-ro={self.state / 'machine-id'}:/etc/machine-id"]
-        if not self.venv.resolve().is_relative_to(self.repo):
-            binds.append(f"--bind={self.venv}")
-        base = Path(os.path.realpath(sys.base_prefix))
-        if not base.is_relative_to("/usr"):
-            binds.append(f"--bind-ro={base}")
+        binds += [f"--bind-ro={p}" for p in self._source_paths()[1:]]
         cmd = ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
                "-M", self.name, "--console=passive", "--private-network", *binds,
                "-b", "systemd.firstboot=off"]

@@ -1,0 +1,267 @@
+"""Benchmark: the reaper's process-table scan beside ``ps``, its idle CPU, and PID reuse.
+
+    .venv/bin/python bench/reaper_scan.py [--quick] [--processes N]
+
+1. Starts N idle processes (default 10,000): forked children of one small parent, each
+   blocked in pause(); the parent reaps them all when told to stop (always, in finally).
+2. Times the reaper's full scan (pid, ppid, state, start time, comm, uid: the facts
+   ``ps -eo pid,ppid,stat,etimes,uid,comm`` prints) beside that ps command, alternating,
+   in the same run; medians. Also the scan plus rule evaluation with the default config.
+3. Runs ``vx11d reaper`` at its default interval (30 s) with those processes present and
+   measures its CPU use from its own /proc/PID/stat over one full interval.
+4. Runs the PID-reuse trial (tests/integration/reaper_reuse.py) many times in a PID
+   namespace of its own: the reaper must never signal the process that took the PID.
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from urllib.request import urlopen
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vx11d.config import Config  # noqa: E402
+from vx11d.reaper.daemon import build_evaluator  # noqa: E402
+from vx11d.reaper.proc import HZ, scan  # noqa: E402
+
+PARENT = r"""
+import os, signal, sys
+n = int(sys.argv[1])
+kids = []
+def stop(*_):
+    for k in kids:
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for k in kids:
+        try:
+            os.waitpid(k, 0)
+        except ChildProcessError:
+            pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        while True:
+            signal.pause()
+    kids.append(pid)
+sys.stdout.write("ready\n"); sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+
+
+CPARENT = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static pid_t *kids; static int nk;
+static void stop(int s) { (void)s; for (int i = 0; i < nk; i++) kill(kids[i], SIGKILL);
+  for (int i = 0; i < nk; i++) waitpid(kids[i], NULL, 0); _exit(0); }
+int main(int argc, char **argv) {
+  int n = argc > 1 ? atoi(argv[1]) : 0; kids = calloc(n + 1, sizeof *kids);
+  signal(SIGTERM, stop);
+  for (int i = 0; i < n; i++) { pid_t p = fork(); if (p < 0) { perror("fork"); stop(0); }
+    if (p == 0) { signal(SIGTERM, SIG_DFL); for (;;) pause(); } kids[nk++] = p; }
+  printf("ready\n"); fflush(stdout); for (;;) pause(); }
+"""
+
+
+def idle_parent(tmp: str) -> list[str]:
+    """A tiny C parent when a compiler is there (fork is ~50x cheaper), else Python."""
+    src, exe = Path(tmp, "idle.c"), Path(tmp, "vx11-bench-idle")
+    src.write_text(CPARENT)
+    try:
+        subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True,
+                       capture_output=True)
+        return [str(exe)]
+    except (OSError, subprocess.CalledProcessError):
+        return [sys.executable, "-S", "-c", PARENT]
+
+
+def start_idle(n: int, tmp: str) -> subprocess.Popen:
+    p = subprocess.Popen([*idle_parent(tmp), str(n)], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    assert p.stdout is not None
+    if p.stdout.readline().strip() != "ready":
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(30)
+        raise RuntimeError("the idle-process parent did not start")
+    return p
+
+
+def stop_idle(p: subprocess.Popen) -> None:
+    p.terminate()
+    try:
+        p.wait(120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(30)
+
+
+def time_scan() -> tuple[float, int]:
+    t0 = time.perf_counter()
+    snap = scan("/proc")
+    return (time.perf_counter() - t0) * 1000, len(snap.procs)
+
+
+def time_ps() -> tuple[float, int]:
+    t0 = time.perf_counter()
+    out = subprocess.run(["ps", "-eo", "pid,ppid,stat,etimes,uid,comm"], capture_output=True,
+                         check=True).stdout
+    return (time.perf_counter() - t0) * 1000, out.count(b"\n") - 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def last_scan(port: int) -> float:
+    try:
+        with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("vx11_reaper_last_scan_timestamp_seconds "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def idle_cpu(tmp: str, window: float) -> tuple[float, float]:
+    """(CPU % over ``window`` s right after a scan, seconds of CPU per scan) of vx11d reaper
+    at its default interval."""
+    port = free_port()
+    cfg = Path(tmp, "vx11.yml")
+    # hija_enforce off: other sandboxes' hijas may run on this host (their cgroups sit
+    # under a container prefix, which the rule ignores anyway).
+    cfg.write_text(f"db: {{path: {tmp}/vx11.db}}\n"
+                   f"reaper: {{metrics_port: {port}, hija_enforce: false}}\n")
+    env = {**os.environ, "VX11_CONFIG": str(cfg), "PYTHONPATH": str(REPO)}
+    d = subprocess.Popen([sys.executable, "-m", "vx11d", "reaper"], env=env,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while last_scan(port) == 0.0:
+            if time.monotonic() > deadline or d.poll() is not None:
+                raise RuntimeError("vx11d reaper did not scan")
+            time.sleep(0.05)
+        first = last_scan(port)
+        c0, t0 = cpu_ticks(d.pid), time.monotonic()
+        time.sleep(window)
+        c1, t1 = cpu_ticks(d.pid), time.monotonic()
+        scans = 1 if last_scan(port) > first else 0
+        cpu_s = (c1 - c0) / HZ
+        return 100 * cpu_s / (t1 - t0), cpu_s / max(scans, 1)
+    finally:
+        d.terminate()
+        try:
+            d.wait(10)
+        except subprocess.TimeoutExpired:
+            d.kill()
+            d.wait()
+
+
+def reuse_trials(n: int, tmp: str) -> dict:
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
+                        "tests.integration.reaper_reuse", str(n), f"{tmp}/reuse.db"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    if r.returncode != 0:
+        raise RuntimeError(f"reuse trial failed: {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions; < 60 s")
+    ap.add_argument("--processes", type=int, default=10_000)
+    ap.add_argument("--reps", type=int, default=0)
+    ap.add_argument("--trials", type=int, default=0)
+    args = ap.parse_args()
+    reps = args.reps or (9 if args.quick else 31)
+    trials = args.trials or (40 if args.quick else 500)
+    window = 31.0  # one default interval (30 s) and a margin: exactly one scan inside
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vx11-bench-") as tmp:
+        idle = start_idle(args.processes, tmp)
+        try:
+            spawn_s = time.monotonic() - t_start
+            evaluator = build_evaluator(Config(), "/proc", None)
+            scan_ms, ps_ms, eval_ms = [], [], []
+            n_scan = n_ps = 0
+            for _ in range(reps):
+                ms, n_scan = time_scan()
+                scan_ms.append(ms)
+                ms, n_ps = time_ps()
+                ps_ms.append(ms)
+                t0 = time.perf_counter()
+                evaluator.evaluate(scan("/proc"))
+                eval_ms.append((time.perf_counter() - t0) * 1000)
+            cpu_pct, cpu_per_scan = idle_cpu(tmp, window)
+        finally:
+            stop_idle(idle)
+        baseline = None
+        if not args.quick:  # the same daemon on the host as it is, without the extra load
+            baseline = (idle_cpu(tmp, window)[0], len(scan("/proc").procs))
+        reuse = reuse_trials(trials, tmp)
+    p50 = statistics.median
+    res = {
+        "processes": n_scan, "ps_processes": n_ps, "reps": reps,
+        "scan_ms_p50": round(p50(scan_ms), 2), "ps_ms_p50": round(p50(ps_ms), 2),
+        "ratio_vs_ps": round(p50(scan_ms) / p50(ps_ms), 3),
+        "scan_eval_ms_p50": round(p50(eval_ms), 2),
+        "idle_cpu_percent": round(cpu_pct, 3), "idle_window_s": window,
+        "cpu_s_per_scan": round(cpu_per_scan, 3),
+        "reuse_trials": reuse["trials"], "reuse_pid_taken_over": reuse["reused"],
+        "wrong_process_signals": reuse["wrong_process_signals"],
+        **({"idle_cpu_percent_baseline": round(baseline[0], 3),
+            "baseline_processes": baseline[1]} if baseline else {}),
+        "spawn_s": round(spawn_s, 1), "total_s": round(time.monotonic() - t_start, 1),
+    }
+    print(textwrap.dedent(f"""\
+        reaper scan vs ps, {res['processes']} processes, {reps} alternating runs (medians)
+          reaper scan (stat + fstat per pid)      {res['scan_ms_p50']:>9.2f} ms
+          ps -eo pid,ppid,stat,etimes,uid,comm    {res['ps_ms_p50']:>9.2f} ms
+          ratio scan/ps                           {res['ratio_vs_ps']:>9.3f}   (goal <= 1.0)
+          scan + rules (default config, warm)     {res['scan_eval_ms_p50']:>9.2f} ms
+        vx11d reaper at the default 30 s interval, {window:.0f} s window
+          CPU                                     {res['idle_cpu_percent']:>9.3f} %   (goal < 0.2)
+        PID reuse in a PID namespace: {res['reuse_trials']} trials, PID taken over \
+{res['reuse_pid_taken_over']} times
+          wrong-process signals                 {res['wrong_process_signals']:>9d} (goal 0)"""))
+    if "idle_cpu_percent_baseline" in res:
+        print(f"  (CPU without the {args.processes} extra processes, "
+              f"{res['baseline_processes']} processes: {res['idle_cpu_percent_baseline']:.3f} %)")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

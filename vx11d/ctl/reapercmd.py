@@ -1,0 +1,37 @@
+"""``vx11ctl reaper scan [--json]``: what the reaper sees and would do, right now.
+
+vx11ctl imports no daemon internals, so this runs ``vx11d reaper --scan-once`` (the
+daemon's own scanner and rules, read-only: it sends no signal and writes nothing) with
+the same Python and the same config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from ..errors import Vx11Error
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reaper", help="the zombie and orphan reaper")
+    s = p.add_subparsers(dest="reaper_command", required=True)
+    sc = s.add_parser("scan", help="one-shot report: zombies by parent, what rules match "
+                      "and what the reaper would do (sends nothing)")
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(func=scan)
+
+
+def scan(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.config:
+        env["VX11_CONFIG"] = args.config
+    argv = [sys.executable, "-m", "vx11d", "reaper", "--scan-once"]
+    if args.json:
+        argv.append("--json")
+    r = subprocess.run(argv, env=env, check=False, timeout=120)
+    if r.returncode == 78:
+        raise Vx11Error("reaper scan: the config does not load (see the line above)")
+    return r.returncode

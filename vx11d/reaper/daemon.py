@@ -1,0 +1,323 @@
+"""The reaper as a vx11d.runtime Service: scan on an interval, act by policy, show its work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from .. import journal
+from ..config import Config
+from ..db import Database, record_event
+from ..errors import DbError
+from .kill import Pending, Terminator, open_verified, send
+from .metrics import ReaperMetrics
+from .proc import HZ, CgroupCache, read_cgroup, scan
+from .rules import Evaluator, Finding, HijaLookup, Report
+
+COMPONENT = "reaper"
+log = logging.getLogger("vx11.reaper")
+
+
+def db_hija_lookup(db: Database) -> HijaLookup:
+    """unit names -> (hija id, status) from spawner_hijas (absent: no row)."""
+
+    def lookup(units: list[str]) -> dict[str, tuple[str, str | None]]:
+        out: dict[str, tuple[str, str | None]] = {}
+        for i in range(0, len(units), 400):
+            chunk = units[i:i + 400]
+            marks = ",".join("?" * len(chunk))
+            for r in db.query(f"SELECT id, unit, status FROM spawner_hijas "  # noqa: S608
+                              f"WHERE unit IN ({marks})", chunk):
+                out[r["unit"]] = (r["id"], r["status"])
+        return out
+
+    return lookup
+
+
+def build_evaluator(cfg: Config, proc_path: str, lookup: HijaLookup | None) -> Evaluator:
+    """The rule evaluator for this process (its own pid and cgroup are never touched)."""
+    return Evaluator(cfg.reaper, self_pid=os.getpid(),
+                     self_cgroup=read_cgroup(proc_path, os.getpid()),
+                     cgroups=CgroupCache(proc_path), hija_lookup=lookup)
+
+
+def report_dict(rep: Report) -> dict[str, Any]:
+    """A JSON-able view of one evaluation (what ``vx11ctl reaper scan`` prints)."""
+    snap = rep.snapshot
+    zp = []
+    for ppid, zs in sorted(snap.zombies_by_parent.items(), key=lambda kv: -len(kv[1])):
+        parent = snap.procs.get(ppid)
+        zp.append({"parent_pid": ppid, "parent_comm": parent.comm if parent else None,
+                   "zombies": len(zs), "zombie_pids": sorted(zs)[:50]})
+    findings = [{"pid": f.proc.pid, "ppid": f.proc.ppid, "comm": f.proc.comm,
+                 "uid": f.proc.uid, "age_s": round(snap.age(f.proc), 1), "rule": f.rule,
+                 "action": f.action, "event": f.event, "cgroup": f.cgroup,
+                 "orphan": f.orphan, "zombies": f.zombies, "hija_id": f.hija_id}
+                for f in rep.findings]
+    return {"processes": len(snap.procs), "malformed": snap.malformed,
+            "protected": rep.protected, "zombies": sum(len(z) for z in
+                                                       snap.zombies_by_parent.values()),
+            "zombie_parents": zp, "findings": findings,
+            "zombies_by_rule": rep.zombies_by_rule, "orphans_by_rule": rep.orphans_by_rule,
+            "hija_records_unavailable": rep.hija_lookup_failed}
+
+
+class ReaperService:
+    """Scans every ``cfg.reaper.interval`` seconds; TERM/KILL deadlines come in between."""
+
+    component = COMPONENT
+
+    def __init__(self, cfg: Config, db: Database | None, metrics: ReaperMetrics, *,
+                 proc_path: str = "/proc", clock: Any = time.monotonic):
+        self.proc_path = proc_path
+        self.db = db
+        self.m = metrics
+        self.clock = clock
+        self.term = Terminator(clock)
+        self.next_scan = 0.0
+        self.report: Report | None = None
+        self.signals_sent = 0
+        self.scans = 0
+        self._nudged: dict[tuple[int, int], float] = {}
+        self._logged: dict[tuple[str, str, int, int], float] = {}
+        self._rows: list[tuple[Any, ...]] = []
+        self._configure(cfg)
+
+    def _configure(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.rc = cfg.reaper
+        lookup = db_hija_lookup(self.db) if self.db is not None else None
+        self.evaluator = build_evaluator(cfg, self.proc_path, lookup)
+        self.m.set_rules(self.evaluator.rule_names())
+
+    # --- Service ------------------------------------------------------------------
+
+    @property
+    def interval(self) -> float:
+        nxt = self.next_scan
+        d = self.term.next_deadline()
+        if d is not None:
+            nxt = min(nxt, d)
+        return max(0.01, nxt - self.clock())
+
+    def start(self) -> None:
+        journal.event(log, "reaper_started", "reaper up: %d rules, interval %.1fs, "
+                      "max %d kills per scan", len(self.rc.rules), self.rc.interval,
+                      self.rc.max_kills_per_scan, pid=os.getpid())
+
+    def tick(self) -> None:
+        for pd, outcome, sig in self.term.poll():
+            self._completed(pd, outcome, sig)
+        if self.clock() >= self.next_scan:
+            self.scan_and_act()
+            self.next_scan = self.clock() + self.rc.interval
+        self.m.pending.set(len(self.term.pending))
+        self._flush()
+
+    def status(self) -> str:
+        rep = self.report
+        if rep is None:
+            return "starting"
+        a = f"{self.signals_sent} actions"
+        if self.term.pending:
+            a += f", {len(self.term.pending)} terminating"
+        zp = rep.snapshot.zombies_by_parent
+        total = sum(len(z) for z in zp.values())
+        top = rep.top_zombie_parent()
+        if top is None:
+            return f"0 zombies, {a}, {len(rep.snapshot.procs)} processes"
+        pid, n, comm = top
+        if len(zp) == 1:
+            return f"{total} zombies under pid {pid} ({comm}), {a}"
+        return (f"{total} zombies under {len(zp)} parents (most: {n} under pid {pid} "
+                f"({comm})), {a}")
+
+    def reload(self, cfg: Config) -> None:
+        self._configure(cfg)
+        self.next_scan = min(self.next_scan, self.clock() + cfg.reaper.interval)
+
+    def stop(self) -> None:
+        for pd in self.term.close():
+            self._record(pd.finding, "abandoned", None)  # type: ignore[arg-type]
+        self._flush()
+        journal.event(log, "reaper_stopped", "reaper stopping", pid=os.getpid())
+
+    # --- one scan -----------------------------------------------------------------
+
+    def scan_and_act(self) -> Report:
+        t0 = time.perf_counter()
+        snap = scan(self.proc_path)
+        self.evaluator.cgroups.prune(snap)
+        rep = self.evaluator.evaluate(snap)
+        self.m.scan_seconds.observe(time.perf_counter() - t0)
+        self.report = rep
+        self.scans += 1
+        self._export(rep)
+        self.act(rep)
+        self._prune(rep)
+        self.m.last_scan.set(time.time())
+        return rep
+
+    def _export(self, rep: Report) -> None:
+        m = self.m
+        m.scanned.set(len(rep.snapshot.procs))
+        for rule, n in rep.zombies_by_rule.items():
+            m.zombies.labels(rule).set(n)
+        for rule, n in rep.orphans_by_rule.items():
+            m.orphans.labels(rule).set(n)
+        matched: dict[str, int] = dict.fromkeys(rep.zombies_by_rule, 0)
+        for f in rep.findings:
+            matched[f.rule] = matched.get(f.rule, 0) + 1
+        for rule, n in matched.items():
+            m.matched.labels(rule).set(n)
+        if rep.hija_lookup_failed and self.evaluator.hija_lookup is not None:
+            m.hija_lookup_failures.inc()
+            journal.event(log, "hija_lookup_failed", "could not read hija records; hija "
+                          "processes left alone this scan", level=logging.WARNING)
+
+    def act(self, rep: Report) -> None:
+        """Carry out a report's findings (signals go through verified pidfds only)."""
+        budget = self.rc.max_kills_per_scan
+        skipped = 0
+        now = self.clock()
+        for f in rep.findings:
+            key = (f.proc.pid, f.proc.start)
+            if self.term.busy(key):
+                continue
+            if f.action == "observe":
+                self._observe(f, now)
+                continue
+            if budget <= 0:
+                skipped += 1
+                if self._due(("circuit_open", f.rule, *key), now):
+                    self._record(f, "circuit_open", None, quiet=True)
+                continue
+            if f.action == "nudge":
+                nudged = self._nudged.get(key)
+                if nudged is None:
+                    if self._signal_once(f, signal.SIGCHLD):
+                        self._nudged[key] = now
+                        budget -= 1
+                    continue
+                f.event = "zombie_parent_terminated"
+            if self._terminate(f):
+                budget -= 1
+        if skipped:
+            self.m.breaker.inc()
+            journal.event(log, "reaper_circuit_open", "max_kills_per_scan (%d) reached: "
+                          "%d more processes left alone this scan", self.rc.max_kills_per_scan,
+                          skipped, level=logging.WARNING, skipped=skipped)
+
+    def _allowed(self, f: Finding):  # type: ignore[no-untyped-def]
+        def check(cg: str | None) -> bool:
+            return cg == f.cgroup and self.evaluator.still_allowed(f, cg)
+        return check
+
+    def _signal_once(self, f: Finding, sig: int) -> bool:
+        v = open_verified(self.proc_path, f.proc.pid, f.proc.start, self._allowed(f))
+        if v.fd is None:
+            self._record(f, v.reason, None)
+            return False
+        try:
+            sent = send(v.fd, sig)
+        finally:
+            os.close(v.fd)
+        name = signal.Signals(sig).name
+        if sent:
+            self._sent(f, name)
+        self._record(f, f"{name.lower()}_sent" if sent else "vanished", name if sent else None)
+        return sent
+
+    def _terminate(self, f: Finding) -> bool:
+        v = open_verified(self.proc_path, f.proc.pid, f.proc.start, self._allowed(f))
+        if v.fd is None:
+            self._record(f, v.reason, None)
+            return False
+        if not self.term.begin(v.fd, (f.proc.pid, f.proc.start), f.grace, f):
+            self._record(f, "vanished", None)
+            return False
+        self._sent(f, "SIGTERM")
+        self._record(f, "sigterm_sent", "SIGTERM")
+        return True
+
+    def _sent(self, f: Finding, sig: str) -> None:
+        self.signals_sent += 1
+        self.m.signals.labels(f.rule, sig).inc()
+
+    def _completed(self, pd: Pending, outcome: str, sig: str | None) -> None:
+        f: Finding = pd.finding  # type: ignore[assignment]
+        if sig:
+            self._sent(f, sig)
+        self._record(f, outcome, sig)
+
+    def _observe(self, f: Finding, now: float) -> None:
+        if self._due((f.event, f.rule, f.proc.pid, f.proc.start), now):
+            self._record(f, "observed", None)
+
+    def _due(self, key: tuple[str, str, int, int], now: float) -> bool:
+        """Rate limit for repeated findings: once per ``observe_log_interval`` per process."""
+        last = self._logged.get(key)
+        if last is not None and now - last < self.rc.observe_log_interval:
+            return False
+        self._logged[key] = now
+        return True
+
+    def _prune(self, rep: Report) -> None:
+        procs = rep.snapshot.procs
+
+        def alive(pid: int, start: int) -> bool:
+            p = procs.get(pid)
+            return p is not None and p.start == start
+
+        self._logged = {k: v for k, v in self._logged.items() if alive(k[2], k[3])}
+        self._nudged = {k: v for k, v in self._nudged.items() if alive(*k)}
+
+    # --- records ------------------------------------------------------------------
+
+    def _record(self, f: Finding, outcome: str, sig: str | None, *, quiet: bool = False
+                ) -> None:
+        """One reaper_actions row + events row + journal entry for an action or finding."""
+        p = f.proc
+        self.m.outcomes.labels(f.rule, outcome).inc()
+        level = logging.WARNING if outcome in ("survived_sigkill", "pid_reused") \
+            else logging.INFO
+        if not quiet:
+            what = f"{f.zombies} zombies under " if f.zombies and f.action != "terminate" \
+                else ""
+            journal.event(log, f.event, "%s%s pid %d (%s) rule %s: %s%s", what,
+                          "leaking parent" if f.zombies else "process", p.pid, p.comm,
+                          f.rule, outcome, f" ({sig})" if sig else "", level=level,
+                          pid=p.pid, comm=p.comm, rule=f.rule, signal=sig, outcome=outcome,
+                          hija_id=f.hija_id, zombies=f.zombies or None)
+        detail = {"ppid": p.ppid, "uid": p.uid, "state": p.state, "cgroup": f.cgroup,
+                  "orphan": f.orphan, "zombies": f.zombies, "event": f.event,
+                  "hija": f.hija_id}
+        self._rows.append((time.time(), p.pid, p.start / HZ, p.comm, f.rule, f.action, sig,
+                           outcome, f.hija_id if f.hija_row else None, detail, f.event))
+
+    def _flush(self) -> None:
+        if not self._rows or self.db is None:
+            self._rows.clear()
+            return
+        rows, self._rows = self._rows, []
+
+        def write(conn: Any) -> None:
+            for ts, pid, start, comm, rule, action, sig, outcome, hija, detail, ev in rows:
+                conn.execute(
+                    "INSERT INTO reaper_actions (ts, pid, start_time, comm, rule, action, "
+                    "signal, outcome, hija_id, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (ts, pid, start, comm, rule, action, sig, outcome, hija,
+                     json.dumps(detail, sort_keys=True)))
+                record_event(conn, COMPONENT, ev, subject=f"hija:{hija}" if hija
+                             else f"pid:{pid}", pid=pid, comm=comm, rule=rule, signal=sig,
+                             outcome=outcome)
+
+        try:
+            self.db.write(write)
+        except DbError as e:
+            log.error("could not record %d reaper actions: %s", len(rows), e,
+                      extra={"VX11_EVENT": "reaper_record_failed"})
