@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.support import poll_for
 from vx11d import db
 from vx11d.ctl import opscmd
 from vx11d.errors import ConfigError
@@ -64,9 +66,25 @@ def test_scorecard_flags_overdue_hija_and_loose_token(tmp_path):
     assert json.loads(r.stdout) == card
 
 
-def test_zombie_count_reads_proc_fixture(tmp_path):
-    for pid, state in [(1, "S"), (20, "Z"), (21, "Z"), (22, "R")]:
-        (tmp_path / str(pid)).mkdir()
-        (tmp_path / str(pid) / "stat").write_text(f"{pid} (we ird) comm) {state} 1 1 1")
-    (tmp_path / "self").mkdir()
-    assert opscmd._count_zombies(str(tmp_path)) == 2
+def test_scorecard_counts_zombies_with_the_reaper_scan(tmp_path):
+    """Twelve real zombies of this process fail the zombies_low check."""
+    cfgfile = tmp_path / "vx11.yml"
+    cfgfile.write_text(f"db:\n  path: {tmp_path / 'vx11.db'}\nreaper:\n  hija_enforce: false\n")
+    kids = []
+    try:
+        for _ in range(12):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            kids.append(pid)
+        poll_for(lambda: all(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                             == "Z" for p in kids), timeout=10, what="12 zombies")
+        r = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "--config", str(cfgfile),
+                            "scorecard", "--out", str(tmp_path), "--json"],
+                           capture_output=True, text=True)
+        by = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+        assert not by["zombies_low"]["ok"]
+        assert int(by["zombies_low"]["detail"].split()[0]) >= 12
+    finally:
+        for p in kids:
+            os.waitpid(p, 0)

@@ -11,8 +11,9 @@ import subprocess
 import time
 
 from .. import config, db
-from ..errors import ConfigError, DbError
+from ..errors import ConfigError, DbError, Vx11Error
 from .main import emit
+from .reapercmd import scan_report
 from .units import show, unit_names
 
 COMPONENTS = ("gateway", "madre", "reaper", "rotate", "hermes")
@@ -112,24 +113,12 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
     except OSError as e:
         checks.append(_check("token_file_0600", False, f"{cfg.gateway.token_file}: "
                              f"{e.strerror}"))
-    zombies = _count_zombies()
-    checks.append(_check("zombies_low", zombies < 10, f"{zombies} zombie processes"))
+    try:  # the reaper's own scanner: one /proc parser in the project
+        zombies = int(scan_report(config_path)["zombies"])
+        checks.append(_check("zombies_low", zombies < 10, f"{zombies} zombie processes"))
+    except Vx11Error as e:
+        checks.append(_check("zombies_low", False, str(e)))
     return checks
-
-
-def _count_zombies(proc: str = "/proc") -> int:
-    n = 0
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"{proc}/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        if data[data.rfind(b")") + 2:data.rfind(b")") + 3] == b"Z":
-            n += 1
-    return n
 
 
 def scorecard(args: argparse.Namespace) -> int:
