@@ -78,6 +78,14 @@ def _fmt_row(r: dict[str, Any]) -> str:
     return f"{r['id']}  {r['template']:<10} {r['status']:<9} port {port!s:<6} {when}"
 
 
+def _seconds(flag: str, text: str) -> float:
+    """A duration flag (``30s``, ``2h``) in seconds; InputError naming the flag."""
+    try:
+        return float(parse_duration(text))
+    except ValueError as e:
+        raise InputError(f"{flag}: {e}") from e
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     _cfg, db = _db(args)
     rows = hijas.listing(db, args.status, args.limit)
@@ -87,10 +95,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_spawn(args: argparse.Namespace) -> int:
     cfg, db = _db(args)
-    try:
-        ttl = float(parse_duration(args.ttl))
-    except ValueError as e:
-        raise InputError(f"--ttl: {e}") from e
+    ttl = _seconds("--ttl", args.ttl)
     given: dict[str, str] = {}
     for item in args.arg:
         name, sep, value = item.partition("=")
@@ -117,10 +122,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_activate(args: argparse.Namespace) -> int:
     cfg, db = _db(args)
-    try:
-        seconds = float(parse_duration(args.duration))
-    except ValueError as e:
-        raise InputError(f"--for: {e}") from e
+    seconds = _seconds("--for", args.duration)
     row = hijas.activate(db, cfg, args.component, seconds, requested_by="vx11ctl")
     hijas.wake_madre(cfg.gateway.madre_wake_socket)
     emit(args, row, f"{args.component} activated for {seconds:g}s (window {row['id']})")
