@@ -357,7 +357,9 @@ def test_a_comm_with_parens_spaces_and_newline_in_a_real_process():
     """)
     try:
         assert p.stdout is not None and p.stdout.readline()
-        q = scan().procs[p.pid]
+        # Right after its print the child may still be running on its way to sleep().
+        q = poll_for(lambda: (x := scan().procs[p.pid]).state == "S" and x, timeout=5,
+                     what="the child asleep")
         assert (q.comm, q.ppid, q.state) == (nasty, os.getpid(), "S")
     finally:
         stop(p)
