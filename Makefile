@@ -17,7 +17,7 @@ apt:
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing \
+		apt-get update -q && apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 $$missing \
 			|| exit 1; \
 	fi
 
