@@ -180,6 +180,11 @@ def _enable_v2_controllers(path: Path) -> None:
                            f"delegated to {path.parent}: limits cannot be enforced")
 
 
+def find_all() -> list[Path]:
+    """Every dir this module made (any container), visible from the caller's cgroups."""
+    return [p for p, _, _ in _all_made()]
+
+
 def find(name: str) -> list[Path]:
     """Every dir made for container ``name`` (by any creator), in every hierarchy."""
     return [p for p, n, _ in _all_made() if n == name]

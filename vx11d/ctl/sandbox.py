@@ -355,6 +355,22 @@ def running_names(prefix: str = "") -> list[str]:
     return sorted(set(names))
 
 
+def down_orphans(prefix: str) -> list[str]:
+    """Take down the sandboxes named ``<prefix><owner pid>`` whose owner is dead (a test
+    session that was killed): container, state dir and cgroups. The names taken down."""
+    names = set(running_names(prefix))
+    if STATE_ROOT.exists():
+        names |= {p.name for p in STATE_ROOT.glob(f"{prefix}*")}
+    names |= {p.name[len(cgroups.PREFIX):].rpartition(".")[0] for p in cgroups.find_all()}
+    done = []
+    for name in sorted(names):
+        owner = name.removeprefix(prefix)
+        if name.startswith(prefix) and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            Sandbox(name).down()
+            done.append(name)
+    return done
+
+
 def _is_nspawn_of(pid: int, name: str) -> bool:
     """Is ``pid`` a live (not zombie) systemd-nspawn running the machine ``name``?"""
     try:

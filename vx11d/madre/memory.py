@@ -1,0 +1,138 @@
+"""How a hija used its memory, and whether the kernel killed it for exceeding the limit.
+
+systemd says ``Result=oom-kill`` only on the unified (v2) hierarchy. On the legacy v1
+memory controller (the sandbox's, and hybrid hosts') an OOM kill is just
+``Result=signal``, status 9 — the same as any SIGKILL — and the counters that tell
+the difference live in the unit's own memory cgroup, which systemd removes as soon as
+the unit stops. So every hija unit gets a privileged ``ExecStopPost=`` probe: it runs
+in the unit's cgroup after the main process is gone and before the cgroup is removed
+(the unit is only "failed"/"inactive", and signalled to madre, after it), reads
+
+* v1: ``memory.oom_control`` (``oom_kill N``), ``memory.max_usage_in_bytes``,
+  ``memory.limit_in_bytes``;
+* v2: ``memory.events`` (``oom_kill N``), ``memory.peak`` (kernel >= 5.19),
+  ``memory.max``;
+
+and writes them to ``<ends dir>/<hija id>``, which madre reads (and removes) when it
+records the end. A hija ended by an OOM kill (``oom_kill`` > 0, or ``Result=oom-kill``)
+is recorded as ``oom`` with its limit and peak usage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..confload import format_size as size
+
+log = logging.getLogger("vx11.madre")
+
+ENDS_SUBDIR = "hija-ends"
+STALE_AFTER = 600.0  # reports nobody read (madre was down and the row was settled)
+
+# One line (a transient unit's command is stored in a unit file; no "[" at a line start);
+# run with no-env-expand, so "$" reaches the shell as written.
+_PROBE = (
+    "umask 022; "
+    "m=$(grep -E '^[0-9]+:([^:]*,)?memory(,[^:]*)?:' /proc/self/cgroup | cut -d: -f3); "
+    "if test -n \"$m\"; then d=/sys/fs/cgroup/memory$m; "
+    "k=$(grep '^oom_kill ' $d/memory.oom_control | cut -d' ' -f2); "
+    "p=$(cat $d/memory.max_usage_in_bytes); l=$(cat $d/memory.limit_in_bytes); "
+    "else u=$(grep '^0::' /proc/self/cgroup | cut -d: -f3); d=/sys/fs/cgroup$u; "
+    "k=$(grep '^oom_kill ' $d/memory.events | cut -d' ' -f2); "
+    "p=$(cat $d/memory.peak 2>/dev/null); l=$(cat $d/memory.max); fi; "
+    "mkdir -p \"$1\" && printf 'oom_kill %s\\npeak %s\\nlimit %s\\nresult %s\\n' "
+    "\"$k\" \"$p\" \"$l\" \"$SERVICE_RESULT\" > \"$1/.$2\" && mv \"$1/.$2\" \"$1/$2\"")
+
+
+def ends_dir(wake_socket: str) -> str:
+    """Where the probes write: beside madre's wake socket (its runtime directory)."""
+    return os.path.join(os.path.dirname(wake_socket), ENDS_SUBDIR)
+
+
+def probe_property(directory: str, hija_id: str) -> tuple[str, list]:
+    """The ``ExecStopPostEx`` unit property (D-Bus name and value) for one hija:
+    privileged (to write to madre's directory), failure ignored, no ``$`` expansion."""
+    argv = ["/bin/sh", "-c", _PROBE, "vx11-memory-probe", directory, hija_id]
+    flags = ["privileged", "ignore-failure", "no-env-expand"]
+    return "ExecStopPostEx", [(b"/bin/sh", [a.encode() for a in argv],
+                               [f.encode() for f in flags])]
+
+
+@dataclass
+class MemoryReport:
+    """What the probe read from the hija's memory cgroup at its end."""
+
+    oom_kills: int | None
+    peak: int | None
+    limit: int | None
+
+    @property
+    def oom(self) -> bool:
+        return bool(self.oom_kills)
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.strip().isdigit() else None
+
+
+def parse(text: str) -> MemoryReport:
+    """A probe's file; missing or unreadable values are None."""
+    vals = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+    limit = _int(vals.get("limit"))
+    if limit is not None and limit >= 1 << 62:  # v1's "no limit"
+        limit = None
+    return MemoryReport(_int(vals.get("oom_kill")), _int(vals.get("peak")), limit)
+
+
+def take(directory: str, hija_id: str) -> MemoryReport | None:
+    """Read and remove the probe's report for a hija (None: there is none)."""
+    path = Path(directory) / hija_id
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("memory report %s unreadable: %s", path, e)
+        return None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return parse(text)
+
+
+def sweep(directory: str, now: float | None = None) -> int:
+    """Remove reports nobody read for STALE_AFTER seconds; how many."""
+    now = time.time() if now is None else now
+    n = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > STALE_AFTER:
+                    os.unlink(entry.path)
+                    n += 1
+    return n
+
+
+def is_oom(result: str, report: MemoryReport | None) -> bool:
+    """Did the kernel kill the hija for memory? v2: systemd says so; v1: the cgroup's
+    OOM-kill counter does (a plain SIGKILL leaves it at 0)."""
+    if result == "oom-kill":
+        return True
+    return report is not None and report.oom and result in ("signal", "core-dump",
+                                                             "exit-code")
+
+
+def oom_reason(report: MemoryReport | None, limit: int | None, result: str,
+               status: object) -> str:
+    """The row's reason for an OOM kill: the limit, the peak and what systemd said."""
+    peak = report.peak if report else None
+    kills = report.oom_kills if report else None
+    how = "systemd result oom-kill" if result == "oom-kill" else \
+        f"systemd result {result or 'unknown'}, status {status}"
+    return (f"killed by the kernel: out of memory (peak {size(peak)} of its "
+            f"{size(limit)} limit; {kills or 1} OOM kill{'s' if (kills or 1) > 1 else ''}; "
+            f"{how})")
