@@ -181,7 +181,10 @@ class Registry:
         if done:
             detail = " ".join(f"{k}={v}" for k, v in cols.items()
                               if k not in ("ended_at", "memory_max", "memory_peak"))
-            journal.event(log, EVENT_OF[status], "hija %s %s %s", hija_id, status, detail,
+            if status == "oom":  # the reason says it all, in a sysadmin's words
+                detail = str(cols.get("reason"))
+            journal.event(log, EVENT_OF[status], "hija %s %s: %s" if status == "oom" else
+                          "hija %s %s %s", hija_id, status, detail,
                           level=level, hija_id=hija_id, pid=cols.get("main_pid"),
                           template=template, memory_max=cols.get("memory_max"),
                           memory_peak=cols.get("memory_peak"))
