@@ -15,7 +15,9 @@ in the unit's cgroup after the main process is gone and before the cgroup is rem
 
 and writes them to ``<ends dir>/<hija id>``, which madre reads (and removes) when it
 records the end. A hija ended by an OOM kill (``oom_kill`` > 0, or ``Result=oom-kill``)
-is recorded as ``oom`` with its limit and peak usage.
+is recorded as ``oom`` with its limit and peak usage. The report format and its reader
+are shared (``vx11d/cgroupmem.py``); this probe is a shell one-liner, so a hija's end
+costs no interpreter start.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
+from .. import cgroupmem
+from ..cgroupmem import MemoryReport
 from ..confload import format_size as size
 
 log = logging.getLogger("vx11.madre")
@@ -63,45 +65,9 @@ def probe_property(directory: str, hija_id: str) -> tuple[str, list]:
                                [f.encode() for f in flags])]
 
 
-@dataclass
-class MemoryReport:
-    """What the probe read from the hija's memory cgroup at its end."""
-
-    oom_kills: int | None
-    peak: int | None
-    limit: int | None
-
-    @property
-    def oom(self) -> bool:
-        return bool(self.oom_kills)
-
-
-def _int(text: str | None) -> int | None:
-    return int(text) if text and text.strip().isdigit() else None
-
-
-def parse(text: str) -> MemoryReport:
-    """A probe's file; missing or unreadable values are None."""
-    vals = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
-    limit = _int(vals.get("limit"))
-    if limit is not None and limit >= 1 << 62:  # v1's "no limit"
-        limit = None
-    return MemoryReport(_int(vals.get("oom_kill")), _int(vals.get("peak")), limit)
-
-
 def take(directory: str, hija_id: str) -> MemoryReport | None:
     """Read and remove the probe's report for a hija (None: there is none)."""
-    path = Path(directory) / hija_id
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        log.warning("memory report %s unreadable: %s", path, e)
-        return None
-    with contextlib.suppress(OSError):
-        path.unlink()
-    return parse(text)
+    return cgroupmem.take(directory, hija_id)
 
 
 def sweep(directory: str, now: float | None = None) -> int:
