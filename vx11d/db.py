@@ -326,16 +326,21 @@ def m003_hija_oom_end_and_memory(conn: sqlite3.Connection) -> None:
     """The ``oom`` end status (killed by the kernel for memory) and the memory a hija was
     allowed (``memory_max``) and used at most (``memory_peak``), in bytes.
 
-    SQLite cannot change a CHECK constraint in place: the table is rebuilt (create the
-    new one, copy, drop, rename, indexes again), with foreign keys off around the
-    migrations (see apply_migrations) and checked before commit."""
+    SQLite cannot change a CHECK constraint in place: the table is rebuilt (the old one
+    renamed aside without touching the references to it, legacy_alter_table; the new
+    one created under the real name, filled, the old one dropped, the indexes made
+    again), with foreign keys off around the migrations (see apply_migrations) and
+    checked before commit."""
     cols = [r[1] for r in conn.execute("PRAGMA table_info(spawner_hijas)")]
-    conn.execute(_HIJAS_V3.replace("CREATE TABLE spawner_hijas",
-                                   "CREATE TABLE spawner_hijas_v3"))
+    conn.execute("PRAGMA legacy_alter_table=ON")
+    try:
+        conn.execute("ALTER TABLE spawner_hijas RENAME TO spawner_hijas_v2")
+    finally:
+        conn.execute("PRAGMA legacy_alter_table=OFF")
+    conn.execute(_HIJAS_V3)
     keep = ", ".join(cols)
-    conn.execute(f"INSERT INTO spawner_hijas_v3 ({keep}) SELECT {keep} FROM spawner_hijas")  # noqa: S608
-    conn.execute("DROP TABLE spawner_hijas")
-    conn.execute("ALTER TABLE spawner_hijas_v3 RENAME TO spawner_hijas")
+    conn.execute(f"INSERT INTO spawner_hijas ({keep}) SELECT {keep} FROM spawner_hijas_v2")  # noqa: S608
+    conn.execute("DROP TABLE spawner_hijas_v2")
     conn.execute(_V1[1])  # spawner_hijas_live_port
     conn.execute(_V1[2])  # spawner_hijas_status
     bad = conn.execute("PRAGMA foreign_key_check").fetchall()
