@@ -117,6 +117,7 @@ class MadreService:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sd.fileno(), self._on_bus)
         os.makedirs(os.path.dirname(self.wake_path), exist_ok=True)
+        os.makedirs(self.reg.ends_dir, exist_ok=True)  # the hijas' memory probes write here
         self.sock = bind_wake_socket(self.wake_path)
         self._loop.add_reader(self.sock.fileno(), self._on_wake)
         self.reg.process_requests()

@@ -37,18 +37,24 @@ ENDS_SUBDIR = "hija-ends"
 STALE_AFTER = 600.0  # reports nobody read (madre was down and the row was settled)
 
 # One line (a transient unit's command is stored in a unit file; no "[" at a line start);
-# run with no-env-expand, so "$" reaches the shell as written.
-_PROBE = (
-    "umask 022; "
-    "m=$(grep -E '^[0-9]+:([^:]*,)?memory(,[^:]*)?:' /proc/self/cgroup | cut -d: -f3); "
-    "if test -n \"$m\"; then d=/sys/fs/cgroup/memory$m; "
-    "k=$(grep '^oom_kill ' $d/memory.oom_control | cut -d' ' -f2); "
-    "p=$(cat $d/memory.max_usage_in_bytes); l=$(cat $d/memory.limit_in_bytes); "
-    "else u=$(grep '^0::' /proc/self/cgroup | cut -d: -f3); d=/sys/fs/cgroup$u; "
-    "k=$(grep '^oom_kill ' $d/memory.events | cut -d' ' -f2); "
-    "p=$(cat $d/memory.peak 2>/dev/null); l=$(cat $d/memory.max); fi; "
-    "mkdir -p \"$1\" && printf 'oom_kill %s\\npeak %s\\nlimit %s\\nresult %s\\n' "
-    "\"$k\" \"$p\" \"$l\" \"$SERVICE_RESULT\" > \"$1/.$2\" && mv \"$1/.$2\" \"$1/$2\"")
+# run with no-env-expand, so "$" reaches the shell as written. Shell builtins only (one
+# fork per hija end, not ten: a burst of ends must not queue behind their probes);
+# written in place: madre reads it only once the unit is inactive, i.e. after the probe.
+_PROBE = "; ".join((
+    "k=; p=; l=; m=; u=",
+    "while IFS=: read -r id ctl path",
+    "do case \",$ctl,\" in *,memory,*) m=$path;; esac",
+    "test \"$id\" = 0 && test -z \"$ctl\" && u=$path",
+    "done < /proc/self/cgroup",
+    "if test -n \"$m\"",
+    "then d=/sys/fs/cgroup/memory$m; e=$d/memory.oom_control",
+    "read -r p < $d/memory.max_usage_in_bytes; read -r l < $d/memory.limit_in_bytes",
+    "else d=/sys/fs/cgroup$u; e=$d/memory.events",
+    "read -r p < $d/memory.peak; read -r l < $d/memory.max",
+    "fi",
+    "while read -r a b; do test \"$a\" = oom_kill && k=$b; done < $e",
+    "test -d \"$1\" || mkdir -p \"$1\"",
+    "printf 'oom_kill %s\\npeak %s\\nlimit %s\\n' \"$k\" \"$p\" \"$l\" > \"$1/$2\""))
 
 
 def ends_dir(wake_socket: str) -> str:
