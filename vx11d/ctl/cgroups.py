@@ -304,7 +304,11 @@ def parse_probe(text: str) -> dict[str, bool]:
 def probe(run: Callable[[list[str]], subprocess.CompletedProcess[str]]) -> dict[str, bool]:
     """Measure which limits the container's systemd really hands to the kernel; ``run``
     executes an argv inside the container. SandboxError if the probe cannot run."""
-    r = run(probe_argv())
+    try:
+        r = run(probe_argv())
+    except subprocess.TimeoutExpired as e:
+        raise SandboxError(f"limit probe did not finish in {e.timeout:g}s "
+                           "(systemd-run --wait inside the container)") from e
     if r.returncode != 0:
         raise SandboxError(f"limit probe ({shlex.join(probe_argv()[:3])} ...) failed "
                            f"with status {r.returncode}: {(r.stderr or '').strip()[:300]}")

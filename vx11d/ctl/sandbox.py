@@ -113,7 +113,8 @@ class Sandbox:
         if os.geteuid() != 0:
             raise SandboxError("the sandbox needs root (systemd-nspawn)")
         deadline = time.monotonic() + timeout
-        if self.nspawn_pid() is None:
+        booted = self.nspawn_pid() is None
+        if booted:
             cgroups.cleanup_stale()
             self._prepare(config)
             self._boot()
@@ -138,6 +139,9 @@ class Sandbox:
             missing = ", ".join(c for c, ok in enforced.items() if not ok)
             reason = (f"sandbox {self.name}: systemd inside does not enforce {missing} "
                       "limits (a probe unit's limits never reached the kernel)")
+            if not booted:  # someone's running sandbox, booted without delegation
+                raise SandboxError(f"{reason}; it was booted without delegated cgroups: "
+                                   f"vx11ctl sandbox --name {self.name} down, then up")
             with contextlib.suppress(SandboxError):
                 self.down()
             raise SandboxError(f"{reason}; the cgroup controllers could not be made "
