@@ -164,7 +164,8 @@ class Registry:
         if status in ENDED_REASONS:
             cols.setdefault("ended_at", now)
 
-        def fn(c: sqlite3.Connection) -> bool:
+        def fn(c: sqlite3.Connection) -> str | bool:
+            """The row's template if it moved, False if it was not in ``only_from``."""
             sets = ", ".join(f"{k} = ?" for k in ("status", *cols))
             marks = ",".join("?" * len(only_from))
             row = c.execute(f"UPDATE spawner_hijas SET {sets} WHERE id = ? AND status IN "  # noqa: S608
