@@ -202,6 +202,14 @@ class ReaperConfig:
     hija_enforce: bool = opt(True, "terminate hija processes whose DB record has ended")
     hija_grace: Duration = opt(Duration(5), "grace for ended-hija processes", lo=0, hi=3600)
     rules: list[ReaperRule] = opt(doc="policy rules, first match wins", factory=tuple)
+    tracking: Literal["events", "poll"] = opt(
+        "events", "events: read each process once and learn exits from pidfds (falls back "
+        "to poll above the open-file limit); poll: re-read every process every scan")
+    new_process_check: Duration = opt(Duration(0.5), "with tracking: events, how often "
+                                      "new PIDs are looked for (zombie detection delay)",
+                                      lo=0.05, hi=60)
+    full_rescan_every: int = opt(20, "with tracking: events, re-read every process every "
+                                 "this many scans (catches exec and setuid)", lo=1, hi=100_000)
 
 
 @dataclass(frozen=True, kw_only=True)
