@@ -229,7 +229,9 @@ class RotateConfig:
                                   "(SCORECARD.json, DB_SCHEMA*, DB_MAP* always are)",
                                   factory=tuple)
     compression_level: int = opt(6, "gzip level", lo=1, hi=9)
-    workers: int = opt(2, "parallel compression workers", lo=1, hi=64)
+    workers: int = opt(2, "archives written at once (worker processes)", lo=1, hi=64)
+    compress_threads: int = opt(0, "compression threads per archive (0: the CPUs shared "
+                                "among the archives written at once)", lo=0, hi=64)
     textfile_dir: str = opt("/var/lib/prometheus/node-exporter",
                             "node_exporter textfile collector dir", check=check_abs_path)
     lock_file: str = opt("/var/lib/vx11/rotate.lock", "flock()ed so only one rotation runs "
