@@ -27,11 +27,16 @@ UNIT = "vx11-rotate.service"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rotate", help="archive old audit dirs now (vx11-rotate.service)")
+    p = sub.add_parser("rotate", help="archive old audit dirs now (vx11-rotate.service)",
+                       description="Archive audit dirs older than rotate.keep_days, verify "
+                       "each archive, then remove the source. A plain run starts "
+                       "vx11-rotate.service; the flags run vx11d rotate here.")
     p.add_argument("--dry-run", action="store_true",
-                   help="change nothing; print what a real run would do (runs locally)")
+                   help="change nothing; print exactly the actions a real run with the "
+                   "same flags would take (runs locally)")
     p.add_argument("--aggressive", action="store_true",
-                   help="also delete archives older than rotate.aggressive_days (runs locally)")
+                   help="also DELETE archives whose name is older than "
+                   "rotate.aggressive_days (never one this run made; runs locally)")
     p.add_argument("--local", action="store_true",
                    help="run vx11d rotate here instead of starting the systemd unit")
     p.add_argument("--json", action="store_true")
