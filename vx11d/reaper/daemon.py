@@ -13,6 +13,7 @@ from .. import journal
 from ..config import Config
 from ..db import Database, record_event
 from ..errors import DbError
+from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
 from .proc import HZ, CgroupCache, read_cgroup, scan
@@ -54,7 +55,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
         zp.append({"parent_pid": ppid, "parent_comm": parent.comm if parent else None,
                    "zombies": len(zs), "zombie_pids": sorted(zs)[:50]})
     findings = [{"pid": f.proc.pid, "ppid": f.proc.ppid, "comm": f.proc.comm,
-                 "uid": f.proc.uid, "age_s": round(snap.age(f.proc), 1), "rule": f.rule,
+                 "uid": f.uid, "age_s": round(snap.age(f.proc), 1), "rule": f.rule,
                  "action": f.action, "event": f.event, "cgroup": f.cgroup,
                  "orphan": f.orphan, "zombies": f.zombies, "hija_id": f.hija_id}
                 for f in rep.findings]
@@ -72,8 +73,10 @@ class ReaperService:
     component = COMPONENT
 
     def __init__(self, cfg: Config, db: Database | None, metrics: ReaperMetrics, *,
-                 proc_path: str = "/proc", clock: Any = time.monotonic):
+                 proc_path: str = "/proc", clock: Any = time.monotonic,
+                 breaker_file: str | None = None):
         self.proc_path = proc_path
+        self.breaker = Breaker(cfg.reaper, breaker_file, clock)
         self.db = db
         self.m = metrics
         self.clock = clock
@@ -93,6 +96,8 @@ class ReaperService:
         lookup = db_hija_lookup(self.db) if self.db is not None else None
         self.evaluator = build_evaluator(cfg, self.proc_path, lookup)
         self.m.set_rules(self.evaluator.rule_names())
+        self.breaker.configure(cfg.reaper)
+        self.m.enforcement_stopped.set(1 if self.breaker.open else 0)
 
     # --- Service ------------------------------------------------------------------
 
@@ -108,6 +113,11 @@ class ReaperService:
         journal.event(log, "reaper_started", "reaper up: %d rules, interval %.1fs, "
                       "max %d kills per scan", len(self.rc.rules), self.rc.interval,
                       self.rc.max_kills_per_scan, pid=os.getpid())
+        if self.breaker.trip is not None:
+            journal.event(log, "reaper_enforcement_stopped", "enforcement stays stopped "
+                          "(%s); observe-only until `vx11ctl reaper rearm`",
+                          self.breaker.trip.reason, level=logging.ERROR,
+                          rule=self.breaker.trip.rule or None)
 
     def tick(self) -> None:
         for pd, outcome, sig in self.term.poll():
@@ -119,6 +129,13 @@ class ReaperService:
         self._flush()
 
     def status(self) -> str:
+        text = self._status()
+        if self.breaker.trip is not None:
+            return (f"ENFORCEMENT STOPPED: {self.breaker.trip.reason}; observe-only until "
+                    f"`vx11ctl reaper rearm`; {text}")
+        return text
+
+    def _status(self) -> str:
         rep = self.report
         if rep is None:
             return "starting"
@@ -157,6 +174,13 @@ class ReaperService:
         self.report = rep
         self.scans += 1
         self._export(rep)
+        counts: dict[str, int] = {}
+        for f in rep.findings:
+            if f.action != "observe":
+                counts[f.rule] = counts.get(f.rule, 0) + 1
+        trip = self.breaker.check_scan(counts, len(rep.snapshot.procs))
+        if trip is not None:
+            self._tripped(trip)
         self.act(rep)
         self._prune(rep)
         self.m.last_scan.set(time.time())
@@ -179,6 +203,16 @@ class ReaperService:
             journal.event(log, "hija_lookup_failed", "could not read hija records; hija "
                           "processes left alone this scan", level=logging.WARNING)
 
+    def _tripped(self, t: Trip) -> None:
+        """Enforcement stops: say so everywhere, and abandon terminations in progress."""
+        self.m.enforcement_stopped.set(1)
+        self.m.breaker_stops.inc()
+        journal.event(log, "reaper_enforcement_stopped", "circuit breaker: %s; enforcement "
+                      "stopped, observe-only until `vx11ctl reaper rearm`", t.reason,
+                      level=logging.ERROR, rule=t.rule or None)
+        for pd in self.term.close():
+            self._record(pd.finding, "abandoned", None)  # type: ignore[arg-type]
+
     def act(self, rep: Report) -> None:
         """Carry out a report's findings (signals go through verified pidfds only)."""
         budget = self.rc.max_kills_per_scan
@@ -191,6 +225,10 @@ class ReaperService:
             if f.action == "observe":
                 self._observe(f, now)
                 continue
+            if self.breaker.open:
+                if self._due(("enforcement_stopped", f.rule, *key), now):
+                    self._record(f, "enforcement_stopped", None, quiet=True)
+                continue
             if budget <= 0:
                 skipped += 1
                 if self._due(("circuit_open", f.rule, *key), now):
@@ -202,15 +240,22 @@ class ReaperService:
                     if self._signal_once(f, signal.SIGCHLD):
                         self._nudged[key] = now
                         budget -= 1
+                        self._count_signal(f)
                     continue
                 f.event = "zombie_parent_terminated"
             if self._terminate(f):
                 budget -= 1
+                self._count_signal(f)
         if skipped:
             self.m.breaker.inc()
             journal.event(log, "reaper_circuit_open", "max_kills_per_scan (%d) reached: "
                           "%d more processes left alone this scan", self.rc.max_kills_per_scan,
                           skipped, level=logging.WARNING, skipped=skipped)
+
+    def _count_signal(self, f: Finding) -> None:
+        trip = self.breaker.signalled(f.rule)
+        if trip is not None:
+            self._tripped(trip)
 
     def _allowed(self, f: Finding):  # type: ignore[no-untyped-def]
         def check(cg: str | None) -> bool:

@@ -152,6 +152,28 @@ def read_cmdline(proc: str, pid: int) -> str | None:
     return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
 
 
+def read_uids(proc: str, pid: int) -> tuple[int, int, int, int] | None:
+    """(real, effective, saved, filesystem) uid from ``/proc/PID/status``, None when gone.
+
+    These are the process's own credentials. The owner of ``/proc/PID`` (what the scan's
+    ``Proc.uid`` holds) is root for a non-dumpable process, including one that changed
+    its uids (setuid), so a rule about users must not use it.
+    """
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            data = f.read(8192)
+    except (*_GONE, PermissionError, NotADirectoryError):
+        return None
+    for line in data.split(b"\n"):
+        if line.startswith(b"Uid:"):
+            try:
+                r, e, s, fs = (int(x) for x in line[4:].split()[:4])
+            except ValueError:
+                return None
+            return r, e, s, fs
+    return None
+
+
 def parse_cgroup(text: str) -> str:
     """The cgroup path systemd tracks a process by: the unified (0::) path, else name=systemd."""
     unified = named = None
