@@ -136,3 +136,32 @@ def test_a_user_rule_still_terminates_its_own_users_nondumpable_process(dbpath):
     finally:
         if p.poll() is None:
             end(p)
+
+
+def test_breaker_stops_enforcement_after_max_signals_in_the_window(dbpath, tmp_path):
+    name = tag()
+    procs = [start(name) for _ in range(4)]
+    try:
+        svc = service(f"""
+            reaper:
+              protected_units: []
+              breaker_max_signals: 2
+              breaker_min_matches: 1000
+              breaker_file: {tmp_path / "breaker.json"}
+              rules: [{{name: many, comm: "^{name}$", action: terminate, grace: 1}}]
+        """, dbpath)
+        svc.breaker.path = str(tmp_path / "breaker.json")  # what main() wires in
+        svc.tick()
+        poll_for(lambda: sum(p.poll() is not None for p in procs) == 2, 10,
+                 what="two processes ended by SIGTERM")
+        for _ in range(3):
+            svc.tick()
+        assert sum(p.poll() is None for p in procs) == 2  # the rest left alone
+        assert svc.breaker.open and "breaker_max_signals 2" in svc.status()
+        outcomes = [r[3] for r in rows(dbpath)]
+        assert outcomes.count("sigterm_sent") == 2 and "enforcement_stopped" in outcomes
+        assert (tmp_path / "breaker.json").exists()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                end(p)

@@ -99,19 +99,23 @@ class Breaker:
             self._trip(t)
         return t
 
-    def signalled(self, rule: str) -> Trip | None:
-        """Count one process signalled; trips past breaker_max_signals per window."""
+    def allow(self, rule: str) -> Trip | None:
+        """Before signalling one more process: trips (and returns why) when
+        breaker_max_signals were already signalled within breaker_window."""
         now = self.clock()
-        self._signals.append(now)
         while self._signals and now - self._signals[0] > self.cfg.breaker_window:
             self._signals.popleft()
-        if self.trip is None and len(self._signals) > self.cfg.breaker_max_signals:
+        if self.trip is None and len(self._signals) >= self.cfg.breaker_max_signals:
             t = Trip(f"{len(self._signals)} processes signalled within "
-                     f"{self.cfg.breaker_window:g}s (breaker_max_signals "
-                     f"{self.cfg.breaker_max_signals}; last by rule {rule})", rule, time.time())
+                     f"{self.cfg.breaker_window:g}s and rule {rule} asks for more "
+                     f"(breaker_max_signals {self.cfg.breaker_max_signals})", rule, time.time())
             self._trip(t)
             return t
         return None
+
+    def signalled(self) -> None:
+        """Count one process signalled (a SIGTERM started or a SIGCHLD nudge)."""
+        self._signals.append(self.clock())
 
     def _trip(self, t: Trip) -> None:
         self.trip = t

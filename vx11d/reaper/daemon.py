@@ -225,6 +225,9 @@ class ReaperService:
             if f.action == "observe":
                 self._observe(f, now)
                 continue
+            trip = self.breaker.allow(f.rule)  # trips when the window is full
+            if trip is not None:
+                self._tripped(trip)
             if self.breaker.open:
                 if self._due(("enforcement_stopped", f.rule, *key), now):
                     self._record(f, "enforcement_stopped", None, quiet=True)
@@ -240,22 +243,17 @@ class ReaperService:
                     if self._signal_once(f, signal.SIGCHLD):
                         self._nudged[key] = now
                         budget -= 1
-                        self._count_signal(f)
+                        self.breaker.signalled()
                     continue
                 f.event = "zombie_parent_terminated"
             if self._terminate(f):
                 budget -= 1
-                self._count_signal(f)
+                self.breaker.signalled()
         if skipped:
             self.m.breaker.inc()
             journal.event(log, "reaper_circuit_open", "max_kills_per_scan (%d) reached: "
                           "%d more processes left alone this scan", self.rc.max_kills_per_scan,
                           skipped, level=logging.WARNING, skipped=skipped)
-
-    def _count_signal(self, f: Finding) -> None:
-        trip = self.breaker.signalled(f.rule)
-        if trip is not None:
-            self._tripped(trip)
 
     def _allowed(self, f: Finding):  # type: ignore[no-untyped-def]
         def check(cg: str | None) -> bool:
