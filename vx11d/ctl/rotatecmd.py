@@ -4,8 +4,8 @@ Where systemd runs, a plain ``vx11ctl rotate`` starts ``vx11-rotate.service`` (t
 hardened oneshot the timer starts, so files come out with the service's owner and the
 same lock) and shows the report that run stored in the ``rotations`` table. The unit's
 command line is fixed, so ``--dry-run``, ``--aggressive`` and ``--local`` run
-``vx11d rotate`` directly as the calling user (a dry run changes nothing; for a real
-local run use the vx11 user: ``runuser -u vx11 -- vx11ctl rotate --aggressive``).
+``vx11d rotate`` directly as the calling user (a dry run changes nothing; a real run
+as root creates dirs and archives with the owner the service needs, see docs/rotate.md).
 vx11ctl imports nothing of the rotator: it drives it through systemd, a child process
 and the database.
 """

@@ -1,8 +1,9 @@
 """A fast, hostile-input-tolerant reader of the process table under a given /proc path.
 
-Per process the scan reads only ``/proc/PID/stat`` (one ``read``) and takes the owner
-uid from ``fstat`` of that open file, which is what ``ps`` reports as ``uid`` (the
-effective uid; root for non-dumpable processes). The command line and the cgroup are
+Per process the scan reads only ``/proc/PID/stat`` (one ``read``) and keeps the owner
+of that file from ``fstat`` as ``Proc.uid``. That owner is NOT the process's uid (it is
+root for a non-dumpable or setuid-changed process): rules match users with
+:func:`read_uids` (``/proc/PID/status``). The command line, the cgroup and the uids are
 read lazily, only for processes a rule is about to look at. ``comm`` may hold spaces,
 parentheses and newlines, so ``stat`` is split at its LAST ``)``; a process that
 vanishes mid-read (ENOENT/ESRCH) is simply skipped.
