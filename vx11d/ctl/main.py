@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def child_config_error(stderr: str, what: str) -> ConfigError:
+    """The ConfigError for a ``vx11d`` child that exited 78: its last stderr line, without
+    the journal fields its log line carries when not under journald."""
+    lines = stderr.strip().splitlines() or [f"{what}: the config does not load"]
+    why = lines[-1].split("refusing to start: config ", 1)[-1]
+    err = ConfigError(what, "", "the config does not load")
+    err.args = (re.split(r" (?:config_key|event)=", why, maxsplit=1)[0],)
+    return err
+
+
 def kind(e: BaseException) -> str:
     """The error's kind for JSON: its class name in snake case (``not_found``)."""
     name = type(e).__name__.removesuffix("Error") or "error"

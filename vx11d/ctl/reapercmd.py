@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from typing import Any
 
 from .. import config
-from ..errors import ConfigError, Vx11Error
-from .main import emit
+from ..errors import EX_CONFIG, Vx11Error
+from .main import child_config_error, emit
 from .units import systemctl
 
 UNIT = "vx11-reaper.service"
@@ -54,12 +53,8 @@ def _scan(cfg_path: str | None, as_json: bool, rules: list[str] | None = None
         argv += ["--rule", r]
     r = subprocess.run(argv, env=env, check=False, timeout=120, capture_output=True,
                        text=True)
-    if r.returncode == 78:
-        why = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "see the journal"
-        err = ConfigError("reaper scan", "", "the config does not load")
-        why = why.split("refusing to start: config ", 1)[-1]
-        err.args = (re.split(r" (?:config_key|event)=", why, maxsplit=1)[0],)
-        raise err
+    if r.returncode == EX_CONFIG:
+        raise child_config_error(r.stderr, "reaper scan")
     if r.returncode != 0:
         raise Vx11Error(f"reaper scan failed ({r.returncode}): "
                         f"{' '.join(r.stderr.split())[-300:]}")

@@ -20,7 +20,8 @@ import sys
 import time
 
 from .. import config, db
-from .main import emit
+from ..errors import EX_CONFIG
+from .main import child_config_error, emit
 from .units import systemctl
 
 UNIT = "vx11-rotate.service"
@@ -72,7 +73,11 @@ def run_local(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.config:
         env["VX11_CONFIG"] = args.config
-    return subprocess.run(argv, env=env, check=False).returncode
+    r = subprocess.run(argv, env=env, check=False, stderr=subprocess.PIPE, text=True)
+    if r.returncode == EX_CONFIG:  # the config does not load: one error, the usual way
+        raise child_config_error(r.stderr, "rotate")
+    sys.stderr.write(r.stderr)
+    return r.returncode
 
 
 def last_rotation(cfg: config.Config, since: float) -> dict | None:
