@@ -2,9 +2,12 @@
 
 It trips, before any signal of that scan is sent, when
 
-* one rule would signal more than ``breaker_max_share`` of all processes in the scan
-  and at least ``breaker_min_matches`` of them (a rule like ``comm: '.*'``), or
-* more than ``breaker_max_signals`` processes were signalled within ``breaker_window``.
+* one configured rule would signal more than ``breaker_max_share`` of all processes in
+  the scan and at least ``breaker_min_matches`` of them (a rule like ``comm: '.*'``), or
+* ``breaker_max_signals`` processes were signalled within ``breaker_window`` and a
+  configured rule asks for one more.
+
+The built-in hija rule is not counted (the caller leaves it out), but a trip stops it too.
 
 Tripped, the reaper is observe-only: it sends nothing (pending terminations are
 abandoned), says so in STATUS, the journal (``reaper_enforcement_stopped``) and the

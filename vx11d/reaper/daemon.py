@@ -17,7 +17,7 @@ from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
 from .proc import HZ, CgroupCache, read_cgroup, scan
-from .rules import Evaluator, Finding, HijaLookup, Report
+from .rules import HIJA_RULE, Evaluator, Finding, HijaLookup, Report
 
 COMPONENT = "reaper"
 log = logging.getLogger("vx11.reaper")
@@ -176,7 +176,7 @@ class ReaperService:
         self._export(rep)
         counts: dict[str, int] = {}
         for f in rep.findings:
-            if f.action != "observe":
+            if f.action != "observe" and f.rule != HIJA_RULE:
                 counts[f.rule] = counts.get(f.rule, 0) + 1
         trip = self.breaker.check_scan(counts, len(rep.snapshot.procs))
         if trip is not None:
@@ -225,8 +225,8 @@ class ReaperService:
             if f.action == "observe":
                 self._observe(f, now)
                 continue
-            trip = self.breaker.allow(f.rule)  # trips when the window is full
-            if trip is not None:
+            trip = self.breaker.allow(f.rule) if f.rule != HIJA_RULE else None
+            if trip is not None:  # the window is full
                 self._tripped(trip)
             if self.breaker.open:
                 if self._due(("enforcement_stopped", f.rule, *key), now):
@@ -248,7 +248,8 @@ class ReaperService:
                 f.event = "zombie_parent_terminated"
             if self._terminate(f):
                 budget -= 1
-                self.breaker.signalled()
+                if f.rule != HIJA_RULE:
+                    self.breaker.signalled()
         if skipped:
             self.m.breaker.inc()
             journal.event(log, "reaper_circuit_open", "max_kills_per_scan (%d) reached: "
@@ -336,7 +337,7 @@ class ReaperService:
                           f.rule, outcome, f" ({sig})" if sig else "", level=level,
                           pid=p.pid, comm=p.comm, rule=f.rule, signal=sig, outcome=outcome,
                           hija_id=f.hija_id, zombies=f.zombies or None)
-        detail = {"ppid": p.ppid, "uid": p.uid, "state": p.state, "cgroup": f.cgroup,
+        detail = {"ppid": p.ppid, "uid": f.uid, "state": p.state, "cgroup": f.cgroup,
                   "orphan": f.orphan, "zombies": f.zombies, "event": f.event,
                   "hija": f.hija_id}
         self._rows.append((time.time(), p.pid, p.start / HZ, p.comm, f.rule, f.action, sig,

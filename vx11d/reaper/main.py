@@ -21,6 +21,7 @@ from .breaker import Breaker, share_verdict
 from .daemon import ReaperService, build_evaluator, db_hija_lookup, report_dict
 from .metrics import ReaperMetrics
 from .proc import scan
+from .rules import HIJA_RULE
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -81,7 +82,7 @@ def breaker_view(cfg: Config, data: dict[str, Any]) -> dict[str, Any]:
     matched: dict[str, int] = {}
     for f in data["findings"]:
         matched[f["rule"]] = matched.get(f["rule"], 0) + 1
-        if f["action"] != "observe":
+        if f["action"] != "observe" and f["rule"] != HIJA_RULE:
             counts[f["rule"]] = counts.get(f["rule"], 0) + 1
     trip = share_verdict(cfg.reaper, counts, data["processes"])
     now = Breaker(cfg.reaper, cfg.reaper.breaker_file).trip

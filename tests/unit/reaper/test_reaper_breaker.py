@@ -146,3 +146,16 @@ def test_scan_tries_a_rule_that_is_not_enabled(tmp_path):
     assert data["breaker"]["would_trip"].startswith("rule try would signal 20 of 33")
     assert not data["breaker"]["stopped"]
     assert not (tmp_path / "b.json").exists() and not (tmp_path / "none.db").exists()
+
+
+def test_many_ended_hijas_do_not_trip_the_breaker(tmp_path, dbpath):
+    fp = FakeProc(tmp_path / "proc")
+    fp.add(1, "systemd", ppid=0, cgroup="/init.scope")
+    for i in range(15):  # no spawner_hijas rows: every one is a leftover to terminate
+        fp.add(BASE + i, "sleep",
+               cgroup=f"/vx11.slice/vx11-hijas.slice/vx11-hija-h{i:09d}.service")
+    svc, reg = service(fp, "reaper: {}\n", db=Database(dbpath))
+    svc.tick()
+    assert not svc.breaker.open
+    assert reg.get_sample_value("vx11_reaper_enforcement_stopped") == 0
+    assert len([f for f in svc.report.findings if f.action == "terminate"]) == 15
