@@ -354,21 +354,37 @@ def make_dirs(path: str) -> None:
     like = os.stat(cur)
     for d in reversed(missing):
         try:
-            os.mkdir(d, 0o700)
+            os.mkdir(d, 0o770)
         except FileExistsError:
             continue
         except OSError as e:
             raise OSError(e.errno, f"cannot create: {e.strerror}", d) from e
         fd = os.open(d, DIR_FLAGS)
         try:
-            if os.geteuid() == 0:
-                os.fchown(fd, like.st_uid, like.st_gid)
-            elif os.fstat(fd).st_gid != like.st_gid:
-                with contextlib.suppress(PermissionError):  # only to a group we are in
-                    os.fchown(fd, -1, like.st_gid)
-            os.fchmod(fd, 0o2770)
+            _own_like(fd, like)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot set owner or mode: {e.strerror}", d) from e
         finally:
             os.close(fd)
+
+
+def _own_like(fd: int, like: os.stat_result) -> None:
+    """Owner and group of ``like`` (as far as this user may), mode 2770."""
+    if os.geteuid() == 0:
+        os.fchown(fd, like.st_uid, like.st_gid)
+    elif os.fstat(fd).st_gid != like.st_gid:
+        with contextlib.suppress(PermissionError):  # only to a group we are in
+            os.fchown(fd, -1, like.st_gid)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode == 0o2770:
+        return  # the service's case: UMask=0007 under a setgid root
+    try:
+        os.fchmod(fd, 0o2770)
+    except PermissionError:
+        # RestrictSUIDSGID= (the unit) refuses any chmod with S_ISGID: rwx for the group
+        # is what matters; new entries get the group from a setgid root anyway.
+        if mode & 0o770 != 0o770:
+            os.fchmod(fd, 0o770)
 
 
 def writable(path: str) -> str | None:
