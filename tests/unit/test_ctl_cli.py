@@ -137,3 +137,22 @@ def test_an_unreadable_file_is_one_line_not_a_traceback(tmp_path):
     r = run("--config", str(cfg), "route", "hello", "--via-gateway")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "no-token" in r.stderr
+
+
+def test_an_unexpected_exception_is_one_line_exit_70(tmp_path, monkeypatch, capsys):
+    import vx11d.ctl.routecmd as routecmd
+
+    def broken(*_a, **_k):
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr(routecmd, "Switch", broken)
+    cfg = tmp_path / "vx11.yml"
+    cfg.write_text("")
+    monkeypatch.delenv("VX11_DEBUG", raising=False)
+    assert ctl.main(["--config", str(cfg), "route", "2+2"]) == 70
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("vx11ctl: internal error, please report it: ValueError: boom")
+    assert ctl.main(["--config", str(cfg), "route", "2+2", "--json"]) == 70
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"] == "internal" and out["exit_code"] == 70

@@ -110,13 +110,19 @@ def child_config_error(stderr: str, what: str) -> ConfigError:
 
 def kind(e: BaseException) -> str:
     """The error's kind for JSON: its class name in snake case (``not_found``)."""
-    name = type(e).__name__.removesuffix("Error") or "error"
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    if not isinstance(e, Vx11Error | OSError):
+        return "internal"  # a bug: exit 70
+    name = type(e).__name__
+    if name in ("Vx11Error", "OSError"):
+        return "error" if name == "Vx11Error" else "os_error"
+    return re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", name.removesuffix("Error")).lower()
 
 
 def message(e: BaseException) -> str:
     """One line: the error's text with line breaks folded."""
     text = str(e) if isinstance(e, Vx11Error) else _os_text(e)
+    if not isinstance(e, Vx11Error | OSError):
+        text = f"internal error, please report it: {text} (VX11_DEBUG=1 shows the traceback)"
     return " ".join(text.split()) or type(e).__name__
 
 
