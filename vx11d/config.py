@@ -160,6 +160,20 @@ class MadreConfig:
         return None
 
 
+# What a host can't lose: the reaper never signals a process in these units/slices
+# (matched against every name on its cgroup path) or with these names, whatever a rule says.
+DEFAULT_PROTECTED_UNITS = (
+    "-.slice", "init.scope", "systemd-*", "dbus.service", "dbus-broker.service",
+    "dbus.socket", "polkit.service", "user@*.service", "user-runtime-dir@*.service",
+    "getty@*.service", "serial-getty@*.service", "console-getty.service",
+    "container-getty@*.service", "autovt@*.service", "ssh.service", "sshd.service",
+    "sshd@*.service", "vx11-gateway.service", "vx11-madre.service", "vx11-reaper.service",
+    "vx11-hermes.service", "vx11-rotate.service")
+DEFAULT_PROTECTED_COMMS = (
+    "systemd", "systemd-*", "(sd-pam)", "init", "dbus-daemon", "dbus-broker*", "polkitd",
+    "agetty", "getty", "mingetty", "login", "sshd", "sshd-session", "sshd-auth")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReaperRule:
     name: str = opt(doc="rule name (a metric label; keep it short)", check=_check_name)
@@ -192,13 +206,30 @@ class ReaperConfig:
                                   lo=0, hi=100_000)
     observe_log_interval: Duration = opt(Duration(600), "a finding is logged again only "
                                          "after this long", lo=0, hi=7 * 86400)
-    protected_units: list[str] = opt(doc="glob patterns of units/slices never touched",
-                                     factory=lambda: ("-.slice", "init.scope", "systemd-*",
-                                                      "vx11-gateway.service",
-                                                      "vx11-madre.service",
-                                                      "vx11-reaper.service",
-                                                      "vx11-hermes.service",
-                                                      "vx11-rotate.service"))
+    protected_units: list[str] = opt(doc="glob patterns of units/slices never touched (the "
+                                     "default set; add yours in extra_protected_units)",
+                                     factory=lambda: DEFAULT_PROTECTED_UNITS)
+    protected_comms: list[str] = opt(doc="glob patterns of process names (comm) never "
+                                     "touched (the default set; add yours in "
+                                     "extra_protected_comms)",
+                                     factory=lambda: DEFAULT_PROTECTED_COMMS)
+    extra_protected_units: list[str] = opt(doc="more unit/slice globs never touched, on top "
+                                           "of protected_units", factory=tuple)
+    extra_protected_comms: list[str] = opt(doc="more process-name globs never touched, on "
+                                           "top of protected_comms", factory=tuple)
+    breaker_max_share: float = opt(0.25, "circuit breaker: a rule that would signal more "
+                                   "than this share of all processes in one scan stops "
+                                   "enforcement", lo=0.001, hi=1.0)
+    breaker_min_matches: int = opt(10, "circuit breaker: ... and at least this many",
+                                   lo=1, hi=10_000_000)
+    breaker_max_signals: int = opt(50, "circuit breaker: more processes signalled than this "
+                                   "within breaker_window stops enforcement", lo=1,
+                                   hi=10_000_000)
+    breaker_window: Duration = opt(Duration(600), "circuit breaker: the window for "
+                                   "breaker_max_signals", lo=1, hi=7 * 86400)
+    breaker_file: str = opt("/var/lib/vx11/reaper-breaker.json", "where a stopped breaker "
+                            "is remembered across restarts until `vx11ctl reaper rearm`",
+                            check=check_abs_path)
     hija_enforce: bool = opt(True, "terminate hija processes whose DB record has ended")
     hija_grace: Duration = opt(Duration(5), "grace for ended-hija processes", lo=0, hi=3600)
     rules: list[ReaperRule] = opt(doc="policy rules, first match wins", factory=tuple)
