@@ -86,6 +86,7 @@ class Database:
         self._state = threading.Lock()
         self._ident: tuple[int, int] | None = None
         self._lost: DbMissing | None = None
+        self._rescued: str | None = None
         self.fault: DbUnavailable | None = None
         self.fault_since: float | None = None  # wall clock, for "since 12s"
         self.migrated = False
@@ -219,16 +220,35 @@ class Database:
             if self._lost is not None:
                 raise self._lost
             self._lost = err
-        rescued = self._rescue()
-        if rescued:
-            err.args = (f"{err.args[0]}; its last content was saved to {rescued}",)
-        log.error("%s", err, extra={"VX11_EVENT": "db_file_lost", "VX11_CAUSE": err.cause,
-                                    "VX11_RESCUED": rescued})
+        log.error("%s", err, extra={"VX11_EVENT": "db_file_lost", "VX11_CAUSE": err.cause})
         self._note(err)
+        self._rescue(blocking=False)  # a reader never waits for the writer's lock here
         raise err
 
-    def _rescue(self) -> str:
-        """Copy the content of the lost file (still open here) beside the path, once."""
+    def _rescue(self, blocking: bool) -> str:
+        """Copy the content of the lost file (still open here) beside the path, once.
+
+        Every process that had the file open holds the same content, so the first one
+        to get here writes ``<path>.rescued-<inode>``; the others find it there.
+        """
+        if self._rescued is not None:
+            return self._rescued
+        if not self._lock.acquire(blocking=blocking,
+                                  timeout=self._wait_s() if blocking else -1):
+            return ""
+        try:
+            if self._rescued is None:
+                self._rescued = self._rescue_locked()
+                if self._rescued and self._lost is not None:
+                    self._lost.args = (f"{self._lost.args[0]}; its last content was saved "
+                                       f"to {self._rescued}",)
+                    log.warning("saved the lost database's content to %s", self._rescued,
+                                extra={"VX11_EVENT": "db_rescued"})
+            return self._rescued
+        finally:
+            self._lock.release()
+
+    def _rescue_locked(self) -> str:
         conn = self._conn if self._pid == os.getpid() else None
         if conn is None or self._ident is None:
             return ""
@@ -237,12 +257,11 @@ class Database:
             return dest
         tmp = f"{dest}.tmp-{os.getpid()}"
         try:
-            with self._lock:
-                out = sqlite3.connect(tmp)
-                try:
-                    conn.backup(out)
-                finally:
-                    out.close()
+            out = sqlite3.connect(tmp)
+            try:
+                conn.backup(out)
+            finally:
+                out.close()
             os.replace(tmp, dest)
         except (sqlite3.Error, OSError) as e:
             log.error("could not save the lost database's content to %s: %s", dest, e,
@@ -273,6 +292,7 @@ class Database:
             old = self._ident
             self._ident = (st.st_dev, st.st_ino)
             self._lost = None
+            self._rescued = None
             self._conn = self._rconn = None  # the old ones hold the lost file
         log.warning("%s now holds a database again (inode %s, was %s): using it",
                     self.path, st.st_ino, old[1] if old else "?",
@@ -318,6 +338,8 @@ class Database:
         Blocking (up to the write deadline): call it from a worker thread or a tick.
         Applies pending migrations first when this handle was asked for them.
         """
+        if self._lost is not None:
+            self._rescue(blocking=True)
         try:
             self._check_file()
             if self.readonly:
@@ -348,35 +370,50 @@ class Database:
             raise DbError("write on a read-only database handle")
         deadline = time.monotonic() + self.write_deadline
         delay = 0.001
-        with self._lock:
-            conn = self.conn
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as e:
-                    if not _is_busy(e) or time.monotonic() > deadline:
-                        raise self._fail(e) from e
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 0.05)
-                    continue
-                try:
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                except sqlite3.OperationalError as e:
-                    _rollback(conn)
-                    if not _is_busy(e) or time.monotonic() > deadline:
-                        raise self._fail(e) from e
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 0.05)
-                    continue
-                except sqlite3.Error as e:
-                    _rollback(conn)
+        if not self._lock.acquire(timeout=self._wait_s()):
+            err = DbBusy(f"{self.path}: this process's earlier writes still wait for the "
+                         f"lock after {self._wait_s():g}s; retry later")
+            self._note(err)
+            raise err
+        try:
+            return self._write_locked(fn, deadline, delay)
+        finally:
+            self._lock.release()
+
+    def _wait_s(self) -> float:
+        """The longest one write may wait for locks: busy_timeout + write_deadline."""
+        return self.busy_timeout_ms / 1000 + self.write_deadline
+
+    def _write_locked(self, fn: Callable[[sqlite3.Connection], T], deadline: float,
+                      delay: float) -> T:
+        conn = self.conn
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e) or time.monotonic() > deadline:
                     raise self._fail(e) from e
-                except BaseException:
-                    _rollback(conn)
-                    raise
-                self._ok()
-                return result
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+                continue
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                _rollback(conn)
+                if not _is_busy(e) or time.monotonic() > deadline:
+                    raise self._fail(e) from e
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+                continue
+            except sqlite3.Error as e:
+                _rollback(conn)
+                raise self._fail(e) from e
+            except BaseException:
+                _rollback(conn)
+                raise
+            self._ok()
+            return result
 
     def _fail(self, e: sqlite3.Error) -> DbError:
         err = classify(e, self.path, self.write_deadline)
