@@ -357,9 +357,13 @@ class Database:
 
     _wants_migrations = False
 
+    def migrate_on_probe(self) -> None:
+        """Apply pending migrations at the next successful :meth:`probe` (no I/O now)."""
+        self._wants_migrations = True
+
     def start(self) -> DbUnavailable | None:
         """For a daemon that must run while the DB is unwell: migrate now or on a later probe."""
-        self._wants_migrations = True
+        self.migrate_on_probe()
         return self.probe()
 
     # --- reads and writes --------------------------------------------------------

@@ -65,6 +65,9 @@ class GatewayService:
         self.app[LIMITER].prune()
 
     def status(self) -> str:
+        state, cause, _ = self.ctx.db.health()
+        if state != "ok":
+            return f"degraded: {cause.replace('_', ' ')} (writes refused, 503); {self.where}"
         return self.where
 
     async def reload(self, cfg: Config) -> None:
@@ -77,6 +80,7 @@ class GatewayService:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        self.ctx.pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
 
@@ -84,5 +88,10 @@ class GatewayService:
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the app, and run until SIGTERM."""
     registry = metrics.new_registry("gateway")
-    db = Database.from_config(cfg, migrate=True)
+    # No DB I/O before serving: a read-only, full or missing state dir must not stop the
+    # entrypoint (a crash here restart-loops into the start limit and fails the
+    # socket). Migrations run on the first probe that can write (health.py).
+    db = Database.from_config(cfg)
+    db.migrate_on_probe()
+    metrics.register_db(registry, db)
     return asyncio.run(runtime.run_async(GatewayService(cfg, db, registry)))
