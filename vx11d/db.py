@@ -257,6 +257,7 @@ class Database:
             return dest
         tmp = f"{dest}.tmp-{os.getpid()}"
         try:
+            _create_shared(tmp)  # 0660: every daemon can take it once it is put back
             out = sqlite3.connect(tmp)
             try:
                 conn.backup(out)
@@ -507,7 +508,7 @@ def _ro_or_full(path: str, d: str) -> DbError | None:
                           "read-write")
     if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return DbReadOnly(f"{path}: not writable by this process; fix the ownership or "
-                          "mode of it and of {d} (group vx11, g+w)")
+                          f"mode of it and of {d} (group vx11, g+w)")
     if vfs.f_bavail * vfs.f_frsize < LOW_SPACE_BYTES:
         return DbFull(f"{path}: no space left on the filesystem of {d}; free some space")
     return None
