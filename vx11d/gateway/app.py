@@ -108,6 +108,8 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     wait = limiter.blocked(client)
     if wait > 0:
         m["auth_failures"].labels("rate_limited").inc()
+        # Late, so a guessing loop costs the gateway a timer, not its event loop.
+        await asyncio.sleep(health.TARPIT_S)
         return json_error(429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
     if not request.app[CHECKER].valid(token):

@@ -16,6 +16,8 @@ dict lookup each.
   contribution, computed at once (an operator asking wants it fresh).
 * an invalid token: 401 and counted by the failure limiter, like every path, so
   /health is no free oracle for guessing tokens.
+* a stranger asking more than ``STRANGER_RATE`` times a second gets its answer
+  ``TARPIT_S`` late (:class:`StrangerThrottle`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,38 @@ REFRESH = 2.0  # seconds between two refreshes of the cached view
 CONTRIBUTION_WAIT = 1.5  # each route module's contribution, at most
 
 
+TARPIT_S = 1.0  # a stranger over its rate waits this long for its answer
+STRANGER_RATE = 20.0  # tokenless /health per second per client address (burst: twice)
+MAX_TRACKED = 4096
+
+
+class StrangerThrottle:
+    """Tokenless /health per client address: a token bucket; over it, a delayed answer.
+
+    A delay, not an error: a monitor polling too fast still gets the truth, and a
+    flood (a client that waits for each answer, as every HTTP load tool does) is
+    slowed to its connection count per ``TARPIT_S`` at the price of a timer each,
+    leaving the event loop to the authenticated clients.
+    """
+
+    def __init__(self, rate: float = STRANGER_RATE, clock=time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, 2 * rate, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def over(self, client: str) -> bool:
+        """Take one token for ``client``; True when it had none left."""
+        now = self.clock()
+        tokens, last = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self._buckets) >= MAX_TRACKED and client not in self._buckets:
+            self._buckets.clear()  # bounded memory; a reset only forgives
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            return True
+        self._buckets[client] = (tokens - 1.0, now)
+        return False
+
+
 class HealthView:
     """The last refreshed aggregate: status, cause, and when it was computed."""
 
@@ -54,6 +88,7 @@ class HealthView:
 
 
 VIEW: web.AppKey[HealthView] = web.AppKey("vx11_health", HealthView)
+THROTTLE: web.AppKey[StrangerThrottle] = web.AppKey("vx11_health_throttle", StrangerThrottle)
 
 
 def db_state(ctx: GatewayContext) -> dict[str, Any]:
@@ -120,6 +155,8 @@ async def health(request: web.Request) -> web.Response:
     view = request.app[VIEW]
     code = 200 if view.status == "ok" else 503
     if not request.get(AUTHENTICATED):
+        if request.app[THROTTLE].over(request.remote or "unknown"):
+            await asyncio.sleep(TARPIT_S)
         return web.json_response(view.public(), status=code)
     ctx = request.app[CTX]
     body: dict[str, Any] = {**view.public(), "component": "gateway", "db": db_state(ctx)}
@@ -133,6 +170,7 @@ async def health(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """The /health route and the task that keeps its view fresh."""
     app[VIEW] = HealthView()
+    app[THROTTLE] = StrangerThrottle()
     app.router.add_get("/health", health)
     tasks: list[asyncio.Task] = []
     stopping = asyncio.Event()
