@@ -3,8 +3,9 @@
 A background task refreshes a cached view every ``REFRESH`` seconds: the DB probe
 (in the DB threads: is the file still ours, and while degraded, do writes work
 again), then every route module's contribution (daemon states over D-Bus, Hermes),
-each bounded. The set is ``degraded`` when the DB is (its cause) or when a vx11 unit
-is ``failed`` (``daemon_failed``). A request without a token only reads that view:
+each bounded. The set is ``degraded`` when the DB is (its cause) or when madre's unit
+is ``failed`` (``madre_failed``: nothing can be spawned); other daemons' states are in
+the detail. A request without a token only reads that view:
 no DB, no D-Bus, no upstream call on its path, so strangers flooding /health cost a
 dict lookup each.
 
@@ -37,6 +38,7 @@ log = logging.getLogger("vx11.gateway")
 
 REFRESH = 2.0  # seconds between two refreshes of the cached view
 CONTRIBUTION_WAIT = 1.5  # each route module's contribution, at most
+MADRE = "vx11-madre.service"
 
 
 TARPIT_S = 1.0  # a stranger over its rate waits this long for its answer
@@ -131,9 +133,9 @@ async def refresh(app: web.Application) -> None:
     view.detail = await contributions(app)
     status, cause, _ = ctx.db.health()
     daemons = view.detail.get("daemons")
-    if status == "ok" and isinstance(daemons, dict) and any(
-            d.get("active_state") == "failed" for d in daemons.values()):
-        status, cause = "degraded", "daemon_failed"
+    madre = daemons.get(MADRE, {}) if isinstance(daemons, dict) else {}
+    if status == "ok" and madre.get("active_state") == "failed":
+        status, cause = "degraded", "madre_failed"  # no spawn can start
     view.status, view.cause = status, cause
     view.checked = time.time()
 

@@ -40,7 +40,7 @@ HIJA = {"$ref": "#/components/schemas/Hija"}
 HEALTH = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["ok", "degraded"]},
     "cause": {"type": "string", "description": "why degraded: read_only, disk_full, "
-              "db_missing, db_replaced, locked, corrupt, io_error, daemon_failed"},
+              "db_missing, db_replaced, locked, corrupt, io_error, madre_failed"},
     "component": {"type": "string"}, "db": {"type": "object"}, "checked": {"type": "string"},
     "daemons": {}, "hermes": {}}}
 ID_PARAM = {"name": "id", "in": "path", "required": True,
