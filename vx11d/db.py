@@ -182,13 +182,19 @@ class Database:
                 self._ident = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
-        """Close this process's connections (a no-op if none is open)."""
-        for attr, pid in (("_conn", self._pid), ("_rconn", self._rpid)):
-            c = getattr(self, attr)
-            if c is not None and pid == os.getpid():
-                with suppress(sqlite3.Error):
-                    c.close()
-            setattr(self, attr, None)
+        """Close this process's connections (a no-op if none is open).
+
+        Waits for a read or write in progress in another thread (bounded by its
+        deadline); the next use opens them again.
+        """
+        for attr, pid, lock in (("_conn", self._pid, self._lock),
+                                ("_rconn", self._rpid, self._rlock)):
+            with lock:
+                c = getattr(self, attr)
+                if c is not None and pid == os.getpid():
+                    with suppress(sqlite3.Error):
+                        c.close()
+                setattr(self, attr, None)
 
     # --- is the path still our file? ----------------------------------------------
 

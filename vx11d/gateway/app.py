@@ -149,9 +149,17 @@ def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
                                   ctx.cfg.gateway.auth_fail_window)
     app[METRICS] = _metrics(ctx)
     health.setup(app)
+    app.on_cleanup.append(_close_db)
     for name in ROUTE_MODULES if modules is None else modules:
         importlib.import_module(name).setup(app)
     return app
+
+
+async def _close_db(app: web.Application) -> None:
+    """After the last request: no more DB threads, and the connections closed."""
+    ctx = app[CTX]
+    ctx.pool.shutdown(wait=False, cancel_futures=True)
+    await asyncio.get_running_loop().run_in_executor(None, ctx.db.close)
 
 
 def _metrics(ctx: GatewayContext) -> dict:
