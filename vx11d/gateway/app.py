@@ -14,7 +14,7 @@ import logging
 import time
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from .. import journal
 from .auth import FailureLimiter, TokenChecker, presented_token
@@ -142,6 +142,7 @@ def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
     app[LIMITER] = FailureLimiter(ctx.cfg.gateway.auth_fail_limit,
                                   ctx.cfg.gateway.auth_fail_window)
     app[METRICS] = _metrics(ctx)
+    app[METRICS]["blocked"].set_function(app[LIMITER].blocked_clients)
     app.router.add_get("/health", health)
     for name in ROUTE_MODULES if modules is None else modules:
         importlib.import_module(name).setup(app)
@@ -163,6 +164,9 @@ def _metrics(ctx: GatewayContext) -> dict:
         "auth_failures": Counter("vx11_gateway_auth_failures_total", "rejected requests "
                                  "by reason (missing, invalid, rate_limited)", ["reason"],
                                  registry=ctx.registry),
+        "blocked": Gauge("vx11_gateway_auth_blocked_clients", "clients refused with 429 "
+                         "right now (the brute-force limiter has tripped for them)",
+                         registry=ctx.registry),
     }
     for reason in ("missing", "invalid", "rate_limited"):
         m["auth_failures"].labels(reason)

@@ -206,6 +206,7 @@ class ReaperService:
                 f.event = "zombie_parent_terminated"
             if self._terminate(f):
                 budget -= 1
+        self.m.breaker_open.set(1 if skipped else 0)
         if skipped:
             self.m.breaker.inc()
             journal.event(log, "reaper_circuit_open", "max_kills_per_scan (%d) reached: "
