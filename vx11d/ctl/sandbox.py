@@ -44,7 +44,8 @@ class Sandbox:
     """One named sandbox: its state dir on the host and its container."""
 
     def __init__(self, name: str | None = None, *, repo: Path = REPO,
-                 venv: str | None = None, die_with_caller: bool = False):
+                 venv: str | None = None, die_with_caller: bool = False,
+                 netns: str | None = None):
         self.name = name or default_name()
         if not self.name.replace("-", "").isalnum() or len(self.name) > 40:
             raise SandboxError(f"bad sandbox name {self.name!r}: letters, digits and '-'")
@@ -55,6 +56,9 @@ class Sandbox:
         # A test session's sandbox powers off when the session's process dies, even by
         # SIGKILL (nspawn turns SIGTERM into a clean poweroff of the container).
         self.die_with_caller = die_with_caller
+        # A network namespace made by the caller (a path such as /run/netns/NAME) instead
+        # of a private loopback-only one: the fleet test joins several sandboxes this way.
+        self.netns = netns
 
     # --- inspection ------------------------------------------------------------------
 
@@ -165,7 +169,9 @@ class Sandbox:
                  f"--bind-ro={self.state / 'machine-id'}:/etc/machine-id"]
         binds += [f"--bind-ro={p}" for p in self._source_paths()[1:]]
         cmd = ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
-               "-M", self.name, "--console=passive", "--private-network", *binds,
+               "-M", self.name, "--console=passive",
+               f"--network-namespace-path={self.netns}" if self.netns else "--private-network",
+               *binds,
                "-b", "systemd.firstboot=off"]
         with open(self.state / "nspawn.log", "wb") as logf:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
