@@ -280,3 +280,48 @@ def test_series_count_flat_after_many_hijas(fleet: Fleet):
     after = {d: series(h, p) for d, p in ports.items()}
     for d in ports:
         assert len(after[d]) == len(before[d]), (d, sorted(after[d] ^ before[d]))
+
+
+# --- dashboard --------------------------------------------------------------------------
+
+MODEL = "/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf"  # hermes.model default
+
+
+def test_every_dashboard_panel_has_data_from_every_host(fleet: Fleet):
+    """The shipped dashboard's queries, run against the live Prometheus with $instance set
+    to each host in turn: no empty panel. Hermes runs (a tiny generated model, inside an
+    activation window) so its row has data too."""
+    import importlib.util
+
+    from .harness import REPO
+
+    for h in fleet.vx11:
+        h.run("sh", "-c", f"/opt/vx11d/bin/python -m vx11d.hermes.testmodel {MODEL} && "
+              f"chgrp vx11 {MODEL} && chmod 0640 {MODEL}")
+        h.run("vx11ctl", "activate", "hermes", "--for", "30m")
+    body = json.dumps({"model": "hermes", "max_tokens": 4,
+                       "messages": [{"role": "user", "content": "hi"}]})
+    for h in fleet.vx11:
+        poll(lambda h=h: '"choices"' in fleet.mon.curl(
+            f"http://{h.ip}:8000/v1/chat/completions", "-H",
+            f"Authorization: Bearer {fleet.token}", "-H", "Content-Type: application/json",
+            "-d", body, timeout=30).stdout, 120, f"a chat answer from Hermes on {h.name}",
+            interval=2)
+    names = {h.name for h in fleet.vx11}
+    poll(lambda: {i for i, v in per_host(fleet, 'up{job="vx11-hermes"}').items() if v == 1}
+         >= names, 60, "the Hermes relay scraped on every host")
+    spec = importlib.util.spec_from_file_location(
+        "build_dashboard", REPO / "packaging" / "grafana" / "build_dashboard.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    committed = json.loads((REPO / "packaging" / "grafana" / "vx11.json").read_text())
+
+    def empty() -> list[str]:
+        return [f"{title} on {h.name}: {expr}" for title, expr in mod.queries(committed)
+                for h in fleet.vx11 if not fleet.query(expr.replace("$instance", h.name))]
+    # rate() and increase() need two scrapes of the Hermes relay: a few seconds at most
+    last: list[str] = []
+    deadline = time.monotonic() + 10 * SCRAPE
+    while (last := empty()) and time.monotonic() < deadline:
+        time.sleep(SCRAPE / 2)
+    assert not last, "panels without data:\n" + "\n".join(last)
