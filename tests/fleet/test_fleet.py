@@ -115,6 +115,7 @@ def test_alerts_fire_from_real_failures_and_resolve_after_the_fix(fleet: Fleet):
     def rotate_cause():
         # The host's history: its last successful rotation was two days ago (as when the
         # timer was disabled), and the run now fails on an unreadable source.
+        a.systemctl("start", "vx11-rotate.service")  # one success on record
         a.run("/opt/vx11d/bin/python", "-c",
               "import sqlite3; c=sqlite3.connect('/var/lib/vx11/vx11.db'); "
               "c.execute('UPDATE rotations SET started_at=started_at-2*86400, "
@@ -134,9 +135,25 @@ def test_alerts_fire_from_real_failures_and_resolve_after_the_fix(fleet: Fleet):
             spawn(a, 1)
         wait_ended(a, 3)
 
-    def brute_force():
+    def brute_force(h: Host = a):
         for _ in range(7):
-            fleet.mon.curl(f"http://{a.ip}:8000/vx11/hijas", "-H", "X-VX11-Token: wrong")
+            fleet.mon.curl(f"http://{h.ip}:8000/vx11/hijas", "-H", "X-VX11-Token: wrong")
+
+    inhibited: dict = {}
+
+    def madre_fix():
+        # While madre is down on b (critical), a warning on b is inhibited by the shipped
+        # alertmanager.yml: Alertmanager holds it as suppressed, notifies nobody.
+        brute_force(b)
+
+        def suppressed():
+            for x in fleet.am_alerts():
+                if x["labels"]["alertname"] == "VX11GatewayAuthLimiterTripped" \
+                        and x["labels"]["instance"] == b.name:
+                    return x
+            return None
+        inhibited.update(poll(suppressed, 30, "the limiter alert on b in Alertmanager"))
+        b.systemctl("start", "vx11-madre.service")
 
     def runaway_cause():
         a.run("ln", "-sf", "/usr/bin/sleep", "/var/tmp/vx11runaway")
@@ -145,7 +162,7 @@ def test_alerts_fire_from_real_failures_and_resolve_after_the_fix(fleet: Fleet):
 
     scenarios = [
         Scenario(("VX11MadreDown",), b, lambda: b.systemctl("stop", "vx11-madre.service"),
-                 lambda: b.systemctl("start", "vx11-madre.service")),
+                 madre_fix),
         Scenario(("VX11HijasFailing",), a, hijas_cause, lambda: spawn(a, 0)),
         Scenario(("Vx11RotateErrors", "Vx11RotateNoRecentSuccess"), a, rotate_cause,
                  rotate_fix),
@@ -190,6 +207,13 @@ def test_alerts_fire_from_real_failures_and_resolve_after_the_fix(fleet: Fleet):
             assert s.seen[name]["status"]["state"] == "active", s.seen[name]
             assert r["fired_after_s"] <= for_s[name] + 2 * SCRAPE + SLACK, (name, report)
         assert s.resolved_at is not None, f"{s.alerts} still firing after the fix: {report}"
+    # the shipped route: critical to the pager receiver, the rest to tickets; inhibition
+    for s in scenarios:
+        for name, x in s.seen.items():
+            want = "vx11-pager" if x["labels"]["severity"] == "critical" else "vx11-tickets"
+            assert [r["name"] for r in x["receivers"]] == [want], (name, x["receivers"])
+    assert inhibited["status"]["state"] == "suppressed", inhibited
+    assert inhibited["status"]["inhibitedBy"], inhibited
     # the limiter resolves when its window (20s in this config) has passed
     assert report["VX11GatewayAuthLimiterTripped"]["resolved_after_fix_s"] <= 20 + 2 * SCRAPE \
         + SLACK, report
