@@ -2,7 +2,8 @@
 
 The container boots on the host's read-only ``/usr`` with everything else on a fresh
 tmpfs (``--volatile=yes``), its own network namespace (``--private-network``: only a
-loopback, so several sandboxes never fight over :8000) and these binds:
+loopback, so several sandboxes never fight over :8000; or, with ``netns=``, a namespace
+the caller made, as the fleet test does to join several on one bridge) and these binds:
 
 * the checkout at its own path (the virtualenv's scripts point into it);
 * the virtualenv at ``/opt/vx11d``, where the units expect the installed package;
