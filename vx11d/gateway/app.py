@@ -24,6 +24,9 @@ from .http import ApiError, Handler, json_error
 log = logging.getLogger("vx11.gateway")
 
 OPEN_PATHS = frozenset({"/health"})
+# Label values for the method: any other token a client sends counts as "other", so no
+# client can add series (bounded cardinality).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Route modules, each with setup(app). Order only matters for --help listings.
 ROUTE_MODULES: list[str] = [
     "vx11d.gateway.openapi",
@@ -59,7 +62,8 @@ async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamRespon
         raise
     finally:
         route = _route_label(request)
-        m["requests"].labels(route, request.method, str(status)).inc()
+        method = request.method if request.method in METHODS else "other"
+        m["requests"].labels(route, method, str(status)).inc()
         m["latency"].labels(route).observe(time.perf_counter() - t0)
 
 
