@@ -150,9 +150,10 @@ def test_alerts_fire_from_real_failures_and_resolve_after_the_fix(fleet: Fleet):
             for x in fleet.am_alerts():
                 if x["labels"]["alertname"] == "VX11GatewayAuthLimiterTripped" \
                         and x["labels"]["instance"] == b.name:
-                    return x
-            return None
-        inhibited.update(poll(suppressed, 30, "the limiter alert on b in Alertmanager"))
+                    inhibited.update(x)  # the last state seen, for the assert below
+                    return x["status"]["state"] == "suppressed"
+            return False
+        poll(suppressed, 30, "the limiter alert on b, suppressed, in Alertmanager")
         b.systemctl("start", "vx11-madre.service")
 
     def runaway_cause():
