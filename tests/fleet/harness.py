@@ -153,6 +153,10 @@ class Fleet:
                 with contextlib.suppress(Exception):
                     Sandbox(ns).down()
                 sh("ip", "netns", "del", ns, check=False)
+        for d in Path(tempfile.gettempdir()).glob("vx11f-*-pki-*"):
+            pid = d.name.split("-")[1]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(d, ignore_errors=True)
 
     # --- life ------------------------------------------------------------------------
 
