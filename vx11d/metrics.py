@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import Any
 
@@ -10,6 +11,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_h
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
+from .config import config_path
+from .errors import ConfigError
 
 
 def new_registry(component: str, *, process: bool = True,
@@ -25,8 +28,20 @@ def new_registry(component: str, *, process: bool = True,
 
 
 def serve(registry: CollectorRegistry, address: str, port: int) -> Any:
-    """Serve ``/metrics`` for ``registry`` on ``address:port``; returns the server."""
-    server, _thread = start_http_server(port, addr=address, registry=registry)
+    """Serve ``/metrics`` for ``registry`` on ``address:port``; returns the server.
+
+    An address this host does not have (a fleet metrics_address copied to the wrong
+    host) is a config error (exit 78, one journal line), not a traceback.
+    """
+    try:
+        server, _thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as e:
+        if e.errno != errno.EADDRNOTAVAIL:
+            raise
+        raise ConfigError(config_path(), "metrics_address",
+                          f"{address} is not an address of this host (cannot listen on "
+                          f"{address}:{port}); use loopback or this host's own address"
+                          ) from e
     return server
 
 

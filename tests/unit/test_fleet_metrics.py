@@ -7,10 +7,12 @@ import shutil
 import stat
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from vx11d import metrics
 from vx11d.db import Database
+from vx11d.errors import ConfigError
 from vx11d.gateway.auth import FailureLimiter
 from vx11d.madre.streaks import FailedStreakCollector, streak
 
@@ -97,3 +99,10 @@ reaper:
     svc.next_scan = 0.0
     svc.tick()
     assert "vx11_reaper_circuit_breaker_open 0.0" in generate_latest(reg).decode()
+
+
+def test_metrics_address_not_on_this_host_is_a_config_error():
+    """A fleet metrics_address copied to the wrong host: exit 78 with the key named, not a
+    traceback (192.0.2.0/24 is documentation space, never a local address)."""
+    with pytest.raises(ConfigError, match="metrics_address: 192.0.2.77 is not an address"):
+        metrics.serve(metrics.new_registry("test"), "192.0.2.77", 0)
