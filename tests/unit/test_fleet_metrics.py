@@ -104,5 +104,5 @@ reaper:
 def test_metrics_address_not_on_this_host_is_a_config_error():
     """A fleet metrics_address copied to the wrong host: exit 78 with the key named, not a
     traceback (192.0.2.0/24 is documentation space, never a local address)."""
-    with pytest.raises(ConfigError, match="metrics_address: 192.0.2.77 is not an address"):
+    with pytest.raises(ConfigError, match=r"metrics_address: 192\.0\.2\.77 is not an address"):
         metrics.serve(metrics.new_registry("test"), "192.0.2.77", 0)
