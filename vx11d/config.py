@@ -7,6 +7,7 @@ meaning (that output is ``packaging/vx11.yml``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -45,9 +46,22 @@ def _check_port(value: int) -> str | None:
     return None
 
 
-def _check_loopback(value: str) -> str | None:
-    if value not in ("127.0.0.1", "::1", "localhost") and not value.startswith("127."):
-        return f"metrics listen only on loopback; got {value!r}"
+METRICS_ADDRESS_HELP = ("metrics listen address: loopback, or one address of this host for a "
+                        "fleet Prometheus (docs/fleet.md)")
+
+
+def _check_metrics_address(value: str) -> str | None:
+    """Loopback (the default), or one address of this host for a fleet Prometheus to
+    scrape (docs/fleet.md); never a wildcard, which would open it on every interface."""
+    if value == "localhost":
+        return None
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        return f"not an IP address: {value!r} (loopback, or this host's monitoring address)"
+    if addr.is_unspecified or addr.is_multicast:
+        return (f"metrics listen on loopback or on one address of this host; got {value!r} "
+                "(a wildcard opens them on every interface)")
     return None
 
 
@@ -66,8 +80,8 @@ class DbConfig:
 class GatewayConfig:
     listen_address: str = opt("0.0.0.0", "address to bind when not socket-activated")  # noqa: S104
     listen_port: int = opt(8000, "port to bind when not socket-activated", check=_check_port)
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9711, "/metrics port", check=_check_port)
     token_credential: str = opt("token", "name of the systemd credential holding the API token")
     token_file: str = opt("/etc/vx11/token", "fallback token file (must be mode 0600)",
@@ -133,8 +147,8 @@ class HijaTemplate:
 
 @dataclass(frozen=True, kw_only=True)
 class MadreConfig:
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9712, "/metrics port", check=_check_port)
     profile: Literal["solo_madre", "full"] = opt("solo_madre", "solo_madre: core only; "
                                                  "full: also keeps Hermes up")
@@ -200,8 +214,8 @@ class ReaperRule:
 
 @dataclass(frozen=True, kw_only=True)
 class ReaperConfig:
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9713, "/metrics port", check=_check_port)
     interval: Duration = opt(Duration(30), "time between scans", lo=0.1, hi=86400)
     max_kills_per_scan: int = opt(10, "circuit breaker: most processes signalled per scan",
@@ -290,8 +304,8 @@ class RotateConfig:
 class HermesConfig:
     socket: str = opt("/run/vx11-hermes/hermes.sock", "UNIX socket the worker serves on",
                       check=check_abs_path)
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(0, "extra loopback /metrics port (0: none). The unit has "
                             "PrivateNetwork=yes, so scrape through the gateway's "
                             "/vx11/hermes/metrics; /metrics is always on the socket",

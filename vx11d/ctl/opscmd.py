@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="how many recent entries (default 50)")
     lg.add_argument("--since", help="journalctl --since (e.g. '1 hour ago')")
     lg.add_argument("--json", action="store_true", help="one JSON object per entry")
+    lg.add_argument("--directory", metavar="DIR",
+                    help="read journal files in DIR instead of this host's journal, e.g. "
+                         "the collector's /var/log/journal/remote (every host's entries)")
+    lg.add_argument("--host", help="only entries from this host (_HOSTNAME)")
     lg.set_defaults(func=logs)
     sc = sub.add_parser("scorecard", help="hygiene checks, written to SCORECARD.json")
     sc.add_argument("--out", default=None,
@@ -41,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def journalctl_args(args: argparse.Namespace) -> list[str]:
     """The journalctl command line for ``vx11ctl logs`` (matches only, never a shell)."""
     argv = ["journalctl", "--no-pager", "-n", str(max(0, args.lines))]
+    if args.directory:
+        if not os.path.isdir(args.directory):
+            raise ConfigError("(command line)", "--directory",
+                              f"{args.directory} is not a directory of journal files")
+        argv.append(f"--directory={args.directory}")
     if args.component:
         argv += ["-u", f"vx11-{args.component}.service"]
     else:
@@ -49,6 +58,10 @@ def journalctl_args(args: argparse.Namespace) -> list[str]:
         if not args.event.replace("_", "").isalnum():
             raise ConfigError("(command line)", "--event", "letters, digits and _ only")
         argv.append(f"VX11_EVENT={args.event}")
+    if args.host:
+        if not all(c.isalnum() or c in "-._" for c in args.host):
+            raise ConfigError("(command line)", "--host", "a host name: letters, digits, -._")
+        argv.append(f"_HOSTNAME={args.host}")
     if args.since:
         argv += ["--since", args.since]
     if args.follow:

@@ -15,7 +15,7 @@ import logging
 import time
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from .. import journal
 from ..errors import DbBusy, DbUnavailable
@@ -27,6 +27,9 @@ from .http import ApiError, Handler, json_error
 log = logging.getLogger("vx11.gateway")
 
 OPEN_PATHS = frozenset({"/health"})
+# Label values for the method: any other token a client sends counts as "other", so no
+# client can add series (bounded cardinality).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Route modules, each with setup(app). Order only matters for --help listings.
 ROUTE_MODULES: list[str] = [
     "vx11d.gateway.openapi",
@@ -62,7 +65,8 @@ async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamRespon
         raise
     finally:
         route = _route_label(request)
-        m["requests"].labels(route, request.method, str(status)).inc()
+        method = request.method if request.method in METHODS else "other"
+        m["requests"].labels(route, method, str(status)).inc()
         m["latency"].labels(route).observe(time.perf_counter() - t0)
 
 
@@ -150,6 +154,7 @@ def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
     app[METRICS] = _metrics(ctx)
     health.setup(app)
     app.on_cleanup.append(_close_db)
+    app[METRICS]["blocked"].set_function(app[LIMITER].blocked_clients)
     for name in ROUTE_MODULES if modules is None else modules:
         importlib.import_module(name).setup(app)
     return app
@@ -177,6 +182,9 @@ def _metrics(ctx: GatewayContext) -> dict:
         "auth_failures": Counter("vx11_gateway_auth_failures_total", "rejected requests "
                                  "by reason (missing, invalid, rate_limited)", ["reason"],
                                  registry=ctx.registry),
+        "blocked": Gauge("vx11_gateway_auth_blocked_clients", "clients refused with 429 "
+                         "right now (the brute-force limiter has tripped for them)",
+                         registry=ctx.registry),
     }
     for reason in ("missing", "invalid", "rate_limited"):
         m["auth_failures"].labels(reason)

@@ -338,6 +338,7 @@ class ReaperService:
                 budget -= 1
                 if f.rule != HIJA_RULE:
                     self.breaker.signalled()
+        self.m.breaker_open.set(1 if skipped else 0)
         if skipped:
             self.m.breaker.inc()
             journal.event(log, "reaper_circuit_open", "max_kills_per_scan (%d) reached: "

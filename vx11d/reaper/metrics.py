@@ -36,6 +36,9 @@ class ReaperMetrics:
                                "Unix time the last scan finished", registry=registry)
         self.breaker = Counter("vx11_reaper_circuit_breaker_trips",
                                "Scans that hit max_kills_per_scan", registry=registry)
+        self.breaker_open = Gauge("vx11_reaper_circuit_breaker_open",
+                                  "1 while the last scan hit max_kills_per_scan and left "
+                                  "matching processes alone", registry=registry)
         self.hija_lookup_failures = Counter("vx11_reaper_hija_lookup_failures",
                                             "Scans that could not read hija records",
                                             registry=registry)
