@@ -54,7 +54,8 @@ class Sandbox:
 
     def __init__(self, name: str | None = None, *, repo: Path = REPO,
                  venv: str | None = None, die_with_caller: bool = False,
-                 limits: bool = True, netns: str | None = None):
+                 limits: bool = True, netns: str | None = None,
+                 masked: tuple[str, ...] = MASKED):
         self.name = name or default_name()
         if not self.name.replace("-", "").isalnum() or len(self.name) > 40:
             raise SandboxError(f"bad sandbox name {self.name!r}: letters, digits and '-'")
@@ -70,6 +71,9 @@ class Sandbox:
         # A network namespace made by the caller (a path such as /run/netns/NAME) instead
         # of a private loopback-only one: the fleet test joins several sandboxes this way.
         self.netns = netns
+        # Units masked on the kernel command line (a monitoring host of the fleet test
+        # runs the host's prometheus.service, so it passes its own list).
+        self.masked = masked
 
     # --- inspection ------------------------------------------------------------------
 
@@ -202,7 +206,7 @@ class Sandbox:
                "-M", self.name, "--console=passive",
                f"--network-namespace-path={self.netns}" if self.netns else "--private-network",
                *deleg.nspawn_args(), *binds,
-               "-b", "systemd.firstboot=off", *[f"systemd.mask={u}" for u in MASKED]]
+               "-b", "systemd.firstboot=off", *[f"systemd.mask={u}" for u in self.masked]]
 
         def preexec() -> None:
             deleg.preexec()
