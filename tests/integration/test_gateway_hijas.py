@@ -191,3 +191,39 @@ def test_health_stays_open_and_ok_without_a_bus(gw):
 def test_hija_ids_are_unit_name_safe():
     ids = {hijas.new_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(hijas.ID_RE.match(i) for i in ids)
+
+
+HOSTILE_BODIES = [
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested deeper", id="deep-100k"),
+    pytest.param(b'{"a":' * 65 + b"1" + b"}" * 65, "nested deeper", id="deep-65"),
+    pytest.param(b'{"template":"sleeper","ttl_s":NaN}', "NaN", id="nan"),
+    pytest.param(b'{"template":"sleeper","ttl_s":Infinity}', "Infinity", id="infinity"),
+    pytest.param(b'{"template":"sleeper","ttl_s":-Infinity}', "Infinity", id="-infinity"),
+    pytest.param(b'{"template":"sleeper","ttl_s":1e999}', "not finite", id="overflow"),
+    pytest.param(b'{"template":"sleeper","template":"web","ttl_s":5}', "twice",
+                 id="duplicate-key"),
+    pytest.param(b'{"template":"\\ud800","ttl_s":5}', "surrogate", id="lone-surrogate"),
+    pytest.param(b'{"\\udfff":1}', "surrogate", id="lone-surrogate-key"),
+    pytest.param(b'{"ttl_s":' + b"9" * 5000 + b"}", "digits", id="huge-int"),
+]
+JSON_ENDPOINTS = ["/vx11/spawn", "/vx11/policy", "/vx11/route", "/v1/chat/completions"]
+
+
+@pytest.mark.parametrize("path", JSON_ENDPOINTS)
+@pytest.mark.parametrize(("raw", "says"), HOSTILE_BODIES)
+def test_insane_json_bodies_are_400_on_every_json_endpoint_never_500(gw, path, raw, says):
+    call, _, ctx = gw
+    status, resp = call("POST", path, raw=raw, headers={**H, "Content-Type":
+                                                        "application/json"})
+    assert status == 400, resp
+    assert resp["error"] == "bad_json" and says in resp["message"], resp
+    assert ctx.db.query("SELECT count(*) FROM spawner_hijas")[0][0] == 0
+    assert ctx.db.query("SELECT count(*) FROM activations")[0][0] == 0
+
+
+def test_sane_json_with_escapes_and_depth_64_is_accepted(gw):
+    call, _, _ = gw
+    nested = b'{"query":"\\ud83d\\ude00 2+2","x":' + b"[" * 62 + b"]" * 62 + b"}"
+    status, resp = call("POST", "/vx11/route", raw=nested,
+                        headers={**H, "Content-Type": "application/json"})
+    assert status != 400, resp
