@@ -145,6 +145,8 @@ class MadreConfig:
     stop_timeout: Duration = opt(Duration(5), "TimeoutStopSec= of hija units", lo=1, hi=600)
     max_activation: Duration = opt(Duration(86400), "longest activation window", lo=60,
                                    hi=30 * 86400)
+    min_ttl: Duration = opt(Duration(1), "shortest TTL a spawn or an activation window may "
+                            "ask for (a shorter one is refused, 422)", lo=0.01, hi=3600)
     hija_user: str = opt("vx11-hija", "dedicated static user hijas run as (created by "
                          "packaging/sysusers.d/vx11.conf; not in group vx11); empty means "
                          "DynamicUser=yes for every template", check=_check_hija_user)
@@ -154,9 +156,12 @@ class MadreConfig:
         if len(self.port_range) != 2 or not 1024 <= self.port_range[0] <= self.port_range[1] \
                 <= 65535:
             return "port_range must be [first, last] with 1024 <= first <= last <= 65535"
-        for name in self.templates:
+        for name, tpl in self.templates.items():
             if _check_name(name):
                 return f"template name {name!r} must match [a-z][a-z0-9_-]{{0,31}}"
+            if tpl.max_ttl < self.min_ttl:
+                return f"template {name!r}: max_ttl {tpl.max_ttl:g}s is below min_ttl " \
+                       f"{self.min_ttl:g}s"
         return None
 
 

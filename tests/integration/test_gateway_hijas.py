@@ -227,3 +227,34 @@ def test_sane_json_with_escapes_and_depth_64_is_accepted(gw):
     status, resp = call("POST", "/vx11/route", raw=nested,
                         headers={**H, "Content-Type": "application/json"})
     assert status != 400, resp
+
+
+@pytest.mark.parametrize("ttl", [1e-300, 1e-7, 0.5, 0.999])
+@pytest.mark.parametrize("component", ["switch", "hermes"])
+def test_tiny_activation_ttl_is_422_not_a_db_constraint_500(gw, ttl, component):
+    call, _, ctx = gw
+    status, resp = call("POST", "/vx11/policy", {"component": component,
+                                                 "action": "activate", "ttl_s": ttl})
+    assert status == 422 and "min_ttl" in resp["message"], resp
+    assert ctx.db.query("SELECT count(*) FROM activations")[0][0] == 0
+    status, resp = call("POST", "/vx11/policy", {"component": component, "for": "10ms"})
+    assert status == 422 and "min_ttl" in resp["message"], resp
+
+
+@pytest.mark.parametrize("ttl", [1e-300, 1e-7, 0.5])
+def test_tiny_spawn_ttl_is_422_not_a_hija_that_dies_at_once(gw, ttl):
+    call, _, ctx = gw
+    status, resp = call("POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": ttl})
+    assert status == 422 and "min_ttl" in resp["message"], resp
+    assert ctx.db.query("SELECT count(*) FROM spawner_hijas")[0][0] == 0
+
+
+def test_ttl_at_the_minimum_is_accepted_and_the_minimum_is_config(gw):
+    call, _, ctx = gw
+    assert call("POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": 1})[0] == 202
+    assert call("POST", "/vx11/policy", {"component": "switch", "ttl_s": 1})[0] == 201
+    ctx.cfg = config.parse(CFG.replace("madre:\n", "madre:\n  min_ttl: 5s\n"), "t.yml")
+    assert call("POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": 4})[0] == 422
+    assert call("POST", "/vx11/policy", {"component": "switch", "ttl_s": 4})[0] == 422
+    with pytest.raises(config.ConfigError, match="below min_ttl"):
+        config.parse(CFG.replace("madre:\n", "madre:\n  min_ttl: 2m\n"), "t.yml")

@@ -66,7 +66,8 @@ def document() -> dict[str, Any]:
                                       "additionalProperties": False, "properties": {
                                           "template": {"type": "string"},
                                           "ttl_s": {"type": "number", "exclusiveMinimum": 0,
-                                                    "description": "at most the "
+                                                    "description": "at least madre.min_ttl "
+                                                    "(1 s by default), at most the "
                                                     "template's max_ttl"},
                                           "args": {"type": "object"}}}),
                 "responses": {"201": _resp("running (or already ended: see status)", HIJA),
@@ -104,7 +105,10 @@ def document() -> dict[str, Any]:
                                                                  "enum": ["hermes", "switch"]},
                                                    "action": {"type": "string", "enum": [
                                                        "activate", "deactivate"]},
-                                                   "ttl_s": {"type": "number"},
+                                                   "ttl_s": {"type": "number",
+                                                             "description": "at least "
+                                                             "madre.min_ttl (1 s by "
+                                                             "default)"},
                                                    "for": {"type": "string",
                                                            "examples": ["2h"]}}}),
                          "responses": {"201": _resp("window opened", {"type": "object"}),
