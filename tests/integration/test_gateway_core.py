@@ -208,3 +208,34 @@ def test_api_error_and_metrics_labels_are_bounded(client_factory):
     text = generate_latest(ctx.registry).decode()
     assert 'vx11_gateway_requests_total{code="409",method="GET",route="/conflict"} 1.0' in text
     assert "/random/" not in text
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ([("Authorization", f"Bearer {TOKEN}"), ("X-VX11-Token", "wrong")], 401),
+    ([("X-VX11-Token", "wrong"), ("Authorization", f"Bearer {TOKEN}")], 401),
+    ([("X-VX11-Token", TOKEN), ("Authorization", "Bearer wrong")], 401),
+    ([("Authorization", "Bearer wrong"), ("X-VX11-Token", TOKEN)], 401),
+    ([("X-VX11-Token", TOKEN), ("Authorization", f"Basic {TOKEN}")], 401),
+    ([("X-VX11-Token", TOKEN), ("X-VX11-Token", "wrong")], 401),
+    ([("X-VX11-Token", "wrong"), ("X-VX11-Token", TOKEN)], 401),
+    ([("X-VX11-Token", TOKEN), ("Authorization", f"Bearer {TOKEN}")], 200),
+    ([("Authorization", f"Bearer {TOKEN}"), ("X-VX11-Token", TOKEN)], 200),
+    ([("X-VX11-Token", TOKEN), ("X-VX11-Token", TOKEN)], 200),
+])
+def test_token_header_rule_every_credential_presented_must_be_valid(client_factory, headers,
+                                                                     status):
+    from multidict import CIMultiDict
+
+    make, loop = client_factory
+    c, ctx = make()
+
+    async def go():
+        r = await c.post("/echo", json={"a": 1}, headers=CIMultiDict(headers))
+        assert r.status == status, headers
+        if status == 401:
+            assert (await r.json())["error"] == "unauthorized"
+
+    run(loop, go())
+    if status == 401:
+        text = generate_latest(ctx.registry).decode()
+        assert 'vx11_gateway_auth_failures_total{reason="invalid"} 1.0' in text

@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from .. import journal
-from .auth import FailureLimiter, TokenChecker, presented_token
+from .auth import FailureLimiter, TokenChecker, presented_tokens
 from .context import CTX, GatewayContext
 from .http import ApiError, Handler, json_error
 
@@ -97,11 +97,12 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         m["auth_failures"].labels("rate_limited").inc()
         return json_error(429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
-    token = presented_token(request.headers.get("X-VX11-Token"),
-                            request.headers.get("Authorization"))
-    if not request.app[CHECKER].valid(token):
+    tokens = presented_tokens(request.headers.getall("X-VX11-Token", []),
+                              request.headers.getall("Authorization", []))
+    checker = request.app[CHECKER]
+    if not tokens or not all([checker.valid(t) for t in tokens]):  # no short cut: same time
         limiter.failed(client)
-        reason = "missing" if token is None else "invalid"
+        reason = "invalid" if tokens else "missing"
         m["auth_failures"].labels(reason).inc()
         journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,
                       level=logging.WARNING, client=client, reason=reason)

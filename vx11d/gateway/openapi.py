@@ -47,7 +47,8 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "vx11d tentaculo_link", "version": __version__,
                  "description": "The single token-protected entrypoint. Every path but "
-                 "GET /health needs X-VX11-Token or Authorization: Bearer."},
+                 "GET /health needs X-VX11-Token or Authorization: Bearer; when both "
+                 "are sent, both must be valid."},
         "security": [{"token": []}, {"bearer": []}],
         "paths": {
             "/health": {"get": {
