@@ -180,6 +180,9 @@ def test_bug_is_a_logged_500_without_the_secret(client_factory, caplog):
 
     run(loop, go())
     assert any("unhandled error" in r.getMessage() for r in caplog.records)
+    # the logged traceback holds the exception text, with the secret redacted
+    assert "RuntimeError: a bug with secret [redacted]" in caplog.text
+    assert TOKEN not in caplog.text
 
 
 def test_request_timeout_is_504(client_factory):
