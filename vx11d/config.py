@@ -12,9 +12,16 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-import yaml
-
-from .confload import Duration, Size, build, check_abs_path, check_regex, describe, opt
+from .confload import (
+    Duration,
+    Size,
+    build,
+    check_abs_path,
+    check_regex,
+    describe,
+    load_yaml,
+    opt,
+)
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/vx11/vx11.yml"
@@ -332,12 +339,7 @@ def config_path(explicit: str | None = None) -> str:
 
 def parse(text: str, path: str) -> Config:
     """Config from YAML text; ConfigError naming the key on any problem."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(yaml)"
-        raise ConfigError(path, where, f"not valid YAML: {getattr(e, 'problem', e)}") from e
+    data = load_yaml(text, path)
     if data is None:
         data = {}
     if isinstance(data, dict) and "path" in data:
