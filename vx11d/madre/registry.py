@@ -29,7 +29,7 @@ from ..config import Config, HijaTemplate
 from ..db import Database, record_event
 from ..errors import DbError, InputError, SystemdError
 from ..hijas import LIVE, build_argv, check_args
-from . import ports
+from . import hardening, ports
 from .systemd import Change, SystemdClient
 
 log = logging.getLogger("vx11.madre")
@@ -78,25 +78,9 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
         "MemoryMax": int(tpl.memory_max),
         "CPUQuotaPerSecUSec": int(tpl.cpu_quota_percent * 10_000),
         "TasksMax": int(tpl.tasks_max),
-        "NoNewPrivileges": True,
-        "CapabilityBoundingSet": 0,
-        "RestrictSUIDSGID": True,
-        "RestrictRealtime": True,
-        "LockPersonality": True,
         "WorkingDirectory": b"/",
+        **hardening.properties(tpl.sandboxing, tpl.needs_port),
     }
-    if tpl.sandboxing == "strict":
-        props.update({
-            "PrivateTmp": True,
-            "PrivateDevices": True,
-            "ProtectSystem": b"strict",
-            "ProtectHome": b"yes",
-            "ProtectKernelTunables": True,
-            "ProtectKernelModules": True,
-            "ProtectKernelLogs": True,
-            "ProtectHostname": True,
-            "ProtectControlGroups": True,
-        })
     if cfg.madre.hija_user and not tpl.dynamic_user:
         # a dedicated static user: no per-start UID allocation and no implied mount
         # namespace (see docs/madre.md for what that trades away)
@@ -110,7 +94,8 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
 CHECKED = ("RuntimeMaxUSec", "CollectMode", "KillMode", "TimeoutStopUSec", "MemoryMax",
            "CPUQuotaPerSecUSec", "TasksMax", "NoNewPrivileges", "Slice", "Environment",
            "DynamicUser", "User", "ProtectSystem", "PrivateTmp", "RestrictSUIDSGID",
-           "CapabilityBoundingSet", "ProtectHome", "PrivateDevices")
+           "CapabilityBoundingSet", "ProtectHome", "PrivateDevices", "PrivateNetwork",
+           "RestrictNamespaces", "ProtectProc", "PrivateUsers", "UMask")
 
 
 def check_readback(asked: dict[str, Any], got: dict[str, Any]) -> list[str]:

@@ -321,3 +321,23 @@ def test_the_hija_signal_filter_prefix_is_the_escaped_unit_prefix():
 
     assert unit_path("vx11-hija-abcdefghij.service").startswith(HIJA_PATH_PREFIX)
     assert not unit_path("vx11-bench-1.service").startswith(HIJA_PATH_PREFIX)
+
+
+@pytest.mark.parametrize("level", ["basic", "strict"])
+def test_every_level_filters_syscalls_namespaces_and_families_by_need_of_a_port(level):
+    cfg = config.parse(f"madre: {{templates: {{n: {{command: [/bin/true], sandboxing: {level}}}, "
+                       f"p: {{command: [/bin/true], sandboxing: {level}, needs_port: true}}}}}}",
+                       "t.yml")
+    n = unit_properties(cfg, cfg.madre.templates["n"], "x", ["/bin/true"], 5, None)
+    p = unit_properties(cfg, cfg.madre.templates["p"], "x", ["/bin/true"], 5, 20000)
+    for props in (n, p):
+        assert props["SystemCallFilter"] == (True, [b"@system-service"])
+        assert props["SystemCallArchitectures"] == [b"native"]
+        assert props["RestrictNamespaces"] == 0 and props["UMask"] == 0o077
+    assert n["RestrictAddressFamilies"] == (True, [b"AF_UNIX"])
+    assert b"AF_INET" in p["RestrictAddressFamilies"][1]
+    assert n.get("PrivateNetwork") is (True if level == "strict" else None)
+    assert "PrivateNetwork" not in p
+    from vx11d.madre.systemd import signature_of
+    for name in n:  # every property has a D-Bus signature (pystemd's or ours)
+        assert signature_of(name)
