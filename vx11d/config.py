@@ -120,9 +120,11 @@ class HijaTemplate:
     cpu_quota_percent: int = opt(100, "CPUQuota= of the hija unit, in percent", lo=1, hi=10000)
     tasks_max: int = opt(64, "TasksMax= of the hija unit", lo=1, hi=100_000)
     sandboxing: Literal["strict", "basic"] = opt(
-        "strict", "basic: own user, no new privileges, no capabilities; strict: also "
-        "private /tmp and /dev, read-only system, no /home, protected kernel (mount "
-        "namespaces: about 80 ms more per spawn)")
+        "strict", "basic: own user, no new privileges, no capabilities, a system-call "
+        "allow list, no namespaces, Internet sockets only with needs_port (exposure "
+        "3.0); strict: also private /tmp, /dev, users and (without needs_port) network, "
+        "read-only system, no /home, hidden /proc, protected kernel (exposure 0.6-1.3; "
+        "mount namespace: about 100 ms more per spawn). See docs/madre.md")
     dynamic_user: bool = opt(False, "run each hija under its own DynamicUser=yes UID "
                              "instead of madre.hija_user (stronger isolation between "
                              "hijas; implies a private /tmp and a read-only system, a "

@@ -6,6 +6,10 @@ What each setting costs at start and the ``systemd-analyze security`` figure of 
 level are in docs/madre.md ("Sandboxing levels"); a system test checks the figures on
 live hijas.
 
+``RemoveIPC`` is not set: with the shared static user it could remove the IPC objects
+of other hijas (``DynamicUser=yes`` implies it, per hija UID). Nor is
+``MemoryDenyWriteExecute``: a template may run a JIT (Java, Node.js, LuaJIT, PyPy).
+
 Values are by D-Bus property name (``signature_of`` in madre/systemd.py knows each).
 """
 
@@ -29,7 +33,6 @@ def basic(needs_port: bool) -> dict[str, Any]:
         "RestrictSUIDSGID": True,
         "RestrictRealtime": True,
         "LockPersonality": True,
-        "RemoveIPC": True,
         "UMask": 0o077,
         # seccomp: the system calls an ordinary service makes, native ABI only
         "SystemCallFilter": (True, [b"@system-service"]),
