@@ -9,6 +9,7 @@ to convert) is a 400 ``bad_json`` naming the problem, never a 500.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -118,3 +119,20 @@ def no_timeout(handler: Handler) -> Handler:
     """Mark a handler (e.g. a stream) that manages its own deadline."""
     handler._vx11_no_timeout = True  # type: ignore[attr-defined]
     return handler
+
+
+class BadRequestLog(logging.Filter):
+    """On aiohttp's ``aiohttp.server`` logger: a request that is not valid HTTP (a NUL in
+    a header, a broken request line) is the client's fault, answered 400 by aiohttp; it
+    becomes one warning line instead of an ERROR with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import BadHttpMessage
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            reason = str(exc.message).strip().splitlines()[0] if exc.message else "malformed"
+            record.msg, record.args = "bad HTTP request (answered 400): %s", (reason[:200],)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

@@ -14,6 +14,7 @@ from ..db import Database
 from .app import CHECKER, LIMITER, build_app
 from .auth import load_token
 from .context import GatewayContext
+from .http import BadRequestLog
 
 log = logging.getLogger("vx11.gateway")
 
@@ -83,6 +84,7 @@ class GatewayService:
 
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the app, and run until SIGTERM."""
+    logging.getLogger("aiohttp.server").addFilter(BadRequestLog())
     registry = metrics.new_registry("gateway")
     db = Database.from_config(cfg, migrate=True)
     return asyncio.run(runtime.run_async(GatewayService(cfg, db, registry)))

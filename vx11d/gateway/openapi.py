@@ -107,6 +107,7 @@ def document() -> dict[str, Any]:
                                                    "action": {"type": "string", "enum": [
                                                        "activate", "deactivate"]},
                                                    "ttl_s": {"type": "number",
+                                                             "exclusiveMinimum": 0,
                                                              "description": "at least "
                                                              "madre.min_ttl (1 s by "
                                                              "default)"},
