@@ -132,7 +132,12 @@ def test_spawn_without_madre_is_accepted_as_202_then_listed_and_stoppable(gw):
     assert status == 200 and [h["id"] for h in listing["hijas"]] == [row["id"]]
     assert call("GET", f"/vx11/hijas/{row['id']}")[1]["template"] == "sleeper"
     assert call("GET", "/vx11/hijas/zzzzzzzzzz")[0] == 404
-    assert call("GET", "/vx11/hijas/../etc")[0] in (401, 404)
+    # a dot-segment path is normalised to /vx11/etc (no such route) or kept as an id that
+    # is not one: 404 with a token, 401 without (auth runs before routing answers)
+    for odd in ("/vx11/hijas/../etc", "/vx11/hijas/%2e%2e/etc", "/vx11/hijas/..%2Fetc"):
+        status, body = call("GET", odd)
+        assert status == 404 and body["error"] == "not_found", (odd, status, body)
+        assert call("GET", odd, headers={})[0] == 401
     assert call("GET", "/vx11/hijas?status=bogus")[0] == 400
     assert call("GET", "/vx11/hijas?limit=x")[0] == 400
     status, stopped = call("DELETE", f"/vx11/hijas/{row['id']}")
