@@ -86,7 +86,8 @@ EXTRA_SIGNATURES = {"RestrictSUIDSGID": b"b", "CapabilityBoundingSet": b"t",
                     "ProtectKernelLogs": b"b", "ProtectHostname": b"b",
                     "RestrictNamespaces": b"t", "RestrictAddressFamilies": b"(bas)",
                     "ProtectClock": b"b", "ProtectProc": b"s", "ProcSubset": b"s",
-                    "UMask": b"u", "SystemCallErrorNumber": b"i"}
+                    "UMask": b"u", "SystemCallErrorNumber": b"i",
+                    "ExecStopPostEx": b"a(sasas)"}
 
 
 def signature_of(prop: str) -> bytes:
