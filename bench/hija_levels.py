@@ -10,7 +10,7 @@ interleaved round by round, and reports the median and its difference to the bar
 (only ``User=`` and ``Type=exec``). Then it starts one ``sleep`` unit per level and
 reads ``systemd-analyze security``'s "Overall exposure level" for it.
 
-Sets: ``before_basic``/``before_strict`` are the levels as they were before issue 15;
+Sets: ``before_basic``/``before_strict`` are the levels as they were before this hardening;
 ``basic``/``strict`` (``_port``: a template with ``needs_port``; ``_dynamic``:
 ``dynamic_user: true``) come from ``vx11d.madre.hardening``, what madre sets today;
 ``+name`` sets are the bare set plus one group of settings, to show where the cost is.

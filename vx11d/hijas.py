@@ -1,8 +1,9 @@
 """Hija requests: template arguments, argv building, and the request/stop/activation rows.
 
-Shared core (STYLE: code two daemons need belongs here): the gateway and ``vx11ctl``
-validate a spawn request and write its ``requested`` row; madre builds the argv from
-the same template and carries the request out. Nothing here talks to systemd.
+Shared core (code two daemons need lives in the core, docs/architecture.md): the gateway
+and ``vx11ctl`` validate a spawn request and write its ``requested`` row; madre builds
+the argv from the same template and carries the request out. Nothing here talks to
+systemd.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``vx11ctl``: the operator command. Each command group is a module with ``register()``.
 
 vx11ctl drives the daemons through systemd, the database and HTTP; it imports no
-daemon's internals (Switch, a library, is the exception PRODUCT.md names).
+daemon's internals (Switch is the exception: a library the gateway and vx11ctl share,
+see docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.fake_systemd import FakeSystemd
 from vx11d import config, hijas
 from vx11d.db import Database
 from vx11d.madre.daemon import Metrics
 from vx11d.madre.registry import Registry, check_readback, unit_properties
-from vx11d.madre.systemd import FakeSystemd
 from vx11d.madre.windows import HERMES_UNIT, Windows
 
 CFG = """
@@ -307,6 +307,9 @@ def test_unit_path_escapes_like_systemd():
     assert unit_path("vx11-hija-ab12.service") == \
         b"/org/freedesktop/systemd1/unit/vx11_2dhija_2dab12_2eservice"
     assert unit_path("") == b"/org/freedesktop/systemd1/unit/_"
+    # a leading digit is escaped too (sd_bus_path_encode), which the hand-written
+    # escaping this replaced got wrong
+    assert unit_path("1abc.service") == b"/org/freedesktop/systemd1/unit/_31abc_2eservice"
 
 
 def test_reconcile_applies_queued_end_signals_before_calling_a_row_lost(env):
