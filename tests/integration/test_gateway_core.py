@@ -242,3 +242,22 @@ def test_token_header_rule_every_credential_presented_must_be_valid(client_facto
     if status == 401:
         text = generate_latest(ctx.registry).decode()
         assert 'vx11_gateway_auth_failures_total{reason="invalid"} 1.0' in text
+
+
+def test_a_request_that_is_not_http_is_one_warning_line_not_a_traceback():
+    import logging
+
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from vx11d.gateway.http import BadRequestLog
+
+    try:
+        raise BadHttpMessage("Invalid header value char:\n\n  b'X-Bad: \\x00'")
+    except BadHttpMessage:
+        import sys
+        rec = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1,
+                                "Error handling request from %s", ("127.0.0.1",),
+                                sys.exc_info())
+    assert BadRequestLog().filter(rec)
+    assert rec.levelno == logging.WARNING and rec.exc_info is None
+    assert rec.getMessage() == "bad HTTP request (answered 400): Invalid header value char:"
