@@ -37,12 +37,17 @@ def _echo_module():
     async def conflict(request):
         raise ApiError(409, "conflict", "already there", id="x")
 
+    async def constraint(request):
+        from vx11d.errors import DbIntegrityError
+        raise DbIntegrityError("x.db: CHECK constraint failed: expires_at > created_at")
+
     def setup(app):
         assert app[CTX] is not None
         app.router.add_post("/echo", echo)
         app.router.add_get("/boom", boom)
         app.router.add_get("/slow", slow)
         app.router.add_get("/conflict", conflict)
+        app.router.add_get("/constraint", constraint)
 
     mod.setup = setup
     sys.modules["vx11_test_echo"] = mod
@@ -261,3 +266,14 @@ def test_a_request_that_is_not_http_is_one_warning_line_not_a_traceback():
     assert BadRequestLog().filter(rec)
     assert rec.levelno == logging.WARNING and rec.exc_info is None
     assert rec.getMessage() == "bad HTTP request (answered 400): Invalid header value char:"
+
+
+def test_a_db_constraint_refusal_is_a_422_never_a_500(client_factory):
+    make, loop = client_factory
+    c, _ = make()
+
+    async def go():
+        r = await c.get("/constraint", headers={"X-VX11-Token": TOKEN})
+        assert r.status == 422 and (await r.json())["error"] == "invalid"
+
+    run(loop, go())

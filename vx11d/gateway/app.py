@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from .. import journal
+from ..errors import DbIntegrityError
 from .auth import FailureLimiter, TokenChecker, presented_tokens
 from .context import CTX, GatewayContext
 from .http import ApiError, Handler, json_error
@@ -78,6 +79,11 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
         return json_error(e.status, e.reason.lower().replace(" ", "_"), e.reason,
                           headers=headers or None)
+    except DbIntegrityError as e:  # input that slipped past validation: not a 500
+        journal.event(log, "gateway_constraint_refused", "the database refused %s %s: %s",
+                      request.method, _route_label(request), e, level=logging.WARNING)
+        return json_error(422, "invalid", "the database refused these values (a "
+                          "constraint); check them against docs/openapi.json")
     except asyncio.CancelledError:
         raise
     except Exception:
