@@ -13,9 +13,16 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-import yaml
-
-from .confload import Duration, Size, build, check_abs_path, check_regex, describe, opt
+from .confload import (
+    Duration,
+    Size,
+    build,
+    check_abs_path,
+    check_regex,
+    describe,
+    load_yaml,
+    opt,
+)
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/vx11/vx11.yml"
@@ -129,9 +136,11 @@ class HijaTemplate:
     cpu_quota_percent: int = opt(100, "CPUQuota= of the hija unit, in percent", lo=1, hi=10000)
     tasks_max: int = opt(64, "TasksMax= of the hija unit", lo=1, hi=100_000)
     sandboxing: Literal["strict", "basic"] = opt(
-        "strict", "basic: own user, no new privileges, no capabilities; strict: also "
-        "private /tmp and /dev, read-only system, no /home, protected kernel (mount "
-        "namespaces: about 80 ms more per spawn)")
+        "strict", "basic: own user, no new privileges, no capabilities, a system-call "
+        "allow list, no namespaces, Internet sockets only with needs_port (exposure "
+        "3.0); strict: also private /tmp, /dev, users and (without needs_port) network, "
+        "read-only system, no /home, hidden /proc, protected kernel (exposure 0.6-1.3; "
+        "mount namespace: about 100 ms more per spawn). See docs/madre.md")
     dynamic_user: bool = opt(False, "run each hija under its own DynamicUser=yes UID "
                              "instead of madre.hija_user (stronger isolation between "
                              "hijas; implies a private /tmp and a read-only system, a "
@@ -161,6 +170,8 @@ class MadreConfig:
     stop_timeout: Duration = opt(Duration(5), "TimeoutStopSec= of hija units", lo=1, hi=600)
     max_activation: Duration = opt(Duration(86400), "longest activation window", lo=60,
                                    hi=30 * 86400)
+    min_ttl: Duration = opt(Duration(1), "shortest TTL a spawn or an activation window may "
+                            "ask for (a shorter one is refused, 422)", lo=0.01, hi=3600)
     hija_user: str = opt("vx11-hija", "dedicated static user hijas run as (created by "
                          "packaging/sysusers.d/vx11.conf; not in group vx11); empty means "
                          "DynamicUser=yes for every template", check=_check_hija_user)
@@ -170,9 +181,12 @@ class MadreConfig:
         if len(self.port_range) != 2 or not 1024 <= self.port_range[0] <= self.port_range[1] \
                 <= 65535:
             return "port_range must be [first, last] with 1024 <= first <= last <= 65535"
-        for name in self.templates:
+        for name, tpl in self.templates.items():
             if _check_name(name):
                 return f"template name {name!r} must match [a-z][a-z0-9_-]{{0,31}}"
+            if tpl.max_ttl < self.min_ttl:
+                return f"template {name!r}: max_ttl {tpl.max_ttl:g}s is below min_ttl " \
+                       f"{self.min_ttl:g}s"
         return None
 
 
@@ -407,12 +421,7 @@ def config_path(explicit: str | None = None) -> str:
 
 def parse(text: str, path: str) -> Config:
     """Config from YAML text; ConfigError naming the key on any problem."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(yaml)"
-        raise ConfigError(path, where, f"not valid YAML: {getattr(e, 'problem', e)}") from e
+    data = load_yaml(text, path)
     if data is None:
         data = {}
     if isinstance(data, dict) and "path" in data:

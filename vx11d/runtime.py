@@ -38,7 +38,6 @@ class Notifier:
 
     def __init__(self) -> None:
         self._n = sdnotify.SystemdNotifier()
-        self.sent: list[str] = []
 
     def send(self, msg: str) -> None:
         self._n.notify(msg)

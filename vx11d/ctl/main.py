@@ -1,7 +1,8 @@
 """``vx11ctl``: the operator command. Each command group is a module with ``register()``.
 
 vx11ctl drives the daemons through systemd, the database and HTTP; it imports no
-daemon's internals (Switch, a library, is the exception PRODUCT.md names).
+daemon's internals (Switch is the exception: a library the gateway and vx11ctl share,
+see docs/architecture.md).
 
 This module is the one place that turns an error into what the operator sees: one
 line on stderr (``vx11ctl: ...``), or with ``--json`` one JSON object on stdout

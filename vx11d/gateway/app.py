@@ -18,9 +18,9 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
 from .. import journal
-from ..errors import DbBusy, DbUnavailable
+from ..errors import DbBusy, DbIntegrityError, DbUnavailable
 from . import health
-from .auth import FailureLimiter, TokenChecker, presented_token
+from .auth import FailureLimiter, TokenChecker, presented_tokens
 from .context import AUTHENTICATED, CTX, GatewayContext
 from .http import ApiError, Handler, json_error
 
@@ -93,6 +93,11 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
         return json_error(e.status, e.reason.lower().replace(" ", "_"), e.reason,
                           headers=headers or None)
+    except DbIntegrityError as e:  # input that slipped past validation: not a 500
+        journal.event(log, "gateway_constraint_refused", "the database refused %s %s: %s",
+                      request.method, _route_label(request), e, level=logging.WARNING)
+        return json_error(422, "invalid", "the database refused these values (a "
+                          "constraint); check them against docs/openapi.json")
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -103,9 +108,9 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
 
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = presented_token(request.headers.get("X-VX11-Token"),
-                            request.headers.get("Authorization"))
-    if token is None and request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+    tokens = presented_tokens(request.headers.getall("X-VX11-Token", []),
+                              request.headers.getall("Authorization", []))
+    if not tokens and request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
         return await handler(request)  # the aggregate only (see health.py)
     limiter, m = request.app[LIMITER], request.app[METRICS]
     client = request.remote or "unknown"
@@ -116,9 +121,10 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         await asyncio.sleep(health.TARPIT_S)
         return json_error(429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
-    if not request.app[CHECKER].valid(token):
+    checker = request.app[CHECKER]
+    if not tokens or not all([checker.valid(t) for t in tokens]):  # no short cut: same time
         limiter.failed(client)
-        reason = "missing" if token is None else "invalid"
+        reason = "invalid" if tokens else "missing"
         m["auth_failures"].labels(reason).inc()
         journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,
                       level=logging.WARNING, client=client, reason=reason)
