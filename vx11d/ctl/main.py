@@ -16,7 +16,7 @@ from ..errors import ConfigError, Vx11Error
 
 # Modules under vx11d.ctl that add command groups, in the order --help lists them.
 COMMANDS = ["units", "opscmd", "sandbox", "configcmd", "dbcmd", "hijascmd", "reapercmd",
-            "rotatecmd", "routecmd"]
+            "rotatecmd", "routecmd", "modelcmd"]
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:

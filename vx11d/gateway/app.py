@@ -19,7 +19,7 @@ from prometheus_client import Counter, Histogram
 from .. import journal
 from .auth import FailureLimiter, TokenChecker, presented_token
 from .context import CTX, GatewayContext
-from .http import ApiError, Handler, json_error
+from .http import ApiError, Handler, error_for
 
 log = logging.getLogger("vx11.gateway")
 
@@ -68,22 +68,22 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
     try:
         return await handler(request)
     except ApiError as e:
-        return json_error(e.status, e.code, e.message, headers=e.headers or None, **e.extra)
+        return error_for(request, e.status, e.code, e.message, headers=e.headers or None, **e.extra)
     except web.HTTPRequestEntityTooLarge:
-        return json_error(413, "too_large", "request body larger than "
+        return error_for(request, 413, "too_large", "request body larger than "
                           f"{request.app._client_max_size} bytes")
     except web.HTTPException as e:
         if e.status < 400:
             raise
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
-        return json_error(e.status, e.reason.lower().replace(" ", "_"), e.reason,
+        return error_for(request, e.status, e.reason.lower().replace(" ", "_"), e.reason,
                           headers=headers or None)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, _route_label(request),
                       extra={"VX11_EVENT": "gateway_internal_error"})
-        return json_error(500, "internal", "internal error (logged)")
+        return error_for(request, 500, "internal", "internal error (logged)")
 
 
 @web.middleware
@@ -95,7 +95,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     wait = limiter.blocked(client)
     if wait > 0:
         m["auth_failures"].labels("rate_limited").inc()
-        return json_error(429, "too_many_failures", "too many failed token attempts",
+        return error_for(request, 429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
     token = presented_token(request.headers.get("X-VX11-Token"),
                             request.headers.get("Authorization"))
@@ -105,7 +105,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         m["auth_failures"].labels(reason).inc()
         journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,
                       level=logging.WARNING, client=client, reason=reason)
-        return json_error(401, "unauthorized", "a valid X-VX11-Token or Authorization: "
+        return error_for(request, 401, "unauthorized", "a valid X-VX11-Token or Authorization: "
                           "Bearer token is required",
                           headers={"WWW-Authenticate": 'Bearer realm="vx11"'})
     return await handler(request)
@@ -120,7 +120,7 @@ async def deadline_mw(request: web.Request, handler: Handler) -> web.StreamRespo
         async with asyncio.timeout(request.app[CTX].cfg.gateway.request_timeout):
             return await handler(request)
     except TimeoutError:
-        return json_error(504, "timeout", "request took longer than "
+        return error_for(request, 504, "timeout", "request took longer than "
                           f"{request.app[CTX].cfg.gateway.request_timeout:g}s")
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..chatapi import error_body
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -24,6 +26,17 @@ def json_error(status: int, code: str, message: str, headers: dict[str, str] | N
                **extra: Any) -> web.Response:
     """A JSON error response."""
     body = {"error": code, "message": message, **extra}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def error_for(request: web.Request, status: int, code: str, message: str,
+              headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    """:func:`json_error`, or OpenAI's error shape on the OpenAI-compatible ``/v1/`` paths
+    (so the official SDK raises the right exception with the right message)."""
+    if not request.path.startswith("/v1/"):
+        return json_error(status, code, message, headers, **extra)
+    param = extra.pop("param", None)
+    body = {**error_body(status, message, param=param, code=code), **extra}
     return web.json_response(body, status=status, headers=headers)
 
 
