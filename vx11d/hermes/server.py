@@ -155,6 +155,8 @@ class Worker:
         finally:
             self.waiting -= 1
             self.m["queue"].set(self.waiting)
+        waited = {"X-VX11-Queue-Wait-Ms":
+                  f"{(time.monotonic() - deadline + self.cfg.request_timeout) * 1000:.1f}"}
         try:
             if self.draining:
                 return _err(503, "draining", "worker is restarting (RSS guard)",
@@ -166,8 +168,9 @@ class Worker:
             except RuntimeError as e:
                 return _err(503, "model_refused", str(e), {"Retry-After": "60"}), "refused"
             if stream:
-                return await self._stream(request, kwargs, deadline, req.include_usage)
-            return await self._complete(request, kwargs, deadline)
+                return await self._stream(request, kwargs, deadline, req.include_usage,
+                                          waited)
+            return await self._complete(request, kwargs, deadline, waited)
         finally:
             if acquired:
                 self.running = max(0, self.running - 1)
@@ -228,7 +231,8 @@ class Worker:
         self._account(counts, started)
         return counts, outcome
 
-    async def _complete(self, request, kwargs, deadline) -> tuple[web.StreamResponse, str]:
+    async def _complete(self, request, kwargs, deadline, headers=None
+                        ) -> tuple[web.StreamResponse, str]:
         parts: list[str] = []
         role = "assistant"
 
@@ -253,12 +257,12 @@ class Worker:
             "created": int(time.time()), "model": self.engine.model_id,
             "choices": [{"index": 0, "message": {"role": role, "content": "".join(parts)},
                          "finish_reason": counts["finish_reason"] or "stop"}],
-            "usage": _usage(counts)}), "ok"
+            "usage": _usage(counts)}, headers=headers), "ok"
 
-    async def _stream(self, request, kwargs, deadline, include_usage: bool = False
-                      ) -> tuple[web.StreamResponse, str]:
+    async def _stream(self, request, kwargs, deadline, include_usage: bool = False,
+                      headers=None) -> tuple[web.StreamResponse, str]:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+                                           "Cache-Control": "no-cache", **(headers or {})})
         await resp.prepare(request)
         out: asyncio.Queue = asyncio.Queue()
         model = self.engine.model_id
