@@ -26,10 +26,17 @@ apt:
 			|| exit 1; \
 	fi
 
+# llama.cpp built for x86-64-v3 (AVX2), not for this CPU (GGML_NATIVE): a native build
+# uses AMX/AVX-512 that some virtual CPUs advertise but fault on (SIGILL on the first
+# prompt of a quantized model), and the .deb must run on other hosts anyway.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_BMI2=ON
+
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(VENV)/bin/pip install -q -e '.[hermes,test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(VENV)/bin/pip install -q -e '.[hermes,test]'
 	touch $(STAMP)
 
 lint: deps
