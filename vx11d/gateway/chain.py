@@ -186,7 +186,8 @@ async def route(request: web.Request) -> web.Response:
     m["fall"].labels("switch", "no_answer").inc()
     tried = {"switch": "no_answer"}
     details: dict[str, str] = {}
-    msg = {"messages": [{"role": "user", "content": query}]}
+    # temperature 0: the same question gets the same answer (a router, not a chat)
+    msg = {"messages": [{"role": "user", "content": query}], "temperature": 0}
     budget = max(0.5, ctx.cfg.gateway.request_timeout - 1)
     try:
         if not hermes_enabled(ctx):
