@@ -136,11 +136,11 @@ class Engine:
                     n_threads=cfg.n_threads or None, chat_format=cfg.chat_format or None,
                     verbose=False)
         if int(cfg.prompt_cache) > 0:
-            from llama_cpp import LlamaRAMCache
+            from .promptcache import PromptCache
 
             # llama.cpp keeps the KV of the LAST prompt (a shared prefix is not evaluated
             # again); this keeps the states of earlier conversations too, LRU, bounded
-            llm.set_cache(LlamaRAMCache(capacity_bytes=int(cfg.prompt_cache)))
+            llm.set_cache(PromptCache(capacity_bytes=int(cfg.prompt_cache)))
         _record_samples(llm)
         return llm
 
