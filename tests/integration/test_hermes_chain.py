@@ -232,8 +232,9 @@ def test_gateway_stream_cancel_and_queue_full_pass_through(tmp_path, dbpath):
         gw = AppThread(lambda: build_app(ctx, TOKEN, modules=["vx11d.gateway.chain"]))
         url = gw.url + "/v1/chat/completions"
         hdr = {"X-VX11-Token": TOKEN}
-        # random weights emit invalid UTF-8 that holds chunks back: bias it away
-        bias = {str(k): v for k, v in high_byte_bias().items()}
+        # random weights emit invalid UTF-8 that holds chunks back: bias it away; and no
+        # end-of-sequence (token 2), so the first stream surely outlasts the second request
+        bias = {**{str(k): v for k, v in high_byte_bias().items()}, "2": -100.0}
         body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 400,
                 "logit_bias": bias}
         try:
@@ -254,7 +255,7 @@ def test_gateway_stream_cancel_and_queue_full_pass_through(tmp_path, dbpath):
                 async with aiohttp.ClientSession() as s:
                     first = asyncio.ensure_future(s.post(url, json={**body, "stream": True},
                                                          headers=hdr))
-                    await asyncio.sleep(0.3)
+                    await asyncio.to_thread(poll_for, lambda: w.health()["running"] == 1, 30)
                     async with s.post(url, json=body, headers=hdr) as r2:
                         second = (r2.status, r2.headers.get("Retry-After"), await r2.json())
                     (await first).close()
