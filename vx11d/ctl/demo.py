@@ -90,8 +90,10 @@ def hermes_demo(sb: Sandbox) -> None:
           "vx11-hermes.service"])
     step(sb, "a real question through the gateway: Switch has no rule, Hermes answers",
          ["vx11ctl", "route", "--via-gateway", QUESTION])
-    step(sb, "the same gateway through the official openai SDK",
-         ["/opt/vx11d/bin/python", "-c", SDK_SCRIPT])
+    script = "/root/ask_openai.py"
+    Path(f"/proc/{sb.leader()}/root{script}").write_text(SDK_SCRIPT.lstrip())
+    step(sb, "the same gateway through the official openai SDK (this script)",
+         ["sh", "-c", f"cat {script}; echo; /opt/vx11d/bin/python {script}"])
     step(sb, "deactivate: madre stops Hermes", ["vx11ctl", "deactivate", "hermes"])
     wait(sb, "Hermes to stop", ["systemctl", "is-active", "vx11-hermes.service"],
          lambda rc, out: out.strip() in ("inactive", "failed"))
