@@ -167,6 +167,8 @@ class Engine:
 
     def _close(self) -> None:
         llm, self.llm = self.llm, None
+        llm.__dict__.pop("sample", None)  # the recording wrapper's cycle back to llm
+        llm.cache = None  # the saved prompt states go now, not at some later gc
         llm.close()
         del llm
         gc.collect()
