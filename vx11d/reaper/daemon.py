@@ -13,12 +13,16 @@ from .. import journal
 from ..config import Config
 from ..db import Database, record_event
 from ..errors import DbError
+from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
-from .proc import HZ, CgroupCache, read_cgroup, scan
-from .rules import Evaluator, Finding, HijaLookup, Report
+from .proc import HZ, CgroupCache, Snapshot, read_cgroup, scan
+from .rules import HIJA_RULE, Evaluator, Finding, HijaLookup, Report
+from .track import Tracker, fd_budget
 
 COMPONENT = "reaper"
+EVENT_HOLD = 0.2  # after handling exit events, wait this long before the next batch
+RETRACK_SHARE = 0.8  # polling goes back to events when the table is below this share
 log = logging.getLogger("vx11.reaper")
 
 
@@ -54,7 +58,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
         zp.append({"parent_pid": ppid, "parent_comm": parent.comm if parent else None,
                    "zombies": len(zs), "zombie_pids": sorted(zs)[:50]})
     findings = [{"pid": f.proc.pid, "ppid": f.proc.ppid, "comm": f.proc.comm,
-                 "uid": f.proc.uid, "age_s": round(snap.age(f.proc), 1), "rule": f.rule,
+                 "uid": f.uid, "age_s": round(snap.age(f.proc), 1), "rule": f.rule,
                  "action": f.action, "event": f.event, "cgroup": f.cgroup,
                  "orphan": f.orphan, "zombies": f.zombies, "hija_id": f.hija_id}
                 for f in rep.findings]
@@ -72,8 +76,10 @@ class ReaperService:
     component = COMPONENT
 
     def __init__(self, cfg: Config, db: Database | None, metrics: ReaperMetrics, *,
-                 proc_path: str = "/proc", clock: Any = time.monotonic):
+                 proc_path: str = "/proc", clock: Any = time.monotonic,
+                 breaker_file: str | None = None):
         self.proc_path = proc_path
+        self.breaker = Breaker(cfg.reaper, breaker_file, clock)
         self.db = db
         self.m = metrics
         self.clock = clock
@@ -85,6 +91,9 @@ class ReaperService:
         self._nudged: dict[tuple[int, int], float] = {}
         self._logged: dict[tuple[str, str, int, int], float] = {}
         self._rows: list[tuple[Any, ...]] = []
+        self.tracker: Tracker | None = None
+        self.next_probe = 0.0
+        self.hold_until = 0.0
         self._configure(cfg)
 
     def _configure(self, cfg: Config) -> None:
@@ -93,6 +102,55 @@ class ReaperService:
         lookup = db_hija_lookup(self.db) if self.db is not None else None
         self.evaluator = build_evaluator(cfg, self.proc_path, lookup)
         self.m.set_rules(self.evaluator.rule_names())
+        self.breaker.configure(cfg.reaper)
+        self.m.enforcement_stopped.set(1 if self.breaker.open else 0)
+        if self._can_track():
+            if self.tracker is None:
+                self._track()
+            else:
+                self.tracker.full_every = cfg.reaper.full_rescan_every
+        elif self.tracker is not None:
+            self._untrack("configured: tracking poll")
+
+    # --- event tracking -----------------------------------------------------------
+
+    def _can_track(self) -> bool:
+        """Events need this process's own procfs: pidfds name live PIDs, not a fixture
+        tree's."""
+        return self.rc.tracking == "events" and os.path.realpath(self.proc_path) == "/proc"
+
+    def _track(self) -> None:
+        self.tracker = Tracker(self.proc_path, full_every=self.rc.full_rescan_every)
+        self.m.tracking.set(1)
+
+    def _untrack(self, why: str) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+        self.tracker = None
+        self.m.tracking.set(0)
+        self.m.tracked.set(0)
+        journal.event(log, "reaper_polling", "process tracking off (%s): full scans every "
+                      "%.0fs", why, self.rc.interval, level=logging.WARNING)
+
+    @property
+    def wake_fd(self) -> int | None:
+        """The tracker's epoll fd while exit events are wanted (the runtime selects on it)."""
+        if self.tracker is None or self.clock() < self.hold_until:
+            return None
+        return self.tracker.fileno()
+
+    def _track_tick(self, now: float) -> None:
+        t = self.tracker
+        assert t is not None
+        if t.handle_events():
+            self.hold_until = now + EVENT_HOLD
+        if now >= self.next_probe:
+            t.check_new()
+            self.next_probe = now + self.rc.new_process_check
+        self.m.live_zombies.set(len(t.zombies))
+        if t.overflow:
+            self._untrack(f"more processes than {t.max_tracked} pidfds fit under the "
+                          f"open-file limit (LimitNOFILE)")
 
     # --- Service ------------------------------------------------------------------
 
@@ -102,16 +160,28 @@ class ReaperService:
         d = self.term.next_deadline()
         if d is not None:
             nxt = min(nxt, d)
-        return max(0.01, nxt - self.clock())
+        now = self.clock()
+        if self.tracker is not None:
+            nxt = min(nxt, self.next_probe)
+            if self.hold_until > now:
+                nxt = min(nxt, self.hold_until)
+        return max(0.01, nxt - now)
 
     def start(self) -> None:
         journal.event(log, "reaper_started", "reaper up: %d rules, interval %.1fs, "
                       "max %d kills per scan", len(self.rc.rules), self.rc.interval,
                       self.rc.max_kills_per_scan, pid=os.getpid())
+        if self.breaker.trip is not None:
+            journal.event(log, "reaper_enforcement_stopped", "enforcement stays stopped "
+                          "(%s); observe-only until `vx11ctl reaper rearm`",
+                          self.breaker.trip.reason, level=logging.ERROR,
+                          rule=self.breaker.trip.rule or None)
 
     def tick(self) -> None:
         for pd, outcome, sig in self.term.poll():
             self._completed(pd, outcome, sig)
+        if self.tracker is not None:
+            self._track_tick(self.clock())
         if self.clock() >= self.next_scan:
             self.scan_and_act()
             self.next_scan = self.clock() + self.rc.interval
@@ -119,6 +189,13 @@ class ReaperService:
         self._flush()
 
     def status(self) -> str:
+        text = self._status()
+        if self.breaker.trip is not None:
+            return (f"ENFORCEMENT STOPPED: {self.breaker.trip.reason}; observe-only until "
+                    f"`vx11ctl reaper rearm`; {text}")
+        return text
+
+    def _status(self) -> str:
         rep = self.report
         if rep is None:
             return "starting"
@@ -144,27 +221,62 @@ class ReaperService:
         for pd in self.term.close():
             self._record(pd.finding, "abandoned", None)  # type: ignore[arg-type]
         self._flush()
+        if self.tracker is not None:
+            self.tracker.close()
         journal.event(log, "reaper_stopped", "reaper stopping", pid=os.getpid())
 
     # --- one scan -----------------------------------------------------------------
 
     def scan_and_act(self) -> Report:
         t0 = time.perf_counter()
-        snap = scan(self.proc_path)
+        snap = self._snapshot()
         self.evaluator.cgroups.prune(snap)
         rep = self.evaluator.evaluate(snap)
+        if self.tracker is not None:
+            # The table may be minutes old for a process that exec'd since it was first
+            # read: read what is about to be signalled again, and judge it again if it
+            # changed.
+            act = [f.proc.pid for f in rep.findings if f.action != "observe"]
+            if act and self.tracker.reread(act):
+                snap = self.tracker.snapshot()
+                rep = self.evaluator.evaluate(snap)
         self.m.scan_seconds.observe(time.perf_counter() - t0)
         self.report = rep
         self.scans += 1
         self._export(rep)
+        counts: dict[str, int] = {}
+        for f in rep.findings:
+            if f.action != "observe" and f.rule != HIJA_RULE:
+                counts[f.rule] = counts.get(f.rule, 0) + 1
+        trip = self.breaker.check_scan(counts, len(rep.snapshot.procs))
+        if trip is not None:
+            self._tripped(trip)
         self.act(rep)
         self._prune(rep)
         self.m.last_scan.set(time.time())
         return rep
 
+    def _snapshot(self) -> Snapshot:
+        """The process table: from the tracker, or a full scan while polling."""
+        if self.tracker is not None:
+            self.tracker.refresh()
+            if not self.tracker.overflow:
+                self.m.tracked.set(self.tracker.tracked_fds)
+                return self.tracker.snapshot()
+            self._untrack(f"more processes than {self.tracker.max_tracked} pidfds fit "
+                          f"under the open-file limit (LimitNOFILE)")
+        snap = scan(self.proc_path)
+        if self._can_track() and len(snap.procs) < RETRACK_SHARE * fd_budget():
+            self._track()
+            journal.event(log, "reaper_tracking", "process tracking on again: %d processes",
+                          len(snap.procs))
+        return snap
+
     def _export(self, rep: Report) -> None:
         m = self.m
         m.scanned.set(len(rep.snapshot.procs))
+        if self.tracker is None:
+            m.live_zombies.set(sum(len(z) for z in rep.snapshot.zombies_by_parent.values()))
         for rule, n in rep.zombies_by_rule.items():
             m.zombies.labels(rule).set(n)
         for rule, n in rep.orphans_by_rule.items():
@@ -179,6 +291,16 @@ class ReaperService:
             journal.event(log, "hija_lookup_failed", "could not read hija records; hija "
                           "processes left alone this scan", level=logging.WARNING)
 
+    def _tripped(self, t: Trip) -> None:
+        """Enforcement stops: say so everywhere, and abandon terminations in progress."""
+        self.m.enforcement_stopped.set(1)
+        self.m.breaker_stops.inc()
+        journal.event(log, "reaper_enforcement_stopped", "circuit breaker: %s; enforcement "
+                      "stopped, observe-only until `vx11ctl reaper rearm`", t.reason,
+                      level=logging.ERROR, rule=t.rule or None)
+        for pd in self.term.close():
+            self._record(pd.finding, "abandoned", None)  # type: ignore[arg-type]
+
     def act(self, rep: Report) -> None:
         """Carry out a report's findings (signals go through verified pidfds only)."""
         budget = self.rc.max_kills_per_scan
@@ -191,6 +313,13 @@ class ReaperService:
             if f.action == "observe":
                 self._observe(f, now)
                 continue
+            trip = self.breaker.allow(f.rule) if f.rule != HIJA_RULE else None
+            if trip is not None:  # the window is full
+                self._tripped(trip)
+            if self.breaker.open:
+                if self._due(("enforcement_stopped", f.rule, *key), now):
+                    self._record(f, "enforcement_stopped", None, quiet=True)
+                continue
             if budget <= 0:
                 skipped += 1
                 if self._due(("circuit_open", f.rule, *key), now):
@@ -202,10 +331,14 @@ class ReaperService:
                     if self._signal_once(f, signal.SIGCHLD):
                         self._nudged[key] = now
                         budget -= 1
+                        self.breaker.signalled()
                     continue
                 f.event = "zombie_parent_terminated"
             if self._terminate(f):
                 budget -= 1
+                if f.rule != HIJA_RULE:
+                    self.breaker.signalled()
+        self.m.breaker_open.set(1 if skipped else 0)
         if skipped:
             self.m.breaker.inc()
             journal.event(log, "reaper_circuit_open", "max_kills_per_scan (%d) reached: "
@@ -293,7 +426,7 @@ class ReaperService:
                           f.rule, outcome, f" ({sig})" if sig else "", level=level,
                           pid=p.pid, comm=p.comm, rule=f.rule, signal=sig, outcome=outcome,
                           hija_id=f.hija_id, zombies=f.zombies or None)
-        detail = {"ppid": p.ppid, "uid": p.uid, "state": p.state, "cgroup": f.cgroup,
+        detail = {"ppid": p.ppid, "uid": f.uid, "state": p.state, "cgroup": f.cgroup,
                   "orphan": f.orphan, "zombies": f.zombies, "event": f.event,
                   "hija": f.hija_id}
         self._rows.append((time.time(), p.pid, p.start / HZ, p.comm, f.rule, f.action, sig,
