@@ -233,3 +233,44 @@ def test_decision_tree_on_real_inputs(gateway, remote_server):
     assert (status, body["error"]) == (503, "no_route")
     assert body["tried"] == {"switch": "no_answer", "hermes": "inactive",
                              "remote": "unavailable"}
+
+
+def test_prompt_cache_restores_an_earlier_conversation_exactly_and_stays_bounded(
+        real_model):
+    """Conversation A, then B, then A's second turn: A's prefix comes back from the saved
+    state (not evaluated again) and the answer is the one a fresh model gives; the cache
+    holds no 100 MB logits copy per state and stays under its capacity."""
+    from llama_cpp import Llama
+
+    from vx11d.hermes.promptcache import PromptCache
+
+    system = " ".join(f"Rule {i}: keep unit {i} bounded." for i in range(40))
+    a1 = [{"role": "system", "content": "A. " + system}, {"role": "user", "content": Q}]
+    b1 = [{"role": "system", "content": "B. " + system}, {"role": "user", "content": "Hi."}]
+    kw = {"temperature": 0, "max_tokens": 12}
+
+    def fresh(messages):
+        llm = Llama(model_path=real_model, n_ctx=2048, n_threads=2, verbose=False)
+        try:
+            return llm.create_chat_completion(messages=messages, **kw)
+        finally:
+            llm.close()
+
+    llm = Llama(model_path=real_model, n_ctx=2048, n_threads=2, verbose=False)
+    try:
+        cache = PromptCache(capacity_bytes=64 << 20)
+        llm.set_cache(cache)
+        first = llm.create_chat_completion(messages=a1, **kw)
+        llm.create_chat_completion(messages=b1, **kw)
+        a2 = [*a1, first["choices"][0]["message"], {"role": "user", "content": "Why?"}]
+        loads = []
+        real_load = llm.load_state
+        llm.load_state = lambda state: (loads.append(state.n_tokens), real_load(state))[1]
+        again = llm.create_chat_completion(messages=a2, **kw)
+    finally:
+        llm.close()
+    assert loads and loads[0] >= first["usage"]["prompt_tokens"]  # A's state came back
+    assert again["choices"][0]["message"]["content"] == \
+        fresh(a2)["choices"][0]["message"]["content"]
+    assert all(s.scores.shape[0] == 1 for s in cache.cache_state.values())
+    assert 0 < cache.cache_size <= 64 << 20
