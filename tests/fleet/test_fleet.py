@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from .harness import PKG, SCRAPE, Fleet, Host, poll
+from .harness import FLEET_MODEL, PKG, SCRAPE, Fleet, Host, poll
 
 pytestmark = pytest.mark.fleet
 
@@ -328,7 +328,7 @@ def test_series_count_flat_after_many_hijas(fleet: Fleet):
 
 # --- dashboard --------------------------------------------------------------------------
 
-MODEL = "/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf"  # hermes.model default
+MODEL = FLEET_MODEL  # hermes.model_path in the fleet
 
 
 def test_every_dashboard_panel_has_data_from_every_host(fleet: Fleet):

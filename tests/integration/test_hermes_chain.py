@@ -17,6 +17,7 @@ from tests.hermes_support import (
     TOKEN,
     AppThread,
     WorkerProc,
+    err_code,
     free_port,
     http,
     model,
@@ -157,11 +158,12 @@ def test_policy_disables_hermes_and_the_chain_falls_back_to_remote(gateway, remo
     assert body["route"] == "remote" and body["model"] == "remote-tiny"
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TOKEN, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model="x", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        model="remote-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert raw.headers["x-vx11-route"] == "remote"
     assert raw.parse().choices[0].message.role == "assistant"
     stream = list(client.chat.completions.create(
-        model="x", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+        model="remote-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+        stream=True))
     assert stream
     # Switch still answers without Hermes
     assert http("POST", gw.url + "/vx11/route", {"query": "6*7"})[1]["answer"] == "42"
@@ -177,7 +179,7 @@ def test_no_route_without_hermes_or_remote(gateway):
                              "remote": "unconfigured"}
     status, body, _ = http("POST", gw.url + "/v1/chat/completions",
                            {"messages": [{"role": "user", "content": "x"}]})
-    assert (status, body["error"]) == (503, "no_route")
+    assert (status, err_code(body)) == (503, "no_route")
 
 
 def test_hermes_down_falls_through_counted(gateway, tmp_path, remote_server):
@@ -230,8 +232,9 @@ def test_gateway_stream_cancel_and_queue_full_pass_through(tmp_path, dbpath):
         gw = AppThread(lambda: build_app(ctx, TOKEN, modules=["vx11d.gateway.chain"]))
         url = gw.url + "/v1/chat/completions"
         hdr = {"X-VX11-Token": TOKEN}
-        # random weights emit invalid UTF-8 that holds chunks back: bias it away
-        bias = {str(k): v for k, v in high_byte_bias().items()}
+        # random weights emit invalid UTF-8 that holds chunks back: bias it away; and no
+        # end-of-sequence (token 2), so the first stream surely outlasts the second request
+        bias = {**{str(k): v for k, v in high_byte_bias().items()}, "2": -100.0}
         body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 400,
                 "logit_bias": bias}
         try:
@@ -259,7 +262,7 @@ def test_gateway_stream_cancel_and_queue_full_pass_through(tmp_path, dbpath):
                     return second
 
             status, retry, data = asyncio.run(two_at_once())
-            assert (status, data["error"]) == (503, "queue_full") and retry
+            assert (status, err_code(data)) == (503, "queue_full") and retry
         finally:
             gw.close()
     finally:

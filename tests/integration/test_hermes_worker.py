@@ -15,7 +15,7 @@ import sys
 import aiohttp
 import pytest
 
-from tests.hermes_support import WorkerProc, model, unix_request
+from tests.hermes_support import WorkerProc, err_code, model, unix_request
 from tests.support import poll_for
 from vx11d.hermes.testmodel import high_byte_bias, write_corpus
 
@@ -103,9 +103,9 @@ def test_damaged_models_are_refused_and_the_worker_survives(spawn, models, tmp_p
     for bad in corpus:
         os.replace(shutil.copy(bad, target + ".new"), target)
         status, body = w.chat("hi", max_tokens=2)
-        assert (status, body["error"]) == (503, "model_refused"), (bad, body)
+        assert (status, err_code(body)) == (503, "model_refused"), (bad, body)
         h = w.health()
-        assert h["model"] == "refused" and h["reason"] == body["message"]
+        assert h["model"] == "refused" and h["reason"] == body["error"]["message"]
         assert w.proc.poll() is None
     assert _metric(w, "vx11_hermes_model_refused") == 1
     assert "hermes_model_refused" in w.output()
@@ -142,12 +142,12 @@ def test_queue_full_is_503_with_retry_after_and_timeouts_are_504(spawn, models):
 
     refused, waited = asyncio.run(burst())
     for status, retry, body in refused:
-        assert (status, body["error"]) == (503, "queue_full") and retry
+        assert (status, err_code(body)) == (503, "queue_full") and retry
     assert waited[0] == 200, waited
     assert _metric(w, 'vx11_hermes_requests_total{outcome="busy"}') == 2
     no_eos = {**BIAS, "2": -100.0}  # 2000 tokens (~2 ms each at best) cannot fit in 1.5 s
     status, body = w.chat("long", max_tokens=2000, timeout=30, logit_bias=no_eos)
-    assert (status, body["error"]) == (504, "timeout"), body
+    assert (status, err_code(body)) == (504, "timeout"), body
     assert _metric(w, 'vx11_hermes_requests_total{outcome="timeout"}') == 1
 
 

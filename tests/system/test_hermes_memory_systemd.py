@@ -19,7 +19,7 @@ from .conftest import journal, show, sysctl
 pytestmark = pytest.mark.system
 
 UNIT = "vx11-hermes.service"
-MODEL = "/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf"  # the default path
+MODEL = "/var/lib/vx11/models/random-weights-tiny.gguf"  # generated, configured below
 SOCK = "/run/vx11-hermes/hermes.sock"
 CHAT = ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}')
 
@@ -40,7 +40,8 @@ def small_hermes(sandbox):
 
     def setup(rss_limit: str, memory_max: str, memory_high: str) -> None:
         sandbox.write_config("log_level: info\nmadre:\n  profile: full\nhermes:\n"
-                             f"  rss_limit: {rss_limit}\n  max_tokens: 8\n")
+                             f"  rss_limit: {rss_limit}\n  max_tokens: 8\n"
+                             f"  model_path: {MODEL}\n  model_sha256: ''\n")
         dropin.parent.mkdir(exist_ok=True)
         dropin.write_text(f"[Service]\nMemoryMax={memory_max}\nMemoryHigh={memory_high}\n")
         sysctl(sandbox, "daemon-reload")

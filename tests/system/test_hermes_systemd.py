@@ -15,7 +15,8 @@ from .conftest import journal, show, sysctl
 pytestmark = pytest.mark.system
 
 UNIT = "vx11-hermes.service"
-MODEL = "/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf"  # the default path
+MODEL = "/var/lib/vx11/models/random-weights-tiny.gguf"  # generated: fast, talks nonsense
+USE_MODEL = f"  model_path: {MODEL}\n  model_sha256: ''\n"
 SOCK = "/run/vx11-hermes/hermes.sock"
 
 
@@ -30,6 +31,8 @@ def hermes(sandbox):
     r = _sh(sandbox, f"/opt/vx11d/bin/python -m vx11d.hermes.testmodel {MODEL} && "
             f"chgrp vx11 {MODEL} && chmod 0640 {MODEL}")
     assert r.returncode == 0, r.stderr
+    assert "\nhermes:\n" in original
+    sandbox.write_config(original.replace("\nhermes:\n", "\nhermes:\n" + USE_MODEL, 1))
     sysctl(sandbox, "start", UNIT)
     try:
         yield sandbox
@@ -74,7 +77,7 @@ def test_ready_status_generation_and_metrics(hermes):
 
 
 def test_rss_guard_exits_75_and_systemd_restarts_it(hermes):
-    hermes.write_config("log_level: info\nhermes:\n  rss_limit: 50M\n")
+    hermes.write_config("log_level: info\nhermes:\n  rss_limit: 50M\n" + USE_MODEL)
     sysctl(hermes, "restart", UNIT)  # idle RSS ~40 MiB: under the limit until a load
     before = int(show(hermes, UNIT, "NRestarts")["NRestarts"])
     assert _chat(hermes).stdout == "200"  # the in-flight request finishes

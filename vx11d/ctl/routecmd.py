@@ -53,7 +53,8 @@ def route(args: argparse.Namespace) -> int:
             return 1
         except (urllib.error.URLError, OSError) as e:
             raise Vx11Error(f"gateway at {url} does not answer: {e}") from e
-        emit(args, data, f"{data['answer']}\n(route {data['route']}, "
+        model = f", model {data['model']}" if data.get("model") else ""
+        emit(args, data, f"{data['answer']}\n(route {data['route']}{model}, "
              f"{data['latency_ms']:.2f} ms)")
         return 0
     t0 = time.perf_counter()

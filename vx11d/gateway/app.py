@@ -22,7 +22,7 @@ from ..errors import DbBusy, DbIntegrityError, DbUnavailable
 from . import health
 from .auth import FailureLimiter, TokenChecker, presented_tokens
 from .context import AUTHENTICATED, CTX, GatewayContext
-from .http import ApiError, Handler, json_error
+from .http import ApiError, Handler, error_for
 
 log = logging.getLogger("vx11.gateway")
 
@@ -80,30 +80,31 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
     try:
         return await handler(request)
     except ApiError as e:
-        return json_error(e.status, e.code, e.message, headers=e.headers or None, **e.extra)
+        return error_for(request, e.status, e.code, e.message, headers=e.headers or None,
+                         **e.extra)
     except DbUnavailable as e:  # a host fault: degraded, not broken (docs/faults.md)
-        return json_error(503, "unavailable", str(e), cause=e.cause, reason=e.reason,
-                          headers={"Retry-After": str(retry_after(e))})
+        return error_for(request, 503, "unavailable", str(e), cause=e.cause,
+                         reason=e.reason, headers={"Retry-After": str(retry_after(e))})
     except web.HTTPRequestEntityTooLarge:
-        return json_error(413, "too_large", "request body larger than "
+        return error_for(request, 413, "too_large", "request body larger than "
                           f"{request.app._client_max_size} bytes")
     except web.HTTPException as e:
         if e.status < 400:
             raise
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
-        return json_error(e.status, e.reason.lower().replace(" ", "_"), e.reason,
+        return error_for(request, e.status, e.reason.lower().replace(" ", "_"), e.reason,
                           headers=headers or None)
     except DbIntegrityError as e:  # input that slipped past validation: not a 500
         journal.event(log, "gateway_constraint_refused", "the database refused %s %s: %s",
                       request.method, _route_label(request), e, level=logging.WARNING)
-        return json_error(422, "invalid", "the database refused these values (a "
-                          "constraint); check them against docs/openapi.json")
+        return error_for(request, 422, "invalid", "the database refused these values (a "
+                         "constraint); check them against docs/openapi.json")
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, _route_label(request),
                       extra={"VX11_EVENT": "gateway_internal_error"})
-        return json_error(500, "internal", "internal error (logged)")
+        return error_for(request, 500, "internal", "internal error (logged)")
 
 
 @web.middleware
@@ -119,7 +120,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         m["auth_failures"].labels("rate_limited").inc()
         # Late, so a guessing loop costs the gateway a timer, not its event loop.
         await asyncio.sleep(health.TARPIT_S)
-        return json_error(429, "too_many_failures", "too many failed token attempts",
+        return error_for(request, 429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
     checker = request.app[CHECKER]
     if not tokens or not all([checker.valid(t) for t in tokens]):  # no short cut: same time
@@ -128,7 +129,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         m["auth_failures"].labels(reason).inc()
         journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,
                       level=logging.WARNING, client=client, reason=reason)
-        return json_error(401, "unauthorized", "a valid X-VX11-Token or Authorization: "
+        return error_for(request, 401, "unauthorized", "a valid X-VX11-Token or Authorization: "
                           "Bearer token is required",
                           headers={"WWW-Authenticate": 'Bearer realm="vx11"'})
     request[AUTHENTICATED] = True
@@ -144,7 +145,7 @@ async def deadline_mw(request: web.Request, handler: Handler) -> web.StreamRespo
         async with asyncio.timeout(request.app[CTX].cfg.gateway.request_timeout):
             return await handler(request)
     except TimeoutError:
-        return json_error(504, "timeout", "request took longer than "
+        return error_for(request, 504, "timeout", "request took longer than "
                           f"{request.app[CTX].cfg.gateway.request_timeout:g}s")
 
 

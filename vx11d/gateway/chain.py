@@ -12,6 +12,7 @@ through to the next and is counted in ``vx11_gateway_route_fallthrough_total``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -22,6 +23,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from .. import journal
+from ..chatapi import ChatError, ChatRequest, parse_chat
 from ..switch import Switch, SwitchRefused
 from .context import CTX, GatewayContext
 from .http import ApiError, no_timeout, read_json
@@ -189,7 +191,8 @@ async def route(request: web.Request) -> web.Response:
     m["fall"].labels("switch", "no_answer").inc()
     tried = {"switch": "no_answer"}
     details: dict[str, str] = {}
-    msg = {"messages": [{"role": "user", "content": query}]}
+    # temperature 0: the same question gets the same answer (a router, not a chat)
+    msg = {"messages": [{"role": "user", "content": query}], "temperature": 0}
     budget = max(0.5, ctx.cfg.gateway.request_timeout - 1)
     try:
         if not hermes_enabled(ctx):
@@ -239,6 +242,30 @@ async def _gone(request: web.Request) -> None:
         await asyncio.sleep(0.1)
 
 
+async def read_chat_body(request: web.Request) -> tuple[dict, ChatRequest]:
+    """The one place a /v1 body is decoded and checked: the raw object (forwarded as
+    is) and its validated form; every failure is a 400 naming the problem."""
+    try:
+        body = await read_json(request)
+    except ApiError as e:
+        if e.status == 422:  # OpenAI answers 400 for every malformed body
+            raise ApiError(400, e.code, e.message) from e
+        raise
+    try:
+        return body, parse_chat(body)
+    except ChatError as e:
+        raise ApiError(e.status, e.code or "invalid_request", e.message,
+                       param=e.param) from e
+
+
+def model_names(ctx: GatewayContext) -> tuple[set[str], set[str]]:
+    """Names a client may send as ``model``: (Hermes's, the remote API's)."""
+    mid = os.path.basename(ctx.cfg.hermes.model_path)
+    local = {mid, mid.removesuffix(".gguf"), "hermes"}
+    remote = {ctx.cfg.remote.model or "default"} if ctx.cfg.remote.base_url else set()
+    return local, remote
+
+
 @no_timeout
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI-compatible chat completions, proxied to Hermes or to the remote API."""
@@ -246,10 +273,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     m = st["metrics"]
     t0 = time.perf_counter()
-    body = await read_json(request)
-    stream = body.get("stream") is True
+    body, chat = await read_chat_body(request)
+    stream = chat.stream
+    local, remote_names = model_names(ctx)
+    if chat.model is not None and chat.model not in local | remote_names:
+        raise ApiError(404, "model_not_found", f"the model {chat.model!r} does not exist "
+                       f"here; GET /v1/models lists "
+                       f"{', '.join(sorted(local | remote_names))}", param="model")
+    only_remote = chat.model is not None and chat.model in remote_names - local
     targets = []
-    if hermes_enabled(ctx):
+    if only_remote:
+        pass
+    elif hermes_enabled(ctx):
         targets.append(("hermes", st["up"].hermes(ctx.cfg.hermes.socket),
                         "/v1/chat/completions", {"Content-Type": "application/json"},
                         body, ctx.cfg.hermes.request_timeout + 5))
@@ -301,7 +336,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _relay(request: web.Request, up: aiohttp.ClientResponse, name: str,
                  stream: bool) -> web.StreamResponse:
     headers = {"X-VX11-Route": name}
-    for h in ("Content-Type", "Retry-After"):
+    for h in ("Content-Type", "Retry-After", "X-VX11-Queue-Wait-Ms"):
         if h in up.headers:
             headers[h] = up.headers[h]
     if not stream or not up.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -329,15 +364,28 @@ async def _relay(request: web.Request, up: aiohttp.ClientResponse, name: str,
 
 
 async def models(request: web.Request) -> web.Response:
-    """The models the chat endpoint can reach now."""
+    """The configured models, always (clients call this first), each with its state:
+    Hermes's ``loaded``/``unloaded``/``loading``/``refused``, ``inactive`` outside an
+    activation window, ``down`` when the window is open but the worker does not answer."""
     ctx = request.app[CTX]
-    data = []
+    h = ctx.cfg.hermes
+    entry: dict[str, Any] = {"id": os.path.basename(h.model_path), "object": "model",
+                             "owned_by": "vx11-hermes", "created": 0, "state": "inactive"}
+    with contextlib.suppress(OSError):
+        entry["created"] = int(os.stat(h.model_path).st_mtime)
     if hermes_enabled(ctx):
-        data.append({"id": os.path.basename(ctx.cfg.hermes.model_path), "object": "model",
-                     "owned_by": "vx11-hermes", "created": 0})
+        entry["state"] = "down"
+        try:
+            async with request.app[STATE]["up"].hermes(h.socket).get(
+                    "/health", timeout=aiohttp.ClientTimeout(total=2)) as up:
+                info = await up.json()
+                entry["state"] = info.get("model", "unknown")
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            pass
+    data = [entry]
     if ctx.cfg.remote.base_url:
         data.append({"id": ctx.cfg.remote.model or "default", "object": "model",
-                     "owned_by": "remote", "created": 0})
+                     "owned_by": "remote", "created": 0, "state": "remote"})
     return web.json_response({"object": "list", "data": data})
 
 

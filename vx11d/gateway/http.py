@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..chatapi import error_body
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -95,6 +97,17 @@ def parse_json(raw: bytes) -> Any:
     except ValueError as e:  # e.g. an integer longer than sys.get_int_max_str_digits()
         raise ApiError(400, "bad_json", f"body is not a sane JSON document: {e}") from e
     return data
+
+
+def error_for(request: web.Request, status: int, code: str, message: str,
+              headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    """:func:`json_error`, or OpenAI's error shape on the OpenAI-compatible ``/v1/`` paths
+    (so the official SDK raises the right exception with the right message)."""
+    if not request.path.startswith("/v1/"):
+        return json_error(status, code, message, headers, **extra)
+    param = extra.pop("param", None)
+    body = {**error_body(status, message, param=param, code=code), **extra}
+    return web.json_response(body, status=status, headers=headers)
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from aiohttp import web
 from .. import __version__
 
 ERR = {"$ref": "#/components/schemas/Error"}
+OAI_ERR = {"$ref": "#/components/schemas/OpenAIError"}
 
 
 def _resp(desc: str, schema: dict | None = None) -> dict[str, Any]:
@@ -24,12 +25,12 @@ def _resp(desc: str, schema: dict | None = None) -> dict[str, Any]:
     return r
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+def _errors(*codes: int, schema: dict | None = None) -> dict[str, Any]:
     text = {400: "malformed request", 401: "missing or invalid token", 404: "not found",
             409: "conflict with the current state", 413: "body too large",
             415: "not JSON", 422: "invalid field value", 429: "too many failed token "
             "attempts", 502: "upstream failed", 503: "unavailable", 504: "deadline passed"}
-    return {str(c): _resp(text[c], ERR) for c in (401, 429, *codes)}
+    return {str(c): _resp(text[c], schema or ERR) for c in (401, 429, *codes)}
 
 
 def _body(schema: dict) -> dict[str, Any]:
@@ -141,22 +142,38 @@ def document() -> dict[str, Any]:
             "/v1/chat/completions": {"post": {
                 "summary": "OpenAI-compatible chat completions (Hermes inside its window, "
                            "else the remote API); the X-VX11-Route header names the route",
+                "description": "Honoured: max_tokens (max_completion_tokens), temperature, "
+                               "top_p, stop, seed, presence_penalty, frequency_penalty, "
+                               "logit_bias, stream, stream_options.include_usage, top_k, "
+                               "min_p, repeat_penalty. Any other parameter, or n > 1, "
+                               "tools, logprobs, ..., is a 400 naming it (param).",
                 "requestBody": _body({"type": "object", "required": ["messages"],
                                       "properties": {
-                                          "messages": {"type": "array",
+                                          "messages": {"type": "array", "minItems": 1,
                                                        "items": {"type": "object"}},
                                           "stream": {"type": "boolean"},
                                           "max_tokens": {"type": "integer", "minimum": 1},
+                                          "temperature": {"type": "number", "minimum": 0,
+                                                          "maximum": 2},
+                                          "top_p": {"type": "number", "minimum": 0,
+                                                    "maximum": 1},
+                                          "seed": {"type": "integer"},
+                                          "stop": {"oneOf": [{"type": "string"}, {
+                                              "type": "array", "maxItems": 4,
+                                              "items": {"type": "string"}}]},
                                           "model": {"type": "string"}}}),
                 "responses": {"200": {"description": "a chat completion, or with stream: "
                                       "server-sent events of chunks", "content": {
                                           "application/json": {"schema": {"type": "object"}},
                                           "text/event-stream": {"schema": {"type": "string"}}}},
-                              **_errors(400, 413, 415, 422, 502, 503, 504)}}},
+                              **_errors(400, 404, 413, 415, 502, 503, 504,
+                                        schema=OAI_ERR)}}},
             "/v1/models": {"get": {
-                "summary": "the models the chat endpoint can reach now",
+                "summary": "the configured models, also outside the activation window, "
+                           "each with its state (inactive, unloaded, loading, loaded, "
+                           "refused, down, remote)",
                 "responses": {"200": _resp("OpenAI model list", {"type": "object"}),
-                              **_errors()}}},
+                              **_errors(schema=OAI_ERR)}}},
             "/vx11/hermes/metrics": {"get": {
                 "summary": "Hermes's Prometheus metrics, relayed from its UNIX socket "
                            "(Hermes has no network of its own)",
@@ -172,6 +189,12 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "message"], "properties": {
                     "error": {"type": "string"}, "message": {"type": "string"}}},
+                "OpenAIError": {"type": "object", "required": ["error"], "properties": {
+                    "error": {"type": "object", "required": ["message", "type"],
+                              "properties": {"message": {"type": "string"},
+                                             "type": {"type": "string"},
+                                             "param": {"type": ["string", "null"]},
+                                             "code": {"type": ["string", "null"]}}}}},
                 "Hija": {"type": "object", "properties": {
                     "id": {"type": "string"}, "template": {"type": "string"},
                     "args": {"type": "object"}, "ttl_s": {"type": "number"},

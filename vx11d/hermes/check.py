@@ -38,7 +38,7 @@ PER_ARCH = ("context_length", "embedding_length", "block_count",
             "attention.layer_norm_rms_epsilon")
 DUNDER = re.compile(r"__\w+__|\bmro\b|\bsubclasses\b|\bglobals\b|\bbuiltins\b")
 SCAN_CHUNK = 1 << 22  # elements per numpy pass
-QUANT_SAMPLE_BYTES = 1 << 20  # bytes of each quantized tensor dequantized for the scan
+QUANT_SAMPLE_BYTES = 1 << 18  # bytes of each quantized tensor dequantized for the scan
 
 
 class Refused(Exception):

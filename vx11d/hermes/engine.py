@@ -43,6 +43,25 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _record_samples(llm: Any) -> None:
+    """Remember the last sampled token on ``llm`` (for exact usage counts)."""
+    sample = llm.sample
+
+    def recording(*args: Any, **kwargs: Any) -> int:
+        token = sample(*args, **kwargs)
+        llm._vx11_last_token = token
+        return token
+
+    llm.sample = recording
+    llm._vx11_last_token = None
+
+
+def _is_eog(llm: Any, token: int) -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, token))
+
+
 class Engine:
     """The model's state machine: unloaded → loading → loaded (or refused), and back."""
 
@@ -62,6 +81,13 @@ class Engine:
     @property
     def model_id(self) -> str:
         return os.path.basename(self.cfg.model_path)
+
+    def created(self) -> int:
+        """The model file's mtime (OpenAI's ``created``), 0 when it is missing."""
+        try:
+            return int(os.stat(self.cfg.model_path).st_mtime)
+        except OSError:
+            return 0
 
     def _stat(self) -> tuple | None:
         try:
@@ -104,9 +130,19 @@ class Engine:
         from llama_cpp import Llama
 
         cfg = self.cfg
-        return Llama(model_path=cfg.model_path, n_ctx=cfg.n_ctx,
-                     n_threads=cfg.n_threads or None, chat_format=cfg.chat_format or None,
-                     verbose=False)
+        # chat_format None: the GGUF's own tokenizer.chat_template (checked before the
+        # load), with its EOS token as the stop token
+        llm = Llama(model_path=cfg.model_path, n_ctx=cfg.n_ctx,
+                    n_threads=cfg.n_threads or None, chat_format=cfg.chat_format or None,
+                    verbose=False)
+        if int(cfg.prompt_cache) > 0:
+            from .promptcache import PromptCache
+
+            # llama.cpp keeps the KV of the LAST prompt (a shared prefix is not evaluated
+            # again); this keeps the states of earlier conversations too, LRU, bounded
+            llm.set_cache(PromptCache(capacity_bytes=int(cfg.prompt_cache)))
+        _record_samples(llm)
+        return llm
 
     def _refuse(self, reason: str) -> None:
         self.state, self.reason = "refused", reason
@@ -131,6 +167,8 @@ class Engine:
 
     def _close(self) -> None:
         llm, self.llm = self.llm, None
+        llm.__dict__.pop("sample", None)  # the recording wrapper's cycle back to llm
+        llm.cache = None  # the saved prompt states go now, not at some later gc
         llm.close()
         del llm
         gc.collect()
@@ -173,6 +211,7 @@ class Engine:
         if llm is None:
             raise RuntimeError("model is not loaded")
         counts = {"prompt_tokens": 0, "completion_tokens": 0, "finish_reason": None}
+        llm._vx11_last_token = None
         # llama-cpp-python 0.3.x drops every logits processor when logit_bias is also
         # given (``logits_processor = logits_processor.extend(...)`` is None), so the
         # bias is applied here instead of being passed through.
@@ -222,8 +261,12 @@ class Engine:
                 it.close()
         if cancel.is_set():
             raise Cancelled()
+        # Every sampled token was counted; one that ends generation (end-of-sequence,
+        # natural or forced for the budget) is not part of the answer.
+        last = llm._vx11_last_token
+        if last is not None and counts["completion_tokens"] and _is_eog(llm, last):
+            counts["completion_tokens"] -= 1
         if counts.pop("forced_stop", False):
-            counts["completion_tokens"] -= 1  # the forced end-of-sequence step
             counts["finish_reason"] = "length"
         return counts
 

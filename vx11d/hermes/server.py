@@ -14,12 +14,12 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from .. import journal
+from ..chatapi import ChatError, error_body, parse_chat
 from .engine import Cancelled, Engine, rss_bytes
 
 log = logging.getLogger("vx11.hermes")
@@ -27,9 +27,6 @@ log = logging.getLogger("vx11.hermes")
 OUTCOMES = ("ok", "cancelled", "timeout", "error", "busy", "refused", "draining")
 UNLOAD_REASONS = ("idle", "rss_guard", "shutdown", "reload")
 RESTART_REASONS = ("rss_guard", "oom")  # oom: the kernel killed it (seen at the next start)
-FLOAT_PARAMS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
-                "repeat_penalty")
-INT_PARAMS = ("top_k", "seed")
 
 
 def new_metrics(registry) -> dict:
@@ -76,67 +73,11 @@ def new_metrics(registry) -> dict:
     return m
 
 
-class BadRequest(Exception):
-    pass
-
-
-def _err(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status,
-                             headers=headers)
-
-
-def chat_kwargs(body: Any, max_tokens_cap: int) -> tuple[dict, bool]:
-    """llama-cpp-python kwargs from an OpenAI chat body (BadRequest when malformed)."""
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise BadRequest("messages must be a non-empty list")
-    clean = []
-    for m in msgs:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
-                or not isinstance(m.get("content"), str):
-            raise BadRequest("each message needs a string role and a string content")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise BadRequest(f"unsupported role {m['role']!r}")
-        clean.append({"role": m["role"], "content": m["content"]})
-    kw: dict[str, Any] = {"messages": clean}
-    mt = body.get("max_tokens", body.get("max_completion_tokens"))
-    if mt is None:
-        mt = max_tokens_cap
-    if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
-        raise BadRequest("max_tokens must be a positive integer")
-    kw["max_tokens"] = min(mt, max_tokens_cap)
-    for k in FLOAT_PARAMS:
-        if body.get(k) is not None:
-            if not isinstance(body[k], int | float) or isinstance(body[k], bool):
-                raise BadRequest(f"{k} must be a number")
-            kw[k] = float(body[k])
-    for k in INT_PARAMS:
-        if body.get(k) is not None:
-            if not isinstance(body[k], int) or isinstance(body[k], bool):
-                raise BadRequest(f"{k} must be an integer")
-            kw[k] = body[k]
-    stop = body.get("stop")
-    if stop is not None:
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) \
-                or len(stop) > 8:
-            raise BadRequest("stop must be a string or a list of up to 8 strings")
-        kw["stop"] = stop
-    bias = body.get("logit_bias")
-    if bias is not None:
-        if not isinstance(bias, dict) or len(bias) > 4096:
-            raise BadRequest("logit_bias must be an object of at most 4096 entries")
-        try:
-            kw["logit_bias"] = {int(k): float(v) for k, v in bias.items()}
-        except (TypeError, ValueError) as e:
-            raise BadRequest("logit_bias maps token ids to numbers") from e
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("stream must be a boolean")
-    return kw, stream
+def _err(status: int, code: str, message: str, headers: dict | None = None, *,
+         param: str | None = None) -> web.Response:
+    """An error in OpenAI's shape (the gateway relays it as is)."""
+    return web.json_response(error_body(status, message, param=param, code=code),
+                             status=status, headers=headers)
 
 
 class Worker:
@@ -170,9 +111,10 @@ class Worker:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(self, request: web.Request) -> web.Response:
+        e = self.engine
         return web.json_response({"object": "list", "data": [
-            {"id": self.engine.model_id, "object": "model", "owned_by": "vx11-hermes",
-             "created": 0}]})
+            {"id": e.model_id, "object": "model", "owned_by": "vx11-hermes",
+             "created": e.created(), "state": e.state}]})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
@@ -187,11 +129,13 @@ class Worker:
     async def _chat(self, request: web.Request) -> tuple[web.StreamResponse, str]:
         try:
             body = json.loads(await request.read())
-            kwargs, stream = chat_kwargs(body, self.cfg.max_tokens)
+            req = parse_chat(body, self.cfg.max_tokens)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _err(400, "bad_json", "body is not valid JSON"), "error"
-        except BadRequest as e:
-            return _err(422, "bad_request", str(e)), "error"
+            return _err(400, "invalid_json", "body is not valid JSON"), "error"
+        except ChatError as e:
+            return _err(e.status, e.code or "invalid_request", e.message,
+                        param=e.param), "error"
+        kwargs, stream = req.kwargs, req.stream
         retry = {"Retry-After": "5"}
         if self.draining:
             return _err(503, "draining", "worker is restarting (RSS guard)", retry), "draining"
@@ -211,6 +155,8 @@ class Worker:
         finally:
             self.waiting -= 1
             self.m["queue"].set(self.waiting)
+        waited = {"X-VX11-Queue-Wait-Ms":
+                  f"{(time.monotonic() - deadline + self.cfg.request_timeout) * 1000:.1f}"}
         try:
             if self.draining:
                 return _err(503, "draining", "worker is restarting (RSS guard)",
@@ -222,8 +168,9 @@ class Worker:
             except RuntimeError as e:
                 return _err(503, "model_refused", str(e), {"Retry-After": "60"}), "refused"
             if stream:
-                return await self._stream(request, kwargs, deadline)
-            return await self._complete(request, kwargs, deadline)
+                return await self._stream(request, kwargs, deadline, req.include_usage,
+                                          waited)
+            return await self._complete(request, kwargs, deadline, waited)
         finally:
             if acquired:
                 self.running = max(0, self.running - 1)
@@ -284,7 +231,8 @@ class Worker:
         self._account(counts, started)
         return counts, outcome
 
-    async def _complete(self, request, kwargs, deadline) -> tuple[web.StreamResponse, str]:
+    async def _complete(self, request, kwargs, deadline, headers=None
+                        ) -> tuple[web.StreamResponse, str]:
         parts: list[str] = []
         role = "assistant"
 
@@ -304,19 +252,17 @@ class Worker:
                         f"{self.cfg.request_timeout:g}s"), outcome
         if counts is None or outcome == "cancelled":
             return _err(499, "cancelled", "client went away"), "cancelled"
-        usage = {"prompt_tokens": counts["prompt_tokens"],
-                 "completion_tokens": counts["completion_tokens"],
-                 "total_tokens": counts["prompt_tokens"] + counts["completion_tokens"]}
         return web.json_response({
             "id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion",
             "created": int(time.time()), "model": self.engine.model_id,
             "choices": [{"index": 0, "message": {"role": role, "content": "".join(parts)},
                          "finish_reason": counts["finish_reason"] or "stop"}],
-            "usage": usage}), "ok"
+            "usage": _usage(counts)}, headers=headers), "ok"
 
-    async def _stream(self, request, kwargs, deadline) -> tuple[web.StreamResponse, str]:
+    async def _stream(self, request, kwargs, deadline, include_usage: bool = False,
+                      headers=None) -> tuple[web.StreamResponse, str]:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+                                           "Cache-Control": "no-cache", **(headers or {})})
         await resp.prepare(request)
         out: asyncio.Queue = asyncio.Queue()
         model = self.engine.model_id
@@ -343,8 +289,9 @@ class Worker:
                     cancel.set()  # the client went away: stop generating
 
         pumper = asyncio.ensure_future(pump())
+        counts = None
         try:
-            _counts, outcome = await self._run(request, kwargs, deadline, on_chunk, cancel)
+            counts, outcome = await self._run(request, kwargs, deadline, on_chunk, cancel)
         except Exception as e:
             log.exception("generation failed")
             outcome = "error"
@@ -356,6 +303,11 @@ class Worker:
                 "code": "timeout"}}).encode() + b"\n\n")
         if broken:
             outcome = "cancelled"
+        if include_usage and counts is not None:
+            out.put_nowait(b"data: " + json.dumps({
+                "id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model, "choices": [],
+                "usage": _usage(counts)}).encode() + b"\n\n")
         out.put_nowait(b"data: [DONE]\n\n")
         out.put_nowait(None)
         await pumper
@@ -363,6 +315,12 @@ class Worker:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await resp.write_eof()
         return resp, outcome
+
+
+def _usage(counts: dict) -> dict:
+    return {"prompt_tokens": counts["prompt_tokens"],
+            "completion_tokens": counts["completion_tokens"],
+            "total_tokens": counts["prompt_tokens"] + counts["completion_tokens"]}
 
 
 def build_app(worker: Worker) -> web.Application:
