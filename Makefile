@@ -46,7 +46,8 @@ $(STAMP): pyproject.toml
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(VENV)/bin/pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
 			-w $(LLAMA_WHEELS) 'llama-cpp-python>=0.3'
-	$(VENV)/bin/pip install -q $$(ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl | tail -1)
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps \
+		$$(ls -v $(LLAMA_WHEELS)/llama_cpp_python-*.whl | tail -1)
 	$(VENV)/bin/pip install -q -e '.[hermes,test]'
 	touch $(STAMP)
 
