@@ -100,7 +100,8 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = presented_token(request.headers.get("X-VX11-Token"),
                             request.headers.get("Authorization"))
     if not request.app[CHECKER].valid(token):
-        limiter.failed(client)
+        if token is not None:  # only a presented token is a guess; a missing one is not
+            limiter.failed(client)
         reason = "missing" if token is None else "invalid"
         m["auth_failures"].labels(reason).inc()
         journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,

@@ -19,7 +19,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .. import hijas, journal
+from .. import hijas, journal, textfmt
 from ..config import Config
 from ..db import Database
 from ..errors import SystemdError
@@ -115,7 +115,8 @@ class MadreService:
         self.reg.process_requests()
         self._refresh()
         journal.event(log, "madre_started", "madre up: reconciled (%s), wake socket %s",
-                      ", ".join(f"{k} {v}" for k, v in fixed.items()), self.wake_path)
+                      textfmt.counts({k: v for k, v in fixed.items() if v}, "nothing to fix"),
+                      self.wake_path)
 
     def _on_bus(self) -> None:
         try:

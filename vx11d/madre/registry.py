@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import journal
+from .. import journal, textfmt
 from ..config import Config, HijaTemplate
 from ..db import Database, record_event
 from ..errors import DbError, InputError, SystemdError
@@ -164,8 +164,9 @@ class Registry:
 
         done = self.db.write(fn)
         if done:
-            detail = " ".join(f"{k}={v}" for k, v in cols.items() if k != "ended_at")
-            journal.event(log, EVENT_OF[status], "hija %s %s %s", hija_id, status, detail,
+            detail = textfmt.fields({k: v for k, v in cols.items() if k != "ended_at"}, now)
+            journal.event(log, EVENT_OF[status], "hija %s %s%s", hija_id, status,
+                          f" ({detail})" if detail else "",
                           level=level, hija_id=hija_id, pid=cols.get("main_pid"))
             if status in ENDED_REASONS:
                 self.m.ended.labels(status).inc()
@@ -236,8 +237,9 @@ class Registry:
         if port is False:
             return 0
         port = port if tpl.needs_port else None
-        journal.event(log, "hija_spawned", "hija %s starting as %s (template %s, ttl %gs, "
-                      "port %s)", hid, unit, r["template"], ttl, port, hija_id=hid)
+        journal.event(log, "hija_spawned", "hija %s starting as %s (template %s, ttl %s%s)",
+                      hid, unit, r["template"], textfmt.duration(ttl),
+                      f", port {port}" if port is not None else "", hija_id=hid)
         props = unit_properties(self.cfg, tpl, hid, build_argv(tpl, args, port), ttl, port)
         tr = Tracked(hid, ttl, t0)
         self.tracked[unit] = tr
