@@ -58,7 +58,8 @@ printf 'Source: vx11d\n\nPackage: vx11d\nArchitecture: any\n' > "$shl/debian/con
 shlibs=$(cd "$shl" && find "$stage$prefix" -name '*.so' -print0 | xargs -0 dpkg-shlibdeps -O \
   --ignore-missing-info 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
 rm -rf "$shl"
-depends="python3 (>= 3.11), python3 (<< 3.12), systemd (>= 252), dbus${shlibs:+, $shlibs}"
+# procps: the units' ExecReload= runs /bin/kill (minbase has no procps).
+depends="python3 (>= 3.11), python3 (<< 3.12), systemd (>= 252), dbus, procps${shlibs:+, $shlibs}"
 cat > "$stage/DEBIAN/control" <<CONTROL
 Package: vx11d
 Version: $version

@@ -15,7 +15,8 @@ from tests.support import poll_for
 
 from .conftest import journal, run, show, sql, vx11_processes
 
-pytestmark = pytest.mark.host
+# the first test of a session may build both packages and the image (minutes)
+pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
 
 DAEMONS = ["vx11-madre.service", "vx11-reaper.service", "vx11-gateway.service"]
 ENABLED = ["vx11.target", "vx11-gateway.socket", "vx11-rotate.timer"]

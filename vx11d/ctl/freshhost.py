@@ -125,8 +125,10 @@ def ensure_image(packages: Iterable[str], *, cache: Path = CACHE,
 def _prune_images(cache: Path, keep: str) -> None:
     """Remove other cached images that no host copy uses now."""
     mounts = Path("/proc/mounts").read_text()
-    for done in cache.glob(f"{SUITE}-*.done"):
-        name = done.name.removesuffix(".done")
+    for root in cache.glob(f"{SUITE}-*"):
+        if not root.is_dir():
+            continue
+        name, done = root.name, cache / f"{root.name}.done"
         if name == keep or str(cache / name) in mounts:
             continue
         if any(h.read_text().strip() == str(cache / name)

@@ -59,6 +59,11 @@ class Tracked:
     stop_as: str | None = None  # status to record when madre itself stopped it
 
 
+def _killed_by_sigterm(props: dict[str, Any]) -> bool:
+    """The main process ended by SIGTERM (ExecMainCode CLD_KILLED, status 15)."""
+    return props.get("ExecMainCode") == 2 and props.get("ExecMainStatus") == 15
+
+
 def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str],
                     ttl: float, port: int | None) -> dict[str, Any]:
     """The transient unit's properties, by their D-Bus names."""
@@ -84,6 +89,8 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
         "RestrictRealtime": True,
         "LockPersonality": True,
         "WorkingDirectory": b"/",
+        # Stopped before madre at shutdown, so madre records each end as it happens.
+        "After": [b"vx11-madre.service"],
     }
     if tpl.sandboxing == "strict":
         props.update({
@@ -344,6 +351,10 @@ class Registry:
             status = tr.stop_as
         elif result == "timeout":
             status = "expired"
+        elif result == "success" and _killed_by_sigterm(tr.props):
+            # SIGTERM is a clean exit for systemd: a "systemctl stop" of the unit or the
+            # host shutting down (hijas are ordered After=madre, so madre sees that).
+            status = "stopped"
         elif result == "success":
             status = "exited"
         else:
@@ -352,6 +363,9 @@ class Registry:
         ended = int(tr.props.get("InactiveEnterTimestamp") or 0)
         if ended:
             cols["ended_at"] = ended / 1e6
+        if status == "stopped" and tr.stop_as is None:
+            cols["reason"] = "stopped by systemd (SIGTERM), not by madre: a systemctl stop " \
+                             "or the host shutting down"
         if status == "expired" and tr.stop_as:
             cols["reason"] = "stopped by madre's backstop after expiry"
         elif status == "failed":

@@ -80,6 +80,9 @@ def test_spawn_runs_then_expires_with_full_audit_trail(env):
 
 
 @pytest.mark.parametrize(("result", "code", "status"), [("success", 0, "exited"),
+                                                         # SIGTERM from a stop job or a
+                                                         # shutdown: not "exited"
+                                                         ("success", 15, "stopped"),
                                                          ("exit-code", 3, "failed"),
                                                          ("signal", 9, "failed")])
 def test_end_reasons(env, result, code, status):
