@@ -71,3 +71,13 @@ def fields(cols: Mapping[str, Any], now: float | None = None) -> str:
 def counts(d: Mapping[str, Any], empty: str = "none") -> str:
     """``1 expired, 2 running``: a count mapping as words, sorted by key."""
     return ", ".join(f"{v} {k}" for k, v in sorted(d.items())) or empty
+
+
+def size(n: float) -> str:
+    """``512 B``, ``3.2 KiB``, ``1.5 GiB``."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
