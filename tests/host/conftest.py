@@ -26,6 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_COMMIT = "6e337dd"
 PREVIOUS_VERSION = "0.1.0"
 DEB_CACHE = freshhost.CACHE / "debs"
+# The admin's first edit after install (docs/install.md): a template to spawn.
+ADMIN_TEMPLATE_SED = [
+    "-e", r"s|^  templates: {}|  templates:\n    sleeper:\n      command: [/usr/bin/sleep, "
+          r"infinity]\n      default_ttl: 30s\n      max_ttl: 30m|"]
 
 
 def _tree_key() -> str:

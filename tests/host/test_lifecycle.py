@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import poll_for
 
-from .conftest import journal, run, show, sql, vx11_processes
+from .conftest import ADMIN_TEMPLATE_SED, journal, run, show, sql, vx11_processes
 
 # the first test of a session may build both packages and the image (minutes)
 pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
@@ -21,11 +21,8 @@ pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
 DAEMONS = ["vx11-madre.service", "vx11-reaper.service", "vx11-gateway.service"]
 ENABLED = ["vx11.target", "vx11-gateway.socket", "vx11-rotate.timer"]
 # The admin's edit after install: a template to spawn and an audit root to rotate.
-ADMIN_EDIT = [
-    "-e", r"s|^  templates: {}|  templates:\n    sleeper:\n      command: [/usr/bin/sleep, "
-          r"infinity]\n      default_ttl: 30s\n      max_ttl: 30m|",
-    "-e", r"s|^  roots: \[\]|  roots:\n  - path: /var/lib/vx11/audit|",
-]
+ADMIN_EDIT = [*ADMIN_TEMPLATE_SED,
+              "-e", r"s|^  roots: \[\]|  roots:\n  - path: /var/lib/vx11/audit|"]
 _steps: list[str] = []
 
 

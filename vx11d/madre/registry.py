@@ -318,10 +318,29 @@ class Registry:
                 continue
             tr.props.update(ch.props)
             if ch.removed and not self._is_end(tr):
+                # systemd also sends UnitRemoved for every unit on daemon-reload (it frees
+                # and reloads them all): a unit that is still there has not ended.
+                live = self._live_props(ch.unit)
+                if live is not None:
+                    tr.props.update(live)
+                    continue
                 # collected before we saw it end (should not happen; be safe)
                 tr.props.setdefault("ActiveState", "inactive")
                 tr.seen_active = True
             self._observe(ch.unit, tr, removed=ch.removed)
+
+    def _live_props(self, unit: str) -> dict[str, Any] | None:
+        """The unit's properties if it is loaded and not ended, else None."""
+        try:
+            p = self.sd.properties(unit)
+        except SystemdError as e:
+            log.warning("could not re-read %s after UnitRemoved: %s", unit, e)
+            return None
+        if p is None or p.get("LoadState") == "not-found":
+            return None
+        if p.get("ActiveState") not in ("active", "activating", "reloading", "deactivating"):
+            return None
+        return p
 
     @staticmethod
     def _is_end(tr: Tracked) -> bool:

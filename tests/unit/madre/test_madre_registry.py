@@ -94,6 +94,21 @@ def test_end_reasons(env, result, code, status):
     assert (row["status"], row["exit_status"]) == (status, code)
 
 
+def test_unit_removed_on_daemon_reload_is_not_an_end_upgrade_killed_hija(env):
+    """Regression: the package upgrade's daemon-reload made systemd send UnitRemoved for a
+    running hija; madre recorded it "exited" and the reaper then killed its process."""
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd)
+    assert row["status"] == "running"
+    sd._emit(row["unit"], removed=True)  # daemon-reload: removed, yet still active
+    reg.on_changes(sd.drain())
+    assert hijas.get(db, row["id"])["status"] == "running"
+    assert row["unit"] in reg.tracked
+    sd.end(row["unit"], "timeout", 15)  # and its real end is still recorded
+    reg.on_changes(sd.drain())
+    assert hijas.get(db, row["id"])["status"] == "expired"
+
+
 def test_ports_are_allocated_and_released(env):
     cfg, db, sd, reg, _clock, _m = env
     rows = [spawn(cfg, db, reg, sd, "web") for _ in range(3)]
