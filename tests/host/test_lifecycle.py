@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.support import poll_for
+from vx11d.ctl import cgroups
 
 from .conftest import ADMIN_TEMPLATE_SED, journal, run, show, sql, vx11_processes
 
@@ -64,6 +65,13 @@ def test_apt_install_creates_users_dirs_token_and_starts_the_set(fresh_host, deb
                          ).stdout.split() == ["active"] * 4, 60, what="the set active")
     assert run(host, "vx11ctl", "db", "check").stdout.strip().endswith(": ok")
     _steps.append("install")
+
+
+def test_limits_are_enforced_on_the_fresh_host(fresh_host):
+    """The host boots with delegated cgroup controllers: MemoryMax/TasksMax/CPUQuota of a
+    unit reach the kernel (measured by vx11d.ctl.cgroups.probe)."""
+    seen = cgroups.probe(lambda argv: fresh_host.exec(argv, timeout=120))
+    assert seen == {"memory": True, "pids": True, "cpu": True}, seen
 
 
 def test_reinstall_keeps_the_token(fresh_host, debs):

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import SandboxError
+from . import cgroups
 
 CACHE = Path(os.environ.get("VX11_HOST_CACHE", "/var/cache/vx11-test"))
 HOSTS = Path(os.environ.get("VX11_HOSTS_DIR", "/var/tmp/vx11-hosts"))
@@ -154,6 +155,7 @@ class FreshHost:
         self.bind_ro = list(bind_ro)
         self.proc: subprocess.Popen[bytes] | None = None
         self.boots = 0
+        self.cgroups: cgroups.Delegation | None = None
 
     # --- the copy --------------------------------------------------------------------
 
@@ -192,7 +194,11 @@ class FreshHost:
         """Boot the root and wait for ``is-system-running``; seconds from exec to up."""
         if self.nspawn_pid() is not None:
             raise SandboxError(f"host {self.name} is already up")
-        cmd = ["systemd-nspawn", "-D", str(self.root), "--private-network", "--register=no",
+        # The cgroup controllers delegated (vx11d/ctl/cgroups.py): the host's systemd
+        # enforces MemoryMax/TasksMax/CPUQuota and can remove its units' cgroups.
+        self.cgroups = cgroups.delegate(self.name)
+        cmd = ["systemd-nspawn", *self.cgroups.nspawn_args(), "-D", str(self.root),
+               "--private-network", "--register=no",
                "--keep-unit", "-M", self.name, "--console=passive",
                *[f"--bind-ro={b}" for b in self.bind_ro],
                "-b", "systemd.firstboot=off", *args]
@@ -201,11 +207,17 @@ class FreshHost:
         with open(self.dir / f"boot{self.boots}.log", "wb") as logf:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_term_on_parent_death
-                                         if self.die_with_caller else None)
+                                         preexec_fn=self._preexec)
         (self.dir / "nspawn.pid").write_text(str(self.proc.pid))
         self.wait_running(start + timeout)
         return time.monotonic() - start
+
+    def _preexec(self) -> None:
+        """In nspawn's process before exec: join the delegated cgroups; die with us."""
+        if self.cgroups is not None:
+            self.cgroups.preexec()
+        if self.die_with_caller:
+            _term_on_parent_death()
 
     def wait_running(self, deadline: float) -> str:
         state = ""
@@ -251,6 +263,10 @@ class FreshHost:
         """``systemctl poweroff`` inside; SIGTERM then SIGKILL to nspawn if it hangs."""
         pid = self.nspawn_pid()
         if pid is None:
+            self.proc = None
+            if self.cgroups is not None:
+                self.cgroups.cleanup()
+                self.cgroups = None
             return
         leader = self.leader()
         if leader is not None:
@@ -267,6 +283,9 @@ class FreshHost:
         else:
             raise SandboxError(f"host {self.name}: nspawn {pid} does not exit")
         self.proc = None
+        if self.cgroups is not None:
+            self.cgroups.cleanup()
+            self.cgroups = None
 
     def _wait_gone(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -351,6 +370,7 @@ def clean_stale(prefix: str = "", hosts: Path = HOSTS) -> list[str]:
                 time.sleep(0.1)
         destroy_dir(d)
         removed.append(d.name)
+    cgroups.cleanup_stale(lambda n: n.startswith(prefix) if prefix else True)
     return removed
 
 

@@ -42,10 +42,9 @@ class Metrics:
                              registry=registry)
         self.spawned = Counter("vx11_hijas_spawned", "hija units started",
                                registry=registry)
-        self.ended = Counter("vx11_hijas_ended", "hijas ended, by reason", ["reason"],
-                             registry=registry)
-        for r in ENDED_REASONS:
-            self.ended.labels(r)
+        self.ended = Counter("vx11_hijas_ended", "hijas ended, by template and reason "
+                             "(oom: killed by the kernel for exceeding memory_max)",
+                             ["template", "reason"], registry=registry)
         self.spawn_seconds = Histogram(
             "vx11_hija_spawn_duration_seconds", "from madre picking a request up to the "
             "unit running", registry=registry,
@@ -61,6 +60,13 @@ class Metrics:
             self.reconcile.labels(k)
         self.wakes = Counter("vx11_madre_wakeups", "wake datagrams received",
                              registry=registry)
+
+    def known_templates(self, cfg: Config) -> None:
+        """Every template's end counters exist from the start (at 0), so rate() and
+        alerts see the first OOM kill."""
+        for t in cfg.madre.templates:
+            for r in ENDED_REASONS:
+                self.ended.labels(t, r)
 
 
 def bind_wake_socket(path: str, group: str = "vx11") -> socket.socket:
@@ -90,6 +96,7 @@ class MadreService:
                  registry: CollectorRegistry, *, wake_path: str | None = None) -> None:
         self.cfg, self.db, self.sd = cfg, db, sd
         self.m = Metrics(registry)
+        self.m.known_templates(cfg)
         self.reg = Registry(cfg, db, sd, self.m)
         self.reg.on_settled = self._settled
         # hija id -> abstract address of a waiter (the gateway) to notify when it settles
@@ -110,6 +117,7 @@ class MadreService:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sd.fileno(), self._on_bus)
         os.makedirs(os.path.dirname(self.wake_path), exist_ok=True)
+        os.makedirs(self.reg.ends_dir, exist_ok=True)  # the hijas' memory probes write here
         self.sock = bind_wake_socket(self.wake_path)
         self._loop.add_reader(self.sock.fileno(), self._on_wake)
         self.reg.process_requests()
@@ -213,6 +221,7 @@ class MadreService:
     async def reload(self, cfg: Config) -> None:
         """New templates, limits and windows policy; the wake socket path stays."""
         self.cfg = self.reg.cfg = self.win.cfg = cfg
+        self.m.known_templates(cfg)
         self.interval = float(cfg.madre.tick)
 
     async def stop(self) -> None:

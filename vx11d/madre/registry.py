@@ -3,6 +3,7 @@
     requested --start--> starting --unit active--> running --RuntimeMaxUSec--> expired
         |                   |                         |---exit 0--------------> exited
         |                   |                         |---exit != 0 / crash---> failed
+        |                   |                         |---kernel OOM kill-----> oom
         |                   +--StartTransientUnit refused / property lost--> failed
         +--stop requested before start----------------------------------------> stopped
     running|starting --stop request--> stopped;  --backstop (past expiry+grace)--> expired
@@ -29,17 +30,17 @@ from ..config import Config, HijaTemplate
 from ..db import Database, record_event
 from ..errors import DbError, InputError, SystemdError
 from ..hijas import LIVE, build_argv, check_args
-from . import ports
+from . import memory, ports
 from .systemd import Change, SystemdClient
 
 log = logging.getLogger("vx11.madre")
 
 SLICE = "vx11-hijas.slice"
-ENDED_REASONS = ("expired", "exited", "failed", "stopped", "lost")
+ENDED_REASONS = ("expired", "exited", "failed", "stopped", "lost", "oom")
 SETTLED = ("running", *ENDED_REASONS)  # what a spawn waiter waits for
 EVENT_OF = {"starting": "hija_spawned", "running": "hija_running", "expired": "hija_expired",
             "exited": "hija_exited", "failed": "hija_failed", "stopped": "hija_stopped",
-            "lost": "hija_lost"}
+            "lost": "hija_lost", "oom": "hija_oom_killed"}
 
 
 class PropertyNotSet(SystemdError):
@@ -104,6 +105,9 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
             "ProtectHostname": True,
             "ProtectControlGroups": True,
         })
+    key, value = memory.probe_property(memory.ends_dir(cfg.gateway.madre_wake_socket),
+                                       hija_id)
+    props[key] = value
     if cfg.madre.hija_user and not tpl.dynamic_user:
         # a dedicated static user: no per-start UID allocation and no implied mount
         # namespace (see docs/madre.md for what that trades away)
@@ -111,6 +115,14 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
     else:
         props["DynamicUser"] = True
     return props
+
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        return None
+    return n if 0 < n < 1 << 62 else None
 
 
 # Properties read back after start (name -> how to compare with what was asked).
@@ -146,6 +158,7 @@ class Registry:
     def __init__(self, cfg: Config, db: Database, sd: SystemdClient, metrics: Any,
                  clock=time.time) -> None:
         self.cfg, self.db, self.sd, self.m, self.clock = cfg, db, sd, metrics, clock
+        self.ends_dir = memory.ends_dir(cfg.gateway.madre_wake_socket)
         self.tracked: dict[str, Tracked] = {}  # unit name -> Tracked
         # called (hija id, status) after a row committed running or an end state
         self.on_settled: Callable[[str, str], None] | None = None
@@ -158,25 +171,36 @@ class Registry:
         if status in ENDED_REASONS:
             cols.setdefault("ended_at", now)
 
-        def fn(c: sqlite3.Connection) -> bool:
+        def fn(c: sqlite3.Connection) -> str | bool:
+            """The row's template if it moved, False if it was not in ``only_from``."""
             sets = ", ".join(f"{k} = ?" for k in ("status", *cols))
             marks = ",".join("?" * len(only_from))
-            cur = c.execute(f"UPDATE spawner_hijas SET {sets} WHERE id = ? AND status IN "  # noqa: S608
-                            f"({marks})", (status, *cols.values(), hija_id, *only_from))
-            if cur.rowcount != 1:
+            row = c.execute(f"UPDATE spawner_hijas SET {sets} WHERE id = ? AND status IN "  # noqa: S608
+                            f"({marks}) RETURNING template",
+                            (status, *cols.values(), hija_id, *only_from)).fetchone()
+            if row is None:
                 return False
             record_event(c, "madre", EVENT_OF[status], subject=hija_id, status=status,
                          **cols)
-            return True
+            return row[0]
 
-        done = self.db.write(fn)
+        template = self.db.write(fn)
+        done = template is not False
         if done:
-            detail = textfmt.fields({k: v for k, v in cols.items() if k != "ended_at"}, now)
-            journal.event(log, EVENT_OF[status], "hija %s %s%s", hija_id, status,
-                          f" ({detail})" if detail else "",
-                          level=level, hija_id=hija_id, pid=cols.get("main_pid"))
+            if status == "oom":  # the reason says it all, in a sysadmin's words
+                detail = str(cols.get("reason"))
+            else:
+                detail = textfmt.fields({k: v for k, v in cols.items()
+                                         if k not in ("ended_at", "memory_max", "memory_peak")},
+                                        now)
+            journal.event(log, EVENT_OF[status], "hija %s %s: %s" if status == "oom" else
+                          "hija %s %s%s", hija_id, status,
+                          detail if status == "oom" else (f" ({detail})" if detail else ""),
+                          level=level, hija_id=hija_id, pid=cols.get("main_pid"),
+                          template=template, memory_max=cols.get("memory_max"),
+                          memory_peak=cols.get("memory_peak"))
             if status in ENDED_REASONS:
-                self.m.ended.labels(status).inc()
+                self.m.ended.labels(template, status).inc()
             if self.on_settled is not None and status in SETTLED:
                 self.on_settled(hija_id, status)
         return done
@@ -378,6 +402,9 @@ class Registry:
             status = "exited"
         else:
             status = "failed"
+        report = memory.take(self.ends_dir, tr.hija_id)
+        if tr.stop_as is None and memory.is_oom(result, report):
+            status = "oom"
         cols: dict[str, Any] = {"result": result or None, "exit_status": status_code}
         ended = int(tr.props.get("InactiveEnterTimestamp") or 0)
         if ended:
@@ -385,12 +412,19 @@ class Registry:
         if status == "stopped" and tr.stop_as is None:
             cols["reason"] = "stopped by systemd (SIGTERM), not by madre: a systemctl stop " \
                              "or the host shutting down"
+        limit = (report.limit if report else None) or _int_or_none(tr.props.get("MemoryMax"))
+        if limit is not None:
+            cols["memory_max"] = limit
+        if report is not None and report.peak is not None:
+            cols["memory_peak"] = report.peak
         if status == "expired" and tr.stop_as:
             cols["reason"] = "stopped by madre's backstop after expiry"
+        elif status == "oom":
+            cols["reason"] = memory.oom_reason(report, limit, result, status_code)
         elif status == "failed":
             cols["reason"] = f"systemd result {result or 'unknown'}, exit status {status_code}"
         self._transition(tr.hija_id, status, only_from=("starting", "running"),
-                         level=logging.WARNING if status == "failed" else logging.INFO,
+                         level=logging.WARNING if status in ("failed", "oom") else logging.INFO,
                          **cols)
 
     # --- safety nets -------------------------------------------------------------------
@@ -429,6 +463,14 @@ class Registry:
                 # (_transition only moves a row that is still live.)
                 self.on_changes(self.sd.drain())
                 self.tracked.pop(unit, None)
+                report = memory.take(self.ends_dir, r["id"])
+                if report is not None and report.oom:
+                    self._transition(r["id"], "oom", only_from=("starting", "running"),
+                                     level=logging.WARNING, memory_max=report.limit,
+                                     memory_peak=report.peak,
+                                     reason=memory.oom_reason(report, report.limit,
+                                                              "", "unknown (seen at reconcile)"))
+                    continue
                 if self._transition(r["id"], "lost", only_from=("starting", "running"),
                                     level=logging.WARNING,
                                     reason=f"unit {unit} gone at reconcile (was {r['status']})"):
@@ -454,6 +496,7 @@ class Registry:
             journal.event(log, "hija_orphan_stopped", "unit %s has no live DB row; stopped",
                           name, level=logging.WARNING, hija_id=hid)
             fixed["orphans"] += 1
+        memory.sweep(self.ends_dir)
         if any(fixed.values()):
             log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in fixed.items()),
                      extra={"VX11_EVENT": "hija_reconcile"})
