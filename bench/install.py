@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.host.conftest import ADMIN_TEMPLATE_SED, build_current  # noqa: E402
+from tests.host.packages import ADMIN_TEMPLATE_SED, build_current  # noqa: E402
 from vx11d.ctl import freshhost  # noqa: E402
 
 SET = ["vx11.target", "vx11-madre.service", "vx11-reaper.service", "vx11-gateway.socket"]
