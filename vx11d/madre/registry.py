@@ -353,6 +353,26 @@ class Registry:
                 tr.seen_active = True
             self._observe(ch.unit, tr, removed=ch.removed)
 
+    def settle_before_exit(self, timeout: float = 2.0) -> int:
+        """At madre's stop: record the ends of hijas systemd already stopped (at shutdown
+        they stop first, being ordered After=madre) and leave the live ones running. The
+        end signals may still be on their way through the bus: wait up to ``timeout``
+        for them, then record what is left as stopped. Returns how many ended."""
+        deadline = time.monotonic() + timeout
+        before = len(self.tracked)
+        while True:
+            self.on_changes(self.sd.drain())
+            gone = [u for u in list(self.tracked) if self._live_props(u) is None]
+            if not gone or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for unit in gone:
+            tr = self.tracked.pop(unit)
+            self._transition(tr.hija_id, "stopped", only_from=("starting", "running"),
+                             reason=f"unit {unit} ended while madre was stopping (host "
+                                    "shutting down?); its end signal did not arrive")
+        return before - len(self.tracked)
+
     def _live_props(self, unit: str) -> dict[str, Any] | None:
         """The unit's properties if it is loaded and not ended, else None."""
         try:

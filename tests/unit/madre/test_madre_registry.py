@@ -110,6 +110,18 @@ def test_unit_removed_on_daemon_reload_is_not_an_end_upgrade_killed_hija(env):
     assert hijas.get(db, row["id"])["status"] == "expired"
 
 
+def test_settle_before_exit_records_hijas_stopped_at_shutdown_reboot_lost(env):
+    """Regression: at power-off the hijas stop just before madre gets SIGTERM; madre exited
+    before their end signals arrived and the next boot recorded them "lost"."""
+    cfg, db, sd, reg, _clock, _m = env
+    gone, live = spawn(cfg, db, reg, sd), spawn(cfg, db, reg, sd)
+    del sd.units[gone["unit"]]  # stopped and collected; its signals never came
+    assert reg.settle_before_exit(timeout=0.1) == 1
+    row = hijas.get(db, gone["id"])
+    assert row["status"] == "stopped" and "while madre was stopping" in row["reason"]
+    assert hijas.get(db, live["id"])["status"] == "running" and live["unit"] in reg.tracked
+
+
 def test_ports_are_allocated_and_released(env):
     cfg, db, sd, reg, _clock, _m = env
     rows = [spawn(cfg, db, reg, sd, "web") for _ in range(3)]
