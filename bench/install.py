@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,12 @@ def main() -> int:
                  "| head -6").stdout.split("\n")
         top = [(int(line.split()[0]) / 1024, Path(line.split()[1]).name) for line in du
                if line.strip()]
+        exposure = {}
+        for unit in ("gateway", "madre", "reaper", "rotate", "hermes"):
+            r = vx.exec(["systemd-analyze", "security", "--no-pager", f"vx11-{unit}.service"],
+                        timeout=120)
+            m = re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout)
+            exposure[unit] = float(m.group(1)) if m else None
         vx.poweroff()
         # 2. boots, alternating with the floor
         floor.root.joinpath("etc/systemd/system/bench-floor.service").write_text(FLOOR_UNIT)
@@ -118,6 +125,7 @@ def main() -> int:
         "package_mb": round(deb.stat().st_size / 1e6, 2),
         "installed_mb": round(installed_kb / 1024, 1),
         "venv_top_mb": {name: round(mb, 1) for mb, name in top},
+        "exposure": exposure,
         "boots_per_side": boots,
         "wall_s": round(time.monotonic() - t_start, 1),
     }

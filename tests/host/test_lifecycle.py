@@ -97,6 +97,21 @@ def test_enable_now_then_smoke_passes(fresh_host):
     _steps.append("smoke")
 
 
+def test_what_the_sysadmin_reads_has_no_epoch_floats_or_reprs(fresh_host):
+    """Regression: madre's journal said expires_at=1796081886.987424 and port None;
+    vx11ctl status printed hijas {'expired': 1}."""
+    step_after("smoke")
+    host = fresh_host
+    status = run(host, "vx11ctl", "status").stdout
+    listing = run(host, "vx11ctl", "hijas", "list").stdout
+    madre = [e["MESSAGE"] for e in journal(host, "SYSLOG_IDENTIFIER=vx11-madre")]
+    assert any(" expired" in m for m in madre), madre
+    for text in [status, listing, *madre]:
+        assert not re.search(r"\b1[7-9]\d{8}\.\d", text), text
+        assert "None" not in text and "{'" not in text, text
+    assert re.search(r"hijas \d+ expired", status), status
+
+
 def _goal(host, unit: str) -> float:
     text = run(host, "cat", f"/lib/systemd/system/{unit}").stdout
     m = re.search(r"systemd-analyze security goal: exposure <= ([\d.]+)", text)
