@@ -130,6 +130,36 @@ def test_security_exposure_within_the_unit_files_goal(fresh_host, unit):
     assert float(m.group(1)) <= _goal(fresh_host, unit), m.group(0)
 
 
+def test_scorecard_checks_secrets_audit_size_and_the_rotate_timer(fresh_host):
+    step_after("smoke")
+    host = fresh_host
+    run(host, "systemctl", "start", "vx11-rotate.service")  # a first successful rotation
+
+    def card() -> dict[str, dict]:
+        r = run(host, "vx11ctl", "scorecard", "--json", ok=False)
+        return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+
+    checks = card()
+    for name in ("secrets_not_in_audit_roots", "secrets_not_world_readable",
+                 "audit_size_budget", "rotate_timer_enabled", "rotation_recent"):
+        assert checks[name]["ok"], checks[name]
+    assert "/var/lib/vx11/audit" in checks["audit_size_budget"]["detail"]
+    token = run(host, "cat", "/etc/vx11/token").stdout.strip()
+    leak = "/var/lib/vx11/audit/20260101T000000Z_run/curl.log"
+    run(host, "sh", "-c", f"mkdir -p {leak.rsplit('/', 1)[0]} && "
+        f"echo 'curl -H \"X-VX11-Token: {token}\"' > {leak} && "
+        "cp /etc/vx11/token /etc/vx11/token.bak && chmod 644 /etc/vx11/token.bak")
+    try:
+        checks = card()
+        assert not checks["secrets_not_in_audit_roots"]["ok"]
+        assert f"API token in {leak}" in checks["secrets_not_in_audit_roots"]["detail"]
+        assert "API token in /etc/vx11/token.bak (mode 644)" in \
+            checks["secrets_not_world_readable"]["detail"]
+        assert token not in json.dumps(checks)
+    finally:
+        run(host, "rm", "-rf", leak.rsplit("/", 1)[0], "/etc/vx11/token.bak")
+
+
 def test_invalid_config_reload_refused_restart_exits_78_once(fresh_host):
     step_after("smoke")
     host = fresh_host
