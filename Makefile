@@ -5,6 +5,7 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev build-essential cmake pkg-config \
 	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl pigz \
+	prometheus-alertmanager prometheus-node-exporter systemd-journal-remote openssl \
 	mmdebstrap dpkg-dev lintian
 STAMP := $(VENV)/.vx11-deps
 

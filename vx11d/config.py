@@ -7,6 +7,7 @@ meaning (that output is ``packaging/vx11.yml``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -45,9 +46,22 @@ def _check_port(value: int) -> str | None:
     return None
 
 
-def _check_loopback(value: str) -> str | None:
-    if value not in ("127.0.0.1", "::1", "localhost") and not value.startswith("127."):
-        return f"metrics listen only on loopback; got {value!r}"
+METRICS_ADDRESS_HELP = ("metrics listen address: loopback, or one address of this host for a "
+                        "fleet Prometheus (docs/fleet.md)")
+
+
+def _check_metrics_address(value: str) -> str | None:
+    """Loopback (the default), or one address of this host for a fleet Prometheus to
+    scrape (docs/fleet.md); never a wildcard, which would open it on every interface."""
+    if value == "localhost":
+        return None
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        return f"not an IP address: {value!r} (loopback, or this host's monitoring address)"
+    if addr.is_unspecified or addr.is_multicast:
+        return (f"metrics listen on loopback or on one address of this host; got {value!r} "
+                "(a wildcard opens them on every interface)")
     return None
 
 
@@ -55,8 +69,10 @@ def _check_loopback(value: str) -> str | None:
 class DbConfig:
     path: str = opt("/var/lib/vx11/vx11.db", "SQLite database file shared by all daemons",
                     check=check_abs_path)
-    busy_timeout_ms: int = opt(5000, "how long one statement waits for a lock", lo=10, hi=600_000)
-    write_deadline: Duration = opt(Duration(30), "how long a write transaction is retried "
+    busy_timeout_ms: int = opt(1000, "how long one statement waits for a lock (with "
+                               "write_deadline: at most 40% of the units' WatchdogSec)",
+                               lo=10, hi=600_000)
+    write_deadline: Duration = opt(Duration(3), "how long a write transaction is retried "
                                    "while the database stays locked", lo=0.1, hi=3600)
 
 
@@ -64,8 +80,8 @@ class DbConfig:
 class GatewayConfig:
     listen_address: str = opt("0.0.0.0", "address to bind when not socket-activated")  # noqa: S104
     listen_port: int = opt(8000, "port to bind when not socket-activated", check=_check_port)
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9711, "/metrics port", check=_check_port)
     token_credential: str = opt("token", "name of the systemd credential holding the API token")
     token_file: str = opt("/etc/vx11/token", "fallback token file (must be mode 0600)",
@@ -131,8 +147,8 @@ class HijaTemplate:
 
 @dataclass(frozen=True, kw_only=True)
 class MadreConfig:
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9712, "/metrics port", check=_check_port)
     profile: Literal["solo_madre", "full"] = opt("solo_madre", "solo_madre: core only; "
                                                  "full: also keeps Hermes up")
@@ -160,6 +176,20 @@ class MadreConfig:
         return None
 
 
+# What a host can't lose: the reaper never signals a process in these units/slices
+# (matched against every name on its cgroup path) or with these names, whatever a rule says.
+DEFAULT_PROTECTED_UNITS = (
+    "-.slice", "init.scope", "systemd-*", "dbus.service", "dbus-broker.service",
+    "dbus.socket", "polkit.service", "user@*.service", "user-runtime-dir@*.service",
+    "getty@*.service", "serial-getty@*.service", "console-getty.service",
+    "container-getty@*.service", "autovt@*.service", "ssh.service", "sshd.service",
+    "sshd@*.service", "vx11-gateway.service", "vx11-madre.service", "vx11-reaper.service",
+    "vx11-hermes.service", "vx11-rotate.service")
+DEFAULT_PROTECTED_COMMS = (
+    "systemd", "systemd-*", "(sd-pam)", "init", "dbus-daemon", "dbus-broker*", "polkitd",
+    "agetty", "getty", "mingetty", "login", "sshd", "sshd-session", "sshd-auth")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReaperRule:
     name: str = opt(doc="rule name (a metric label; keep it short)", check=_check_name)
@@ -184,21 +214,38 @@ class ReaperRule:
 
 @dataclass(frozen=True, kw_only=True)
 class ReaperConfig:
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9713, "/metrics port", check=_check_port)
     interval: Duration = opt(Duration(30), "time between scans", lo=0.1, hi=86400)
     max_kills_per_scan: int = opt(10, "circuit breaker: most processes signalled per scan",
                                   lo=0, hi=100_000)
     observe_log_interval: Duration = opt(Duration(600), "a finding is logged again only "
                                          "after this long", lo=0, hi=7 * 86400)
-    protected_units: list[str] = opt(doc="glob patterns of units/slices never touched",
-                                     factory=lambda: ("-.slice", "init.scope", "systemd-*",
-                                                      "vx11-gateway.service",
-                                                      "vx11-madre.service",
-                                                      "vx11-reaper.service",
-                                                      "vx11-hermes.service",
-                                                      "vx11-rotate.service"))
+    protected_units: list[str] = opt(doc="glob patterns of units/slices never touched (the "
+                                     "default set; add yours in extra_protected_units)",
+                                     factory=lambda: DEFAULT_PROTECTED_UNITS)
+    protected_comms: list[str] = opt(doc="glob patterns of process names (comm) never "
+                                     "touched (the default set; add yours in "
+                                     "extra_protected_comms)",
+                                     factory=lambda: DEFAULT_PROTECTED_COMMS)
+    extra_protected_units: list[str] = opt(doc="more unit/slice globs never touched, on top "
+                                           "of protected_units", factory=tuple)
+    extra_protected_comms: list[str] = opt(doc="more process-name globs never touched, on "
+                                           "top of protected_comms", factory=tuple)
+    breaker_max_share: float = opt(0.25, "circuit breaker: a rule that would signal more "
+                                   "than this share of all processes in one scan stops "
+                                   "enforcement", lo=0.001, hi=1.0)
+    breaker_min_matches: int = opt(10, "circuit breaker: ... and at least this many",
+                                   lo=1, hi=10_000_000)
+    breaker_max_signals: int = opt(50, "circuit breaker: more processes signalled than this "
+                                   "within breaker_window stops enforcement", lo=1,
+                                   hi=10_000_000)
+    breaker_window: Duration = opt(Duration(600), "circuit breaker: the window for "
+                                   "breaker_max_signals", lo=1, hi=7 * 86400)
+    breaker_file: str = opt("/var/lib/vx11/reaper-breaker.json", "where a stopped breaker "
+                            "is remembered across restarts until `vx11ctl reaper rearm`",
+                            check=check_abs_path)
     hija_enforce: bool = opt(True, "terminate hija processes whose DB record has ended")
     hija_grace: Duration = opt(Duration(5), "grace for ended-hija processes", lo=0, hi=3600)
     rules: list[ReaperRule] = opt(doc="policy rules, first match wins", factory=tuple)
@@ -259,8 +306,8 @@ class RotateConfig:
 class HermesConfig:
     socket: str = opt("/run/vx11-hermes/hermes.sock", "UNIX socket the worker serves on",
                       check=check_abs_path)
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(0, "extra loopback /metrics port (0: none). The unit has "
                             "PrivateNetwork=yes, so scrape through the gateway's "
                             "/vx11/hermes/metrics; /metrics is always on the socket",
@@ -332,6 +379,29 @@ class Config:
     path: str = opt("", "(set by the loader: the file this came from)")
 
 
+# WatchdogSec= of the shipped daemon units; a drop-in may change it, and each daemon
+# checks again against the WATCHDOG_USEC systemd gives it (check_db_fits_watchdog).
+SHIPPED_WATCHDOG_S = 10.0
+# A daemon loop may wait on the DB at most this share of its watchdog period.
+DB_WATCHDOG_SHARE = 0.4
+
+
+def check_db_fits_watchdog(cfg: Config, watchdog_s: float, where: str = "WatchdogSec") -> None:
+    """ConfigError (exit 78) when one DB wait (lock timeout + write retries) cannot fit.
+
+    A write waits up to ``busy_timeout_ms`` inside SQLite and is retried until
+    ``write_deadline``; a loop doing that must still ping the watchdog in time.
+    """
+    wait = cfg.db.busy_timeout_ms / 1000 + float(cfg.db.write_deadline)
+    limit = DB_WATCHDOG_SHARE * watchdog_s
+    if wait > limit + 1e-9:
+        key = "db.write_deadline" if float(cfg.db.write_deadline) >= \
+            cfg.db.busy_timeout_ms / 1000 else "db.busy_timeout_ms"
+        raise ConfigError(cfg.path, key, f"a DB wait of up to {wait:g}s (busy_timeout_ms + "
+                          f"write_deadline) does not fit {where}={watchdog_s:g}s: keep the "
+                          f"sum at most {limit:g}s")
+
+
 def config_path(explicit: str | None = None) -> str:
     """The config file in force: an explicit path, ``$VX11_CONFIG``, or the default."""
     return explicit or os.environ.get("VX11_CONFIG") or DEFAULT_PATH
@@ -349,8 +419,9 @@ def parse(text: str, path: str) -> Config:
         data = {}
     if isinstance(data, dict) and "path" in data:
         raise ConfigError(path, "path", "unknown key")
-    cfg = build(Config, data, path)
-    return _replace_path(cfg, path)
+    cfg = _replace_path(build(Config, data, path), path)
+    check_db_fits_watchdog(cfg, SHIPPED_WATCHDOG_S, "the units' WatchdogSec")
+    return cfg
 
 
 def load(explicit: str | None = None) -> Config:

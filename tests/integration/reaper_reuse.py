@@ -32,6 +32,8 @@ CONFIG = """
 reaper:
   protected_units: []
   max_kills_per_scan: 1000
+  breaker_max_signals: 10000000
+  breaker_min_matches: 10000000
   rules: [{name: target, comm: "^reuse-target$", action: terminate, grace: 0}]
 """
 

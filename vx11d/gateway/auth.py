@@ -123,6 +123,12 @@ class FailureLimiter:
         while len(self._fails) > MAX_TRACKED_CLIENTS:
             self._fails.popitem(last=False)
 
+    def blocked_clients(self) -> int:
+        """How many clients are refused (429) right now; safe from another thread."""
+        cutoff = self.clock() - self.window
+        return sum(1 for times in list(self._fails.values())
+                   if len([t for t in times if t > cutoff]) >= self.limit)
+
     def prune(self) -> None:
         for client in list(self._fails):
             if not self._recent(client):
