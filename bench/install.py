@@ -86,7 +86,8 @@ def main() -> int:
         run(vx, "apt-get", "install", "-y", "--no-install-recommends", f"/root/{deb.name}")
         install_s = time.monotonic() - t0
         run(vx, "sed", "-i", *ADMIN_TEMPLATE_SED, "/etc/vx11/vx11.yml")
-        run(vx, "systemctl", "reload", "vx11-madre.service")
+        run(vx, "systemctl", "try-reload-or-restart", "vx11-madre.service",
+            "vx11-gateway.service")
         smoke = run(vx, "vx11ctl", "smoke", "--ttl", "1")
         install_to_smoke_s = time.monotonic() - t0
         assert smoke.stdout.strip().endswith("smoke passed"), smoke.stdout

@@ -88,7 +88,8 @@ def test_enable_now_then_smoke_passes(fresh_host):
     run(host, "sed", "-i", *ADMIN_EDIT, "/etc/vx11/vx11.yml")
     run(host, "vx11ctl", "config", "check")
     run(host, "systemctl", "enable", "--now", "vx11.target")
-    run(host, "systemctl", "reload", "vx11-madre.service")
+    run(host, "systemctl", "try-reload-or-restart", "vx11-madre.service",
+        "vx11-gateway.service")
     poll_for(lambda: "config_reloaded" in {e.get("VX11_EVENT") for e in
                                           journal(host, "-u", "vx11-madre.service")},
              30, what="madre reloaded the admin's templates")
