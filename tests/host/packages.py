@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_COMMIT = "6e337dd"
 PREVIOUS_VERSION = "0.1.0"
 DEB_CACHE = freshhost.CACHE / "debs"
+KEEP_TREE_BUILDS = 4
 # What packaging/deb/build.sh puts into the package (a change elsewhere reuses the cache).
 PACKAGED = ["pyproject.toml", "README.md", "vx11d", "units", "packaging", "docs"]
 # The admin's first edit after install (docs/install.md): a template to spawn.
@@ -62,6 +63,10 @@ def cached_deb(key: str, make) -> Path:
         make(tmp)
         shutil.rmtree(slot, ignore_errors=True)
         os.rename(tmp, slot)
+        # keep the newest few builds of the tree (each a few MB); commits stay
+        trees = sorted(DEB_CACHE.glob("tree-*"), key=lambda p: p.stat().st_mtime)
+        for old in trees[:-KEEP_TREE_BUILDS]:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return next(slot.glob("*.deb"))
