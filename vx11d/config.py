@@ -295,6 +295,8 @@ class RotateConfig:
     hard_exclude: list[str] = opt(doc="extra glob patterns never archived or deleted "
                                   "(SCORECARD.json, DB_SCHEMA*, DB_MAP* always are)",
                                   factory=tuple)
+    size_budget: Size = opt(Size(10 * 1024**3), "the audit roots' total size the scorecard "
+                            "allows (vx11ctl scorecard: audit_size_budget)", lo=1024**2)
     compression_level: int = opt(6, "gzip level", lo=1, hi=9)
     workers: int = opt(2, "archives written at once (worker processes)", lo=1, hi=64)
     compress_threads: int = opt(0, "compression threads per archive (0: the CPUs shared "

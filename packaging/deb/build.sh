@@ -9,7 +9,8 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$repo/dist}
 extras=""
 [ "${2:-}" = "--with-hermes" ] && extras="[hermes]"
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/pyproject.toml")
+version=${VX11_DEB_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/pyproject.toml")}
+maintainer="vx11d maintainers <vx11d@example.org>"
 arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -20,8 +21,12 @@ prefix=/opt/vx11d
 "$stage$prefix/bin/pip" install -q --no-cache-dir --upgrade pip
 "$stage$prefix/bin/pip" install -q "$repo$extras"
 grep -rlI --null "$stage$prefix" "$stage$prefix/bin" "$stage$prefix/pyvenv.cfg" | xargs -0 -r sed -i "s|$stage$prefix|$prefix|g"
+"$stage$prefix/bin/python3" -m pip uninstall -q -y pip setuptools
 find "$stage$prefix" -name '__pycache__' -prune -exec rm -rf {} +
-rm -f "$stage$prefix/bin/pip"* "$stage$prefix/bin/activate"*
+rm -f "$stage$prefix/bin/pip"* "$stage$prefix/bin/activate"* "$stage$prefix/lib64"
+# Debug symbols of the compiled extensions are of no use on a host (dh_strip does this).
+find "$stage$prefix" -name '*.so' -exec strip --strip-unneeded {} +
+chmod 0755 "$stage"
 
 # 2. systemd units, users, dirs, config, monitoring, docs.
 install -d "$stage/lib/systemd/system" "$stage/usr/lib/sysusers.d" "$stage/usr/lib/tmpfiles.d" \
@@ -37,53 +42,46 @@ cp "$repo/README.md" "$repo"/docs/*.md "$stage/usr/share/doc/vx11d/"
 ln -s "$prefix/bin/vx11ctl" "$stage/usr/bin/vx11ctl"
 ln -s "$prefix/bin/vx11d" "$stage/usr/sbin/vx11d"
 
-# 3. Package metadata and maintainer scripts.
-size=$(du -sk "$stage" | cut -f1)
+# 3. Package metadata, maintainer scripts (packaging/deb/*inst, *rm), lintian overrides.
+install -d "$stage/usr/share/lintian/overrides"
+install -m 0644 "$repo/packaging/deb/lintian-overrides" "$stage/usr/share/lintian/overrides/vx11d"
+install -m 0644 "$repo/packaging/deb/copyright" "$stage/usr/share/doc/vx11d/copyright"
+printf 'vx11d (%s) unstable; urgency=medium\n\n  * Release %s (changes: git log).\n\n -- %s  %s\n' \
+  "$version" "$version" "$maintainer" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}")" \
+  | gzip -9n > "$stage/usr/share/doc/vx11d/changelog.gz"
+size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+# Shared libraries the compiled extensions link (libc6, libsystemd0, ...), as
+# dpkg-shlibdeps computes them for any Debian package.
+shl=$(mktemp -d)
+mkdir "$shl/debian"
+printf 'Source: vx11d\n\nPackage: vx11d\nArchitecture: any\n' > "$shl/debian/control"
+shlibs=$(cd "$shl" && find "$stage$prefix" -name '*.so' -print0 | xargs -0 dpkg-shlibdeps -O \
+  --ignore-missing-info 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+rm -rf "$shl"
+# procps: the units' ExecReload= runs /bin/kill (minbase has no procps).
+depends="python3 (>= 3.11), python3 (<< 3.12), systemd (>= 252), dbus, procps${shlibs:+, $shlibs}"
 cat > "$stage/DEBIAN/control" <<CONTROL
 Package: vx11d
 Version: $version
 Architecture: $arch
-Maintainer: vx11d maintainers <vx11d@localhost>
+Maintainer: $maintainer
 Installed-Size: $size
-Depends: python3 (>= 3.11), python3 (<< 3.12), systemd (>= 252), libsystemd0, dbus, curl
+Depends: $depends
 Recommends: prometheus-node-exporter
 Section: admin
 Priority: optional
+Homepage: https://example.org/vx11d
 Description: keeps an AI services host clean, bounded and observable
- systemd-integrated daemons: a token-protected gateway on :8000, madre (short-lived
- workers with mandatory TTLs as transient units), a zombie and orphan reaper, an
- audit rotator on a timer and a local LLM worker under MemoryMax, sharing one
- SQLite database and exposing Prometheus metrics.
+ systemd-integrated daemons: a token-protected gateway on :8000, madre
+ (short-lived workers with mandatory TTLs as transient units), a zombie and
+ orphan reaper, an audit rotator on a timer and a local LLM worker under
+ MemoryMax, sharing one SQLite database and exposing Prometheus metrics.
 CONTROL
 echo "/etc/vx11/vx11.yml" > "$stage/DEBIAN/conffiles"
-cat > "$stage/DEBIAN/postinst" <<'POSTINST'
-#!/bin/sh
-set -e
-if [ "$1" = configure ]; then
-  systemd-sysusers vx11.conf
-  systemd-tmpfiles --create vx11.conf
-  chgrp vx11 /etc/vx11/vx11.yml
-  if [ ! -e /etc/vx11/token ]; then
-    umask 077
-    head -c 32 /dev/urandom | base64 | tr -d '=+/\n' > /etc/vx11/token
-    echo >> /etc/vx11/token
-  fi
-  /opt/vx11d/bin/vx11ctl db migrate >/dev/null
-  if [ -d /run/systemd/system ]; then
-    systemctl daemon-reload
-    systemctl enable vx11.target vx11-gateway.socket vx11-rotate.timer >/dev/null 2>&1 || true
-  fi
-fi
-POSTINST
-cat > "$stage/DEBIAN/prerm" <<'PRERM'
-#!/bin/sh
-set -e
-if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
-  systemctl stop vx11.target 'vx11-*' >/dev/null 2>&1 || true
-  systemctl disable vx11.target vx11-gateway.socket vx11-rotate.timer >/dev/null 2>&1 || true
-fi
-PRERM
-chmod 0755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/prerm"
+install -m 0755 "$repo/packaging/deb/postinst" "$repo/packaging/deb/prerm" \
+  "$repo/packaging/deb/postrm" "$stage/DEBIAN/"
+(cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z \
+  | xargs -0 md5sum > DEBIAN/md5sums)
 mkdir -p "$out"
 dpkg-deb --root-owner-group -Zxz --build "$stage" "$out/vx11d_${version}_${arch}.deb" >/dev/null
 echo "$out/vx11d_${version}_${arch}.deb"

@@ -11,12 +11,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("deb")
-    r = subprocess.run([str(REPO / "packaging" / "deb" / "build.sh"), str(out)],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return Path(r.stdout.strip().splitlines()[-1])
+def deb() -> Path:
+    """The tree's package, built once and shared with the host tier (cached by content)."""
+    from tests.host.packages import build_current
+
+    return build_current()
 
 
 def test_package_metadata_and_contents(deb):

@@ -120,6 +120,21 @@ def test_bad_tokens_are_401_never_500(client_factory, headers):
     run(loop, go())
 
 
+def test_missing_tokens_do_not_lock_out_the_client_smoke_on_default_config(client_factory):
+    """Regression: vx11ctl smoke's 401 sweep (dozens of tokenless requests) tripped the
+    default auth_fail_limit (10) and its own spawn then got 429 on a packaged install."""
+    make, loop = client_factory
+    c, _ctx = make("gateway:\n  auth_fail_limit: 3\n  auth_fail_window: 60s\n")
+
+    async def go():
+        for _ in range(10):
+            assert (await c.get("/conflict")).status == 401
+        r = await c.get("/conflict", headers={"X-VX11-Token": TOKEN})
+        assert r.status != 429
+
+    run(loop, go())
+
+
 def test_repeated_failures_get_429_with_retry_after(client_factory):
     make, loop = client_factory
     c, ctx = make("gateway:\n  auth_fail_limit: 3\n  auth_fail_window: 60s\n")

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .. import config, hijas
+from .. import config, hijas, textfmt
 from ..confload import format_size as size
 from ..confload import parse_duration
 from ..db import Database
@@ -77,11 +77,11 @@ def _fmt_row(r: dict[str, Any]) -> str:
     now = time.time()
     when = ""
     if r["status"] == "running" and r.get("expires_at"):
-        when = f"expires in {max(0, r['expires_at'] - now):.0f}s"
+        when = f"expires {textfmt.relative(max(now, r['expires_at']), now)}"
     elif r.get("ended_at"):
-        when = f"ended {max(0, now - r['ended_at']):.0f}s ago"
-    port = r.get("port") or "-"
-    line = f"{r['id']}  {r['template']:<10} {r['status']:<9} port {port!s:<6} {when}"
+        when = f"ended {textfmt.relative(min(now, r['ended_at']), now)}"
+    port = f"port {r['port']}" if r.get("port") else "no port"
+    line = f"{r['id']}  {r['template']:<10} {r['status']:<9} {port:<10} {when}"
     if r["status"] == "oom":
         line += (f"  killed for memory: peak {size(r.get('memory_peak'))} of "
                  f"{size(r.get('memory_max'))}")
@@ -135,7 +135,8 @@ def cmd_activate(args: argparse.Namespace) -> int:
     seconds = _seconds("--for", args.duration)
     row = hijas.activate(db, cfg, args.component, seconds, requested_by="vx11ctl")
     hijas.wake_madre(cfg.gateway.madre_wake_socket)
-    emit(args, row, f"{args.component} activated for {seconds:g}s (window {row['id']})")
+    emit(args, row, f"{args.component} activated for {textfmt.duration(seconds)} "
+         f"(window {row['id']}, until {textfmt.iso(row.get('expires_at'))})")
     return 0
 
 

@@ -12,6 +12,7 @@ import time
 
 from .. import config, db
 from ..errors import ConfigError, DbError, Vx11Error
+from . import hygiene
 from .main import emit
 from .reapercmd import scan_report
 from .units import show, unit_names
@@ -110,9 +111,7 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
             if cfg.rotate.roots:
                 last = d.query("SELECT max(finished_at) FROM rotations WHERE errors = 0 "
                                "AND dry_run = 0")[0][0]
-                fresh = last is not None and now - last < 36 * 3600
-                age = "never" if last is None else f"{(now - last) / 3600:.1f} h ago"
-                checks.append(_check("rotation_recent", fresh, age))
+                checks.append(hygiene.last_rotation(last, now))
         except DbError as e:
             checks.append(_check("db_integrity", False, str(e)))
         finally:
@@ -128,6 +127,9 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
     except OSError as e:
         checks.append(_check("token_file_0600", False, f"{cfg.gateway.token_file}: "
                              f"{e.strerror}"))
+    checks += hygiene.leak_checks(cfg)
+    checks.append(hygiene.audit_size(cfg))
+    checks.append(hygiene.rotate_timer())
     try:  # the reaper's own scanner: one /proc parser in the project
         zombies = int(scan_report(config_path)["zombies"])
         checks.append(_check("zombies_low", zombies < 10, f"{zombies} zombie processes"))

@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from .. import config, db
+from .. import config, db, textfmt
 from ..errors import SystemdError
 from .main import emit
 
@@ -118,10 +118,14 @@ def status(args: argparse.Namespace) -> int:
             line += f"  (restarts: {u['NRestarts']})"
         lines.append(line)
     if summary.get("exists"):
-        h = summary["hijas"]
-        lines.append(f"db {summary['path']}: hijas {dict(h) if h else 'none'}, "
-                     f"{summary['events']} events, activations "
-                     f"{[a['component'] for a in summary['activations']] or 'none'}")
+        wins = ", ".join(f"{a['component']} until {textfmt.when(a['expires_at'])}"
+                         for a in summary["activations"]) or "none"
+        lines.append(f"db {summary['path']}: hijas {textfmt.counts(summary['hijas'])}; "
+                     f"{summary['events']} events; activation windows {wins}")
+        rot = summary.get("last_rotation")
+        if rot:
+            lines.append(f"last rotation {textfmt.relative(rot['finished_at'])}: "
+                         f"{rot['archived']} archived, {rot['errors']} errors")
     else:
         lines.append(f"db {summary['path']}: not created yet")
     emit(args, {"units": units, "db": summary}, "\n".join(lines))

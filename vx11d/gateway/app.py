@@ -124,7 +124,8 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
                           headers={"Retry-After": str(int(wait) + 1)})
     checker = request.app[CHECKER]
     if not tokens or not all([checker.valid(t) for t in tokens]):  # no short cut: same time
-        limiter.failed(client)
+        if tokens:  # only a presented token is a guess; a missing one is not
+            limiter.failed(client)
         reason = "invalid" if tokens else "missing"
         m["auth_failures"].labels(reason).inc()
         journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,

@@ -17,42 +17,61 @@ import stat
 import time
 from collections import OrderedDict
 
-from ..errors import Vx11Error
+from ..errors import ConfigError
 
 MAX_HEADER = 1024
 MAX_TRACKED_CLIENTS = 10_000
 
 
-class TokenError(Vx11Error):
-    """No usable token could be loaded."""
+class TokenError(ConfigError):
+    """No usable token could be loaded (a config error: the daemon exits 78)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(path, "gateway.token_file", reason)
 
 
 def load_token(credential: str, fallback_file: str) -> str:
-    """The API token: ``$CREDENTIALS_DIRECTORY/<credential>``, else a 0600 file."""
+    """The API token: ``$CREDENTIALS_DIRECTORY/<credential>``, else a 0600 file.
+
+    The file is refused when group or others may read it, also when systemd hands the
+    token in as a credential (``LoadCredential=`` copies it from that file): a token
+    others could read is no secret, and the admin must know.
+    """
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir and os.path.exists(os.path.join(cred_dir, credential)):
+        try:
+            st = os.lstat(fallback_file)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            _check_mode(fallback_file, st.st_mode)
         return _read(os.path.join(cred_dir, credential), check_mode=False)
     return _read(fallback_file, check_mode=True)
+
+
+def _check_mode(path: str, mode: int) -> None:
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TokenError(path, f"token file is mode {stat.S_IMODE(mode):o}; it must be "
+                         f"0600: chmod 600 {path}")
 
 
 def _read(path: str, *, check_mode: bool) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        raise TokenError(f"token file {path}: {e.strerror}") from e
+        raise TokenError(path, f"token file: {e.strerror}") from e
     try:
         st = os.fstat(fd)
-        if check_mode and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise TokenError(f"token file {path} is mode {stat.S_IMODE(st.st_mode):o}; "
-                             "it must be 0600 (chmod 600)")
+        if check_mode:
+            _check_mode(path, st.st_mode)
         raw = os.read(fd, 4096)
     finally:
         os.close(fd)
     token = raw.decode("utf-8", "replace").strip()
     if len(token) < 16:
-        raise TokenError(f"token in {path} is shorter than 16 characters")
+        raise TokenError(path, "token is shorter than 16 characters")
     if not token.isascii() or any(c.isspace() for c in token):
-        raise TokenError(f"token in {path} must be ASCII without spaces")
+        raise TokenError(path, "token must be ASCII without spaces")
     return token
 
 

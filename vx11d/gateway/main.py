@@ -16,7 +16,7 @@ from ..config import Config
 from ..db import Database, stale_read_only_view
 from ..errors import DbReadOnly
 from .app import CHECKER, LIMITER, build_app
-from .auth import load_token
+from .auth import TokenError, load_token
 from .context import GatewayContext
 from .http import BadRequestLog
 
@@ -58,7 +58,7 @@ class GatewayService:
         sock = activation_socket()
         if sock is not None:
             site: web.BaseSite = web.SockSite(self.runner, sock)
-            self.where = f"socket-activated on {sock.getsockname()}"
+            self.where = f"socket-activated on {_addr(sock.getsockname())}"
         else:
             site = web.TCPSite(self.runner, cfg.listen_address, cfg.listen_port,
                                reuse_address=True)
@@ -96,8 +96,14 @@ class GatewayService:
 
     async def reload(self, cfg: Config) -> None:
         """New config for route modules and a re-read token; listeners stay as they are."""
+        try:
+            token = load_token(cfg.gateway.token_credential, cfg.gateway.token_file)
+        except TokenError as e:
+            log.error("reload refused, keeping the running config and token: %s", e,
+                      extra={"VX11_EVENT": "config_reload_refused",
+                             "VX11_CONFIG_KEY": e.key})
+            return
         self.ctx.cfg = cfg
-        token = load_token(cfg.gateway.token_credential, cfg.gateway.token_file)
         journal.register_secret(token)
         self.app[CHECKER].replace(token)
 
@@ -106,6 +112,14 @@ class GatewayService:
             await self.runner.cleanup()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+
+
+def _addr(name: object) -> str:
+    """``0.0.0.0:8000``, ``[::]:8000`` or a UNIX path, from a getsockname() value."""
+    if isinstance(name, tuple) and len(name) >= 2:
+        host, port = name[0], name[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
 
 
 def main(cfg: Config, argv: list[str]) -> int:

@@ -19,10 +19,10 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .. import hijas, journal
+from .. import hijas, journal, textfmt
 from ..config import Config
 from ..db import Database
-from ..errors import SystemdError
+from ..errors import DbError, SystemdError
 from .registry import ENDED_REASONS, SETTLED, Registry
 from .systemd import SystemdClient
 from .windows import Windows
@@ -123,7 +123,8 @@ class MadreService:
         self.reg.process_requests()
         self._refresh()
         journal.event(log, "madre_started", "madre up: reconciled (%s), wake socket %s",
-                      ", ".join(f"{k} {v}" for k, v in fixed.items()), self.wake_path)
+                      textfmt.counts({k: v for k, v in fixed.items() if v}, "nothing to fix"),
+                      self.wake_path)
 
     def _on_bus(self) -> None:
         try:
@@ -227,6 +228,12 @@ class MadreService:
         """Leave the hijas running: systemd enforces their TTL; reconcile adopts them."""
         if self._loop is not None:
             self._loop.remove_reader(self.sd.fileno())
+        # Ends systemd signalled just before our SIGTERM (at shutdown the hijas stop
+        # first, being ordered After=madre) are recorded now, not lost until next boot.
+        try:
+            self.reg.settle_before_exit()
+        except (SystemdError, DbError) as e:
+            log.error("could not record the hijas that ended at stop: %s", e)
             if self.sock is not None:
                 self._loop.remove_reader(self.sock.fileno())
         if self.sock is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import journal
+from .. import journal, textfmt
 from ..config import Config, HijaTemplate
 from ..db import Database, record_event
 from ..errors import DbError, InputError, SystemdError
@@ -60,6 +60,11 @@ class Tracked:
     stop_as: str | None = None  # status to record when madre itself stopped it
 
 
+def _killed_by_sigterm(props: dict[str, Any]) -> bool:
+    """The main process ended by SIGTERM (ExecMainCode CLD_KILLED, status 15)."""
+    return props.get("ExecMainCode") == 2 and props.get("ExecMainStatus") == 15
+
+
 def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str],
                     ttl: float, port: int | None) -> dict[str, Any]:
     """The transient unit's properties, by their D-Bus names."""
@@ -81,6 +86,8 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
         "TasksMax": int(tpl.tasks_max),
         "WorkingDirectory": b"/",
         **hardening.properties(tpl.sandboxing, tpl.needs_port),
+        # Stopped before madre at shutdown, so madre records each end as it happens.
+        "After": [b"vx11-madre.service"],
     }
     key, value = memory.probe_property(memory.ends_dir(cfg.gateway.madre_wake_socket),
                                        hija_id)
@@ -165,12 +172,15 @@ class Registry:
         template = self.db.write(fn)
         done = template is not False
         if done:
-            detail = " ".join(f"{k}={v}" for k, v in cols.items()
-                              if k not in ("ended_at", "memory_max", "memory_peak"))
             if status == "oom":  # the reason says it all, in a sysadmin's words
                 detail = str(cols.get("reason"))
+            else:
+                detail = textfmt.fields({k: v for k, v in cols.items()
+                                         if k not in ("ended_at", "memory_max", "memory_peak")},
+                                        now)
             journal.event(log, EVENT_OF[status], "hija %s %s: %s" if status == "oom" else
-                          "hija %s %s %s", hija_id, status, detail,
+                          "hija %s %s%s", hija_id, status,
+                          detail if status == "oom" else (f" ({detail})" if detail else ""),
                           level=level, hija_id=hija_id, pid=cols.get("main_pid"),
                           template=template, memory_max=cols.get("memory_max"),
                           memory_peak=cols.get("memory_peak"))
@@ -242,8 +252,9 @@ class Registry:
         if port is False:
             return
         port = port if tpl.needs_port else None
-        journal.event(log, "hija_spawned", "hija %s starting as %s (template %s, ttl %gs, "
-                      "port %s)", hid, unit, r["template"], ttl, port, hija_id=hid)
+        journal.event(log, "hija_spawned", "hija %s starting as %s (template %s, ttl %s%s)",
+                      hid, unit, r["template"], textfmt.duration(ttl),
+                      f", port {port}" if port is not None else "", hija_id=hid)
         props = unit_properties(self.cfg, tpl, hid, build_argv(tpl, args, port), ttl, port)
         tr = Tracked(hid, ttl, t0)
         self.tracked[unit] = tr
@@ -314,10 +325,49 @@ class Registry:
                 continue
             tr.props.update(ch.props)
             if ch.removed and not self._is_end(tr):
+                # systemd also sends UnitRemoved for every unit on daemon-reload (it frees
+                # and reloads them all): a unit that is still there has not ended.
+                live = self._live_props(ch.unit)
+                if live is not None:
+                    tr.props.update(live)
+                    continue
                 # collected before we saw it end (should not happen; be safe)
                 tr.props.setdefault("ActiveState", "inactive")
                 tr.seen_active = True
             self._observe(ch.unit, tr, removed=ch.removed)
+
+    def settle_before_exit(self, timeout: float = 2.0) -> int:
+        """At madre's stop: record the ends of hijas systemd already stopped (at shutdown
+        they stop first, being ordered After=madre) and leave the live ones running. The
+        end signals may still be on their way through the bus: wait up to ``timeout``
+        for them, then record what is left as stopped. Returns how many ended."""
+        deadline = time.monotonic() + timeout
+        before = len(self.tracked)
+        while True:
+            self.on_changes(self.sd.drain())
+            gone = [u for u in list(self.tracked) if self._live_props(u) is None]
+            if not gone or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for unit in gone:
+            tr = self.tracked.pop(unit)
+            self._transition(tr.hija_id, "stopped", only_from=("starting", "running"),
+                             reason=f"unit {unit} ended while madre was stopping (host "
+                                    "shutting down?); its end signal did not arrive")
+        return before - len(self.tracked)
+
+    def _live_props(self, unit: str) -> dict[str, Any] | None:
+        """The unit's properties if it is loaded and not ended, else None."""
+        try:
+            p = self.sd.properties(unit)
+        except SystemdError as e:
+            log.warning("could not re-read %s after UnitRemoved: %s", unit, e)
+            return None
+        if p is None or p.get("LoadState") == "not-found":
+            return None
+        if p.get("ActiveState") not in ("active", "activating", "reloading", "deactivating"):
+            return None
+        return p
 
     @staticmethod
     def _is_end(tr: Tracked) -> bool:
@@ -347,6 +397,10 @@ class Registry:
             status = tr.stop_as
         elif result == "timeout":
             status = "expired"
+        elif result == "success" and _killed_by_sigterm(tr.props):
+            # SIGTERM is a clean exit for systemd: a "systemctl stop" of the unit or the
+            # host shutting down (hijas are ordered After=madre, so madre sees that).
+            status = "stopped"
         elif result == "success":
             status = "exited"
         else:
@@ -358,6 +412,9 @@ class Registry:
         ended = int(tr.props.get("InactiveEnterTimestamp") or 0)
         if ended:
             cols["ended_at"] = ended / 1e6
+        if status == "stopped" and tr.stop_as is None:
+            cols["reason"] = "stopped by systemd (SIGTERM), not by madre: a systemctl stop " \
+                             "or the host shutting down"
         limit = (report.limit if report else None) or _int_or_none(tr.props.get("MemoryMax"))
         if limit is not None:
             cols["memory_max"] = limit

@@ -32,6 +32,20 @@ def test_token_file_must_be_0600(tmp_path, monkeypatch):
         load_token("token", bad)
 
 
+def test_world_readable_token_file_refused_even_behind_a_credential(tmp_path, monkeypatch):
+    """LoadCredential= copies /etc/vx11/token; a 0644 source must still be refused."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    write(creds / "token", TOKEN, 0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    src = write(tmp_path / "token", TOKEN, 0o644)
+    with pytest.raises(TokenError, match=f"mode 644; it must be 0600: chmod 600 {src}") as e:
+        load_token("token", src)
+    assert e.value.key == "gateway.token_file"
+    os.chmod(src, 0o600)
+    assert load_token("token", src) == TOKEN
+
+
 def test_credential_preferred_over_file(tmp_path, monkeypatch):
     creds = tmp_path / "creds"
     creds.mkdir()

@@ -81,6 +81,9 @@ def test_spawn_runs_then_expires_with_full_audit_trail(env):
 
 
 @pytest.mark.parametrize(("result", "code", "status"), [("success", 0, "exited"),
+                                                         # SIGTERM from a stop job or a
+                                                         # shutdown: not "exited"
+                                                         ("success", 15, "stopped"),
                                                          ("exit-code", 3, "failed"),
                                                          ("signal", 9, "failed")])
 def test_end_reasons(env, result, code, status):
@@ -90,6 +93,33 @@ def test_end_reasons(env, result, code, status):
     reg.on_changes(sd.drain())
     row = hijas.get(db, row["id"])
     assert (row["status"], row["exit_status"]) == (status, code)
+
+
+def test_unit_removed_on_daemon_reload_is_not_an_end_upgrade_killed_hija(env):
+    """Regression: the package upgrade's daemon-reload made systemd send UnitRemoved for a
+    running hija; madre recorded it "exited" and the reaper then killed its process."""
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd)
+    assert row["status"] == "running"
+    sd._emit(row["unit"], removed=True)  # daemon-reload: removed, yet still active
+    reg.on_changes(sd.drain())
+    assert hijas.get(db, row["id"])["status"] == "running"
+    assert row["unit"] in reg.tracked
+    sd.end(row["unit"], "timeout", 15)  # and its real end is still recorded
+    reg.on_changes(sd.drain())
+    assert hijas.get(db, row["id"])["status"] == "expired"
+
+
+def test_settle_before_exit_records_hijas_stopped_at_shutdown_reboot_lost(env):
+    """Regression: at power-off the hijas stop just before madre gets SIGTERM; madre exited
+    before their end signals arrived and the next boot recorded them "lost"."""
+    cfg, db, sd, reg, _clock, _m = env
+    gone, live = spawn(cfg, db, reg, sd), spawn(cfg, db, reg, sd)
+    del sd.units[gone["unit"]]  # stopped and collected; its signals never came
+    assert reg.settle_before_exit(timeout=0.1) == 1
+    row = hijas.get(db, gone["id"])
+    assert row["status"] == "stopped" and "while madre was stopping" in row["reason"]
+    assert hijas.get(db, live["id"])["status"] == "running" and live["unit"] in reg.tracked
 
 
 def test_ports_are_allocated_and_released(env):
