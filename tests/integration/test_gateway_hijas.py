@@ -254,6 +254,8 @@ def test_insane_json_bodies_are_400_on_every_json_endpoint_never_500(gw, path, r
     status, resp = call("POST", path, raw=raw, headers={**H, "Content-Type":
                                                         "application/json"})
     assert status == 400, resp
+    if path.startswith("/v1/"):  # OpenAI's error shape, so the official SDK raises right
+        resp = {"error": resp["error"]["code"], "message": resp["error"]["message"]}
     assert resp["error"] == "bad_json" and says in resp["message"], resp
     assert ctx.db.query("SELECT count(*) FROM spawner_hijas")[0][0] == 0
     assert ctx.db.query("SELECT count(*) FROM activations")[0][0] == 0
