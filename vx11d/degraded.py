@@ -39,12 +39,18 @@ FIRST_RETRY = 0.5
 MAX_RETRY = 5.0
 
 
-def cause_of(e: BaseException) -> str:
-    """The cause code of a failed DB operation (one of :data:`CAUSES`)."""
+def cause_of(e: BaseException, path: str | None = None) -> str:
+    """The cause code of a failed DB operation (one of :data:`CAUSES`); with the DB's
+    ``path``, the file and its filesystem say it when SQLite's text is vague ("unable
+    to open database file" on a read-only or full filesystem)."""
     code = getattr(e, "cause", None)
     if isinstance(code, str) and code in CAUSES:
         return code
     text = str(e).lower()
+    if path is not None and "locked" not in text and "busy" not in text:
+        code = _fs_cause(path)
+        if code is not None:
+            return code
     if "readonly" in text or "read-only" in text or "read only" in text:
         return "read_only"
     if "disk is full" in text or "no space" in text or "disk full" in text:
@@ -54,6 +60,48 @@ def cause_of(e: BaseException) -> str:
     if "unable to open" in text or "no such file" in text or "disk i/o" in text:
         return "db_missing"
     return "other"
+
+
+def _fs_cause(path: str) -> str | None:
+    if not os.path.exists(path):
+        return "db_missing"
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "read_only"
+    if st.f_bavail * st.f_frsize < 64 * 1024:
+        return "disk_full"
+    return None
+
+
+def stale_read_only_view(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """True when the filesystem holding ``path`` is writable again but this process's
+    mount of it is still read-only: a unit with ProtectSystem=strict got its own mount
+    namespace while the state dir was read-only, and that copy keeps the read-only flag
+    when the filesystem is remounted read-write. Only a restart (a fresh namespace)
+    sees the change."""
+    target = os.path.realpath(os.path.dirname(path) or ".")
+    best: tuple[int, bool] | None = None
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 6:
+            continue
+        point = fields[4].replace("\\040", " ")
+        if target != point and not target.startswith(point.rstrip("/") + "/"):
+            continue
+        super_opts = right.split()[2].split(",") if len(right.split()) > 2 else []
+        stale = "ro" in fields[5].split(",") and "rw" in super_opts
+        if best is None or len(point) >= best[0]:  # the last, deepest mount wins
+            best = (len(point), stale)
+    return best is not None and best[1]
 
 
 def file_identity(path: str) -> tuple[int, int] | None:
@@ -69,8 +117,9 @@ class WriteHealth:
     """Whether this daemon's DB writes succeed; if not, why and when to retry."""
 
     def __init__(self, component: str, registry: CollectorRegistry, log: logging.Logger,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.component, self.log, self.clock = component, log, clock
+                 clock: Callable[[], float] = time.monotonic, path: str | None = None
+                 ) -> None:
+        self.component, self.log, self.clock, self.path = component, log, clock, path
         self.cause: str | None = None
         self.detail = ""
         self.since: float | None = None
@@ -102,7 +151,7 @@ class WriteHealth:
 
     def failed(self, e: BaseException, cause: str | None = None) -> str:
         """Record a failed write; returns its cause code. Logs when the cause changes."""
-        code = cause or cause_of(e)
+        code = cause or cause_of(e, self.path)
         self.failures.labels(code).inc()
         now = self.clock()
         if self.cause != code:
@@ -116,10 +165,12 @@ class WriteHealth:
                           "holding what cannot be recorded, retrying", CAUSES[code], e,
                           level=logging.ERROR, cause=code)
             self._delay = FIRST_RETRY
-        else:
+            self.next_try = now + self._delay
+        elif now >= self.next_try:  # the scheduled retry failed: back off further
             self._delay = min(self._delay * 2, MAX_RETRY)
+            self.next_try = now + self._delay
+        # (a failure between retries, e.g. a read, leaves the schedule alone)
         self.detail = str(e)
-        self.next_try = now + self._delay
         return code
 
     def recovered(self, what: str = "") -> None:

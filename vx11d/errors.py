@@ -40,3 +40,8 @@ class SandboxError(Vx11Error):
 
 class InputError(Vx11Error):
     """Input from outside (HTTP, CLI, files) is malformed; the message says how."""
+
+
+class StaleMountNamespace(Vx11Error):
+    """The state dir is writable again, but this process's mount namespace (made while
+    it was read-only) still sees it read-only: only a restart picks the change up."""

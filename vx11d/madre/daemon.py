@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from .. import hijas, journal
 from ..config import Config
 from ..db import Database, apply_migrations
-from ..degraded import CAUSES, DB_FAULTS, WriteHealth, file_identity
-from ..errors import DbError, SystemdError
+from ..degraded import CAUSES, DB_FAULTS, WriteHealth, file_identity, stale_read_only_view
+from ..errors import DbError, StaleMountNamespace, SystemdError
 from .registry import ENDED_REASONS, SETTLED, Registry
 from .systemd import SystemdClient
 from .windows import Windows
@@ -115,7 +115,7 @@ class MadreService:
                  registry: CollectorRegistry, *, wake_path: str | None = None) -> None:
         self.cfg, self.db, self.sd = cfg, db, sd
         self.m = Metrics(registry)
-        self.health = WriteHealth("madre", registry, log)
+        self.health = WriteHealth("madre", registry, log, path=db.path)
         self.reg = Registry(cfg, db, sd, self.m, health=self.health)
         self.dbfile = DbFileWatch(db.path)
         self.migrated = False
@@ -277,6 +277,12 @@ class MadreService:
         transitions, then a reconcile; a restored or re-created file is reopened."""
         if not self.health.due():
             return
+        if self.health.cause == "read_only" and stale_read_only_view(self.db.path):
+            raise StaleMountNamespace(
+                f"{os.path.dirname(self.db.path)} is writable again, but madre's mount "
+                "namespace (set up while it was read-only) still sees it read-only; "
+                "exiting so systemd restarts madre in a fresh one (hija ends are re-read "
+                "from the journal)")
         restore = False
         if self.health.cause in ("db_missing", "db_replaced"):
             if self.dbfile.problem() == "db_missing":

@@ -271,7 +271,8 @@ class PystemdClient:
     def last_result(self, name: str, since: float = 0.0) -> dict[str, Any] | None:
         """How a unit systemd no longer knows ended, from what PID 1 logged about it
         this boot (``Result``, ``ExecMainStatus``, ``InactiveEnterTimestamp`` as the
-        unit would have shown them); None when the journal holds no end for it."""
+        unit would have shown them); None when the journal holds no end for it. Entries
+        before ``since`` (the row's start, epoch seconds) are skipped."""
         return journal_end(name, since)
 
     def close(self) -> None:
@@ -300,9 +301,8 @@ def journal_end(name: str, since: float = 0.0) -> dict[str, Any] | None:
         raise SystemdError(f"cannot open the journal: {e}") from e
     out: dict[str, Any] = {}
     try:
-        reader.this_boot()
         reader.add_match(UNIT=name, _PID="1")
-        if since > 0:
+        if since > 0:  # (no this_boot(): ProcSubset=pid hides the boot id)
             reader.seek_realtime(since - 1)
         for entry in reader:
             mid = entry.get("MESSAGE_ID")
