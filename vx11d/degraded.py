@@ -125,6 +125,7 @@ class WriteHealth:
         self.since: float | None = None
         self.next_try = 0.0
         self._delay = FIRST_RETRY
+        self.file_back = False  # a missing/replaced DB file is back at the path: try it
         self.degraded_gauge = Gauge(f"vx11_{component}_degraded", "1 while this daemon "
                                     "cannot write the shared DB, by cause", ["cause"],
                                     registry=registry)
@@ -143,7 +144,7 @@ class WriteHealth:
     def writable(self) -> bool:
         """False while the DB file is missing or replaced: a write would go to a file no
         other daemon sees (the deleted inode the connection still holds)."""
-        return self.cause not in FILE_CAUSES
+        return self.cause not in FILE_CAUSES or self.file_back
 
     def due(self) -> bool:
         """True when writes may be tried (healthy, or the backoff has passed)."""
@@ -153,6 +154,7 @@ class WriteHealth:
         """Record a failed write; returns its cause code. Logs when the cause changes."""
         code = cause or cause_of(e, self.path)
         self.failures.labels(code).inc()
+        self.file_back = False
         now = self.clock()
         if self.cause != code:
             if self.cause is not None:
@@ -183,6 +185,7 @@ class WriteHealth:
                       f"; {what}" if what else "", cause=self.cause)
         self.degraded_gauge.labels(self.cause).set(0)
         self.cause, self.since, self.detail = None, None, ""
+        self.file_back = False
         self._delay = FIRST_RETRY
         self.next_try = 0.0
 
@@ -203,3 +206,25 @@ def _ago(seconds: float) -> str:
     if s < 7200:
         return f"{s // 60}m"
     return f"{s // 3600}h"
+
+
+class DbFileWatch:
+    """Notices the DB file deleted or replaced under an open connection (the open
+    handle keeps working on the old inode, which no other process sees any more)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity = file_identity(path)
+
+    def opened(self) -> None:
+        """The connection was (re)opened on the file now at the path."""
+        self.identity = file_identity(self.path)
+
+    def problem(self) -> str | None:
+        """``db_missing``, ``db_replaced`` or None (the file at the path is ours)."""
+        now = file_identity(self.path)
+        if now is None:
+            return "db_missing"
+        if self.identity is not None and now != self.identity:
+            return "db_replaced"
+        return None

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from .. import hijas, journal
 from ..config import Config
 from ..db import Database, apply_migrations
-from ..degraded import CAUSES, DB_FAULTS, WriteHealth, file_identity, stale_read_only_view
+from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth, stale_read_only_view
 from ..errors import DbError, StaleMountNamespace, SystemdError
 from .registry import ENDED_REASONS, SETTLED, Registry
 from .systemd import SystemdClient
@@ -64,28 +64,6 @@ class Metrics:
                              registry=registry)
         self.held = Gauge("vx11_madre_transitions_pending", "hija transitions seen but "
                           "not yet recorded (the DB refuses writes)", registry=registry)
-
-
-class DbFileWatch:
-    """Notices the DB file deleted or replaced under an open connection (the open
-    handle keeps working on the old inode, which no other process sees any more)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.identity = file_identity(path)
-
-    def opened(self) -> None:
-        """The connection was (re)opened on the file now at the path."""
-        self.identity = file_identity(self.path)
-
-    def problem(self) -> str | None:
-        """``db_missing``, ``db_replaced`` or None (the file at the path is ours)."""
-        now = file_identity(self.path)
-        if now is None:
-            return "db_missing"
-        if self.identity is not None and now != self.identity:
-            return "db_replaced"
-        return None
 
 
 def bind_wake_socket(path: str, group: str = "vx11") -> socket.socket:
