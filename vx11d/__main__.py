@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from . import config, journal
+from . import config, journal, runtime
 from .errors import EX_CONFIG, EX_UNAVAILABLE, ConfigError, Vx11Error
 
 DAEMONS = {
@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
                   extra={"VX11_EVENT": "config_invalid", "VX11_CONFIG_KEY": e.key})
         return EX_CONFIG
     log = journal.setup(name, cfg.log_level)
+    wd = runtime.watchdog_interval()
+    try:
+        if wd is not None:  # half of WatchdogSec: the unit in force, drop-ins included
+            config.check_db_fits_watchdog(cfg, 2 * wd)
+    except ConfigError as e:
+        log.error("refusing to start: config %s", e,
+                  extra={"VX11_EVENT": "config_invalid", "VX11_CONFIG_KEY": e.key})
+        return EX_CONFIG
     module = importlib.import_module(DAEMONS[name])
     try:
         return int(module.main(cfg, rest) or 0)

@@ -55,8 +55,10 @@ def _check_loopback(value: str) -> str | None:
 class DbConfig:
     path: str = opt("/var/lib/vx11/vx11.db", "SQLite database file shared by all daemons",
                     check=check_abs_path)
-    busy_timeout_ms: int = opt(5000, "how long one statement waits for a lock", lo=10, hi=600_000)
-    write_deadline: Duration = opt(Duration(30), "how long a write transaction is retried "
+    busy_timeout_ms: int = opt(1000, "how long one statement waits for a lock (with "
+                               "write_deadline: at most 40% of the units' WatchdogSec)",
+                               lo=10, hi=600_000)
+    write_deadline: Duration = opt(Duration(3), "how long a write transaction is retried "
                                    "while the database stays locked", lo=0.1, hi=3600)
 
 
@@ -320,6 +322,29 @@ class Config:
     path: str = opt("", "(set by the loader: the file this came from)")
 
 
+# WatchdogSec= of the shipped daemon units; a drop-in may change it, and each daemon
+# checks again against the WATCHDOG_USEC systemd gives it (check_db_fits_watchdog).
+SHIPPED_WATCHDOG_S = 10.0
+# A daemon loop may wait on the DB at most this share of its watchdog period.
+DB_WATCHDOG_SHARE = 0.4
+
+
+def check_db_fits_watchdog(cfg: Config, watchdog_s: float, where: str = "WatchdogSec") -> None:
+    """ConfigError (exit 78) when one DB wait (lock timeout + write retries) cannot fit.
+
+    A write waits up to ``busy_timeout_ms`` inside SQLite and is retried until
+    ``write_deadline``; a loop doing that must still ping the watchdog in time.
+    """
+    wait = cfg.db.busy_timeout_ms / 1000 + float(cfg.db.write_deadline)
+    limit = DB_WATCHDOG_SHARE * watchdog_s
+    if wait > limit + 1e-9:
+        key = "db.write_deadline" if float(cfg.db.write_deadline) >= \
+            cfg.db.busy_timeout_ms / 1000 else "db.busy_timeout_ms"
+        raise ConfigError(cfg.path, key, f"a DB wait of up to {wait:g}s (busy_timeout_ms + "
+                          f"write_deadline) does not fit {where}={watchdog_s:g}s: keep the "
+                          f"sum at most {limit:g}s")
+
+
 def config_path(explicit: str | None = None) -> str:
     """The config file in force: an explicit path, ``$VX11_CONFIG``, or the default."""
     return explicit or os.environ.get("VX11_CONFIG") or DEFAULT_PATH
@@ -337,8 +362,9 @@ def parse(text: str, path: str) -> Config:
         data = {}
     if isinstance(data, dict) and "path" in data:
         raise ConfigError(path, "path", "unknown key")
-    cfg = build(Config, data, path)
-    return _replace_path(cfg, path)
+    cfg = _replace_path(build(Config, data, path), path)
+    check_db_fits_watchdog(cfg, SHIPPED_WATCHDOG_S, "the units' WatchdogSec")
+    return cfg
 
 
 def load(explicit: str | None = None) -> Config:

@@ -16,7 +16,9 @@ cost an fsync per commit.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -26,71 +28,341 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
-from .errors import DbBusy, DbError, DbIntegrityError
+from .errors import (
+    DbBusy,
+    DbCorrupt,
+    DbError,
+    DbFull,
+    DbIntegrityError,
+    DbIoError,
+    DbMissing,
+    DbReadOnly,
+    DbReplaced,
+    DbUnavailable,
+)
 
 T = TypeVar("T")
+log = logging.getLogger("vx11.db")
 
 SCHEMA_TABLE = "schema_migrations"
+# Every cause a Database can report, for metric labels and documentation.
+FAULT_CAUSES = ("locked", "read_only", "disk_full", "db_missing", "db_replaced", "corrupt",
+                "io_error")
+# Below this much free space on the DB's filesystem an I/O error counts as a full disk.
+LOW_SPACE_BYTES = 256 * 1024
+
+# SQLite primary result codes (sqlite3.h); an extended code keeps the primary in its low byte.
+SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 3, 5, 6, 8
+SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN = 10, 11, 13, 14
+SQLITE_CONSTRAINT, SQLITE_NOTADB = 19, 26
+SQLITE_READONLY_DBMOVED = SQLITE_READONLY | (4 << 8)
 
 
 class Database:
-    """One process's handle on the shared DB file; re-opens itself after a fork."""
+    """One process's handle on the shared DB file; re-opens itself after a fork.
 
-    def __init__(self, path: str, *, readonly: bool = False, busy_timeout_ms: int = 5000,
-                 write_deadline: float = 30.0, migrate: bool = False):
+    Two connections: writes go through one (serialised by a lock), reads through a
+    second, so a write waiting for another process's lock never holds up a read.
+    The handle is bound to the file it opened: before each use it checks that the
+    path still names that file (device and inode), and if not it refuses every read
+    and write (:class:`DbMissing` / :class:`DbReplaced`) instead of writing on into a
+    deleted file that nobody else sees. See docs/faults.md.
+    """
+
+    def __init__(self, path: str, *, readonly: bool = False, busy_timeout_ms: int = 1000,
+                 write_deadline: float = 3.0, migrate: bool = False,
+                 create: bool | None = None):
         self.path = path
         self.readonly = readonly
         self.busy_timeout_ms = busy_timeout_ms
         self.write_deadline = write_deadline
+        # None: create the file only where no DB ever was (no marker, see _marker_path).
+        self.create = create
         self._conn: sqlite3.Connection | None = None
-        self._pid = -1
+        self._rconn: sqlite3.Connection | None = None
+        self._pid = self._rpid = -1
         self._lock = threading.RLock()
+        self._rlock = threading.RLock()
+        self._state = threading.Lock()
+        self._ident: tuple[int, int] | None = None
+        self._lost: DbMissing | None = None
+        self._rescued: str | None = None
+        self.fault: DbUnavailable | None = None
+        self.fault_since: float | None = None  # wall clock, for "since 12s"
+        self.migrated = False
         if migrate:
             apply_migrations(self)
 
     @classmethod
-    def from_config(cls, cfg: Any, *, readonly: bool = False, migrate: bool = False
-                    ) -> Database:
+    def from_config(cls, cfg: Any, *, readonly: bool = False, migrate: bool = False,
+                    create: bool | None = None) -> Database:
         """A Database for ``cfg.db`` (a :class:`vx11d.config.Config`)."""
         return cls(cfg.db.path, readonly=readonly, busy_timeout_ms=cfg.db.busy_timeout_ms,
-                   write_deadline=cfg.db.write_deadline, migrate=migrate)
+                   write_deadline=cfg.db.write_deadline, migrate=migrate, create=create)
+
+    # --- connections ---------------------------------------------------------------
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """This process's connection, opened on first use."""
+        """This process's write connection, opened on first use (hold ``_lock``)."""
+        self._check_file()
         if self._conn is None or self._pid != os.getpid():
-            self._conn = self._open()
+            self._conn = self._open(writer=not self.readonly)
             self._pid = os.getpid()
         return self._conn
 
-    def _open(self) -> sqlite3.Connection:
+    @property
+    def rconn(self) -> sqlite3.Connection:
+        """This process's read connection (hold ``_rlock``)."""
+        if self.readonly:
+            return self.conn
+        self._check_file()
+        if self._rconn is None or self._rpid != os.getpid():
+            self.conn  # noqa: B018  the writer creates the file and switches it to WAL
+            self._rconn = self._open(writer=False)
+            self._rpid = os.getpid()
+        return self._rconn
+
+    def _open(self, writer: bool) -> sqlite3.Connection:
         try:
-            if self.readonly:
+            if not writer:
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                        isolation_level=None, check_same_thread=False,
                                        timeout=self.busy_timeout_ms / 1000)
             else:
-                _create_shared(self.path)
-                conn = sqlite3.connect(self.path, isolation_level=None,
-                                       check_same_thread=False,
+                self._create_if_allowed()
+                conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True,
+                                       isolation_level=None, check_same_thread=False,
                                        timeout=self.busy_timeout_ms / 1000)
-        except sqlite3.Error as e:
-            raise DbError(f"cannot open {self.path}: {e}") from e
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        if not self.readonly:
-            # WAL is a property of the file; switching needs no open transaction.
-            _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone(),
-                        self.write_deadline)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            if writer:
+                # WAL is a property of the file; switching needs no open transaction.
+                _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone(),
+                            self.write_deadline)
+            else:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as e:
+            err = classify(e, self.path)
+            self._note(err)
+            raise err from e
+        except OSError as e:
+            err = _os_error(e, self.path)
+            self._note(err)
+            raise err from e
+        except DbUnavailable as e:
+            self._note(e)
+            raise
+        self._bind()
         return conn
 
+    def _create_if_allowed(self) -> None:
+        if os.path.exists(self.path):
+            _mark_created(self.path)
+            return
+        allowed = self.create if self.create is not None else \
+            not os.path.exists(_marker_path(self.path))
+        if not allowed:
+            raise DbMissing(f"{self.path} is missing, though a vx11 database existed here: "
+                            "restore it from a backup (or a rescued copy beside it), or "
+                            "run `vx11ctl db migrate` to start an empty one")
+        _create_shared(self.path)
+        _mark_created(self.path)
+
+    def _bind(self) -> None:
+        """Remember which file the path names now (the file our connections hold)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        with self._state:
+            if self._ident is None:
+                self._ident = (st.st_dev, st.st_ino)
+
     def close(self) -> None:
-        """Close this process's connection (a no-op if none is open)."""
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
+        """Close this process's connections (a no-op if none is open)."""
+        for attr, pid in (("_conn", self._pid), ("_rconn", self._rpid)):
+            c = getattr(self, attr)
+            if c is not None and pid == os.getpid():
+                with suppress(sqlite3.Error):
+                    c.close()
+            setattr(self, attr, None)
+
+    # --- is the path still our file? ----------------------------------------------
+
+    def _check_file(self) -> None:
+        """Raise DbMissing/DbReplaced when the path no longer names the file we opened."""
+        if self._lost is not None:
+            self._try_adopt()
+            if self._lost is not None:
+                raise self._lost
+        if self._ident is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._lose(DbMissing(
+                f"{self.path} was deleted while open: writes are refused so nothing goes "
+                "into a file nobody else sees; restore it (a rescued copy may be beside "
+                "it) or run `vx11ctl db migrate` to start an empty one"))
+            return
+        except OSError:
+            return  # a stat error is not proof of anything; the next use will tell
+        if (st.st_dev, st.st_ino) != self._ident:
+            self._lose(DbReplaced(
+                f"{self.path} was replaced by another file while open: writes are refused "
+                "until it holds a vx11 database (restored backup or `vx11ctl db migrate`)"))
+
+    def _lose(self, err: DbMissing) -> None:
+        with self._state:
+            if self._lost is not None:
+                raise self._lost
+            self._lost = err
+        log.error("%s", err, extra={"VX11_EVENT": "db_file_lost", "VX11_CAUSE": err.cause})
+        self._note(err)
+        self._rescue(blocking=False)  # a reader never waits for the writer's lock here
+        raise err
+
+    def _rescue(self, blocking: bool) -> str:
+        """Copy the content of the lost file (still open here) beside the path, once.
+
+        Every process that had the file open holds the same content, so the first one
+        to get here writes ``<path>.rescued-<inode>``; the others find it there.
+        """
+        if self._rescued is not None:
+            return self._rescued
+        if not self._lock.acquire(blocking=blocking,
+                                  timeout=self._wait_s() if blocking else -1):
+            return ""
+        try:
+            if self._rescued is None:
+                self._rescued = self._rescue_locked()
+                if self._rescued and self._lost is not None:
+                    self._lost.args = (f"{self._lost.args[0]}; its last content was saved "
+                                       f"to {self._rescued}",)
+                    log.warning("saved the lost database's content to %s", self._rescued,
+                                extra={"VX11_EVENT": "db_rescued"})
+            return self._rescued
+        finally:
+            self._lock.release()
+
+    def _rescue_locked(self) -> str:
+        conn = self._conn if self._pid == os.getpid() else None
+        if conn is None or self._ident is None:
+            return ""
+        dest = f"{self.path}.rescued-{self._ident[1]}"
+        if os.path.exists(dest):
+            return dest
+        tmp = f"{dest}.tmp-{os.getpid()}"
+        try:
+            out = sqlite3.connect(tmp)
+            try:
+                conn.backup(out)
+            finally:
+                out.close()
+            os.replace(tmp, dest)
+        except (sqlite3.Error, OSError) as e:
+            log.error("could not save the lost database's content to %s: %s", dest, e,
+                      extra={"VX11_EVENT": "db_rescue_failed"})
+            with suppress(OSError):
+                os.unlink(tmp)
+            return ""
+        return dest
+
+    def _try_adopt(self) -> None:
+        """Take the file now at the path once it holds a vx11 schema (an operator's act)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        try:
+            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=0.2)
+            try:
+                ok = probe.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                                   (SCHEMA_TABLE,)).fetchone() is not None
+            finally:
+                probe.close()
+        except sqlite3.Error:
+            return
+        if not ok:
+            return
+        with self._state:
+            old = self._ident
+            self._ident = (st.st_dev, st.st_ino)
+            self._lost = None
+            self._rescued = None
+            self._conn = self._rconn = None  # the old ones hold the lost file
+        log.warning("%s now holds a database again (inode %s, was %s): using it",
+                    self.path, st.st_ino, old[1] if old else "?",
+                    extra={"VX11_EVENT": "db_file_adopted"})
+
+    # --- fault state ----------------------------------------------------------------
+
+    def _note(self, err: DbError) -> None:
+        """Record a host fault (the first of a run is logged; reported by :meth:`health`)."""
+        if not isinstance(err, DbUnavailable):
+            return
+        with self._state:
+            changed = self.fault is None or self.fault.cause != err.cause
+            self.fault = err
+            if self.fault_since is None:
+                self.fault_since = time.time()
+        if changed and not isinstance(err, DbMissing):  # lost files log in _lose
+            log.warning("database degraded (%s): %s", err.cause, err,
+                        extra={"VX11_EVENT": "db_degraded", "VX11_CAUSE": err.cause})
+
+    def _ok(self) -> None:
+        """A write went through: any fault is over."""
+        if self.fault is None:
+            return
+        with self._state:
+            old, since = self.fault, self.fault_since
+            self.fault = self.fault_since = None
+        if old is not None:
+            took = f" after {time.time() - since:.0f}s" if since else ""
+            log.info("database writable again (was %s%s)", old.cause, took,
+                     extra={"VX11_EVENT": "db_recovered", "VX11_CAUSE": old.cause})
+
+    def health(self) -> tuple[str, str, str]:
+        """``("ok", "", "")`` or ``("degraded", cause, message)`` from what was last seen."""
+        f = self._lost or self.fault
+        if f is None:
+            return ("ok", "", "")
+        return ("degraded", f.cause, str(f))
+
+    def probe(self) -> DbUnavailable | None:
+        """Check the file is still ours and, while degraded, whether writes work again.
+
+        Blocking (up to the write deadline): call it from a worker thread or a tick.
+        Applies pending migrations first when this handle was asked for them.
+        """
+        if self._lost is not None:
+            self._rescue(blocking=True)
+        try:
+            self._check_file()
+            if self.readonly:
+                self.query("SELECT 1")
+            elif not self.migrated and self._wants_migrations:
+                apply_migrations(self)
+            elif isinstance(self.fault, DbFull) and _free_bytes(self.path) < LOW_SPACE_BYTES:
+                return self.fault  # a tiny write may fit in the WAL; a real one would not
+            elif self.fault is not None or self._conn is None:
+                self.write(lambda c: c.execute(
+                    f"PRAGMA user_version={int(c.execute('PRAGMA user_version').fetchone()[0])}"))
+        except DbUnavailable as e:
+            return e
+        return None
+
+    _wants_migrations = False
+
+    def start(self) -> DbUnavailable | None:
+        """For a daemon that must run while the DB is unwell: migrate now or on a later probe."""
+        self._wants_migrations = True
+        return self.probe()
+
+    # --- reads and writes --------------------------------------------------------
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one BEGIN IMMEDIATE transaction, retried while locked."""
@@ -98,40 +370,65 @@ class Database:
             raise DbError("write on a read-only database handle")
         deadline = time.monotonic() + self.write_deadline
         delay = 0.001
-        with self._lock:
-            conn = self.conn
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as e:
-                    if not _is_busy(e) or time.monotonic() > deadline:
-                        raise _db_error(e, self.path) from e
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 0.05)
-                    continue
-                try:
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                    return result
-                except sqlite3.OperationalError as e:
-                    _rollback(conn)
-                    if not _is_busy(e) or time.monotonic() > deadline:
-                        raise _db_error(e, self.path) from e
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 0.05)
-                except sqlite3.Error as e:
-                    _rollback(conn)
-                    raise _db_error(e, self.path) from e
-                except BaseException:
-                    _rollback(conn)
-                    raise
+        if not self._lock.acquire(timeout=self._wait_s()):
+            err = DbBusy(f"{self.path}: this process's earlier writes still wait for the "
+                         f"lock after {self._wait_s():g}s; retry later")
+            self._note(err)
+            raise err
+        try:
+            return self._write_locked(fn, deadline, delay)
+        finally:
+            self._lock.release()
+
+    def _wait_s(self) -> float:
+        """The longest one write may wait for locks: busy_timeout + write_deadline."""
+        return self.busy_timeout_ms / 1000 + self.write_deadline
+
+    def _write_locked(self, fn: Callable[[sqlite3.Connection], T], deadline: float,
+                      delay: float) -> T:
+        conn = self.conn
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e) or time.monotonic() > deadline:
+                    raise self._fail(e) from e
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+                continue
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                _rollback(conn)
+                if not _is_busy(e) or time.monotonic() > deadline:
+                    raise self._fail(e) from e
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+                continue
+            except sqlite3.Error as e:
+                _rollback(conn)
+                raise self._fail(e) from e
+            except BaseException:
+                _rollback(conn)
+                raise
+            self._ok()
+            return result
+
+    def _fail(self, e: sqlite3.Error) -> DbError:
+        err = classify(e, self.path, self.write_deadline)
+        self._note(err)
+        return err
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for several reads (a deferred transaction)."""
-        with self._lock:
-            conn = self.conn
-            conn.execute("BEGIN")
+        with self._rlock:
+            conn = self.rconn
+            try:
+                conn.execute("BEGIN")
+            except sqlite3.Error as e:
+                raise self._fail(e) from e
             try:
                 yield conn
             finally:
@@ -139,18 +436,100 @@ class Database:
 
     def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         """All rows of one read-only statement."""
-        with self._lock:
+        with self._rlock:
             try:
-                return _retry_busy(lambda: self.conn.execute(sql, params).fetchall(),
+                return _retry_busy(lambda: self.rconn.execute(sql, params).fetchall(),
                                    self.write_deadline)
             except sqlite3.Error as e:
-                raise _db_error(e, self.path) from e
+                raise self._fail(e) from e
 
     def event(self, component: str, event: str, *, subject: str = "",
               **fields: Any) -> int:
         """Append one row to the ``events`` audit trail in its own transaction."""
         return self.write(lambda c: record_event(c, component, event, subject=subject,
                                                  **fields))
+
+
+def classify(e: sqlite3.Error, path: str, deadline: float | None = None) -> DbError:
+    """The DbError subclass for a SQLite error, by its result code (never its text)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(e, sqlite3.IntegrityError) or (code is not None and
+                                                 code & 0xFF == SQLITE_CONSTRAINT):
+        return DbIntegrityError(f"{path}: {e}")
+    if code is None:
+        return DbError(f"{path}: {e}")
+    primary = code & 0xFF
+    d = os.path.dirname(path) or "."
+    if primary in (SQLITE_BUSY, SQLITE_LOCKED):
+        waited = f" for {deadline:g}s" if deadline else ""
+        return DbBusy(f"{path}: still locked by another writer{waited}; retry later "
+                      f"(`fuser {path}` shows who holds it)")
+    if code == SQLITE_READONLY_DBMOVED:
+        return DbMissing(f"{path} was moved or deleted while open; restore it")
+    if primary in (SQLITE_READONLY, SQLITE_PERM):
+        return _ro_or_full(path, d) or DbReadOnly(
+            f"{path}: read-only; make {d} writable (remount rw, or fix ownership: group vx11)")
+    if primary == SQLITE_FULL:
+        return DbFull(f"{path}: no space left on the filesystem of {d}; free some space")
+    if primary == SQLITE_CANTOPEN:
+        if not os.path.exists(path):
+            return DbMissing(f"{path} is missing; restore it or run `vx11ctl db migrate`")
+        return _ro_or_full(path, d) or DbIoError(f"{path}: cannot open: {e}")
+    if primary == SQLITE_IOERR:
+        return _ro_or_full(path, d) or DbIoError(f"{path}: I/O error ({e}); check the disk")
+    if primary in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return DbCorrupt(f"{path}: not a sound database ({e}); run `vx11ctl db check` and "
+                         "restore a backup")
+    return DbError(f"{path}: {e}")
+
+
+def _ro_or_full(path: str, d: str) -> DbError | None:
+    """DbReadOnly or DbFull when the filesystem of ``d`` says so, else None."""
+    try:
+        vfs = os.statvfs(d)
+    except OSError:
+        return None
+    if vfs.f_flag & os.ST_RDONLY:
+        return DbReadOnly(f"{path}: the filesystem of {d} is mounted read-only; remount it "
+                          "read-write")
+    if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return DbReadOnly(f"{path}: not writable by this process; fix the ownership or "
+                          "mode of it and of {d} (group vx11, g+w)")
+    if vfs.f_bavail * vfs.f_frsize < LOW_SPACE_BYTES:
+        return DbFull(f"{path}: no space left on the filesystem of {d}; free some space")
+    return None
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        vfs = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return 0
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def _os_error(e: OSError, path: str) -> DbError:
+    d = os.path.dirname(path) or "."
+    if e.errno == errno.ENOSPC:
+        return DbFull(f"{path}: no space left on the filesystem of {d}; free some space")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DbReadOnly(f"{path}: cannot create it ({e.strerror}); make {d} writable")
+    if e.errno == errno.ENOENT:
+        return DbMissing(f"{path}: its directory {d} is missing")
+    return DbIoError(f"{path}: {e.strerror}")
+
+
+def _marker_path(path: str) -> str:
+    """A dotfile beside the DB saying a DB was created here (``rm vx11.db*`` spares it)."""
+    d, base = os.path.split(path)
+    return os.path.join(d, f".{base}.created")
+
+
+def _mark_created(path: str) -> None:
+    marker = _marker_path(path)
+    if not os.path.exists(marker):
+        with suppress(OSError):
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
 
 
 def _create_shared(path: str) -> None:
@@ -184,17 +563,9 @@ def record_event(conn: sqlite3.Connection, component: str, event: str, *, subjec
     return int(cur.lastrowid or 0)
 
 
-def _is_busy(e: sqlite3.OperationalError) -> bool:
-    msg = str(e).lower()
-    return "locked" in msg or "busy" in msg
-
-
-def _db_error(e: sqlite3.Error, path: str) -> DbError:
-    if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
-        return DbBusy(f"{path}: still locked after the write deadline")
-    if isinstance(e, sqlite3.IntegrityError):
-        return DbIntegrityError(f"{path}: {e}")
-    return DbError(f"{path}: {e}")
+def _is_busy(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -335,7 +706,6 @@ TABLE_OWNERS = {
 
 def apply_migrations(db: Database) -> list[str]:
     """Apply the migrations not yet recorded; each in one transaction with its record."""
-    conn = db.conn
     db.write(lambda c: c.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, "
         "applied_at REAL NOT NULL)"))
@@ -352,7 +722,8 @@ def apply_migrations(db: Database) -> list[str]:
 
         if db.write(step):
             applied.append(name)
-    conn.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
+    db.write(lambda c: c.execute(f"PRAGMA user_version={len(MIGRATIONS)}"))
+    db.migrated = True
     return applied
 
 

@@ -19,15 +19,80 @@ class ConfigError(Vx11Error):
 
 
 class DbError(Vx11Error):
-    """The database could not do what was asked (after retries)."""
+    """The database could not do what was asked (after retries).
+
+    ``cause`` is a short stable code (for /health, JSON errors and metric labels),
+    ``reason`` a few words a person reads; the message says what, where and what to do.
+    """
+
+    cause = "db_error"
+    reason = "the database failed"
 
 
 class DbIntegrityError(DbError):
     """A constraint (unique, check, foreign key, append-only trigger) refused a write."""
 
+    cause = "constraint"
+    reason = "a constraint refused the write"
 
-class DbBusy(DbError):
+
+class DbUnavailable(DbError):
+    """A host fault keeps the database from serving; it passes by itself or by an operator.
+
+    Callers answer "try again later" (HTTP 503 + Retry-After) and retry; never a crash.
+    """
+
+    cause = "db_unavailable"
+    reason = "the database is unavailable"
+
+
+class DbBusy(DbUnavailable):
     """The database stayed locked past the caller's deadline."""
+
+    cause = "locked"
+    reason = "another process holds the database write lock"
+
+
+class DbReadOnly(DbUnavailable):
+    """The DB file, its directory or its filesystem is read-only."""
+
+    cause = "read_only"
+    reason = "the state directory is read-only"
+
+
+class DbFull(DbUnavailable):
+    """The filesystem holding the DB is full (SQLITE_FULL, or no space on it)."""
+
+    cause = "disk_full"
+    reason = "the disk holding the database is full"
+
+
+class DbMissing(DbUnavailable):
+    """The DB file is missing: deleted under a running daemon, or never created here."""
+
+    cause = "db_missing"
+    reason = "the database file is missing"
+
+
+class DbReplaced(DbMissing):
+    """The path now names another file than the one this process opened."""
+
+    cause = "db_replaced"
+    reason = "the database file was replaced"
+
+
+class DbCorrupt(DbUnavailable):
+    """The file is not a database or fails its own checks (SQLITE_CORRUPT/NOTADB)."""
+
+    cause = "corrupt"
+    reason = "the database file is corrupt"
+
+
+class DbIoError(DbUnavailable):
+    """An I/O error on the DB that is neither a full disk nor a read-only filesystem."""
+
+    cause = "io_error"
+    reason = "I/O error on the database"
 
 
 class SystemdError(Vx11Error):

@@ -18,7 +18,7 @@ def test_fresh_db_has_schema_v1_and_pragmas(dbpath):
     assert d.query("PRAGMA journal_mode")[0][0] == "wal"
     assert d.query("PRAGMA foreign_keys")[0][0] == 1
     assert d.query("PRAGMA synchronous")[0][0] == 1  # NORMAL
-    assert d.query("PRAGMA busy_timeout")[0][0] == 5000
+    assert d.query("PRAGMA busy_timeout")[0][0] == 1000
     assert [r[0] for r in d.query("SELECT name FROM schema_migrations")] == \
         [n for n, _ in db.MIGRATIONS]
     assert db.check(d) == []

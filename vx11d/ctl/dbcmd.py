@@ -18,13 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = s.add_parser("schema", help="write DB_SCHEMA (SQL) and DB_MAP (table owners)")
     m.add_argument("--out", required=True, help="directory to write into")
     m.set_defaults(func=schema)
-    g = s.add_parser("migrate", help="create the database or apply pending migrations")
+    g = s.add_parser("migrate", help="create the database (also after a loss) or apply "
+                     "pending migrations")
     g.set_defaults(func=migrate)
 
 
-def _open(args: argparse.Namespace, readonly: bool) -> db.Database:
+def _open(args: argparse.Namespace, readonly: bool, create: bool | None = None
+          ) -> db.Database:
     cfg = config.load(args.config)
-    return db.Database.from_config(cfg, readonly=readonly)
+    return db.Database.from_config(cfg, readonly=readonly, create=create)
 
 
 def check(args: argparse.Namespace) -> int:
@@ -55,7 +57,9 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def migrate(args: argparse.Namespace) -> int:
-    d = _open(args, readonly=False)
+    # The one place that creates a DB where one existed before (after a loss): an
+    # operator's explicit act, never a daemon's (see docs/faults.md).
+    d = _open(args, readonly=False, create=True)
     applied = db.apply_migrations(d)
     print(f"{d.path}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
     return 0
