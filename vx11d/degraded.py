@@ -28,6 +28,8 @@ CAUSES = {
     "db_missing": "DB file missing",
     "db_replaced": "DB file replaced",
     "locked": "DB locked",
+    "corrupt": "DB file corrupt",
+    "io_error": "DB I/O error",
     "other": "DB write failing",
 }
 

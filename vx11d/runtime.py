@@ -79,18 +79,6 @@ def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
     return value / 2e6 if value > 0 else None
 
 
-def db_bounds(busy_timeout_ms: int, write_deadline: float,
-              environ: dict[str, str] | None = None) -> tuple[int, float]:
-    """(busy timeout in ms, write deadline in s) for a daemon under a watchdog: each at
-    most an eighth of WatchdogSec, so a pass that waits on a locked DB (a statement and
-    its retries) still pings in time. Unchanged without a watchdog."""
-    half = watchdog_interval(environ)
-    if half is None:
-        return busy_timeout_ms, write_deadline
-    cap = half * 2 / 8
-    return max(10, min(busy_timeout_ms, int(cap * 1000))), min(write_deadline, cap)
-
-
 class Service(Protocol):
     """What a daemon gives the runtime. ``interval`` is the tick period in seconds."""
 

@@ -14,10 +14,9 @@ from .systemd import PystemdClient
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the systemd client, and run until SIGTERM."""
     registry = metrics.new_registry("madre")
-    # migrations are applied by the service (a DB that refuses them degrades madre), and
-    # no DB call may hold the loop near WatchdogSec
-    busy_ms, deadline = runtime.db_bounds(cfg.db.busy_timeout_ms, cfg.db.write_deadline)
-    db = Database(cfg.db.path, busy_timeout_ms=busy_ms, write_deadline=deadline)
+    # migrations are applied by the service: a DB that refuses them degrades madre
+    # (the config check keeps one DB wait well inside WatchdogSec)
+    db = Database.from_config(cfg)
     sd = PystemdClient()
     service = MadreService(cfg, db, sd, registry)
     server = metrics.serve(registry, cfg.madre.metrics_address, cfg.madre.metrics_port)

@@ -10,7 +10,7 @@ import sys
 from ..config import Config
 from ..db import Database
 from ..metrics import new_registry, serve
-from ..runtime import db_bounds, run
+from ..runtime import run
 from .daemon import ReaperService, build_evaluator, db_hija_lookup, report_dict
 from .metrics import ReaperMetrics
 from .proc import scan
@@ -54,8 +54,7 @@ def main(cfg: Config, argv: list[str]) -> int:
     args = _parse(argv)
     if args.scan_once:
         return scan_once(cfg, args.proc, args.json)
-    busy_ms, deadline = db_bounds(cfg.db.busy_timeout_ms, cfg.db.write_deadline)
-    db = Database(cfg.db.path, busy_timeout_ms=busy_ms, write_deadline=deadline)
+    db = Database.from_config(cfg)  # migrated by the service (or degraded until it can)
     registry = new_registry("reaper", proc_path=args.proc)
     service = ReaperService(cfg, db, ReaperMetrics(registry), proc_path=args.proc)
     server = serve(registry, cfg.reaper.metrics_address, cfg.reaper.metrics_port)
