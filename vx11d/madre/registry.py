@@ -539,6 +539,15 @@ class Registry:
             return False
         if end is None:
             return False
+        if end.get("NeverStarted"):
+            if r["status"] != "starting":
+                return False
+            # madre recorded `starting`, then stopped before StartTransientUnit: the
+            # hija never ran (nothing to lose, nothing to stop)
+            self.tracked.pop(r["unit"], None)
+            return self._transition(r["id"], "failed", only_from=("starting",),
+                                    level=logging.WARNING, reason="its unit never started "
+                                    "(madre was interrupted before starting it)")
         tr = Tracked(r["id"], float(r["ttl_s"]), time.monotonic(), seen_active=True,
                      running=r["status"] == "running",
                      stop_as="stopped" if r["stop_requested_at"] is not None else None)

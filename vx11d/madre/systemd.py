@@ -272,7 +272,8 @@ class PystemdClient:
         """How a unit systemd no longer knows ended, from what PID 1 logged about it
         this boot (``Result``, ``ExecMainStatus``, ``InactiveEnterTimestamp`` as the
         unit would have shown them); None when the journal holds no end for it. Entries
-        before ``since`` (the row's start, epoch seconds) are skipped."""
+        before ``since`` (the row's start, epoch seconds) are skipped; with ``since``,
+        ``{"NeverStarted": True}`` when PID 1 logged nothing at all about the unit."""
         return journal_end(name, since)
 
     def close(self) -> None:
@@ -300,11 +301,13 @@ def journal_end(name: str, since: float = 0.0) -> dict[str, Any] | None:
     except (ImportError, OSError) as e:
         raise SystemdError(f"cannot open the journal: {e}") from e
     out: dict[str, Any] = {}
+    seen = False
     try:
         reader.add_match(UNIT=name, _PID="1")
         if since > 0:  # (no this_boot(): ProcSubset=pid hides the boot id)
             reader.seek_realtime(since - 1)
         for entry in reader:
+            seen = True
             mid = entry.get("MESSAGE_ID")
             mid = getattr(mid, "hex", str(mid or ""))
             if mid == UNIT_PROCESS_EXIT:
@@ -322,6 +325,8 @@ def journal_end(name: str, since: float = 0.0) -> dict[str, Any] | None:
         raise SystemdError(f"reading the journal for {name}: {e}") from e
     finally:
         reader.close()
+    if not seen and since > 0:
+        return {"NeverStarted": True}
     return out if "Result" in out else None
 
 

@@ -149,3 +149,16 @@ def test_deleted_db_is_noticed_writes_refused_and_rows_restored(svc, tmp_path):
     assert rows[b["id"]]["status"] == "running" and rows[b["id"]]["unit"] == b["unit"]
     db2.close()
     assert svc.sd.units.get(b["unit"], {}).get("ActiveState") == "active"  # not orphaned
+
+
+def test_starting_row_whose_unit_never_started_is_failed_not_lost(svc):
+    """madre killed between recording `starting` and StartTransientUnit: the journal
+    has nothing about the unit, so the hija never ran: `failed`, said why."""
+    row = hijas.request_spawn(svc.db, svc.cfg, "sleeper", 30, {}, "test")
+    svc.db.write(lambda c: c.execute("UPDATE spawner_hijas SET status = 'starting', "
+                                     "started_at = 1 WHERE id = ?", (row["id"],)))
+    svc.sd.results[row["unit"]] = {"NeverStarted": True}
+    fixed = svc.reg.reconcile()
+    got = hijas.get(svc.db, row["id"])
+    assert got["status"] == "failed" and "never started" in got["reason"], got
+    assert fixed["lost"] == 0
