@@ -421,6 +421,8 @@ def inside(kills_goal: int, faults_goal: int, seed: int) -> dict:
     db = check_db(load.acked)
     failed = [u for u in WATCHED if show(u, "ActiveState").get("ActiveState") == "failed"]
     rot_failed = show("vx11-rotate.service", "ActiveState").get("ActiveState") == "failed"
+    rot_why = sh("journalctl", "-u", "vx11-rotate.service", "-n", "6", "-o", "cat",
+                 "--no-pager").stdout.strip().splitlines() if rot_failed else []
     recoveries.sort()
     p99 = recoveries[min(len(recoveries) - 1, int(0.99 * len(recoveries)))] \
         if recoveries else 0.0
@@ -432,7 +434,7 @@ def inside(kills_goal: int, faults_goal: int, seed: int) -> dict:
             "overdue_hijas": len(over.overdue), "audit_dirs": len(audit.dirs),
             "audit_dirs_lost": len(audit.lost()), "integrity_ok": db["integrity_ok"],
             "units_failed_at_end": len(failed), "failed_units": failed,
-            "rotate_failed_at_end": rot_failed,
+            "rotate_failed_at_end": rot_failed, "rotate_last_lines": rot_why,
             "recovery_s_p50": round(statistics.median(recoveries), 3) if recoveries else 0,
             "recovery_s_p99": round(p99, 3), "recovery_s_max": round(max(recoveries or [0]), 3),
             "chaos_s": round(chaos_s, 1)}
@@ -473,7 +475,7 @@ def run(quick: bool, kills: int | None, seed: int, keep: bool, name: str | None)
 
     kills = kills if kills is not None else (50 if quick else 1000)
     faults = 4 if quick else 20
-    sb = Sandbox(name or f"vx11t-chaos-{os.getpid()}", die_with_caller=True)
+    sb = Sandbox(name or f"vx11t-chaos-{os.getpid()}", die_with_caller=not keep)
     t0 = time.monotonic()
     sb.up()
     try:

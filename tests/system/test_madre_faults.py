@@ -8,6 +8,7 @@ are the real ones.
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -24,6 +25,8 @@ ROW = ("import json,sqlite3,sys; c=sqlite3.connect('file:/var/lib/vx11/vx11.db?m
        "WHERE id=?',(sys.argv[1],)).fetchone(); e=c.execute(\"SELECT count(*) FROM events "
        "WHERE subject=? AND event='hija_expired'\",(sys.argv[1],)).fetchone()[0]; "
        "print(json.dumps({**dict(r), 'expired_events': e} if r else None))")
+LOCK = ("import sqlite3,sys,time; c=sqlite3.connect('/var/lib/vx11/vx11.db', "
+        "isolation_level=None); c.execute('BEGIN IMMEDIATE'); time.sleep(float(sys.argv[1]))")
 
 
 def sh(sb, *argv: str, ok: bool = True):
@@ -100,6 +103,30 @@ def test_full_disk_madre_exited_69_and_lost_the_hija_now_keeps_running_and_recor
     r = sb.exec(["journalctl", "-u", "vx11-madre", "-o", "cat", "--no-pager",
                  "VX11_EVENT=madre_recovered"], timeout=30)
     assert "1 held transition recorded" in r.stdout, r.stdout
+
+
+def test_write_lock_held_past_watchdog_madre_kept_waiting_now_holds_and_records(
+        small_state):
+    """Regression (issue 10 finding 4, madre's side): a writer holding the DB lock
+    longer than WatchdogSec (10 s) stalled madre's loop on its 30 s write deadline and
+    got it killed by the watchdog; now the end is held, and recorded once released."""
+    sb = small_state
+    restarts = madre(sb)["NRestarts"]
+    hid = spawn(sb, "3s")
+    holder = threading.Thread(target=sh, args=(sb, PY, "-c", LOCK, "14"), daemon=True)
+    holder.start()
+    try:
+        m = poll_for(lambda: (x := madre(sb))["StatusText"].endswith(
+            "degraded: DB locked, 1 transition pending") and x, timeout=20, interval=0.5,
+            what="madre to hold the end while the lock is held")
+        assert m["ActiveState"] == "active"
+    finally:
+        holder.join(30)
+    got = poll_for(lambda: (x := row(sb, hid))["status"] != "running" and x, timeout=30,
+                   interval=0.5, what="the held end to be recorded")
+    assert got["status"] == "expired" and got["expired_events"] == 1, got
+    m = madre(sb)
+    assert m["ActiveState"] == "active" and m["NRestarts"] == restarts, m
 
 
 def test_read_only_state_dir_madre_restart_crash_looped_to_failed_now_degrades(small_state):
