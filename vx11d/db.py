@@ -350,22 +350,32 @@ class Database:
                 return self.fault  # a tiny write may fit in the WAL; a real one would not
             elif self.fault is not None or self._conn is None:
                 self.write(lambda c: c.execute(
-                    f"PRAGMA user_version={int(c.execute('PRAGMA user_version').fetchone()[0])}"))
+                    f"PRAGMA user_version={int(c.execute('PRAGMA user_version').fetchone()[0])}"),
+                    proves=True)
         except DbUnavailable as e:
             return e
         return None
 
     _wants_migrations = False
 
+    def migrate_on_probe(self) -> None:
+        """Apply pending migrations at the next successful :meth:`probe` (no I/O now)."""
+        self._wants_migrations = True
+
     def start(self) -> DbUnavailable | None:
         """For a daemon that must run while the DB is unwell: migrate now or on a later probe."""
-        self._wants_migrations = True
+        self.migrate_on_probe()
         return self.probe()
 
     # --- reads and writes --------------------------------------------------------
 
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in one BEGIN IMMEDIATE transaction, retried while locked."""
+    def write(self, fn: Callable[[sqlite3.Connection], T], *, proves: bool = False) -> T:
+        """Run ``fn(conn)`` in one BEGIN IMMEDIATE transaction, retried while locked.
+
+        A commit that changed rows ends a recorded fault (``proves``: count it even if
+        no row changed, for a probe that writes a header field); a transaction that
+        wrote nothing proves nothing, since SQLite commits it on a read-only file too.
+        """
         if self.readonly:
             raise DbError("write on a read-only database handle")
         deadline = time.monotonic() + self.write_deadline
@@ -376,7 +386,7 @@ class Database:
             self._note(err)
             raise err
         try:
-            return self._write_locked(fn, deadline, delay)
+            return self._write_locked(fn, deadline, delay, proves)
         finally:
             self._lock.release()
 
@@ -385,7 +395,7 @@ class Database:
         return self.busy_timeout_ms / 1000 + self.write_deadline
 
     def _write_locked(self, fn: Callable[[sqlite3.Connection], T], deadline: float,
-                      delay: float) -> T:
+                      delay: float, proves: bool) -> T:
         conn = self.conn
         while True:
             try:
@@ -397,8 +407,10 @@ class Database:
                 delay = min(delay * 2, 0.05)
                 continue
             try:
+                before = conn.total_changes
                 result = fn(conn)
                 conn.execute("COMMIT")
+                proves = proves or conn.total_changes != before
             except sqlite3.OperationalError as e:
                 _rollback(conn)
                 if not _is_busy(e) or time.monotonic() > deadline:
@@ -412,7 +424,8 @@ class Database:
             except BaseException:
                 _rollback(conn)
                 raise
-            self._ok()
+            if proves:
+                self._ok()
             return result
 
     def _fail(self, e: sqlite3.Error) -> DbError:
@@ -498,6 +511,36 @@ def _ro_or_full(path: str, d: str) -> DbError | None:
     if vfs.f_bavail * vfs.f_frsize < LOW_SPACE_BYTES:
         return DbFull(f"{path}: no space left on the filesystem of {d}; free some space")
     return None
+
+
+def stale_read_only_view(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """True when this process sees the DB's filesystem read-only but the kernel says rw.
+
+    A unit with ProtectSystem=/ReadWritePaths= gets a copy of the host's mounts when it
+    starts; if the state filesystem was read-only then, the copy keeps its read-only
+    mount flag after the host remounts it read-write (only the superblock flag is
+    shared). The fix is a fresh mount namespace, i.e. a new process: the caller exits
+    cleanly (a socket-activated gateway is started again by the next connection).
+    """
+    d = os.path.dirname(os.path.abspath(path)) or "/"
+    best, best_len = None, -1
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, sup = left.split(), right.split()
+                if len(fields) < 6 or len(sup) < 3:
+                    continue
+                point = fields[4].replace("\\040", " ")
+                if (d == point or d.startswith(point.rstrip("/") + "/")) and \
+                        len(point) > best_len:
+                    best, best_len = (fields[5].split(","), sup[2].split(",")), len(point)
+    except OSError:
+        return False
+    if best is None:
+        return False
+    per_mount, super_opts = best
+    return "ro" in per_mount and "rw" in super_opts
 
 
 def _free_bytes(path: str) -> int:
@@ -722,7 +765,7 @@ def apply_migrations(db: Database) -> list[str]:
 
         if db.write(step):
             applied.append(name)
-    db.write(lambda c: c.execute(f"PRAGMA user_version={len(MIGRATIONS)}"))
+    db.write(lambda c: c.execute(f"PRAGMA user_version={len(MIGRATIONS)}"), proves=True)
     db.migrated = True
     return applied
 

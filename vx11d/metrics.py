@@ -31,3 +31,35 @@ def serve(registry: CollectorRegistry, address: str, port: int) -> Any:
 def write_textfile(registry: CollectorRegistry, path: str) -> None:
     """Write ``registry`` to a node_exporter textfile atomically (temp file + rename)."""
     write_to_textfile(path, registry)
+
+
+class DbFaultCollector:
+    """``vx11_db_fault{cause}``: 1 for the cause a daemon's DB handle is degraded by, else 0.
+
+    Read from the handle's last state at scrape time (no I/O). Every cause of
+    :data:`vx11d.db.FAULT_CAUSES` is always exported, so an alert on
+    ``vx11_db_fault{cause=~"db_missing|db_replaced"} == 1`` has a series from the start.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from .db import FAULT_CAUSES
+
+        _, cause, _ = self.db.health()
+        g = GaugeMetricFamily("vx11_db_fault", "1 while this daemon's database handle is "
+                              "degraded by this cause (read_only, disk_full, db_missing, "
+                              "locked, ...)", labels=["cause"])
+        for c in FAULT_CAUSES:
+            g.add_metric([c], 1.0 if c == cause else 0.0)
+        if cause and cause not in FAULT_CAUSES:
+            g.add_metric([cause], 1.0)
+        yield g
+
+
+def register_db(registry: CollectorRegistry, db: Any) -> None:
+    """Export ``db``'s fault state (``vx11_db_fault``) in ``registry``."""
+    registry.register(DbFaultCollector(db))

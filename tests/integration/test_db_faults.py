@@ -95,7 +95,8 @@ def test_disk_full_is_classified_by_sqlite_full_and_clears_by_itself(dbpath):
     assert e.value.cause == "disk_full"
     assert d.health()[1] == "disk_full"
     d.write(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
-    assert d.health() == ("ok", "", "")
+    assert d.health()[1] == "disk_full", "a commit that wrote nothing proved nothing"
+    assert d.probe() is None and d.health() == ("ok", "", "")
 
 
 def test_read_only_is_classified_by_sqlite_readonly(dbpath):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from tests.support import poll_for
 from vx11d import config, hijas
 from vx11d.db import Database
 from vx11d.gateway.app import ROUTE_MODULES, build_app
@@ -185,7 +187,37 @@ def test_policy_activate_list_deactivate(gw):
 def test_health_stays_open_and_ok_without_a_bus(gw):
     call, _, _ = gw
     status, body = call("GET", "/health", headers={})
+    assert (status, body) == (200, {"status": "ok"})
+    status, body = call("GET", "/health")
     assert status == 200 and body["status"] == "ok" and "daemons" in body
+    assert body["db"] == {"status": "ok"}
+
+
+def test_health_without_a_token_tells_strangers_only_the_aggregate(gw):
+    """Issue 15 finding 4: no StatusText, addresses or paths for a request without token."""
+    call, _, ctx = gw
+    for f in os.listdir(os.path.dirname(ctx.db.path)):
+        if f.startswith("vx11.db"):
+            os.unlink(os.path.join(os.path.dirname(ctx.db.path), f))
+    status, body = poll_for(lambda: (r := call("GET", "/health", headers={}))[0] == 503 and r,
+                            timeout=15, what="/health to notice the deleted DB")
+    assert body == {"status": "degraded", "cause": "db_missing"}
+    status, body = call("GET", "/health")
+    assert status == 503 and body["db"]["cause"] == "db_missing"
+    assert ctx.db.path in body["db"]["message"] and body["db"]["since"].endswith("+00:00")
+    assert call("GET", "/health", headers={"X-VX11-Token": "wrong"})[0] == 401
+
+
+def test_db_missing_spawn_is_503_with_retry_after_and_the_cause(gw):
+    call, _, ctx = gw
+    for f in os.listdir(os.path.dirname(ctx.db.path)):
+        if f.startswith("vx11.db"):
+            os.unlink(os.path.join(os.path.dirname(ctx.db.path), f))
+    status, body = call("POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": 5})
+    assert status == 503 and body["error"] == "unavailable" and body["cause"] == "db_missing"
+    status, body = call("GET", "/vx11/hijas")
+    assert status == 503 and body["cause"] == "db_missing"
+    assert not os.path.exists(ctx.db.path), "the gateway re-created a deleted DB"
 
 
 def test_hija_ids_are_unit_name_safe():

@@ -119,7 +119,7 @@ def test_route_chain_switch_then_hermes_with_real_generation(gateway):
     assert (status, body["error"]) == (422, "switch_refused")
     status, body, _ = http("POST", gw.url + "/vx11/route", {"query": "2+2"}, token=None)
     assert status == 401
-    status, health, _ = http("GET", gw.url + "/health", token=None)
+    status, health, _ = http("GET", gw.url + "/health")  # the detail needs the token
     assert health["hermes"] == {"enabled": True, "state": "loaded"}
 
 

@@ -38,7 +38,8 @@ def call(method: str, path: str, body=None, token: bool = True, conn=None):
         payload = json.loads(raw)
     except ValueError:
         payload = raw.decode(errors="replace")
-    return {"status": r.status, "body": payload, "seconds": dt}
+    return {"status": r.status, "body": payload, "seconds": dt,
+            "headers": {k.lower(): v for k, v in r.getheaders()}}
 
 
 def burst(n: int, template: str, ttl: float, concurrency: int = 5):

@@ -1,9 +1,10 @@
 """The gateway's aiohttp application: middlewares, /health, and the route modules.
 
 Middlewares, outermost first: metrics (requests by route and code, latency), errors
-(every failure becomes a JSON body; a bug is a logged 500, bad input never is), auth
-(401 without a valid token on every path but /health, 429 after repeated failures),
-deadline (per-request timeout → 504).
+(every failure becomes a JSON body; a bug is a logged 500, bad input never is; a DB
+host fault is 503 + Retry-After naming its cause), auth (401 without a valid token on
+every path but a tokenless ``GET /health``, 429 after repeated failures), deadline
+(per-request timeout → 504).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from .. import journal
+from ..errors import DbBusy, DbUnavailable
+from . import health
 from .auth import FailureLimiter, TokenChecker, presented_token
-from .context import CTX, GatewayContext
+from .context import AUTHENTICATED, CTX, GatewayContext
 from .http import ApiError, Handler, json_error
 
 log = logging.getLogger("vx11.gateway")
@@ -63,12 +66,20 @@ async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamRespon
         m["latency"].labels(route).observe(time.perf_counter() - t0)
 
 
+def retry_after(e: DbUnavailable) -> int:
+    """Seconds a client should wait: a lock passes soon, the rest needs a person or space."""
+    return 2 if isinstance(e, DbBusy) else 10
+
+
 @web.middleware
 async def errors_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as e:
         return json_error(e.status, e.code, e.message, headers=e.headers or None, **e.extra)
+    except DbUnavailable as e:  # a host fault: degraded, not broken (docs/faults.md)
+        return json_error(503, "unavailable", str(e), cause=e.cause, reason=e.reason,
+                          headers={"Retry-After": str(retry_after(e))})
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "too_large", "request body larger than "
                           f"{request.app._client_max_size} bytes")
@@ -88,8 +99,10 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
 
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
-        return await handler(request)
+    token = presented_token(request.headers.get("X-VX11-Token"),
+                            request.headers.get("Authorization"))
+    if token is None and request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+        return await handler(request)  # the aggregate only (see health.py)
     limiter, m = request.app[LIMITER], request.app[METRICS]
     client = request.remote or "unknown"
     wait = limiter.blocked(client)
@@ -97,8 +110,6 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         m["auth_failures"].labels("rate_limited").inc()
         return json_error(429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
-    token = presented_token(request.headers.get("X-VX11-Token"),
-                            request.headers.get("Authorization"))
     if not request.app[CHECKER].valid(token):
         limiter.failed(client)
         reason = "missing" if token is None else "invalid"
@@ -108,6 +119,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         return json_error(401, "unauthorized", "a valid X-VX11-Token or Authorization: "
                           "Bearer token is required",
                           headers={"WWW-Authenticate": 'Bearer realm="vx11"'})
+    request[AUTHENTICATED] = True
     return await handler(request)
 
 
@@ -124,14 +136,6 @@ async def deadline_mw(request: web.Request, handler: Handler) -> web.StreamRespo
                           f"{request.app[CTX].cfg.gateway.request_timeout:g}s")
 
 
-async def health(request: web.Request) -> web.Response:
-    """The one open path: is the gateway up (route modules may add to it)."""
-    body: dict = {"status": "ok", "component": "gateway"}
-    for contribute in request.app[CTX].extras.get("health", []):
-        body.update(await contribute(request.app))
-    return web.json_response(body)
-
-
 def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
               ) -> web.Application:
     """The gateway application for ``ctx``, with every route module set up."""
@@ -142,7 +146,7 @@ def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
     app[LIMITER] = FailureLimiter(ctx.cfg.gateway.auth_fail_limit,
                                   ctx.cfg.gateway.auth_fail_window)
     app[METRICS] = _metrics(ctx)
-    app.router.add_get("/health", health)
+    health.setup(app)
     for name in ROUTE_MODULES if modules is None else modules:
         importlib.import_module(name).setup(app)
     return app

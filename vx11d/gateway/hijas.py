@@ -93,7 +93,7 @@ async def wait_settled(app: web.Application, row: dict[str, Any]) -> dict[str, A
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), min(left, FALLBACK))
-            row = hijas.get(ctx.db, hid)
+            row = await ctx.db_call(hijas.get, ctx.db, hid)
     finally:
         w.forget(hid)
     return row
@@ -124,8 +124,9 @@ async def spawn(request: web.Request) -> web.Response:
     if "template" not in body:
         raise ApiError(422, "invalid", "template is required")
     try:
-        row = hijas.request_spawn(ctx.db, ctx.cfg, body.get("template"), body.get("ttl_s"),
-                                  body.get("args"), requested_by=f"http:{request.remote}")
+        row = await ctx.db_call(hijas.request_spawn, ctx.db, ctx.cfg, body.get("template"),
+                                body.get("ttl_s"), body.get("args"),
+                                requested_by=f"http:{request.remote}")
     except InputError as e:
         raise _api_error(e) from e
     row = await wait_settled(request.app, row)
@@ -146,7 +147,7 @@ async def list_hijas(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_query", "limit must be an integer") from e
     if not 1 <= limit <= 10_000:
         raise ApiError(400, "bad_query", "limit must be in [1, 10000]")
-    rows = hijas.listing(ctx.db, status, limit)
+    rows = await ctx.db_call(hijas.listing, ctx.db, status, limit)
     return web.json_response({"hijas": [_public(r) for r in rows], "count": len(rows)})
 
 
@@ -155,8 +156,9 @@ async def get_hija(request: web.Request) -> web.Response:
     hid = request.match_info["id"]
     if not hijas.ID_RE.match(hid):
         raise ApiError(404, "not_found", "no such hija")
+    ctx = request.app[CTX]
     try:
-        return web.json_response(_public(hijas.get(request.app[CTX].db, hid)))
+        return web.json_response(_public(await ctx.db_call(hijas.get, ctx.db, hid)))
     except InputError as e:
         raise _api_error(e) from e
 
@@ -165,8 +167,8 @@ async def stop_hija(request: web.Request) -> web.Response:
     """Ask madre to stop a live hija: 202; 404 unknown; 409 already ended."""
     ctx = request.app[CTX]
     try:
-        row = hijas.request_stop(ctx.db, request.match_info["id"],
-                                 requested_by=f"http:{request.remote}")
+        row = await ctx.db_call(hijas.request_stop, ctx.db, request.match_info["id"],
+                                requested_by=f"http:{request.remote}")
     except InputError as e:
         raise _api_error(e) from e
     hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import socket
+import time
 
 from aiohttp import web
 
 from .. import journal, metrics, runtime
 from ..config import Config
-from ..db import Database
+from ..db import Database, stale_read_only_view
+from ..errors import DbReadOnly
 from .app import CHECKER, LIMITER, build_app
 from .auth import load_token
 from .context import GatewayContext
 
 log = logging.getLogger("vx11.gateway")
+RENEW_AFTER = 5.0  # seconds up before a stale read-only view may end this process
 
 
 def activation_socket() -> socket.socket | None:
@@ -41,6 +46,7 @@ class GatewayService:
         self.metrics_server = None
 
     async def start(self) -> None:
+        self.started = time.monotonic()
         cfg = self.ctx.cfg.gateway
         token = load_token(cfg.token_credential, cfg.token_file)
         journal.register_secret(token)
@@ -63,8 +69,28 @@ class GatewayService:
 
     async def tick(self) -> None:
         self.app[LIMITER].prune()
+        self._renew_if_stale_read_only()
+
+    def _renew_if_stale_read_only(self) -> None:
+        """Exit cleanly when only our mount namespace still has the state dir read-only.
+
+        The socket keeps listening and its next connection starts a gateway with a
+        fresh copy of the mounts (no auto-restart, no start limit involved).
+        """
+        fault = self.ctx.db.fault
+        if not isinstance(fault, DbReadOnly) or time.monotonic() - self.started < RENEW_AFTER:
+            return
+        if stale_read_only_view(self.ctx.db.path):
+            journal.event(log, "gateway_renew", "the state filesystem is read-write again, "
+                          "but this process still sees it read-only (mounts copied at "
+                          "start): exiting for a fresh start on the next connection",
+                          level=logging.WARNING)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def status(self) -> str:
+        state, cause, _ = self.ctx.db.health()
+        if state != "ok":
+            return f"degraded: {cause.replace('_', ' ')} (writes refused, 503); {self.where}"
         return self.where
 
     async def reload(self, cfg: Config) -> None:
@@ -77,6 +103,7 @@ class GatewayService:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        self.ctx.pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
 
@@ -84,5 +111,10 @@ class GatewayService:
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the app, and run until SIGTERM."""
     registry = metrics.new_registry("gateway")
-    db = Database.from_config(cfg, migrate=True)
+    # No DB I/O before serving: a read-only, full or missing state dir must not stop the
+    # entrypoint (a crash here restart-loops into the start limit and fails the
+    # socket). Migrations run on the first probe that can write (health.py).
+    db = Database.from_config(cfg)
+    db.migrate_on_probe()
+    metrics.register_db(registry, db)
     return asyncio.run(runtime.run_async(GatewayService(cfg, db, registry)))

@@ -36,7 +36,7 @@ async def get_policy(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     return web.json_response({"profile": ctx.cfg.madre.profile,
                               "components": list(hijas.COMPONENTS),
-                              "windows": hijas.live_windows(ctx.db)})
+                              "windows": await ctx.db_call(hijas.live_windows, ctx.db)})
 
 
 async def post_policy(request: web.Request) -> web.Response:
@@ -57,11 +57,11 @@ async def post_policy(request: web.Request) -> web.Response:
                     seconds = float(parse_duration(body["for"]))
                 except ValueError as e:
                     raise InputError(f"for: {e}") from e
-            row = hijas.activate(ctx.db, ctx.cfg, component, seconds, by)
+            row = await ctx.db_call(hijas.activate, ctx.db, ctx.cfg, component, seconds, by)
             hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
             return web.json_response({"activated": row}, status=201)
         if action == "deactivate":
-            n = hijas.deactivate(ctx.db, component, by)
+            n = await ctx.db_call(hijas.deactivate, ctx.db, component, by)
             hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
             return web.json_response({"deactivated": component, "windows_ended": n})
     except hijas.NotFound as e:

@@ -1,0 +1,154 @@
+"""``GET /health``: the set's state for anyone, the detail for the token holder.
+
+A background task refreshes a cached view every ``REFRESH`` seconds: the DB probe
+(in the DB threads: is the file still ours, and while degraded, do writes work
+again), then every route module's contribution (daemon states over D-Bus, Hermes),
+each bounded. The set is ``degraded`` when the DB is (its cause) or when a vx11 unit
+is ``failed`` (``daemon_failed``). A request without a token only reads that view:
+no DB, no D-Bus, no upstream call on its path, so strangers flooding /health cost a
+dict lookup each.
+
+* no token: ``{"status": "ok"}`` → 200, or ``{"status": "degraded", "cause": CODE}``
+  → 503. The cause is a short code (``read_only``, ``disk_full``, ``db_missing``,
+  ``db_replaced``, ``locked``, ...): what a load balancer or a pager needs, and
+  nothing about the host (no StatusText, no addresses, no paths).
+* a valid token: the same plus ``db`` (cause, message, since) and every
+  contribution, computed at once (an operator asking wants it fresh).
+* an invalid token: 401 and counted by the failure limiter, like every path, so
+  /health is no free oracle for guessing tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from .context import AUTHENTICATED, CTX, GatewayContext
+
+log = logging.getLogger("vx11.gateway")
+
+REFRESH = 2.0  # seconds between two refreshes of the cached view
+CONTRIBUTION_WAIT = 1.5  # each route module's contribution, at most
+
+
+class HealthView:
+    """The last refreshed aggregate: status, cause, and when it was computed."""
+
+    def __init__(self) -> None:
+        self.status = "ok"
+        self.cause = ""
+        self.checked = 0.0
+        self.detail: dict[str, Any] = {}
+
+    def public(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status}
+        if self.cause:
+            body["cause"] = self.cause
+        return body
+
+
+VIEW: web.AppKey[HealthView] = web.AppKey("vx11_health", HealthView)
+
+
+def db_state(ctx: GatewayContext) -> dict[str, Any]:
+    """The DB part of the detail, from what the handle last saw (no I/O)."""
+    status, cause, message = ctx.db.health()
+    out: dict[str, Any] = {"status": status}
+    if cause:
+        out["cause"], out["message"] = cause, message
+        since = ctx.db.fault_since
+        if since:
+            out["since"] = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+    return out
+
+
+async def probe_db(ctx: GatewayContext) -> None:
+    """Run the DB probe in the DB threads; a probe still waiting keeps the last state."""
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(ctx.pool, ctx.db.probe)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(fut), REFRESH)
+
+
+async def contributions(app: web.Application) -> dict[str, Any]:
+    """Every route module's /health contribution, each bounded, none able to fail it."""
+    body: dict[str, Any] = {}
+    for contribute in app[CTX].extras.get("health", []):
+        try:
+            body.update(await asyncio.wait_for(contribute(app), CONTRIBUTION_WAIT))
+        except TimeoutError:
+            log.debug("health contribution %s timed out", contribute.__qualname__)
+        except Exception:  # a contribution's bug must not take /health down
+            log.exception("health contribution %s failed", contribute.__qualname__)
+    return body
+
+
+async def refresh(app: web.Application) -> None:
+    """Recompute the cached view once."""
+    ctx, view = app[CTX], app[VIEW]
+    await probe_db(ctx)
+    view.detail = await contributions(app)
+    status, cause, _ = ctx.db.health()
+    daemons = view.detail.get("daemons")
+    if status == "ok" and isinstance(daemons, dict) and any(
+            d.get("active_state") == "failed" for d in daemons.values()):
+        status, cause = "degraded", "daemon_failed"
+    view.status, view.cause = status, cause
+    view.checked = time.time()
+
+
+async def _refresher(app: web.Application, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await refresh(app)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the loop must outlive a bug in one pass
+            log.exception("health refresh failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REFRESH)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Aggregate state from the cached view; with a valid token, the detail too."""
+    view = request.app[VIEW]
+    code = 200 if view.status == "ok" else 503
+    if not request.get(AUTHENTICATED):
+        return web.json_response(view.public(), status=code)
+    ctx = request.app[CTX]
+    body: dict[str, Any] = {**view.public(), "component": "gateway", "db": db_state(ctx)}
+    if view.checked:
+        body["checked"] = datetime.fromtimestamp(view.checked, UTC).isoformat(
+            timespec="seconds")
+    body.update(await contributions(request.app))
+    return web.json_response(body, status=code)
+
+
+def setup(app: web.Application) -> None:
+    """The /health route and the task that keeps its view fresh."""
+    app[VIEW] = HealthView()
+    app.router.add_get("/health", health)
+    tasks: list[asyncio.Task] = []
+    stopping = asyncio.Event()
+
+    async def start(app: web.Application) -> None:
+        with contextlib.suppress(TimeoutError):  # the first view, if the DB answers soon
+            await asyncio.wait_for(refresh(app), REFRESH)
+        tasks.append(asyncio.get_running_loop().create_task(_refresher(app, stopping)))
+
+    async def stop(app: web.Application) -> None:
+        # The flag too: asyncio.wait_for in 3.11 can swallow a cancel that races a result.
+        stopping.set()
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=REFRESH + CONTRIBUTION_WAIT)
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
