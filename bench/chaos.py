@@ -199,6 +199,7 @@ class Audit:
             files = {}
             try:
                 d.mkdir(parents=True)
+                os.chmod(d, 0o2770)  # group vx11 (the rotator's) may remove what is in it
                 for i in range(4):
                     data = os.urandom(256) * (1 + i)
                     (d / f"f{i}.bin").write_bytes(data)
