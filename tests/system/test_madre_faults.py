@@ -129,6 +129,37 @@ def test_write_lock_held_past_watchdog_madre_kept_waiting_now_holds_and_records(
     assert m["ActiveState"] == "active" and m["NRestarts"] == restarts, m
 
 
+BACKUP = ("import sqlite3,sys; s=sqlite3.connect('file:/var/lib/vx11/vx11.db?mode=ro', "
+          "uri=True); d=sqlite3.connect(sys.argv[1]); s.backup(d); d.close()")
+
+
+def test_deleted_db_split_brain_lost_hijas_now_held_and_restored_by_madre(small_state):
+    """Regression (issue 10 finding 3, madre's side): after `rm vx11.db*` writes went on
+    into the deleted file and the hijas spawned around the deletion were gone from the
+    records after a restart. Now madre notices, writes nothing, and once an older
+    backup is restored re-creates the rows it lacks, with their ends."""
+    sb = small_state
+    sysctl(sb, "restart", "vx11-madre.service")
+    sh(sb, PY, "-c", BACKUP, "/root/backup.db")  # taken before the two spawns
+    short, long_ = spawn(sb, "4s"), spawn(sb, "60s")
+    sh(sb, "sh", "-c", f"rm -f {STATE}/vx11.db {STATE}/vx11.db-wal {STATE}/vx11.db-shm")
+    poll_for(lambda: "degraded: DB file missing" in madre(sb)["StatusText"], timeout=20,
+             interval=0.5, what="madre to notice the deleted DB")
+    poll_for(lambda: "1 transition pending" in madre(sb)["StatusText"], timeout=20,
+             interval=0.5, what="madre to hold the short hija's end")
+    assert sb.exec(["test", "-e", f"{STATE}/vx11.db"]).returncode != 0  # no split file
+    sh(sb, "install", "-m", "0660", "-g", "vx11", "/root/backup.db", f"{STATE}/vx11.db")
+    got = poll_for(lambda: (x := row(sb, short)) and x["status"] != "running" and x,
+                   timeout=30, interval=0.5, what="the short hija's end in the restored DB")
+    assert got["status"] == "expired", got
+    other = row(sb, long_)
+    assert other is not None and other["status"] == "running", other
+    assert show(sb, f"vx11-hija-{long_}.service", "ActiveState")["ActiveState"] == "active"
+    m = poll_for(lambda: "degraded" not in (x := madre(sb))["StatusText"] and x, timeout=20,
+                 interval=0.5, what="madre to leave degraded mode")
+    assert m["ActiveState"] == "active"
+
+
 def test_read_only_state_dir_madre_restart_crash_looped_to_failed_now_degrades(small_state):
     """Regression (issue 10 finding 1): a madre restart on a read-only state dir
     crash-looped into its start limit (failed) and stayed down after the fix."""
