@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev build-essential cmake pkg-config \
-	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl
+	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl pigz
 STAMP := $(VENV)/.vx11-deps
 
 .PHONY: demo test lint unit bench deps apt clean

@@ -44,6 +44,14 @@ runs in the container. Definitions:
 - TTL stop error: for the burst's hijas, systemd's InactiveEnterTimestamp (recorded by
   madre from the unit's PropertiesChanged signal as ``ended_at``) minus ``expires_at``
   (ActiveEnterTimestamp + TTL).
+- limits: the sandbox delegates the memory, pids and cpu controllers, so every unit
+  (madre's and systemd-run's) runs with its limits enforced and accounted;
+  ``limits_enforced`` is what the sandbox measured (a probe unit's limits reached the
+  kernel), read after the run, not assumed.
+- OOM detection: hijas of the ``hog`` template allocate 200 MB under memory_max 32M;
+  ``oom_detect_s_p50`` is from systemd noticing the kill (its journal line "Main
+  process exited, code=killed, status=9/KILL" for the unit) to the ``hija_oom_killed``
+  event row madre commits (which says ``oom``).
 - 401 sweep: every method+path in /openapi.json (fetched with the token) plus unknown
   paths, sent without a token; counts the 401 answers.
 
@@ -79,7 +87,9 @@ def as_assignments(props: dict) -> list[str]:
     out = []
     for k, v in props.items():
         v = v.decode() if isinstance(v, bytes) else v
-        if k in ("Type", "ExecStart", "RuntimeMaxUSec", "CollectMode", "Description"):
+        # ExecStopPostEx: madre's memory probe runs when a hija stops, not when it starts
+        if k in ("Type", "ExecStart", "RuntimeMaxUSec", "CollectMode", "Description",
+                 "ExecStopPostEx"):
             continue
         if isinstance(v, bool):
             out.append(f"{k}={'yes' if v else 'no'}")
@@ -169,6 +179,43 @@ def systemd_run(i: int, ttl: float, level: str) -> float:
     t0 = time.perf_counter()
     subprocess.run(argv, check=True)
     return time.perf_counter() - t0
+
+
+def oom_detect(c: Client, n: int) -> dict:
+    """Spawn ``n`` hogs one after the other; for each, the time from systemd seeing the
+    kernel's kill to madre's ``oom`` row (its event's timestamp)."""
+    hijas = []
+    for i in range(n):
+        status, body = c.call("POST", "/vx11/spawn", {"template": "hog", "ttl_s": 30,
+                                                       "args": {"mb": 200}})
+        if status not in (201, 202):
+            raise SystemExit(f"hog spawn {i}: {status} {body}")
+        hijas.append((body["id"], body["unit"]))
+    deadline = time.monotonic() + 60
+    ended: dict[str, float] = {}
+    while time.monotonic() < deadline and len(ended) < n:
+        db = sqlite3.connect("file:/var/lib/vx11/vx11.db?mode=ro", uri=True)
+        for hid, _unit in hijas:
+            row = db.execute("SELECT ts FROM events WHERE subject = ? AND event = "
+                             "'hija_oom_killed'", (hid,)).fetchone()
+            if row:
+                ended[hid] = row[0]
+        db.close()
+        time.sleep(0.2)
+    lat = []
+    for hid, unit in hijas:
+        if hid not in ended:
+            continue
+        r = subprocess.run(["journalctl", "-o", "json", "--no-pager", f"UNIT={unit}"],
+                           capture_output=True, text=True, check=False)
+        for line in r.stdout.splitlines():
+            e = json.loads(line)
+            if "Main process exited" in str(e.get("MESSAGE")):
+                lat.append(ended[hid] - int(e["__REALTIME_TIMESTAMP"]) / 1e6)
+                break
+    return {"oom_spawned": n, "oom_recorded": len(ended), "oom_timed": len(lat),
+            "oom_detect_s_p50": statistics.median(lat) if lat else float("nan"),
+            "oom_detect_s_max": max(lat) if lat else float("nan")}
 
 
 def inside(quick: bool) -> dict:
@@ -285,6 +332,8 @@ def inside(quick: bool) -> dict:
                ttl_stop_error_p50_s=pct(errs, 50), ttl_stop_error_p99_s=pct(errs, 99),
                ttl_stop_error_max_s=max(errs) if errs else float("nan"))
 
+    out.update(oom_detect(c, 5 if quick else 20))
+
     _st, doc = c.call("GET", "/openapi.json")
     paths = []
     for path, ops in doc["paths"].items():
@@ -327,6 +376,9 @@ def host(args: argparse.Namespace) -> int:
             print(r.stdout, r.stderr, file=sys.stderr)
             return 1
         res = json.loads(r.stdout.strip().splitlines()[-1])
+        enforced = sb.enforced()
+        res["limits_enforced"] = all(enforced.values())
+        res["limits_enforced_controllers"] = sorted(c for c, ok in enforced.items() if ok)
     finally:
         if not args.keep:
             sb.down()
@@ -357,6 +409,11 @@ def host(args: argparse.Namespace) -> int:
             ("TTL stop error p50 / p99 / max (s) (goal p99 <= 1.0)",
              f"{res['ttl_stop_error_p50_s']:.3f} / {res['ttl_stop_error_p99_s']:.3f} / "
              f"{res['ttl_stop_error_max_s']:.3f}"),
+            ("limits enforced (measured in the sandbox)",
+             f"{res['limits_enforced']} ({', '.join(res['limits_enforced_controllers'])})"),
+            ("OOM kill to the oom row p50 / max (s) (goal p50 <= 1.0)",
+             f"{res['oom_detect_s_p50']:.3f} / {res['oom_detect_s_max']:.3f} "
+             f"({res['oom_recorded']}/{res['oom_spawned']} recorded oom)"),
             ("401 sweep", f"{res['unauthorized_paths_401']}/{res['paths_checked']} paths 401"),
             ("total time (s)", f"{res['total_s']}")]
     w = max(len(a) for a, _ in rows)

@@ -26,15 +26,9 @@ def dbpath(tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def sandbox():
     """A real systemd booted in systemd-nspawn for this test session; powered off at the end."""
-    from vx11d.ctl.sandbox import STATE_ROOT, Sandbox, running_names
+    from vx11d.ctl.sandbox import Sandbox, down_orphans
 
-    leftovers = set(running_names("vx11t-"))
-    if STATE_ROOT.exists():
-        leftovers |= {p.name for p in STATE_ROOT.glob("vx11t-*")}
-    for name in sorted(leftovers):  # left by a test session that was killed
-        owner = name.removeprefix("vx11t-")
-        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
-            Sandbox(name).down()
+    down_orphans("vx11t-")  # left by test sessions that were killed: containers, cgroups
     sb = Sandbox(f"vx11t-{os.getpid()}", die_with_caller=True)
     try:
         sb.up()

@@ -204,6 +204,14 @@ class ReaperConfig:
     hija_enforce: bool = opt(True, "terminate hija processes whose DB record has ended")
     hija_grace: Duration = opt(Duration(5), "grace for ended-hija processes", lo=0, hi=3600)
     rules: list[ReaperRule] = opt(doc="policy rules, first match wins", factory=tuple)
+    tracking: Literal["events", "poll"] = opt(
+        "events", "events: read each process once and learn exits from pidfds (falls back "
+        "to poll above the open-file limit); poll: re-read every process every scan")
+    new_process_check: Duration = opt(Duration(0.25), "with tracking: events, how often "
+                                      "new PIDs are looked for (zombie detection delay)",
+                                      lo=0.05, hi=60)
+    full_rescan_every: int = opt(20, "with tracking: events, re-read every process every "
+                                 "this many scans (catches exec and setuid)", lo=1, hi=100_000)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,7 +231,9 @@ class RotateConfig:
                                   "(SCORECARD.json, DB_SCHEMA*, DB_MAP* always are)",
                                   factory=tuple)
     compression_level: int = opt(6, "gzip level", lo=1, hi=9)
-    workers: int = opt(2, "parallel compression workers", lo=1, hi=64)
+    workers: int = opt(2, "archives written at once (worker processes)", lo=1, hi=64)
+    compress_threads: int = opt(0, "compression threads per archive (0: the CPUs shared "
+                                "among the archives written at once)", lo=0, hi=64)
     textfile_dir: str = opt("/var/lib/prometheus/node-exporter",
                             "node_exporter textfile collector dir", check=check_abs_path)
     lock_file: str = opt("/var/lib/vx11/rotate.lock", "flock()ed so only one rotation runs "

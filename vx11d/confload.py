@@ -60,6 +60,17 @@ def parse_size(value: Any) -> Size:
     raise ValueError(f"expected a size like 512M or 6G; got {value!r:.60}")
 
 
+def format_size(n: int | None) -> str:
+    """Bytes as a short size (``32M``, ``1.5G``), as systemd prints them; ``unknown``."""
+    if n is None:
+        return "unknown"
+    for unit, f in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n >= f:
+            v = n / f
+            return f"{v:.0f}{unit}" if v >= 100 or v == int(v) else f"{v:.1f}{unit}"
+    return f"{n}B"
+
+
 def opt(default: Any = dataclasses.MISSING, doc: str = "", *, lo: float | None = None,
         hi: float | None = None, check: typing.Callable[[Any], str | None] | None = None,
         factory: typing.Callable[[], Any] | None = None) -> Any:

@@ -735,6 +735,58 @@ def m002_madre_stop_request(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE spawner_hijas ADD COLUMN stop_requested_at REAL")
 
 
+@migration
+def m003_hija_oom_end_and_memory(conn: sqlite3.Connection) -> None:
+    """The ``oom`` end status (killed by the kernel for memory) and the memory a hija was
+    allowed (``memory_max``) and used at most (``memory_peak``), in bytes.
+
+    SQLite cannot change a CHECK constraint in place: the table is rebuilt (the old one
+    renamed aside without touching the references to it, legacy_alter_table; the new
+    one created under the real name, filled, the old one dropped, the indexes made
+    again), with foreign keys off around the migrations (see apply_migrations) and
+    checked before commit."""
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(spawner_hijas)")]
+    conn.execute("PRAGMA legacy_alter_table=ON")
+    try:
+        conn.execute("ALTER TABLE spawner_hijas RENAME TO spawner_hijas_v2")
+    finally:
+        conn.execute("PRAGMA legacy_alter_table=OFF")
+    conn.execute(_HIJAS_V3)
+    keep = ", ".join(cols)
+    conn.execute(f"INSERT INTO spawner_hijas ({keep}) SELECT {keep} FROM spawner_hijas_v2")  # noqa: S608
+    conn.execute("DROP TABLE spawner_hijas_v2")
+    conn.execute(_V1[1])  # spawner_hijas_live_port
+    conn.execute(_V1[2])  # spawner_hijas_status
+    bad = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if bad:
+        raise sqlite3.IntegrityError(f"{len(bad)} foreign key violation(s) after rebuilding "
+                                     "spawner_hijas")
+
+
+_HIJAS_V3 = """CREATE TABLE spawner_hijas (
+        id TEXT PRIMARY KEY,
+        template TEXT NOT NULL,
+        args TEXT NOT NULL DEFAULT '{}',
+        ttl_s REAL NOT NULL CHECK (ttl_s > 0),
+        port INTEGER,
+        unit TEXT NOT NULL UNIQUE,
+        main_pid INTEGER,
+        status TEXT NOT NULL DEFAULT 'requested' CHECK (status IN
+            ('requested','starting','running','expired','exited','failed','stopped','lost',
+             'oom')),
+        created_at REAL NOT NULL,
+        started_at REAL,
+        expires_at REAL,
+        ended_at REAL,
+        exit_status INTEGER,
+        result TEXT,
+        reason TEXT,
+        stop_requested_at REAL,
+        memory_max INTEGER,
+        memory_peak INTEGER
+    )"""
+
+
 # Which daemon writes which table (DB_MAP).
 TABLE_OWNERS = {
     "spawner_hijas": ("madre", "rows requested by the gateway and vx11ctl; every later "
@@ -753,18 +805,27 @@ def apply_migrations(db: Database) -> list[str]:
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, "
         "applied_at REAL NOT NULL)"))
     applied: list[str] = []
-    for name, fn in MIGRATIONS:
+    # Off while migrating (a table rebuild drops a parent table; PRAGMA foreign_keys is a
+    # no-op inside a transaction); each rebuild checks the keys itself before commit.
+    with db._lock:
+        db.conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        for name, fn in MIGRATIONS:
 
-        def step(c: sqlite3.Connection, name: str = name, fn: Migration = fn) -> bool:
-            if c.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone():
-                return False
-            fn(c)
-            c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                      (name, time.time()))
-            return True
+            def step(c: sqlite3.Connection, name: str = name, fn: Migration = fn) -> bool:
+                if c.execute("SELECT 1 FROM schema_migrations WHERE name = ?",
+                             (name,)).fetchone():
+                    return False
+                fn(c)
+                c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                          (name, time.time()))
+                return True
 
-        if db.write(step):
-            applied.append(name)
+            if db.write(step):
+                applied.append(name)
+    finally:
+        with db._lock, suppress(sqlite3.Error, DbError):
+            db.conn.execute("PRAGMA foreign_keys=ON")
     db.write(lambda c: c.execute(f"PRAGMA user_version={len(MIGRATIONS)}"), proves=True)
     db.migrated = True
     return applied

@@ -21,7 +21,7 @@ from .db import Database, record_event
 from .errors import InputError
 
 LIVE = ("requested", "starting", "running")
-ENDED = ("expired", "exited", "failed", "stopped", "lost")
+ENDED = ("expired", "exited", "failed", "stopped", "lost", "oom")
 COMPONENTS = ("hermes", "switch")
 ID_RE = re.compile(r"^[a-z0-9]{10}$")
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")

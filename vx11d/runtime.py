@@ -157,14 +157,18 @@ class _Waker:
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
 
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            try:
-                ready, _, _ = select.select([self.r], [], [], seconds)
-            except InterruptedError:
-                return
-            if ready:
-                self.drain()
+    def sleep(self, seconds: float, extra: int | None = None) -> bool:
+        """Sleep up to ``seconds``; True if ``extra`` (a service's fd) became readable."""
+        if seconds <= 0:
+            return False
+        fds = [self.r] if extra is None else [self.r, extra]
+        try:
+            ready, _, _ = select.select(fds, [], [], seconds)
+        except InterruptedError:
+            return False
+        if self.r in ready:
+            self.drain()
+        return extra is not None and extra in ready
 
     def drain(self) -> None:
         try:
@@ -220,7 +224,10 @@ def run(service: Service, *, notifier: Notifier | None = None,
             life.progressed(service.status())
             if life.stop_requested or life.reload_requested:
                 continue
-            waker.sleep(life.wait_for(next_tick))
+            # A service may hand the loop an fd (``wake_fd``) whose readiness is a
+            # reason to tick at once: the reaper's pidfd exit events.
+            if waker.sleep(life.wait_for(next_tick), getattr(service, "wake_fd", None)):
+                next_tick = life.clock()
         life.begin_stop()
         service.stop()
         life.stopped()

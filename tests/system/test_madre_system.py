@@ -210,7 +210,7 @@ def test_madre_status_line_and_metrics_pass_promtool(vx11):
         assert r.returncode == 0, (port, r.stdout, r.stderr)
     m = sb.exec(["curl", "-sf", "http://127.0.0.1:9712/metrics"], timeout=30).stdout
     for name in ("vx11_hijas_running", "vx11_hijas_spawned_total",
-                 'vx11_hijas_ended_total{reason="expired"}',
+                 'vx11_hijas_ended_total{reason="expired",template="sleeper"}',
                  "vx11_hija_spawn_duration_seconds_bucket", "vx11_activations_live"):
         assert name in m, name
 

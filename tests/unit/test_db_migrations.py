@@ -144,3 +144,33 @@ def test_db_file_is_created_group_writable(tmp_path):
         os.umask(old)
     for f in (path, path.with_name("vx11.db-wal"), path.with_name("vx11.db-shm")):
         assert stat.S_IMODE(f.stat().st_mode) == 0o660, f
+
+
+def test_oom_migration_keeps_rows_and_references(dbpath, monkeypatch):
+    """m003 rebuilds spawner_hijas (a CHECK cannot change in place): rows, the reaper's
+    references to them and both indexes survive; ``oom`` and the memory columns exist."""
+    path = dbpath + ".old"
+    upto = [m for m in db.MIGRATIONS if m[0] < "m003"]
+    monkeypatch.setattr(db, "MIGRATIONS", upto)
+    d = db.Database(path, migrate=True)
+    d.write(lambda c: _hija(c, "aaaaaaaaaa", 20001))
+    d.write(lambda c: c.execute(
+        "INSERT INTO reaper_actions (ts, pid, comm, rule, action, outcome, hija_id) "
+        "VALUES (1, 2, 'x', 'r', 'observe', 'ok', 'aaaaaaaaaa')"))
+    with pytest.raises(db.DbError):
+        d.write(lambda c: c.execute("UPDATE spawner_hijas SET status='oom'"))
+    d.close()
+    monkeypatch.undo()
+    d = db.Database(path, migrate=True)
+    assert db.check(d) == []
+    assert d.query("PRAGMA foreign_keys")[0][0] == 1
+    d.write(lambda c: c.execute("UPDATE spawner_hijas SET status='oom', memory_max=33554432, "
+                                "memory_peak=33554432"))
+    row = d.query("SELECT id, port, status, memory_peak FROM spawner_hijas")[0]
+    assert tuple(row) == ("aaaaaaaaaa", 20001, "oom", 33554432)
+    assert d.query("SELECT hija_id FROM reaper_actions")[0][0] == "aaaaaaaaaa"
+    idx = {r[0] for r in d.query("SELECT name FROM sqlite_master WHERE type='index' "
+                                 "AND tbl_name='spawner_hijas'")}
+    assert {"spawner_hijas_live_port", "spawner_hijas_status"} <= idx
+    with pytest.raises(db.DbError, match="FOREIGN KEY"):
+        d.write(lambda c: c.execute("DELETE FROM spawner_hijas"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import config
+from . import hermeslimits
 from .main import emit
 
 
@@ -21,5 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check(args: argparse.Namespace) -> int:
     cfg = config.load(args.path or args.config)
+    limits = hermeslimits.unit_memory()
+    bad = hermeslimits.problems(int(cfg.hermes.rss_limit), limits) if limits else []
+    if bad:
+        emit(args, {"path": cfg.path, "ok": False, "problems": bad},
+             "\n".join(f"{cfg.path}: {b}" for b in bad))
+        return 1
     emit(args, {"path": cfg.path, "ok": True}, f"{cfg.path}: ok")
     return 0

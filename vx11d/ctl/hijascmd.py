@@ -17,6 +17,7 @@ import urllib.request
 from typing import Any
 
 from .. import config, hijas
+from ..confload import format_size as size
 from ..confload import parse_duration
 from ..db import Database
 from ..errors import InputError
@@ -75,7 +76,11 @@ def _fmt_row(r: dict[str, Any]) -> str:
     elif r.get("ended_at"):
         when = f"ended {max(0, now - r['ended_at']):.0f}s ago"
     port = r.get("port") or "-"
-    return f"{r['id']}  {r['template']:<10} {r['status']:<9} port {port!s:<6} {when}"
+    line = f"{r['id']}  {r['template']:<10} {r['status']:<9} port {port!s:<6} {when}"
+    if r["status"] == "oom":
+        line += (f"  killed for memory: peak {size(r.get('memory_peak'))} of "
+                 f"{size(r.get('memory_max'))}")
+    return line
 
 
 def _seconds(flag: str, text: str) -> float:

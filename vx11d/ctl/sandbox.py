@@ -9,7 +9,10 @@ loopback, so several sandboxes never fight over :8000) and these binds:
 * a staging dir at ``/etc/systemd/system`` holding links to ``units/*``;
 * a staging dir at ``/etc/vx11`` holding the config and a 0600 API token;
 * a fixed ``/etc/machine-id``, so systemd does not treat the boot as a first boot
-  and enable every preset unit found in ``/usr``.
+  and enable every preset unit found in ``/usr``;
+* its own writable memory, pids, cpu and cpuacct cgroups (``cgroups.py``), so the
+  container's systemd really enforces ``MemoryMax=``, ``TasksMax=`` and ``CPUQuota=``.
+  ``up`` measures that with a probe unit and refuses a sandbox that would not.
 
 Nothing of the host's own systemd is used or touched, booted with systemd or not.
 """
@@ -28,10 +31,15 @@ import time
 from pathlib import Path
 
 from ..errors import SandboxError
+from . import cgroups
 
 STATE_ROOT = Path(os.environ.get("VX11_SANDBOX_STATE", "/run/vx11-sandbox"))
 INSTALL_PREFIX = "/opt/vx11d"
 CONTAINER_PATH = f"{INSTALL_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+# Units found in /usr that cannot work in this container and would turn it "degraded":
+# host services whose user or state the volatile root lacks, and the machine-id commit
+# (/etc/machine-id is a read-only bind here, on purpose).
+MASKED = ("prometheus.service", "systemd-machine-id-commit.service")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -44,7 +52,8 @@ class Sandbox:
     """One named sandbox: its state dir on the host and its container."""
 
     def __init__(self, name: str | None = None, *, repo: Path = REPO,
-                 venv: str | None = None, die_with_caller: bool = False):
+                 venv: str | None = None, die_with_caller: bool = False,
+                 limits: bool = True):
         self.name = name or default_name()
         if not self.name.replace("-", "").isalnum() or len(self.name) > 40:
             raise SandboxError(f"bad sandbox name {self.name!r}: letters, digits and '-'")
@@ -55,6 +64,8 @@ class Sandbox:
         # A test session's sandbox powers off when the session's process dies, even by
         # SIGKILL (nspawn turns SIGTERM into a clean poweroff of the container).
         self.die_with_caller = die_with_caller
+        # False only to show what a sandbox without delegated controllers does: refuse.
+        self.limits = limits
 
     # --- inspection ------------------------------------------------------------------
 
@@ -102,7 +113,9 @@ class Sandbox:
         if os.geteuid() != 0:
             raise SandboxError("the sandbox needs root (systemd-nspawn)")
         deadline = time.monotonic() + timeout
-        if self.nspawn_pid() is None:
+        booted = self.nspawn_pid() is None
+        if booted:
+            cgroups.cleanup_stale()
             self._prepare(config)
             self._boot()
             try:
@@ -121,7 +134,23 @@ class Sandbox:
                     raise SandboxError(f"{second}\n(first attempt: {log_first})") from first
         else:
             self._wait_running(deadline)
+        enforced = self.enforced()
+        if not all(enforced.values()):
+            missing = ", ".join(c for c, ok in enforced.items() if not ok)
+            reason = (f"sandbox {self.name}: systemd inside does not enforce {missing} "
+                      "limits (a probe unit's limits never reached the kernel)")
+            if not booted:  # someone's running sandbox, booted without delegation
+                raise SandboxError(f"{reason}; it was booted without delegated cgroups: "
+                                   f"vx11ctl sandbox --name {self.name} down, then up")
+            with contextlib.suppress(SandboxError):
+                self.down()
+            raise SandboxError(f"{reason}; the cgroup controllers could not be made "
+                               "writable for the container (see docs/sandbox.md)")
         self._provision()
+
+    def enforced(self) -> dict[str, bool]:
+        """Which limits the container's systemd enforces, measured with a probe unit."""
+        return cgroups.probe(lambda argv: self.exec(argv, timeout=60))
 
     def _prepare(self, config: str | None) -> None:
         if self.state.exists():
@@ -164,15 +193,29 @@ class Sandbox:
                  f"--bind={self.etc_vx11}:/etc/vx11",
                  f"--bind-ro={self.state / 'machine-id'}:/etc/machine-id"]
         binds += [f"--bind-ro={p}" for p in self._source_paths()[1:]]
+        deleg = self._delegate()
         cmd = ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
-               "-M", self.name, "--console=passive", "--private-network", *binds,
-               "-b", "systemd.firstboot=off"]
+               "-M", self.name, "--console=passive", "--private-network",
+               *deleg.nspawn_args(), *binds,
+               "-b", "systemd.firstboot=off", *[f"systemd.mask={u}" for u in MASKED]]
+
+        def preexec() -> None:
+            deleg.preexec()
+            if self.die_with_caller:
+                _term_on_parent_death()
+
         with open(self.state / "nspawn.log", "wb") as logf:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_term_on_parent_death
-                                    if self.die_with_caller else None)
+                                    preexec_fn=preexec)
         (self.state / "nspawn.pid").write_text(str(proc.pid))
+
+    def _delegate(self) -> cgroups.Delegation:
+        """This sandbox's own cgroups (left-overs of an earlier boot removed first)."""
+        cgroups.remove_trees(cgroups.find(self.name), timeout=5)
+        if not self.limits:
+            return cgroups.Delegation(self.name)
+        return cgroups.delegate(self.name)
 
     def _wait_running(self, deadline: float) -> None:
         state = ""
@@ -258,6 +301,11 @@ class Sandbox:
                     raise SandboxError(f"sandbox {self.name}: nspawn {pid} does not exit")
         if self.state.exists():
             shutil.rmtree(self.state, ignore_errors=True)
+        left = cgroups.remove_trees(cgroups.find(self.name), timeout=10)
+        if left:
+            raise SandboxError(f"sandbox {self.name}: cgroups still in use after power-off: "
+                               f"{', '.join(left[:3])}; end the processes in their "
+                               "cgroup.procs, then run vx11ctl sandbox down again")
 
     def _gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -276,6 +324,12 @@ class Sandbox:
             r = self.exec(["systemctl", "is-system-running"], timeout=10)
             info.update(up=True, leader_pid=leader, nspawn_pid=self.nspawn_pid(),
                         system_state=r.stdout.strip())
+            try:
+                info["limits_enforced"] = self.enforced()
+            except SandboxError as e:
+                info["limits_enforced"] = dict.fromkeys(("memory", "pids", "cpu"), False)
+                info["limits_error"] = str(e)
+            info["cgroups"] = [str(p) for p in cgroups.find(self.name)]
         return info
 
 
@@ -303,6 +357,22 @@ def running_names(prefix: str = "") -> list[str]:
                 if name.startswith(prefix) and _is_nspawn_of(int(entry), name):
                     names.append(name)
     return sorted(set(names))
+
+
+def down_orphans(prefix: str) -> list[str]:
+    """Take down the sandboxes named ``<prefix><owner pid>`` whose owner is dead (a test
+    session that was killed): container, state dir and cgroups. The names taken down."""
+    names = set(running_names(prefix))
+    if STATE_ROOT.exists():
+        names |= {p.name for p in STATE_ROOT.glob(f"{prefix}*")}
+    names |= {p.name[len(cgroups.PREFIX):].rpartition(".")[0] for p in cgroups.find_all()}
+    done = []
+    for name in sorted(names):
+        owner = name.removeprefix(prefix)
+        if name.startswith(prefix) and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            Sandbox(name).down()
+            done.append(name)
+    return done
 
 
 def _is_nspawn_of(pid: int, name: str) -> bool:
@@ -374,7 +444,13 @@ def _cmd_status(args) -> int:  # type: ignore[no-untyped-def]
     from .main import emit
 
     info = Sandbox(args.name).describe()
-    text = (f"sandbox {info['name']}: up, systemd {info.get('system_state')}"
-            if info["up"] else f"sandbox {info['name']}: down")
+    text = f"sandbox {info['name']}: down"
+    if info["up"]:
+        lim = info.get("limits_enforced") or {}
+        on = [c for c, ok in lim.items() if ok]
+        off = [c for c, ok in lim.items() if not ok]
+        text = (f"sandbox {info['name']}: up, systemd {info.get('system_state')}\n"
+                f"limits enforced: {', '.join(on) or 'none'}"
+                + (f"; NOT enforced: {', '.join(off)}" if off else ""))
     emit(args, info, text)
     return 0 if info["up"] else 3

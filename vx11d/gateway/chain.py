@@ -64,6 +64,9 @@ def _metrics(ctx: GatewayContext) -> dict:
     return m
 
 
+RETRY_AFTER_S = 5  # Hermes's RestartSec=2s plus its start
+
+
 def hermes_enabled(ctx: GatewayContext) -> bool:
     """A live hermes activation in the DB, or the ``full`` profile.
 
@@ -286,8 +289,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         finally:
             up.release()
     m["routed"].labels("none").inc()
-    raise ApiError(503, "no_route", "neither Hermes nor a remote API is available"
+    err = ApiError(503, "no_route", "neither Hermes nor a remote API is available"
                    + (f" ({last})" if targets else ""))
+    if targets:  # e.g. Hermes restarting (RSS guard, OOM kill): it is back in seconds
+        err.headers["Retry-After"] = str(RETRY_AFTER_S)
+    raise err
 
 
 async def _relay(request: web.Request, up: aiohttp.ClientResponse, name: str,

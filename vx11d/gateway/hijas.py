@@ -102,7 +102,7 @@ async def wait_settled(app: web.Application, row: dict[str, Any]) -> dict[str, A
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "template", "args", "ttl_s", "port", "unit", "main_pid", "status",
             "created_at", "started_at", "expires_at", "ended_at", "exit_status", "result",
-            "reason", "stop_requested_at")
+            "reason", "stop_requested_at", "memory_max", "memory_peak")
     return {k: row.get(k) for k in keys}
 
 

@@ -77,7 +77,7 @@ def document() -> dict[str, Any]:
                 "parameters": [
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
                         "live", "requested", "starting", "running", "expired", "exited",
-                        "failed", "stopped", "lost"]}},
+                        "failed", "stopped", "lost", "oom"]}},
                     {"name": "limit", "in": "query", "schema": {
                         "type": "integer", "minimum": 1, "maximum": 10000}}],
                 "responses": {"200": _resp("the hijas", {"type": "object", "properties": {
@@ -164,7 +164,7 @@ def document() -> dict[str, Any]:
                     "main_pid": {"type": ["integer", "null"]},
                     "status": {"type": "string", "enum": [
                         "requested", "starting", "running", "expired", "exited", "failed",
-                        "stopped", "lost"]},
+                        "stopped", "lost", "oom"]},
                     "created_at": {"type": "number"},
                     "started_at": {"type": ["number", "null"]},
                     "expires_at": {"type": ["number", "null"]},
@@ -172,7 +172,11 @@ def document() -> dict[str, Any]:
                     "exit_status": {"type": ["integer", "null"]},
                     "result": {"type": ["string", "null"]},
                     "reason": {"type": ["string", "null"]},
-                    "stop_requested_at": {"type": ["number", "null"]}}}}},
+                    "stop_requested_at": {"type": ["number", "null"]},
+                    "memory_max": {"type": ["integer", "null"],
+                                   "description": "bytes the hija was allowed (at its end)"},
+                    "memory_peak": {"type": ["integer", "null"],
+                                    "description": "most bytes it used (at its end)"}}}}},
     }
     return open_api
 

@@ -21,8 +21,9 @@ import time
 
 from aiohttp import web
 
-from .. import journal, metrics, runtime
+from .. import cgroupmem, journal, metrics, runtime
 from ..config import Config
+from ..confload import format_size
 from ..errors import ConfigError
 from .engine import Engine, rss_bytes
 from .server import Worker, build_app, log_exit, new_metrics
@@ -31,6 +32,7 @@ log = logging.getLogger("vx11.hermes")
 
 EXIT_RSS = 75  # EX_TEMPFAIL: restart me
 RESTARTS_FILE = "restarts.json"  # in the socket's dir (RuntimeDirectoryPreserve=restart)
+LAST_END_FILE = "last-end"  # written there by the unit's ExecStopPost= memory probe
 
 
 class HermesService:
@@ -59,6 +61,7 @@ class HermesService:
             raise ConfigError(self.cfg.path, "hermes.rss_limit", f"{int(h.rss_limit)} bytes is "
                               f"below the idle worker's own RSS ({idle} bytes)")
         self._load_restarts()
+        self._previous_end()
         self.m["rss_limit"].set(int(h.rss_limit))
         self.runner = web.AppRunner(build_app(self.worker), access_log=None,
                                     handle_signals=False)
@@ -85,9 +88,22 @@ class HermesService:
         except (OSError, ValueError):
             return
         for reason, n in counts.items() if isinstance(counts, dict) else ():
-            if reason in ("rss_guard",) and isinstance(n, int) and n > 0:
+            if reason in ("rss_guard", "oom") and isinstance(n, int) and n > 0:
                 self.m["restarts"].labels(reason).inc(n)
                 self.restart_counts[reason] = n
+
+    def _previous_end(self) -> None:
+        """Was the previous process killed by the kernel for memory? (the unit's
+        ExecStopPost= probe wrote what its cgroup said before systemd removed it)"""
+        rep = cgroupmem.take(os.path.dirname(self.cfg.hermes.socket), LAST_END_FILE)
+        if rep is None or not rep.oom:
+            return
+        self._record_restart("oom")
+        journal.event(log, "hermes_oom_killed", "the kernel killed the previous Hermes "
+                      "process: out of memory (peak %s of its %s limit); systemd restarted "
+                      "it. Lower hermes.rss_limit below MemoryMax= or size the unit up",
+                      format_size(rep.peak), format_size(rep.limit), level=logging.WARNING,
+                      memory_peak=rep.peak, memory_max=rep.limit, oom_kills=rep.oom_kills)
 
     def _record_restart(self, reason: str) -> None:
         self.m["restarts"].labels(reason).inc()

@@ -26,7 +26,7 @@ log = logging.getLogger("vx11.hermes")
 
 OUTCOMES = ("ok", "cancelled", "timeout", "error", "busy", "refused", "draining")
 UNLOAD_REASONS = ("idle", "rss_guard", "shutdown", "reload")
-RESTART_REASONS = ("rss_guard",)
+RESTART_REASONS = ("rss_guard", "oom")  # oom: the kernel killed it (seen at the next start)
 FLOAT_PARAMS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                 "repeat_penalty")
 INT_PARAMS = ("top_k", "seed")

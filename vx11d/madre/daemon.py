@@ -43,10 +43,9 @@ class Metrics:
                              registry=registry)
         self.spawned = Counter("vx11_hijas_spawned", "hija units started",
                                registry=registry)
-        self.ended = Counter("vx11_hijas_ended", "hijas ended, by reason", ["reason"],
-                             registry=registry)
-        for r in ENDED_REASONS:
-            self.ended.labels(r)
+        self.ended = Counter("vx11_hijas_ended", "hijas ended, by template and reason "
+                             "(oom: killed by the kernel for exceeding memory_max)",
+                             ["template", "reason"], registry=registry)
         self.spawn_seconds = Histogram(
             "vx11_hija_spawn_duration_seconds", "from madre picking a request up to the "
             "unit running", registry=registry,
@@ -64,6 +63,13 @@ class Metrics:
                              registry=registry)
         self.held = Gauge("vx11_madre_transitions_pending", "hija transitions seen but "
                           "not yet recorded (the DB refuses writes)", registry=registry)
+
+    def known_templates(self, cfg: Config) -> None:
+        """Every template's end counters exist from the start (at 0), so rate() and
+        alerts see the first OOM kill."""
+        for t in cfg.madre.templates:
+            for r in ENDED_REASONS:
+                self.ended.labels(t, r)
 
 
 def bind_wake_socket(path: str, group: str = "vx11") -> socket.socket:
@@ -93,6 +99,7 @@ class MadreService:
                  registry: CollectorRegistry, *, wake_path: str | None = None) -> None:
         self.cfg, self.db, self.sd = cfg, db, sd
         self.m = Metrics(registry)
+        self.m.known_templates(cfg)
         self.health = WriteHealth("madre", registry, log, path=db.path)
         self.reg = Registry(cfg, db, sd, self.m, health=self.health)
         self.dbfile = DbFileWatch(db.path)
@@ -116,6 +123,7 @@ class MadreService:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sd.fileno(), self._on_bus)
         os.makedirs(os.path.dirname(self.wake_path), exist_ok=True)
+        os.makedirs(self.reg.ends_dir, exist_ok=True)  # the hijas' memory probes write here
         self.sock = bind_wake_socket(self.wake_path)
         self._loop.add_reader(self.sock.fileno(), self._on_wake)
         self._guard(self.reg.process_requests)
@@ -300,6 +308,7 @@ class MadreService:
     async def reload(self, cfg: Config) -> None:
         """New templates, limits and windows policy; the wake socket path stays."""
         self.cfg = self.reg.cfg = self.win.cfg = cfg
+        self.m.known_templates(cfg)
         self.interval = float(cfg.madre.tick)
 
     async def stop(self) -> None:

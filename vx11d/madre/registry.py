@@ -3,6 +3,7 @@
     requested --start--> starting --unit active--> running --RuntimeMaxUSec--> expired
         |                   |                         |---exit 0--------------> exited
         |                   |                         |---exit != 0 / crash---> failed
+        |                   |                         |---kernel OOM kill-----> oom
         |                   +--StartTransientUnit refused / property lost--> failed
         +--stop requested before start----------------------------------------> stopped
     running|starting --stop request--> stopped;  --backstop (past expiry+grace)--> expired
@@ -32,17 +33,17 @@ from ..db import Database, record_event
 from ..degraded import DB_FAULTS, WriteHealth
 from ..errors import DbError, DbIntegrityError, InputError, SystemdError
 from ..hijas import LIVE, build_argv, check_args
-from . import ports
+from . import memory, ports
 from .systemd import Change, SystemdClient
 
 log = logging.getLogger("vx11.madre")
 
 SLICE = "vx11-hijas.slice"
-ENDED_REASONS = ("expired", "exited", "failed", "stopped", "lost")
+ENDED_REASONS = ("expired", "exited", "failed", "stopped", "lost", "oom")
 SETTLED = ("running", *ENDED_REASONS)  # what a spawn waiter waits for
 EVENT_OF = {"starting": "hija_spawned", "running": "hija_running", "expired": "hija_expired",
             "exited": "hija_exited", "failed": "hija_failed", "stopped": "hija_stopped",
-            "lost": "hija_lost"}
+            "lost": "hija_lost", "oom": "hija_oom_killed"}
 
 
 class PropertyNotSet(SystemdError):
@@ -111,6 +112,9 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
             "ProtectHostname": True,
             "ProtectControlGroups": True,
         })
+    key, value = memory.probe_property(memory.ends_dir(cfg.gateway.madre_wake_socket),
+                                       hija_id)
+    props[key] = value
     if cfg.madre.hija_user and not tpl.dynamic_user:
         # a dedicated static user: no per-start UID allocation and no implied mount
         # namespace (see docs/madre.md for what that trades away)
@@ -118,6 +122,14 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
     else:
         props["DynamicUser"] = True
     return props
+
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        return None
+    return n if 0 < n < 1 << 62 else None
 
 
 # Properties read back after start (name -> how to compare with what was asked).
@@ -154,6 +166,7 @@ class Registry:
                  clock=time.time, health: WriteHealth | None = None) -> None:
         self.cfg, self.db, self.sd, self.m, self.clock = cfg, db, sd, metrics, clock
         self.health = health or WriteHealth("madre", CollectorRegistry(), log)
+        self.ends_dir = memory.ends_dir(cfg.gateway.madre_wake_socket)
         self.tracked: dict[str, Tracked] = {}  # unit name -> Tracked
         # transitions seen while the DB refused writes, in the order they happened
         self.held: list[Held] = []
@@ -181,14 +194,15 @@ class Registry:
         if self.held or not self.health.due() or not self.health.writable:
             return self._hold(held, level, None)
         try:
-            done = self.db.write(lambda c: _apply(c, held, restore=False))
+            template = self.db.write(lambda c: _apply(c, held, restore=False))
         except DbIntegrityError:
             raise
         except DB_FAULTS as e:
             return self._hold(held, level, e)
         self.health.recovered()
+        done = template is not False
         if done:
-            self._recorded(held, level)
+            self._recorded(held, level, str(template))
         return done
 
     def _hold(self, held: Held, level: int, e: DbError | None) -> bool:
@@ -196,22 +210,32 @@ class Registry:
             self.health.failed(e)
         self.held.append(held)
         self.m.held.set(len(self.held))
-        detail = " ".join(f"{k}={v}" for k, v in held.cols.items() if k != "ended_at")
-        journal.event(log, EVENT_OF[held.status], "hija %s %s %s (not recorded yet: %s)",
-                      held.hija_id, held.status, detail, self.health.text(0)
-                      .removeprefix("degraded: ") or "earlier transitions pending",
-                      level=level, hija_id=held.hija_id, pid=held.cols.get("main_pid"))
+        self._log(held, level, " (not recorded yet: "
+                  + (self.health.text(0).removeprefix("degraded: ")
+                     or "earlier transitions pending") + ")",
+                  str(held.row.get("template") or ""))
         return False
 
-    def _recorded(self, held: Held, level: int, *, logged: bool = False) -> None:
+    @staticmethod
+    def _log(held: Held, level: int, suffix: str, template: str) -> None:
+        status, cols = held.status, held.cols
+        detail = " ".join(f"{k}={v}" for k, v in cols.items()
+                          if k not in ("ended_at", "memory_max", "memory_peak"))
+        if status == "oom":  # the reason says it all, in a sysadmin's words
+            detail = str(cols.get("reason"))
+        journal.event(log, EVENT_OF[status], ("hija %s %s: %s" if status == "oom" else
+                                              "hija %s %s %s") + suffix,
+                      held.hija_id, status, detail, level=level, hija_id=held.hija_id,
+                      pid=cols.get("main_pid"), template=template or None,
+                      memory_max=cols.get("memory_max"), memory_peak=cols.get("memory_peak"))
+
+    def _recorded(self, held: Held, level: int, template: str, *,
+                  logged: bool = False) -> None:
         status = held.status
         if not logged:
-            detail = " ".join(f"{k}={v}" for k, v in held.cols.items() if k != "ended_at")
-            journal.event(log, EVENT_OF[status], "hija %s %s %s", held.hija_id, status,
-                          detail, level=level, hija_id=held.hija_id,
-                          pid=held.cols.get("main_pid"))
+            self._log(held, level, "", template)
         if status in ENDED_REASONS:
-            self.m.ended.labels(status).inc()
+            self.m.ended.labels(template, status).inc()
             self.rows.pop(held.hija_id, None)
         if self.on_settled is not None and status in SETTLED:
             self.on_settled(held.hija_id, status)
@@ -231,7 +255,7 @@ class Registry:
         cause = self.health.cause
         live = [dict(r) for r in self.rows.values()] if restore else []
 
-        def fn(c: sqlite3.Connection) -> list[tuple[Held, bool]]:
+        def fn(c: sqlite3.Connection) -> list[tuple[Held, str | bool]]:
             created = sum(_insert_missing(c, r) for r in live)
             out = [(h, _apply(c, h, restore=True)) for h in batch]
             if cause is not None or created:
@@ -246,9 +270,9 @@ class Registry:
             return 0
         del self.held[:len(batch)]
         self.m.held.set(len(self.held))
-        for h, ok in done:
-            if ok:
-                self._recorded(h, logging.INFO, logged=True)
+        for h, template in done:
+            if template is not False:
+                self._recorded(h, logging.INFO, str(template), logged=True)
         self.health.recovered(f"{len(batch)} held transition"
                               f"{'s' if len(batch) != 1 else ''} recorded" if batch else "")
         return len(batch)
@@ -434,18 +458,28 @@ class Registry:
             status = "exited"
         else:
             status = "failed"
+        report = memory.take(self.ends_dir, tr.hija_id)
+        if tr.stop_as is None and memory.is_oom(result, report):
+            status = "oom"
         cols: dict[str, Any] = {"result": result or None, "exit_status": status_code}
         ended = int(tr.props.get("InactiveEnterTimestamp") or 0)
         if ended:
             cols["ended_at"] = ended / 1e6
+        limit = (report.limit if report else None) or _int_or_none(tr.props.get("MemoryMax"))
+        if limit is not None:
+            cols["memory_max"] = limit
+        if report is not None and report.peak is not None:
+            cols["memory_peak"] = report.peak
         if status == "expired" and tr.stop_as:
             cols["reason"] = "stopped by madre's backstop after expiry"
+        elif status == "oom":
+            cols["reason"] = memory.oom_reason(report, limit, result, status_code)
         elif status == "failed":
             cols["reason"] = f"systemd result {result or 'unknown'}, exit status {status_code}"
         if note:
             cols["reason"] = f"{cols.get('reason') or 'ended'} ({note})"
         self._transition(tr.hija_id, status, only_from=("starting", "running"),
-                         level=logging.WARNING if status == "failed" else logging.INFO,
+                         level=logging.WARNING if status in ("failed", "oom") else logging.INFO,
                          **cols)
 
     # --- safety nets -------------------------------------------------------------------
@@ -492,11 +526,20 @@ class Registry:
                 # (_transition only moves a row that is still live.)
                 self.on_changes(self.sd.drain())
                 self.tracked.pop(unit, None)
-                if self._settle_gone(r):
+                if self._settle_gone(r):  # its end as PID 1 logged it (OOM included)
                     fixed["ended"] += 1
-                elif self._transition(r["id"], "lost", only_from=("starting", "running"),
-                                      level=logging.WARNING, reason=f"unit {unit} gone at "
-                                      f"reconcile (was {r['status']}), no end in the journal"):
+                    continue
+                report = memory.take(self.ends_dir, r["id"])
+                if report is not None and report.oom:
+                    self._transition(r["id"], "oom", only_from=("starting", "running"),
+                                     level=logging.WARNING, memory_max=report.limit,
+                                     memory_peak=report.peak,
+                                     reason=memory.oom_reason(report, report.limit,
+                                                              "", "unknown (seen at reconcile)"))
+                    continue
+                if self._transition(r["id"], "lost", only_from=("starting", "running"),
+                                    level=logging.WARNING, reason=f"unit {unit} gone at "
+                                    f"reconcile (was {r['status']}), no end in the journal"):
                     fixed["lost"] += 1
                 continue
             tr = self.tracked.get(unit)
@@ -522,6 +565,7 @@ class Registry:
             journal.event(log, "hija_orphan_stopped", "unit %s has no live DB row; stopped",
                           name, level=logging.WARNING, hija_id=hid)
             fixed["orphans"] += 1
+        memory.sweep(self.ends_dir)
         if any(fixed.values()):
             log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in fixed.items()),
                      extra={"VX11_EVENT": "hija_reconcile"})
@@ -565,20 +609,26 @@ class Registry:
         return int(r[0]), nxt
 
 
-def _apply(c: sqlite3.Connection, h: Held, *, restore: bool) -> bool:
-    """One transition inside the caller's write: the row update and its event.
+def _apply(c: sqlite3.Connection, h: Held, *, restore: bool) -> str | bool:
+    """One transition inside the caller's write: the row update and its event; the
+    row's template if it moved, False if it was not in ``only_from``.
 
     ``restore``: a row the DB does not have at all (lost with a deleted or replaced
     file) is re-created from madre's copy, in the state after the transition."""
     sets = ", ".join(f"{k} = ?" for k in ("status", *h.cols))
     marks = ",".join("?" * len(h.only_from))
-    cur = c.execute(f"UPDATE spawner_hijas SET {sets} WHERE id = ? AND status IN "  # noqa: S608
-                    f"({marks})", (h.status, *h.cols.values(), h.hija_id, *h.only_from))
-    if cur.rowcount != 1 and not (restore and _insert_missing(c, h.row)):
+    row = c.execute(f"UPDATE spawner_hijas SET {sets} WHERE id = ? AND status IN "  # noqa: S608
+                    f"({marks}) RETURNING template",
+                    (h.status, *h.cols.values(), h.hija_id, *h.only_from)).fetchone()
+    if row is not None:
+        template = str(row[0])
+    elif restore and _insert_missing(c, h.row):
+        template = str(h.row.get("template") or "unknown")
+    else:
         return False
     record_event(c, "madre", EVENT_OF[h.status], subject=h.hija_id, status=h.status,
                  **h.cols)
-    return True
+    return template
 
 
 def _insert_missing(c: sqlite3.Connection, row: dict[str, Any]) -> bool:

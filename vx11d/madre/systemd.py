@@ -84,7 +84,8 @@ def unit_path(name: str) -> bytes:
 
 # D-Bus signatures pystemd 0.15 does not know (from systemd's dbus-execute.c).
 EXTRA_SIGNATURES = {"RestrictSUIDSGID": b"b", "CapabilityBoundingSet": b"t",
-                    "ProtectKernelLogs": b"b", "ProtectHostname": b"b"}
+                    "ProtectKernelLogs": b"b", "ProtectHostname": b"b",
+                    "ExecStopPostEx": b"a(sasas)"}
 
 
 def signature_of(prop: str) -> bytes:

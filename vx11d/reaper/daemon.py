@@ -16,11 +16,14 @@ from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth, stale_read_o
 from ..errors import DbError, StaleMountNamespace
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
-from .proc import HZ, CgroupCache, read_cgroup, scan
+from .proc import HZ, CgroupCache, Snapshot, read_cgroup, scan
 from .rules import Evaluator, Finding, HijaLookup, Report
+from .track import Tracker, fd_budget
 
 COMPONENT = "reaper"
 MAX_HELD = 10_000  # records held while the DB refuses writes (the oldest go first)
+EVENT_HOLD = 0.2  # after handling exit events, wait this long before the next batch
+RETRACK_SHARE = 0.8  # polling goes back to events when the table is below this share
 log = logging.getLogger("vx11.reaper")
 
 
@@ -93,6 +96,9 @@ class ReaperService:
         self._nudged: dict[tuple[int, int], float] = {}
         self._logged: dict[tuple[str, str, int, int], float] = {}
         self._rows: list[tuple[Any, ...]] = []
+        self.tracker: Tracker | None = None
+        self.next_probe = 0.0
+        self.hold_until = 0.0
         self._configure(cfg)
 
     def _configure(self, cfg: Config) -> None:
@@ -101,6 +107,53 @@ class ReaperService:
         lookup = db_hija_lookup(self.db) if self.db is not None else None
         self.evaluator = build_evaluator(cfg, self.proc_path, lookup)
         self.m.set_rules(self.evaluator.rule_names())
+        if self._can_track():
+            if self.tracker is None:
+                self._track()
+            else:
+                self.tracker.full_every = cfg.reaper.full_rescan_every
+        elif self.tracker is not None:
+            self._untrack("configured: tracking poll")
+
+    # --- event tracking -----------------------------------------------------------
+
+    def _can_track(self) -> bool:
+        """Events need this process's own procfs: pidfds name live PIDs, not a fixture
+        tree's."""
+        return self.rc.tracking == "events" and os.path.realpath(self.proc_path) == "/proc"
+
+    def _track(self) -> None:
+        self.tracker = Tracker(self.proc_path, full_every=self.rc.full_rescan_every)
+        self.m.tracking.set(1)
+
+    def _untrack(self, why: str) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+        self.tracker = None
+        self.m.tracking.set(0)
+        self.m.tracked.set(0)
+        journal.event(log, "reaper_polling", "process tracking off (%s): full scans every "
+                      "%.0fs", why, self.rc.interval, level=logging.WARNING)
+
+    @property
+    def wake_fd(self) -> int | None:
+        """The tracker's epoll fd while exit events are wanted (the runtime selects on it)."""
+        if self.tracker is None or self.clock() < self.hold_until:
+            return None
+        return self.tracker.fileno()
+
+    def _track_tick(self, now: float) -> None:
+        t = self.tracker
+        assert t is not None
+        if t.handle_events():
+            self.hold_until = now + EVENT_HOLD
+        if now >= self.next_probe:
+            t.check_new()
+            self.next_probe = now + self.rc.new_process_check
+        self.m.live_zombies.set(len(t.zombies))
+        if t.overflow:
+            self._untrack(f"more processes than {t.max_tracked} pidfds fit under the "
+                          f"open-file limit (LimitNOFILE)")
 
     # --- Service ------------------------------------------------------------------
 
@@ -110,7 +163,12 @@ class ReaperService:
         d = self.term.next_deadline()
         if d is not None:
             nxt = min(nxt, d)
-        return max(0.01, nxt - self.clock())
+        now = self.clock()
+        if self.tracker is not None:
+            nxt = min(nxt, self.next_probe)
+            if self.hold_until > now:
+                nxt = min(nxt, self.hold_until)
+        return max(0.01, nxt - now)
 
     def _migrate(self) -> None:
         if self.migrated or self.db is None:
@@ -133,6 +191,8 @@ class ReaperService:
     def tick(self) -> None:
         for pd, outcome, sig in self.term.poll():
             self._completed(pd, outcome, sig)
+        if self.tracker is not None:
+            self._track_tick(self.clock())
         if self.clock() >= self.next_scan:
             self.scan_and_act()
             self.next_scan = self.clock() + self.rc.interval
@@ -170,15 +230,25 @@ class ReaperService:
         for pd in self.term.close():
             self._record(pd.finding, "abandoned", None)  # type: ignore[arg-type]
         self._flush()
+        if self.tracker is not None:
+            self.tracker.close()
         journal.event(log, "reaper_stopped", "reaper stopping", pid=os.getpid())
 
     # --- one scan -----------------------------------------------------------------
 
     def scan_and_act(self) -> Report:
         t0 = time.perf_counter()
-        snap = scan(self.proc_path)
+        snap = self._snapshot()
         self.evaluator.cgroups.prune(snap)
         rep = self.evaluator.evaluate(snap)
+        if self.tracker is not None:
+            # The table may be minutes old for a process that exec'd since it was first
+            # read: read what is about to be signalled again, and judge it again if it
+            # changed.
+            act = [f.proc.pid for f in rep.findings if f.action != "observe"]
+            if act and self.tracker.reread(act):
+                snap = self.tracker.snapshot()
+                rep = self.evaluator.evaluate(snap)
         self.m.scan_seconds.observe(time.perf_counter() - t0)
         self.report = rep
         self.scans += 1
@@ -188,9 +258,27 @@ class ReaperService:
         self.m.last_scan.set(time.time())
         return rep
 
+    def _snapshot(self) -> Snapshot:
+        """The process table: from the tracker, or a full scan while polling."""
+        if self.tracker is not None:
+            self.tracker.refresh()
+            if not self.tracker.overflow:
+                self.m.tracked.set(self.tracker.tracked_fds)
+                return self.tracker.snapshot()
+            self._untrack(f"more processes than {self.tracker.max_tracked} pidfds fit "
+                          f"under the open-file limit (LimitNOFILE)")
+        snap = scan(self.proc_path)
+        if self._can_track() and len(snap.procs) < RETRACK_SHARE * fd_budget():
+            self._track()
+            journal.event(log, "reaper_tracking", "process tracking on again: %d processes",
+                          len(snap.procs))
+        return snap
+
     def _export(self, rep: Report) -> None:
         m = self.m
         m.scanned.set(len(rep.snapshot.procs))
+        if self.tracker is None:
+            m.live_zombies.set(sum(len(z) for z in rep.snapshot.zombies_by_parent.values()))
         for rule, n in rep.zombies_by_rule.items():
             m.zombies.labels(rule).set(n)
         for rule, n in rep.orphans_by_rule.items():

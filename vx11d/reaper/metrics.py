@@ -43,6 +43,14 @@ class ReaperMetrics:
         self.records_dropped = Counter("vx11_reaper_records_dropped", "Records dropped "
                                        "because more than the bound were held while the "
                                        "DB refused writes", registry=registry)
+        self.tracking = Gauge("vx11_reaper_event_tracking", "1 while processes are tracked "
+                              "by pidfd events, 0 while polling (full scans)",
+                              registry=registry)
+        self.tracked = Gauge("vx11_reaper_tracked_processes", "Processes watched through a "
+                             "pidfd for their exit", registry=registry)
+        self.live_zombies = Gauge("vx11_reaper_zombie_processes", "Zombies known now "
+                                  "(updated on exit events, between scans)",
+                                  registry=registry)
         self.pending = Gauge("vx11_reaper_terminations_pending",
                              "Processes sent SIGTERM and not yet gone", registry=registry)
 

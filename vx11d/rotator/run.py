@@ -25,7 +25,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from typing import Any
 
@@ -119,6 +119,7 @@ class Job:
     level: int
     dry_run: bool
     now: float
+    threads: int = 1
 
 
 @dataclass
@@ -257,7 +258,8 @@ def _build(job: Job, root_fd: int, arch_fd: int, policy: Policy, res: DirResult,
     renamed = False
     try:
         walker = Walker(policy, open_files=True, hook=hook)
-        written = archive.write(tfd, job.name, walker.walk(root_fd, job.name), job.level)
+        written = archive.write(tfd, job.name, walker.walk(root_fd, job.name), job.level,
+                                job.threads)
         os.fsync(tfd)
         res.files, res.members = written.files, written.members
         res.bytes_in, res.bytes_out = written.bytes_in, written.bytes_out
@@ -453,6 +455,15 @@ def run_jobs(jobs: list[Job], workers: int, hook: Hook | None = None) -> list[Di
     return results
 
 
+def compress_threads(cfg: Any, jobs: int) -> int:
+    """Threads per archive: ``compress_threads``, or the CPUs this process may use shared
+    among the archives written at once (one big dir gets every core, as pigz would)."""
+    if cfg.compress_threads:
+        return int(cfg.compress_threads)
+    cpus = len(os.sched_getaffinity(0))
+    return max(1, cpus // max(1, min(cfg.workers, jobs)))
+
+
 def rotate(cfg: Any, *, dry_run: bool = False, aggressive: bool = False,
            now: float | None = None, hook: Hook | None = None) -> dict[str, Any]:
     """Run the five phases over ``cfg`` (a RotateConfig); returns the report dict."""
@@ -481,6 +492,8 @@ def rotate(cfg: Any, *, dry_run: bool = False, aggressive: bool = False,
             jobs += [Job(r.path, adir, n, patterns, cfg.compression_level, dry_run, now)
                      for n in sc.due]
         fault("scan")
+        threads = compress_threads(cfg, len(jobs))
+        jobs = [replace(j, threads=threads) for j in jobs]
         results = run_jobs(jobs, cfg.workers, hook)
         for d in results:
             actions.extend(d.actions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -39,8 +40,8 @@ class Clock:
 
 
 @pytest.fixture
-def env(dbpath):
-    cfg = config.parse(CFG, "t.yml")
+def env(dbpath, tmp_path):
+    cfg = config.parse(CFG + f"gateway:\n  madre_wake_socket: {tmp_path}/madre.sock\n", "t.yml")
     db = Database(dbpath)
     sd = FakeSystemd()
     clock = Clock()
@@ -76,7 +77,7 @@ def test_spawn_runs_then_expires_with_full_audit_trail(env):
     assert row["status"] == "expired" and row["result"] == "timeout"
     assert events(db, row["id"]) == ["hija_requested", "hija_spawned", "hija_running",
                                      "hija_expired"]
-    assert m.ended.labels("expired")._value.get() == 1
+    assert m.ended.labels("sleeper", "expired")._value.get() == 1
 
 
 @pytest.mark.parametrize(("result", "code", "status"), [("success", 0, "exited"),
@@ -321,3 +322,59 @@ def test_the_hija_signal_filter_prefix_is_the_escaped_unit_prefix():
 
     assert unit_path("vx11-hija-abcdefghij.service").startswith(HIJA_PATH_PREFIX)
     assert not unit_path("vx11-bench-1.service").startswith(HIJA_PATH_PREFIX)
+
+
+def _report(reg, hid, oom_kill, peak=33554432, limit=33554432):
+    """What the unit's ExecStopPost memory probe writes before systemd removes the cgroup."""
+    d = Path(reg.ends_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / hid).write_text(f"oom_kill {oom_kill}\npeak {peak}\nlimit {limit}\nresult signal\n")
+
+
+def test_oom_kill_on_cgroup_v1_is_recorded_as_oom_with_limit_and_peak(env):
+    """v1: systemd says only Result=signal, status 9; the cgroup's OOM-kill count decides."""
+    cfg, db, sd, reg, _clock, m = env
+    row = spawn(cfg, db, reg, sd)
+    props = sd.units[row["unit"]]
+    assert props["ExecStopPostEx"][0][2] == ["privileged", "ignore-failure", "no-env-expand"]
+    _report(reg, row["id"], 1, peak=33550336)
+    sd.end(row["unit"], "signal", 9)
+    reg.on_changes(sd.drain())
+    row = hijas.get(db, row["id"])
+    assert (row["status"], row["result"], row["exit_status"]) == ("oom", "signal", 9)
+    assert (row["memory_max"], row["memory_peak"]) == (33554432, 33550336)
+    assert row["reason"].startswith("killed by the kernel: out of memory (peak 32.0M of its "
+                                    "32M limit")
+    assert events(db, row["id"])[-1] == "hija_oom_killed"
+    assert m.ended.labels("sleeper", "oom")._value.get() == 1
+    assert not (Path(reg.ends_dir) / row["id"]).exists()
+
+
+def test_a_plain_sigkill_is_not_an_oom_kill(env):
+    cfg, db, sd, reg, _clock, m = env
+    row = spawn(cfg, db, reg, sd)
+    _report(reg, row["id"], 0, peak=1 << 20)
+    sd.end(row["unit"], "signal", 9)
+    reg.on_changes(sd.drain())
+    row = hijas.get(db, row["id"])
+    assert (row["status"], row["memory_peak"]) == ("failed", 1 << 20)
+    assert m.ended.labels("sleeper", "oom")._value.get() == 0
+
+
+def test_oom_kill_on_cgroup_v2_needs_no_report(env):
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd)
+    sd.end(row["unit"], "oom-kill", 9)
+    reg.on_changes(sd.drain())
+    assert hijas.get(db, row["id"])["status"] == "oom"
+
+
+def test_reconcile_settles_a_unit_gone_while_madre_was_down_as_oom_from_its_report(env):
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd)
+    _report(reg, row["id"], 2)
+    del sd.units[row["unit"]]
+    reg.tracked.clear()
+    reg.reconcile()
+    row = hijas.get(db, row["id"])
+    assert row["status"] == "oom" and "2 OOM kills" in row["reason"]

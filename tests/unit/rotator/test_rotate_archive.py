@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,16 @@ from vx11d.rotator import archive, run
 from vx11d.rotator.walk import Policy, Walker, patterns_for
 
 
-def build(tmp_path: Path, root: Path, name: str) -> tuple[Path, archive.Written]:
+def build(tmp_path: Path, root: Path, name: str, threads: int = 1
+          ) -> tuple[Path, archive.Written]:
     rst = os.stat(root)
     pol = Policy(patterns_for(()), rst.st_dev, rst.st_uid)
     out = tmp_path / f"{name}.tar.gz"
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        w = archive.write(fd, name, Walker(pol, open_files=True).walk(root_fd, name), 6)
+        w = archive.write(fd, name, Walker(pol, open_files=True).walk(root_fd, name), 6,
+                          threads)
         archive.verify_exact(fd, name, w)
     finally:
         os.close(fd)
@@ -46,12 +49,34 @@ def test_written_archive_reads_back_exactly(tmp_path):
     assert w.bytes_out == out.stat().st_size
 
 
+def test_a_parallel_archive_extracts_byte_identical_with_tar(tmp_path):
+    """Several threads, many 1 MiB blocks: still one gzip stream that tar -xzf reads."""
+    root = tmp_path / "r"
+    files = audit_tree(root, OLD)
+    big = (b"2026-01-03T12:00:00Z INFO vx11-madre: hija spawned ttl 30s\n" * 120_000
+           + os.urandom(1 << 20))
+    (root / OLD / "big.log").write_bytes(big)
+    out, w = build(tmp_path, root, OLD, threads=3)
+    assert w.bytes_out == out.stat().st_size
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run(["tar", "-xzf", str(out), "-C", str(dest)], check=True)
+    subprocess.run(["gzip", "-t", str(out)], check=True)
+    assert (dest / OLD / "big.log").read_bytes() == big
+    for rel, data in files.items():
+        assert (dest / OLD / rel).read_bytes() == data, rel
+    (tmp_path / "one").mkdir()
+    single, _ = build(tmp_path / "one", root, OLD, threads=1)
+    assert out.stat().st_size <= single.stat().st_size * 1.02
+
+
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("damage", ["truncate", "bitflip_middle", "bitflip_end", "append"])
-def test_truncated_or_bit_flipped_archive_is_detected(tmp_path, damage):
+def test_truncated_or_bit_flipped_archive_is_detected(tmp_path, damage, threads):
     root = tmp_path / "r"
     audit_tree(root, OLD, n_files=50)
-    (root / OLD / "big.bin").write_bytes(os.urandom(1 << 20) + b"text " * 200000)
-    out, w = build(tmp_path, root, OLD)
+    (root / OLD / "big.bin").write_bytes(os.urandom(1 << 20) + b"text " * 600000)
+    out, w = build(tmp_path, root, OLD, threads)
     data = bytearray(out.read_bytes())
     if damage == "truncate":
         data = data[: len(data) * 2 // 3]
