@@ -287,6 +287,10 @@ class MadreService:
         summary = self._guard(self.reg.summary)
         if summary is not None:
             running, nxt = summary
+            # rows still `running` whose end madre holds (not recorded yet) ran out
+            running = max(0, running - len({h.hija_id for h in self.reg.held
+                                            if h.status in ENDED_REASONS}))
+            nxt = nxt if running else None
             self.m.running.set(running)
             self.m.next_expiry.set(nxt or 0)
             text = f"{running} hija{'s' if running != 1 else ''} running"

@@ -75,7 +75,7 @@ def test_madre_exited_on_failed_write_now_holds_the_end_and_records_it_later(svc
     tick(svc)  # the end arrives with the DB refusing writes: no exception
     assert hijas.get(svc.db, h["id"])["status"] == "running"
     assert len(svc.reg.held) == 1
-    assert svc.status().endswith("degraded: state read-only, 1 transition pending")
+    assert svc.status() == "0 hijas running; degraded: state read-only, 1 transition pending"
     assert metric(svc, "vx11_madre_degraded", cause="read_only") == 1
     assert metric(svc, "vx11_madre_transitions_pending") == 1
     tick(svc)  # still refused: still held, nothing marked lost by reconcile/backstop
