@@ -182,13 +182,19 @@ class Database:
                 self._ident = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
-        """Close this process's connections (a no-op if none is open)."""
-        for attr, pid in (("_conn", self._pid), ("_rconn", self._rpid)):
-            c = getattr(self, attr)
-            if c is not None and pid == os.getpid():
-                with suppress(sqlite3.Error):
-                    c.close()
-            setattr(self, attr, None)
+        """Close this process's connections (a no-op if none is open).
+
+        Waits for a read or write in progress in another thread (bounded by its
+        deadline); the next use opens them again.
+        """
+        for attr, pid, lock in (("_conn", self._pid, self._lock),
+                                ("_rconn", self._rpid, self._rlock)):
+            with lock:
+                c = getattr(self, attr)
+                if c is not None and pid == os.getpid():
+                    with suppress(sqlite3.Error):
+                        c.close()
+                setattr(self, attr, None)
 
     # --- is the path still our file? ----------------------------------------------
 
@@ -257,6 +263,7 @@ class Database:
             return dest
         tmp = f"{dest}.tmp-{os.getpid()}"
         try:
+            _create_shared(tmp)  # 0660: every daemon can take it once it is put back
             out = sqlite3.connect(tmp)
             try:
                 conn.backup(out)
@@ -507,7 +514,7 @@ def _ro_or_full(path: str, d: str) -> DbError | None:
                           "read-write")
     if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return DbReadOnly(f"{path}: not writable by this process; fix the ownership or "
-                          "mode of it and of {d} (group vx11, g+w)")
+                          f"mode of it and of {d} (group vx11, g+w)")
     if vfs.f_bavail * vfs.f_frsize < LOW_SPACE_BYTES:
         return DbFull(f"{path}: no space left on the filesystem of {d}; free some space")
     return None
@@ -801,33 +808,34 @@ TABLE_OWNERS = {
 
 def apply_migrations(db: Database) -> list[str]:
     """Apply the migrations not yet recorded; each in one transaction with its record."""
-    db.write(lambda c: c.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, "
-        "applied_at REAL NOT NULL)"))
-    applied: list[str] = []
-    # Off while migrating (a table rebuild drops a parent table; PRAGMA foreign_keys is a
-    # no-op inside a transaction); each rebuild checks the keys itself before commit.
-    with db._lock:
-        db.conn.execute("PRAGMA foreign_keys=OFF")
-    try:
-        for name, fn in MIGRATIONS:
+    with db._lock:  # foreign keys are off on the write connection meanwhile: no other write
+        db.write(lambda c: c.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, "
+            "applied_at REAL NOT NULL)"))
+        conn = db.conn
+        applied: list[str] = []
+        # Off while migrating (a table rebuild drops a parent table; PRAGMA foreign_keys is
+        # a no-op inside a transaction); each rebuild checks the keys itself before commit.
+        conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            for name, fn in MIGRATIONS:
 
-            def step(c: sqlite3.Connection, name: str = name, fn: Migration = fn) -> bool:
-                if c.execute("SELECT 1 FROM schema_migrations WHERE name = ?",
-                             (name,)).fetchone():
-                    return False
-                fn(c)
-                c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                          (name, time.time()))
-                return True
+                def step(c: sqlite3.Connection, name: str = name, fn: Migration = fn) -> bool:
+                    if c.execute("SELECT 1 FROM schema_migrations WHERE name = ?",
+                                 (name,)).fetchone():
+                        return False
+                    fn(c)
+                    c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                              (name, time.time()))
+                    return True
 
-            if db.write(step):
-                applied.append(name)
-    finally:
-        with db._lock, suppress(sqlite3.Error, DbError):
-            db.conn.execute("PRAGMA foreign_keys=ON")
-    db.write(lambda c: c.execute(f"PRAGMA user_version={len(MIGRATIONS)}"), proves=True)
-    db.migrated = True
+                if db.write(step):
+                    applied.append(name)
+        finally:
+            with suppress(sqlite3.Error):
+                conn.execute("PRAGMA foreign_keys=ON")
+        db.write(lambda c: c.execute(f"PRAGMA user_version={len(MIGRATIONS)}"), proves=True)
+        db.migrated = True
     return applied
 
 

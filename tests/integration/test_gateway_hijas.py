@@ -223,3 +223,17 @@ def test_db_missing_spawn_is_503_with_retry_after_and_the_cause(gw):
 def test_hija_ids_are_unit_name_safe():
     ids = {hijas.new_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(hijas.ID_RE.match(i) for i in ids)
+
+
+def test_tokenless_health_flood_makes_no_dbus_call_per_request(gw, monkeypatch):
+    """Issue 15 finding 4: each tokenless /health opened a system-bus connection."""
+    call, _, _ = gw
+    from vx11d.gateway import policy
+
+    calls: list[int] = []
+    monkeypatch.setattr(policy, "_unit_states", lambda: calls.append(1) or {})
+    for _ in range(40):
+        assert call("GET", "/health", headers={})[1] == {"status": "ok"}
+    assert len(calls) <= 3, f"{len(calls)} D-Bus reads for 40 tokenless requests"
+    call("GET", "/health")  # the detail, with the token, reads at once
+    assert len(calls) >= 1

@@ -174,8 +174,8 @@ def test_write_lock_held_past_watchdog_health_answers_spawns_503(fault_set):
     th = threading.Thread(target=lambda: queued.append(
         api(sb, "POST", "/vx11/spawn", SPAWN)))
     th.start()
-    sysctl(sb, "start", "vx11-madre.service")
     sysctl(sb, "stop", "vx11t-lockholder.service")
+    sysctl(sb, "start", "vx11-madre.service")
     th.join(timeout=90)
     assert queued and queued[0]["status"] in (201, 202), queued
     poll_for(lambda: health(sb)["status"] == 200, timeout=20, what="/health ok again")

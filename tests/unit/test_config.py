@@ -158,3 +158,27 @@ def test_daemon_with_bad_config_exits_78_with_one_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
     assert "gateway.listen_port" in lines[0] and str(bad) in lines[0]
+
+
+def test_db_timeouts_that_cannot_fit_the_watchdog_are_refused():
+    """Issue 10 finding 4: busy_timeout 5 s + write_deadline 30 s against WatchdogSec=10s."""
+    with pytest.raises(ConfigError) as e:
+        config.parse("db:\n  write_deadline: 30s\n", "t.yml")
+    assert e.value.key == "db.write_deadline" and "WatchdogSec=10s" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        config.parse("db:\n  busy_timeout_ms: 5000\n  write_deadline: 1s\n", "t.yml")
+    assert e.value.key == "db.busy_timeout_ms"
+    config.parse("db:\n  busy_timeout_ms: 1000\n  write_deadline: 3s\n", "t.yml")
+
+
+def test_daemon_refuses_db_timeouts_over_its_own_watchdog_with_exit_78(tmp_path):
+    cfg = tmp_path / "vx11.yml"
+    cfg.write_text("db:\n  busy_timeout_ms: 1000\n  write_deadline: 3s\n")
+    r = subprocess.run([sys.executable, "-m", "vx11d", "gateway"], capture_output=True,
+                       text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+                       env={"PATH": "/usr/bin:/bin", "VX11_CONFIG": str(cfg),
+                            "WATCHDOG_USEC": "4000000"})  # WatchdogSec=4s in a drop-in
+    assert r.returncode == 78, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "db.write_deadline" in lines[0] and "WatchdogSec=4s" in \
+        lines[0], r.stderr

@@ -108,6 +108,8 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     wait = limiter.blocked(client)
     if wait > 0:
         m["auth_failures"].labels("rate_limited").inc()
+        # Late, so a guessing loop costs the gateway a timer, not its event loop.
+        await asyncio.sleep(health.TARPIT_S)
         return json_error(429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
     if not request.app[CHECKER].valid(token):
@@ -147,9 +149,17 @@ def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
                                   ctx.cfg.gateway.auth_fail_window)
     app[METRICS] = _metrics(ctx)
     health.setup(app)
+    app.on_cleanup.append(_close_db)
     for name in ROUTE_MODULES if modules is None else modules:
         importlib.import_module(name).setup(app)
     return app
+
+
+async def _close_db(app: web.Application) -> None:
+    """After the last request: no more DB threads, and the connections closed."""
+    ctx = app[CTX]
+    ctx.pool.shutdown(wait=False, cancel_futures=True)
+    await asyncio.get_running_loop().run_in_executor(None, ctx.db.close)
 
 
 def _metrics(ctx: GatewayContext) -> dict:

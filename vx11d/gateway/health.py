@@ -3,8 +3,9 @@
 A background task refreshes a cached view every ``REFRESH`` seconds: the DB probe
 (in the DB threads: is the file still ours, and while degraded, do writes work
 again), then every route module's contribution (daemon states over D-Bus, Hermes),
-each bounded. The set is ``degraded`` when the DB is (its cause) or when a vx11 unit
-is ``failed`` (``daemon_failed``). A request without a token only reads that view:
+each bounded. The set is ``degraded`` when the DB is (its cause) or when madre's unit
+is ``failed`` (``madre_failed``: nothing can be spawned); other daemons' states are in
+the detail. A request without a token only reads that view:
 no DB, no D-Bus, no upstream call on its path, so strangers flooding /health cost a
 dict lookup each.
 
@@ -16,6 +17,8 @@ dict lookup each.
   contribution, computed at once (an operator asking wants it fresh).
 * an invalid token: 401 and counted by the failure limiter, like every path, so
   /health is no free oracle for guessing tokens.
+* a stranger asking more than ``STRANGER_RATE`` times a second gets its answer
+  ``TARPIT_S`` late (:class:`StrangerThrottle`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,39 @@ log = logging.getLogger("vx11.gateway")
 
 REFRESH = 2.0  # seconds between two refreshes of the cached view
 CONTRIBUTION_WAIT = 1.5  # each route module's contribution, at most
+MADRE = "vx11-madre.service"
+
+
+TARPIT_S = 1.0  # a stranger over its rate waits this long for its answer
+STRANGER_RATE = 20.0  # tokenless /health per second per client address (burst: twice)
+MAX_TRACKED = 4096
+
+
+class StrangerThrottle:
+    """Tokenless /health per client address: a token bucket; over it, a delayed answer.
+
+    A delay, not an error: a monitor polling too fast still gets the truth, and a
+    flood (a client that waits for each answer, as every HTTP load tool does) is
+    slowed to its connection count per ``TARPIT_S`` at the price of a timer each,
+    leaving the event loop to the authenticated clients.
+    """
+
+    def __init__(self, rate: float = STRANGER_RATE, clock=time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, 2 * rate, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def over(self, client: str) -> bool:
+        """Take one token for ``client``; True when it had none left."""
+        now = self.clock()
+        tokens, last = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self._buckets) >= MAX_TRACKED and client not in self._buckets:
+            self._buckets.clear()  # bounded memory; a reset only forgives
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            return True
+        self._buckets[client] = (tokens - 1.0, now)
+        return False
 
 
 class HealthView:
@@ -54,6 +90,7 @@ class HealthView:
 
 
 VIEW: web.AppKey[HealthView] = web.AppKey("vx11_health", HealthView)
+THROTTLE: web.AppKey[StrangerThrottle] = web.AppKey("vx11_health_throttle", StrangerThrottle)
 
 
 def db_state(ctx: GatewayContext) -> dict[str, Any]:
@@ -96,9 +133,9 @@ async def refresh(app: web.Application) -> None:
     view.detail = await contributions(app)
     status, cause, _ = ctx.db.health()
     daemons = view.detail.get("daemons")
-    if status == "ok" and isinstance(daemons, dict) and any(
-            d.get("active_state") == "failed" for d in daemons.values()):
-        status, cause = "degraded", "daemon_failed"
+    madre = daemons.get(MADRE, {}) if isinstance(daemons, dict) else {}
+    if status == "ok" and madre.get("active_state") == "failed":
+        status, cause = "degraded", "madre_failed"  # no spawn can start
     view.status, view.cause = status, cause
     view.checked = time.time()
 
@@ -120,6 +157,8 @@ async def health(request: web.Request) -> web.Response:
     view = request.app[VIEW]
     code = 200 if view.status == "ok" else 503
     if not request.get(AUTHENTICATED):
+        if request.app[THROTTLE].over(request.remote or "unknown"):
+            await asyncio.sleep(TARPIT_S)
         return web.json_response(view.public(), status=code)
     ctx = request.app[CTX]
     body: dict[str, Any] = {**view.public(), "component": "gateway", "db": db_state(ctx)}
@@ -133,6 +172,7 @@ async def health(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """The /health route and the task that keeps its view fresh."""
     app[VIEW] = HealthView()
+    app[THROTTLE] = StrangerThrottle()
     app.router.add_get("/health", health)
     tasks: list[asyncio.Task] = []
     stopping = asyncio.Event()

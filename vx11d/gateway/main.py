@@ -103,7 +103,6 @@ class GatewayService:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
-        self.ctx.pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
 

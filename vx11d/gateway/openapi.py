@@ -37,6 +37,12 @@ def _body(schema: dict) -> dict[str, Any]:
 
 
 HIJA = {"$ref": "#/components/schemas/Hija"}
+HEALTH = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string", "enum": ["ok", "degraded"]},
+    "cause": {"type": "string", "description": "why degraded: read_only, disk_full, "
+              "db_missing, db_replaced, locked, corrupt, io_error, madre_failed"},
+    "component": {"type": "string"}, "db": {"type": "object"}, "checked": {"type": "string"},
+    "daemons": {}, "hermes": {}}}
 ID_PARAM = {"name": "id", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": "^[a-z0-9]{10}$"}}
 
@@ -51,11 +57,13 @@ def document() -> dict[str, Any]:
         "security": [{"token": []}, {"bearer": []}],
         "paths": {
             "/health": {"get": {
-                "summary": "gateway liveness and each vx11 daemon's state (open)",
+                "summary": "the set's state: without a token only status and cause (from "
+                           "a view refreshed every 2 s); with a valid token also the DB and "
+                           "each vx11 daemon's state",
                 "security": [],
-                "responses": {"200": _resp("ok", {"type": "object", "properties": {
-                    "status": {"type": "string"}, "component": {"type": "string"},
-                    "daemons": {}}})}}},
+                "responses": {"200": _resp("ok", HEALTH), "503": _resp("degraded", HEALTH),
+                              "401": _resp("a token was presented and is not valid", ERR),
+                              "429": _resp("too many failed token attempts", ERR)}}},
             "/openapi.json": {"get": {
                 "summary": "this document",
                 "responses": {"200": _resp("the OpenAPI document", {"type": "object"}),
@@ -71,7 +79,7 @@ def document() -> dict[str, Any]:
                                           "args": {"type": "object"}}}),
                 "responses": {"201": _resp("running (or already ended: see status)", HIJA),
                               "202": _resp("accepted, still starting", HIJA),
-                              **_errors(400, 404, 413, 415, 422)}}},
+                              **_errors(400, 404, 413, 415, 422, 503)}}},
             "/vx11/hijas": {"get": {
                 "summary": "hijas, newest first",
                 "parameters": [
@@ -82,21 +90,22 @@ def document() -> dict[str, Any]:
                         "type": "integer", "minimum": 1, "maximum": 10000}}],
                 "responses": {"200": _resp("the hijas", {"type": "object", "properties": {
                     "hijas": {"type": "array", "items": HIJA},
-                    "count": {"type": "integer"}}}), **_errors(400)}}},
+                    "count": {"type": "integer"}}}), **_errors(400, 503)}}},
             "/vx11/hijas/{id}": {
                 "get": {"summary": "one hija", "parameters": [ID_PARAM],
-                        "responses": {"200": _resp("the hija", HIJA), **_errors(404)}},
+                        "responses": {"200": _resp("the hija", HIJA),
+                                      **_errors(404, 503)}},
                 "delete": {"summary": "ask madre to stop a live hija",
                            "parameters": [ID_PARAM],
                            "responses": {"202": _resp("stop requested", HIJA),
-                                         **_errors(404, 409)}}},
+                                         **_errors(404, 409, 503)}}},
             "/vx11/policy": {
                 "get": {"summary": "profile and live activation windows",
                         "responses": {"200": _resp("policy", {"type": "object", "properties": {
                             "profile": {"type": "string"},
                             "components": {"type": "array", "items": {"type": "string"}},
                             "windows": {"type": "array", "items": {"type": "object"}}}}),
-                            **_errors()}},
+                            **_errors(503)}},
                 "post": {"summary": "activate a component for a TTL, or deactivate it",
                          "requestBody": _body({"type": "object", "required": ["component"],
                                                "additionalProperties": False, "properties": {
@@ -109,7 +118,7 @@ def document() -> dict[str, Any]:
                                                            "examples": ["2h"]}}}),
                          "responses": {"201": _resp("window opened", {"type": "object"}),
                                        "200": _resp("deactivated", {"type": "object"}),
-                                       **_errors(400, 404, 413, 415, 422)}}},
+                                       **_errors(400, 404, 413, 415, 422, 503)}}},
             "/vx11/route": {"post": {
                 "summary": "answer a query: Switch, then Hermes (inside its window), then "
                            "the remote API, else 503 no_route",

@@ -1,0 +1,200 @@
+"""Benchmark: an authenticated client's POST /vx11/route, alone and while strangers flood.
+
+    .venv/bin/python bench/gateway_load.py [--quick] [--keep]
+
+Boots a sandbox (a real systemd in systemd-nspawn), starts madre and the socket-activated
+gateway on the sandbox config, and runs this file inside it (``--inside``), where
+``wrk`` (Debian's HTTP load generator) drives every client, all on loopback:
+
+- alone: one ``wrk`` (ROUTE_CONNS connections) sends ``POST /vx11/route``
+  ``{"query": "2+2"}`` with the token (the Switch answers it: no model involved);
+- under flood: the same, while one ``wrk`` floods ``GET /health`` without a token
+  (FLOOD_CONNS connections) and another sends requests with a wrong token (they get
+  401, then 429 once the failure limiter blocks the client).
+
+Both sides share the machine's cores (the gateway is one process on one core), so
+the goal is relative: ``route_rps_under_flood >= 0.5 * route_rps_alone`` (issue 15
+finding 4: before, 64 tokenless /health connections cut route throughput a
+hundredfold, since each /health opened a system-bus connection).
+
+Last line: one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+URL = "http://127.0.0.1:8000"
+# Strangers come from another address than the client, as they would on a network
+# (the failure limiter blocks by address): ::1, still loopback only.
+STRANGER_URL = "http://[::1]:8000"
+ROUTE_CONNS = 4
+FLOOD_CONNS = 64
+BAD_CONNS = 16
+
+ROUTE_LUA = """wrk.method = "POST"
+wrk.body = '{"query": "2+2"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-VX11-Token"] = "%s"
+"""
+BAD_LUA = """wrk.headers["X-VX11-Token"] = "not-the-token"
+"""
+
+
+def _seconds(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """Requests/s, p50/p99 latency (ms), requests and non-2xx/3xx count from wrk's report."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise RuntimeError(f"wrk printed no Requests/sec:\n{out}")
+    res = {"rps": float(rps.group(1))}
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        res[key] = _seconds(m.group(1)) * 1000 if m else float("nan")
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non_2xx"] = float(m.group(1)) if m else 0.0
+    return res
+
+
+def wrk(url: str, conns: int, seconds: float, script: str | None = None,
+        latency: bool = False) -> subprocess.Popen[str]:
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "5s"]
+    if latency:
+        argv.append("--latency")
+    if script:
+        argv += ["-s", script]
+    return subprocess.Popen([*argv, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(p: subprocess.Popen[str]) -> dict[str, float]:
+    out, _ = p.communicate(timeout=300)
+    if p.returncode != 0:
+        raise RuntimeError(f"wrk failed ({p.returncode}):\n{out}")
+    return parse_wrk(out)
+
+
+# --- inside the sandbox -------------------------------------------------------------
+
+def inside(quick: bool) -> dict[str, float]:
+    token = Path("/etc/vx11/token").read_text().strip()
+    d = tempfile.mkdtemp(prefix="gwload-")
+    route_lua, bad_lua = os.path.join(d, "route.lua"), os.path.join(d, "bad.lua")
+    Path(route_lua).write_text(ROUTE_LUA % token)
+    Path(bad_lua).write_text(BAD_LUA)
+    seconds = 5.0 if quick else 20.0
+    rounds = 1 if quick else 3
+    # warm up: socket activation, imports, the Switch's first decision
+    finish(wrk(f"{URL}/vx11/route", 2, 1.0, route_lua))
+    alone, flood, health, bad = [], [], [], []
+    for _ in range(rounds):
+        alone.append(finish(wrk(f"{URL}/vx11/route", ROUTE_CONNS, seconds, route_lua,
+                                latency=True)))
+        h = wrk(f"{STRANGER_URL}/health", FLOOD_CONNS, seconds + 2)
+        b = wrk(f"{STRANGER_URL}/vx11/hijas", BAD_CONNS, seconds + 2, bad_lua)
+        time.sleep(1.0)  # the flood is at full rate before the measured client starts
+        flood.append(finish(wrk(f"{URL}/vx11/route", ROUTE_CONNS, seconds, route_lua,
+                                latency=True)))
+        health.append(finish(h))
+        bad.append(finish(b))
+
+    def med(xs: list[dict[str, float]], k: str) -> float:
+        v = sorted(x[k] for x in xs)
+        return v[len(v) // 2]
+
+    res = {
+        "route_rps_alone": med(alone, "rps"),
+        "route_p99_ms_alone": med(alone, "p99_ms"),
+        "route_rps_under_flood": med(flood, "rps"),
+        "route_p50_ms_under_flood": med(flood, "p50_ms"),
+        "route_p99_ms_under_flood": med(flood, "p99_ms"),
+        "route_errors": sum(x["non_2xx"] for x in alone + flood),
+        "health_flood_rps": med(health, "rps"),
+        "bad_token_rps": med(bad, "rps"),
+        "flood_connections": FLOOD_CONNS + BAD_CONNS,
+        "seconds_per_run": seconds,
+        "rounds": rounds,
+    }
+    res["under_flood_ratio"] = res["route_rps_under_flood"] / max(res["route_rps_alone"], 1e-9)
+    res["goal_met"] = res["under_flood_ratio"] >= 0.5
+    return res
+
+
+# --- on the host --------------------------------------------------------------------
+
+def host(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(REPO))
+    from vx11d.ctl.sandbox import Sandbox
+
+    sb = Sandbox(os.environ.get("VX11_SANDBOX") or f"vx11bench-{os.getpid()}")
+    t0 = time.monotonic()
+    sb.up()
+    try:
+        sb.write_config((REPO / "packaging" / "sandbox" / "vx11.yml").read_text())
+        for argv in (["systemctl", "daemon-reload"],
+                     ["systemctl", "restart", "vx11-madre.service", "vx11-gateway.socket"],
+                     ["systemctl", "restart", "vx11-gateway.service"]):
+            sb.exec(argv, timeout=60)
+        r = sb.exec(["/opt/vx11d/bin/python", str(Path(__file__).resolve()), "--inside",
+                     *(["--quick"] if args.quick else [])], timeout=900)
+        if r.returncode != 0:
+            print(r.stdout, r.stderr, file=sys.stderr)
+            return 1
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        if not args.keep:
+            sb.down()
+    res["total_s"] = round(time.monotonic() - t0, 1)
+    rows = [("POST /vx11/route alone (req/s, p99 ms)",
+             f"{res['route_rps_alone']:.0f}, {res['route_p99_ms_alone']:.1f}"),
+            (f"... under a flood of {res['flood_connections']} stranger connections "
+             "(req/s, p50/p99 ms)",
+             f"{res['route_rps_under_flood']:.0f}, {res['route_p50_ms_under_flood']:.1f}"
+             f"/{res['route_p99_ms_under_flood']:.1f}"),
+            ("ratio under flood / alone (goal >= 0.5)", f"{res['under_flood_ratio']:.2f}"),
+            ("flood: GET /health without token / wrong-token requests (req/s)",
+             f"{res['health_flood_rps']:.0f} / {res['bad_token_rps']:.0f}"),
+            ("route errors (non-2xx)", f"{res['route_errors']:.0f}"),
+            ("total time (s)", f"{res['total_s']}")]
+    w = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"{a:<{w}}  {b}")
+    for k, v in list(res.items()):
+        if isinstance(v, float):
+            res[k] = round(v, 3)
+    print(json.dumps(res, sort_keys=True))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one 5 s round per side (< 60 s)")
+    ap.add_argument("--keep", action="store_true", help="leave the sandbox up")
+    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.inside:
+        print(json.dumps(inside(args.quick)))
+        return 0
+    return host(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
