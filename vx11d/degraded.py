@@ -78,34 +78,6 @@ def _fs_cause(path: str) -> str | None:
     return None
 
 
-def stale_read_only_view(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
-    """True when the filesystem holding ``path`` is writable again but this process's
-    mount of it is still read-only: a unit with ProtectSystem=strict got its own mount
-    namespace while the state dir was read-only, and that copy keeps the read-only flag
-    when the filesystem is remounted read-write. Only a restart (a fresh namespace)
-    sees the change."""
-    target = os.path.realpath(os.path.dirname(path) or ".")
-    best: tuple[int, bool] | None = None
-    try:
-        with open(mountinfo) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 6:
-            continue
-        point = fields[4].replace("\\040", " ")
-        if target != point and not target.startswith(point.rstrip("/") + "/"):
-            continue
-        super_opts = right.split()[2].split(",") if len(right.split()) > 2 else []
-        stale = "ro" in fields[5].split(",") and "rw" in super_opts
-        if best is None or len(point) >= best[0]:  # the last, deepest mount wins
-            best = (len(point), stale)
-    return best is not None and best[1]
-
-
 def file_identity(path: str) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the DB file at ``path``; None when there is none."""
     try:

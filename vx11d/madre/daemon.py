@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .. import hijas, journal
 from ..config import Config
-from ..db import Database, apply_migrations
-from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth, stale_read_only_view
+from ..db import Database, apply_migrations, stale_read_only_view
+from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
 from ..errors import DbError, StaleMountNamespace, SystemdError
 from .registry import ENDED_REASONS, SETTLED, Registry
 from .systemd import SystemdClient

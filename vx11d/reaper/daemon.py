@@ -11,8 +11,8 @@ from typing import Any
 
 from .. import journal
 from ..config import Config
-from ..db import Database, apply_migrations, record_event
-from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth, stale_read_only_view
+from ..db import Database, apply_migrations, record_event, stale_read_only_view
+from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
 from ..errors import DbError, StaleMountNamespace
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
