@@ -4,7 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev build-essential cmake pkg-config \
-	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl pigz
+	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl pigz \
+	prometheus-alertmanager prometheus-node-exporter systemd-journal-remote openssl
 STAMP := $(VENV)/.vx11-deps
 
 .PHONY: demo test lint unit bench deps apt clean

@@ -7,14 +7,22 @@ meaning (that output is ``packaging/vx11.yml``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
 from typing import Literal
 
-import yaml
-
-from .confload import Duration, Size, build, check_abs_path, check_regex, describe, opt
+from .confload import (
+    Duration,
+    Size,
+    build,
+    check_abs_path,
+    check_regex,
+    describe,
+    load_yaml,
+    opt,
+)
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/vx11/vx11.yml"
@@ -45,9 +53,22 @@ def _check_port(value: int) -> str | None:
     return None
 
 
-def _check_loopback(value: str) -> str | None:
-    if value not in ("127.0.0.1", "::1", "localhost") and not value.startswith("127."):
-        return f"metrics listen only on loopback; got {value!r}"
+METRICS_ADDRESS_HELP = ("metrics listen address: loopback, or one address of this host for a "
+                        "fleet Prometheus (docs/fleet.md)")
+
+
+def _check_metrics_address(value: str) -> str | None:
+    """Loopback (the default), or one address of this host for a fleet Prometheus to
+    scrape (docs/fleet.md); never a wildcard, which would open it on every interface."""
+    if value == "localhost":
+        return None
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        return f"not an IP address: {value!r} (loopback, or this host's monitoring address)"
+    if addr.is_unspecified or addr.is_multicast:
+        return (f"metrics listen on loopback or on one address of this host; got {value!r} "
+                "(a wildcard opens them on every interface)")
     return None
 
 
@@ -66,8 +87,8 @@ class DbConfig:
 class GatewayConfig:
     listen_address: str = opt("0.0.0.0", "address to bind when not socket-activated")  # noqa: S104
     listen_port: int = opt(8000, "port to bind when not socket-activated", check=_check_port)
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9711, "/metrics port", check=_check_port)
     token_credential: str = opt("token", "name of the systemd credential holding the API token")
     token_file: str = opt("/etc/vx11/token", "fallback token file (must be mode 0600)",
@@ -115,9 +136,11 @@ class HijaTemplate:
     cpu_quota_percent: int = opt(100, "CPUQuota= of the hija unit, in percent", lo=1, hi=10000)
     tasks_max: int = opt(64, "TasksMax= of the hija unit", lo=1, hi=100_000)
     sandboxing: Literal["strict", "basic"] = opt(
-        "strict", "basic: own user, no new privileges, no capabilities; strict: also "
-        "private /tmp and /dev, read-only system, no /home, protected kernel (mount "
-        "namespaces: about 80 ms more per spawn)")
+        "strict", "basic: own user, no new privileges, no capabilities, a system-call "
+        "allow list, no namespaces, Internet sockets only with needs_port (exposure "
+        "3.0); strict: also private /tmp, /dev, users and (without needs_port) network, "
+        "read-only system, no /home, hidden /proc, protected kernel (exposure 0.6-1.3; "
+        "mount namespace: about 100 ms more per spawn). See docs/madre.md")
     dynamic_user: bool = opt(False, "run each hija under its own DynamicUser=yes UID "
                              "instead of madre.hija_user (stronger isolation between "
                              "hijas; implies a private /tmp and a read-only system, a "
@@ -133,8 +156,8 @@ class HijaTemplate:
 
 @dataclass(frozen=True, kw_only=True)
 class MadreConfig:
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9712, "/metrics port", check=_check_port)
     profile: Literal["solo_madre", "full"] = opt("solo_madre", "solo_madre: core only; "
                                                  "full: also keeps Hermes up")
@@ -147,6 +170,8 @@ class MadreConfig:
     stop_timeout: Duration = opt(Duration(5), "TimeoutStopSec= of hija units", lo=1, hi=600)
     max_activation: Duration = opt(Duration(86400), "longest activation window", lo=60,
                                    hi=30 * 86400)
+    min_ttl: Duration = opt(Duration(1), "shortest TTL a spawn or an activation window may "
+                            "ask for (a shorter one is refused, 422)", lo=0.01, hi=3600)
     hija_user: str = opt("vx11-hija", "dedicated static user hijas run as (created by "
                          "packaging/sysusers.d/vx11.conf; not in group vx11); empty means "
                          "DynamicUser=yes for every template", check=_check_hija_user)
@@ -156,10 +181,27 @@ class MadreConfig:
         if len(self.port_range) != 2 or not 1024 <= self.port_range[0] <= self.port_range[1] \
                 <= 65535:
             return "port_range must be [first, last] with 1024 <= first <= last <= 65535"
-        for name in self.templates:
+        for name, tpl in self.templates.items():
             if _check_name(name):
                 return f"template name {name!r} must match [a-z][a-z0-9_-]{{0,31}}"
+            if tpl.max_ttl < self.min_ttl:
+                return f"template {name!r}: max_ttl {tpl.max_ttl:g}s is below min_ttl " \
+                       f"{self.min_ttl:g}s"
         return None
+
+
+# What a host can't lose: the reaper never signals a process in these units/slices
+# (matched against every name on its cgroup path) or with these names, whatever a rule says.
+DEFAULT_PROTECTED_UNITS = (
+    "-.slice", "init.scope", "systemd-*", "dbus.service", "dbus-broker.service",
+    "dbus.socket", "polkit.service", "user@*.service", "user-runtime-dir@*.service",
+    "getty@*.service", "serial-getty@*.service", "console-getty.service",
+    "container-getty@*.service", "autovt@*.service", "ssh.service", "sshd.service",
+    "sshd@*.service", "vx11-gateway.service", "vx11-madre.service", "vx11-reaper.service",
+    "vx11-hermes.service", "vx11-rotate.service")
+DEFAULT_PROTECTED_COMMS = (
+    "systemd", "systemd-*", "(sd-pam)", "init", "dbus-daemon", "dbus-broker*", "polkitd",
+    "agetty", "getty", "mingetty", "login", "sshd", "sshd-session", "sshd-auth")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,21 +228,38 @@ class ReaperRule:
 
 @dataclass(frozen=True, kw_only=True)
 class ReaperConfig:
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(9713, "/metrics port", check=_check_port)
     interval: Duration = opt(Duration(30), "time between scans", lo=0.1, hi=86400)
     max_kills_per_scan: int = opt(10, "circuit breaker: most processes signalled per scan",
                                   lo=0, hi=100_000)
     observe_log_interval: Duration = opt(Duration(600), "a finding is logged again only "
                                          "after this long", lo=0, hi=7 * 86400)
-    protected_units: list[str] = opt(doc="glob patterns of units/slices never touched",
-                                     factory=lambda: ("-.slice", "init.scope", "systemd-*",
-                                                      "vx11-gateway.service",
-                                                      "vx11-madre.service",
-                                                      "vx11-reaper.service",
-                                                      "vx11-hermes.service",
-                                                      "vx11-rotate.service"))
+    protected_units: list[str] = opt(doc="glob patterns of units/slices never touched (the "
+                                     "default set; add yours in extra_protected_units)",
+                                     factory=lambda: DEFAULT_PROTECTED_UNITS)
+    protected_comms: list[str] = opt(doc="glob patterns of process names (comm) never "
+                                     "touched (the default set; add yours in "
+                                     "extra_protected_comms)",
+                                     factory=lambda: DEFAULT_PROTECTED_COMMS)
+    extra_protected_units: list[str] = opt(doc="more unit/slice globs never touched, on top "
+                                           "of protected_units", factory=tuple)
+    extra_protected_comms: list[str] = opt(doc="more process-name globs never touched, on "
+                                           "top of protected_comms", factory=tuple)
+    breaker_max_share: float = opt(0.25, "circuit breaker: a rule that would signal more "
+                                   "than this share of all processes in one scan stops "
+                                   "enforcement", lo=0.001, hi=1.0)
+    breaker_min_matches: int = opt(10, "circuit breaker: ... and at least this many",
+                                   lo=1, hi=10_000_000)
+    breaker_max_signals: int = opt(50, "circuit breaker: more processes signalled than this "
+                                   "within breaker_window stops enforcement", lo=1,
+                                   hi=10_000_000)
+    breaker_window: Duration = opt(Duration(600), "circuit breaker: the window for "
+                                   "breaker_max_signals", lo=1, hi=7 * 86400)
+    breaker_file: str = opt("/var/lib/vx11/reaper-breaker.json", "where a stopped breaker "
+                            "is remembered across restarts until `vx11ctl reaper rearm`",
+                            check=check_abs_path)
     hija_enforce: bool = opt(True, "terminate hija processes whose DB record has ended")
     hija_grace: Duration = opt(Duration(5), "grace for ended-hija processes", lo=0, hi=3600)
     rules: list[ReaperRule] = opt(doc="policy rules, first match wins", factory=tuple)
@@ -259,8 +318,8 @@ class RotateConfig:
 class HermesConfig:
     socket: str = opt("/run/vx11-hermes/hermes.sock", "UNIX socket the worker serves on",
                       check=check_abs_path)
-    metrics_address: str = opt("127.0.0.1", "metrics listen address (loopback only)",
-                               check=_check_loopback)
+    metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
+                               check=_check_metrics_address)
     metrics_port: int = opt(0, "extra loopback /metrics port (0: none). The unit has "
                             "PrivateNetwork=yes, so scrape through the gateway's "
                             "/vx11/hermes/metrics; /metrics is always on the socket",
@@ -362,12 +421,7 @@ def config_path(explicit: str | None = None) -> str:
 
 def parse(text: str, path: str) -> Config:
     """Config from YAML text; ConfigError naming the key on any problem."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(yaml)"
-        raise ConfigError(path, where, f"not valid YAML: {getattr(e, 'problem', e)}") from e
+    data = load_yaml(text, path)
     if data is None:
         data = {}
     if isinstance(data, dict) and "path" in data:

@@ -1,16 +1,25 @@
 """The few exception classes vx11d raises on purpose."""
 
+EX_USAGE = 2  # what argparse exits with; vx11ctl uses it for any bad command-line input
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd shows it as status=78/CONFIG
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
 
 
 class Vx11Error(Exception):
-    """Base class: an error vx11d reports to a person as one clear line."""
+    """Base class: an error vx11d reports to a person as one clear line.
+
+    ``exit_code`` is what ``vx11ctl`` exits with when this error ends a command.
+    """
+
+    exit_code = 1
 
 
 class ConfigError(Vx11Error):
     """A config file is unreadable or a key in it is wrong."""
+
+    exit_code = EX_CONFIG
 
     def __init__(self, path: str, key: str, reason: str):
         self.path, self.key, self.reason = path, key, reason
@@ -44,11 +53,13 @@ class DbUnavailable(DbError):
 
     cause = "db_unavailable"
     reason = "the database is unavailable"
+    exit_code = EX_TEMPFAIL
 
 
 class DbBusy(DbUnavailable):
     """The database stayed locked past the caller's deadline."""
 
+    exit_code = EX_TEMPFAIL
     cause = "locked"
     reason = "another process holds the database write lock"
 
@@ -72,6 +83,7 @@ class DbMissing(DbUnavailable):
 
     cause = "db_missing"
     reason = "the database file is missing"
+    exit_code = EX_UNAVAILABLE
 
 
 class DbReplaced(DbMissing):
@@ -86,6 +98,7 @@ class DbCorrupt(DbUnavailable):
 
     cause = "corrupt"
     reason = "the database file is corrupt"
+    exit_code = 1  # a problem found, not one that passes by itself
 
 
 class DbIoError(DbUnavailable):
@@ -98,6 +111,8 @@ class DbIoError(DbUnavailable):
 class SystemdError(Vx11Error):
     """systemd refused or failed an operation on a unit."""
 
+    exit_code = EX_UNAVAILABLE
+
 
 class SandboxError(Vx11Error):
     """The throwaway systemd container could not be booted or driven."""
@@ -105,6 +120,16 @@ class SandboxError(Vx11Error):
 
 class InputError(Vx11Error):
     """Input from outside (HTTP, CLI, files) is malformed; the message says how."""
+
+    exit_code = EX_USAGE
+
+
+class UsageError(InputError):
+    """A vx11ctl command line that does not parse (unknown flag, missing action)."""
+
+    def __init__(self, message: str, usage: str = ""):
+        self.usage = usage
+        super().__init__(message)
 
 
 class StaleMountNamespace(Vx11Error):

@@ -1,8 +1,9 @@
 """Hija requests: template arguments, argv building, and the request/stop/activation rows.
 
-Shared core (STYLE: code two daemons need belongs here): the gateway and ``vx11ctl``
-validate a spawn request and write its ``requested`` row; madre builds the argv from
-the same template and carries the request out. Nothing here talks to systemd.
+Shared core (code two daemons need lives in the core, docs/architecture.md): the gateway
+and ``vx11ctl`` validate a spawn request and write its ``requested`` row; madre builds
+the argv from the same template and carries the request out. Nothing here talks to
+systemd.
 """
 
 from __future__ import annotations
@@ -96,14 +97,17 @@ def build_argv(tpl: HijaTemplate, args: dict[str, str], port: int | None) -> lis
     return [_PLACEHOLDER.sub(sub, item) for item in tpl.command]
 
 
-def check_ttl(tpl: HijaTemplate, ttl: Any) -> float:
-    """The requested TTL in seconds: required, positive, at most the template's max."""
+def check_ttl(tpl: HijaTemplate, ttl: Any, min_ttl: float) -> float:
+    """The requested TTL in seconds: required, at least ``min_ttl`` (madre.min_ttl), at
+    most the template's max."""
     if ttl is None:
         raise InputError("ttl_s is required: every hija has a TTL")
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise InputError("ttl_s must be a number of seconds")
     if not ttl == ttl or ttl <= 0:
         raise InputError("ttl_s must be > 0")
+    if ttl < min_ttl:
+        raise InputError(f"ttl_s {ttl:g} is below madre.min_ttl {min_ttl:g}s")
     if ttl > tpl.max_ttl:
         raise InputError(f"ttl_s {ttl:g} is above this template's max_ttl {tpl.max_ttl:g}")
     return float(ttl)
@@ -115,7 +119,7 @@ def request_spawn(db: Database, cfg: Config, template: Any, ttl: Any, args: Any,
     if not isinstance(template, str) or template not in cfg.madre.templates:
         raise NotFound(f"unknown template {str(template)[:64]!r}")
     tpl = cfg.madre.templates[template]
-    ttl_s = check_ttl(tpl, ttl)
+    ttl_s = check_ttl(tpl, ttl, cfg.madre.min_ttl)
     clean = check_args(tpl, args)
     hid = new_id()
     now = time.time()
@@ -226,6 +230,9 @@ def activate(db: Database, cfg: Config, component: Any, seconds: Any,
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
             or not seconds == seconds or seconds <= 0:
         raise InputError("the duration must be a positive number of seconds")
+    if seconds < cfg.madre.min_ttl:
+        raise InputError(f"duration {seconds:g}s is below madre.min_ttl "
+                         f"{cfg.madre.min_ttl:g}s")
     if seconds > cfg.madre.max_activation:
         raise InputError(f"duration {seconds:g}s is above madre.max_activation "
                          f"{cfg.madre.max_activation:g}s")

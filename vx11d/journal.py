@@ -2,8 +2,8 @@
 
 Every record carries ``VX11_COMPONENT``; events add ``VX11_EVENT`` and their ids
 (``VX11_HIJA_ID``, ``VX11_PID``, ...), so ``journalctl VX11_EVENT=hija_expired`` works.
-Registered secrets are replaced by ``[redacted]`` in messages and fields before any
-handler sees them.
+Registered secrets (the API token, the remote API key) are replaced by ``[redacted]``
+in messages, exceptions, stacks and every field before any handler sees them.
 """
 
 from __future__ import annotations
@@ -32,15 +32,33 @@ def _redact(text: str) -> str:
 
 
 class RedactFilter(logging.Filter):
-    """Replaces registered secrets in the message and in VX11_* fields."""
+    """Replaces registered secrets in everything a handler may send: the message and its
+    arguments, the formatted exception and stack, and every field of the record (the
+    journal handler sends each upper-case attribute as a journal field, and the
+    exception as ``EXCEPTION_TEXT``/``EXCEPTION_INFO``)."""
+
+    _plain = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _SECRETS:
-            record.msg = _redact(record.getMessage())
-            record.args = None
-            for k, v in list(vars(record).items()):
-                if k.startswith("VX11_") and isinstance(v, str):
-                    setattr(record, k, _redact(v))
+        if not _SECRETS:
+            return True
+        record.msg = _redact(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = self._plain.formatException(record.exc_info)
+            record.exc_info = None  # only the redacted text goes on
+        if record.exc_text:
+            record.exc_text = _redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = _redact(record.stack_info)
+        for k, v in list(vars(record).items()):
+            if k.isupper() and not isinstance(v, str | bytes):
+                v = str(v)  # a journal field is its str(): redact that
+            if isinstance(v, str):
+                setattr(record, k, _redact(v))
+            elif isinstance(v, bytes):
+                setattr(record, k, _redact(v.decode("utf-8", "replace")))
         return True
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
+from .config import config_path
+from .errors import ConfigError
 
 
 def new_registry(component: str, *, process: bool = True,
@@ -23,14 +28,49 @@ def new_registry(component: str, *, process: bool = True,
 
 
 def serve(registry: CollectorRegistry, address: str, port: int) -> Any:
-    """Serve ``/metrics`` for ``registry`` on ``address:port``; returns the server."""
-    server, _thread = start_http_server(port, addr=address, registry=registry)
+    """Serve ``/metrics`` for ``registry`` on ``address:port``; returns the server.
+
+    An address this host does not have (a fleet metrics_address copied to the wrong
+    host) is a config error (exit 78, one journal line), not a traceback.
+    """
+    try:
+        server, _thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as e:
+        if e.errno != errno.EADDRNOTAVAIL:
+            raise
+        raise ConfigError(config_path(), "metrics_address",
+                          f"{address} is not an address of this host (cannot listen on "
+                          f"{address}:{port}); use loopback or this host's own address"
+                          ) from e
     return server
 
 
+# A textfile is read by node_exporter, which on Debian runs as user ``prometheus``: the
+# file is world-readable whatever the writer's umask (metrics carry no secret). The
+# directory (Debian's /var/lib/prometheus/node-exporter, group vx11 0775 by our
+# tmpfiles.d) must be searchable by that user too.
+TEXTFILE_MODE = 0o644
+
+
 def write_textfile(registry: CollectorRegistry, path: str) -> None:
-    """Write ``registry`` to a node_exporter textfile atomically (temp file + rename)."""
-    write_to_textfile(path, registry)
+    """Write ``registry`` to a node_exporter textfile atomically, mode 0644.
+
+    Temp file in the same dir (a name node_exporter ignores: not ``*.prom``), fsync,
+    rename over ``path``: a scrape sees the old file or the new one, never half of one.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, TEXTFILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), TEXTFILE_MODE)  # the unit's UMask=0007 took bits off
+            f.write(generate_latest(registry))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class DbFaultCollector:

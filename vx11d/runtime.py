@@ -38,7 +38,6 @@ class Notifier:
 
     def __init__(self) -> None:
         self._n = sdnotify.SystemdNotifier()
-        self.sent: list[str] = []
 
     def send(self, msg: str) -> None:
         self._n.notify(msg)
@@ -161,9 +160,14 @@ class _Waker:
         """Sleep up to ``seconds``; True if ``extra`` (a service's fd) became readable."""
         if seconds <= 0:
             return False
-        fds = [self.r] if extra is None else [self.r, extra]
+        # poll, not select: a daemon holding thousands of pidfds (the reaper) may have an
+        # fd above FD_SETSIZE here.
+        p = select.poll()
+        p.register(self.r, select.POLLIN)
+        if extra is not None:
+            p.register(extra, select.POLLIN)
         try:
-            ready, _, _ = select.select(fds, [], [], seconds)
+            ready = {fd for fd, _ in p.poll(seconds * 1000)}
         except InterruptedError:
             return False
         if self.r in ready:

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Writes packaging/grafana/vx11.json, the vx11d Grafana dashboard (import it in Grafana).
+"""Writes packaging/grafana/vx11.json, the vx11d fleet dashboard (import it in Grafana).
 
-The dashboard is generated so every panel has the same shape and a test can check that
-each metric it queries is one vx11d exports. Run it after changing a panel:
-    python packaging/grafana/build_dashboard.py
+Built with Grafana's own dashboards-as-code library, grafana-foundation-sdk (typed
+builders for the Grafana schema), from the table of panels below. Every query is per host
+(`instance`, the host name in the shipped Prometheus config) and filtered by the
+`$instance` variable, so the same panels show one host, several, or the fleet. Run it
+after changing a panel (tests/unit/test_dashboard.py checks the JSON is current; the
+fleet test runs every query against a live Prometheus and wants data from every host):
+
+    .venv/bin/python packaging/grafana/build_dashboard.py
 """
 
 from __future__ import annotations
@@ -11,118 +16,132 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
+
+DS = DataSourceRef(type_val="prometheus", uid="${DS_PROMETHEUS}")
 SEL = 'instance=~"$instance"'
 
+# (row, [(title, kind, [(expr, legend)], unit)]): the operator's questions, row by row.
 ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]]] = [
-    ("Overview", [
-        ("Daemons up", "stat", [('up{job=~"vx11-.*",' + SEL + "}", "{{job}}")], "none"),
-        ("Restarts of Hermes (1h)", "stat",
-         [(f"sum(increase(vx11_hermes_restarts_total{{{SEL}}}[1h]))", "restarts")], "none"),
+    ("What is running", [
+        ("Daemons up", "stat",
+         [(f'up{{job=~"vx11-.*|node",{SEL}}}', "{{instance}} {{job}}")], "none"),
+        ("Hijas running", "timeseries",
+         [(f"sum by (instance) (vx11_hijas_running{{{SEL}}})", "{{instance}}")], "none"),
+        ("Next hija expiry", "stat",
+         [(f"min by (instance) (vx11_hijas_next_expiry_seconds{{{SEL}}})", "{{instance}}")],
+         "s"),
+        ("Live activation windows", "timeseries",
+         [(f"sum by (instance, component) (vx11_activations_live{{{SEL}}})",
+           "{{instance}} {{component}}")], "none"),
+    ]),
+    ("What ended or was killed, and why", [
+        ("Hijas ended/s by reason", "timeseries",
+         [(f"sum by (instance, reason) (rate(vx11_hijas_ended_total{{{SEL}}}[5m]))",
+           "{{instance}} {{reason}}")], "ops"),
+        ("Failed in a row, by template", "timeseries",
+         [(f"max by (instance, template) (vx11_hijas_failed_streak{{{SEL}}})",
+           "{{instance}} {{template}}")], "none"),
+        ("Reaper signals/s by rule", "timeseries",
+         [(f"sum by (instance, rule, signal) (rate(vx11_reaper_signals_total{{{SEL}}}[5m]))",
+           "{{instance}} {{rule}} {{signal}}")], "ops"),
+        ("Reaper circuit breaker open", "stat",
+         [(f"max by (instance) (vx11_reaper_circuit_breaker_open{{{SEL}}})",
+           "{{instance}}")], "none"),
+        ("Zombies", "timeseries",
+         [(f"sum by (instance) (vx11_reaper_zombies{{{SEL}}})", "{{instance}}")], "none"),
     ]),
     ("Gateway (tentaculo_link)", [
         ("Requests/s by code", "timeseries",
-         [(f"sum by (code) (rate(vx11_gateway_requests_total{{{SEL}}}[5m]))", "{{code}}")],
-         "reqps"),
-        ("Latency p99 by route", "timeseries",
-         [("histogram_quantile(0.99, sum by (le, route) (rate("
-           f"vx11_gateway_request_duration_seconds_bucket{{{SEL}}}[5m])))", "{{route}}")],
+         [(f"sum by (instance, code) (rate(vx11_gateway_requests_total{{{SEL}}}[5m]))",
+           "{{instance}} {{code}}")], "reqps"),
+        ("Latency p99", "timeseries",
+         [("histogram_quantile(0.99, sum by (instance, le) (rate("
+           f"vx11_gateway_request_duration_seconds_bucket{{{SEL}}}[5m])))", "{{instance}}")],
          "s"),
         ("Rejected tokens/s", "timeseries",
-         [(f"sum by (reason) (rate(vx11_gateway_auth_failures_total{{{SEL}}}[5m]))",
-           "{{reason}}")], "reqps"),
-        ("Route answers/s by route", "timeseries",
-         [(f"sum by (route) (rate(vx11_gateway_route_answers_total{{{SEL}}}[5m]))",
-           "{{route}}")], "reqps"),
+         [(f"sum by (instance) (rate(vx11_gateway_auth_failures_total{{{SEL}}}[5m]))",
+           "{{instance}}")], "reqps"),
+        ("Clients refused (brute-force limiter)", "stat",
+         [(f"max by (instance) (vx11_gateway_auth_blocked_clients{{{SEL}}})",
+           "{{instance}}")], "none"),
     ]),
-    ("madre and hijas", [
-        ("Hijas running", "timeseries", [(f"vx11_hijas_running{{{SEL}}}", "running")],
+    ("Audit rotation", [
+        ("Since last successful rotation", "stat",
+         [(f"time() - max by (instance) (vx11_rotate_last_success_timestamp_seconds{{{SEL}}})",
+           "{{instance}}")], "s"),
+        ("Errors in the last run", "stat",
+         [(f"max by (instance) (vx11_rotate_errors{{{SEL}}})", "{{instance}}")], "none"),
+        ("Dirs archived in the last run", "stat",
+         [(f"max by (instance) (vx11_rotate_dirs_archived{{{SEL}}})", "{{instance}}")],
          "none"),
-        ("Hijas ended/s by reason", "timeseries",
-         [(f"sum by (reason) (rate(vx11_hijas_ended_total{{{SEL}}}[5m]))", "{{reason}}")],
-         "ops"),
-        ("Spawn latency p50 / p99", "timeseries",
-         [("histogram_quantile(0.5, sum by (le) (rate("
-           f"vx11_hija_spawn_duration_seconds_bucket{{{SEL}}}[5m])))", "p50"),
-          ("histogram_quantile(0.99, sum by (le) (rate("
-           f"vx11_hija_spawn_duration_seconds_bucket{{{SEL}}}[5m])))", "p99")], "s"),
-        ("Live activation windows", "timeseries",
-         [(f"vx11_activations_live{{{SEL}}}", "{{component}}")], "none"),
-    ]),
-    ("Reaper", [
-        ("Zombies by rule", "timeseries",
-         [(f"sum by (rule) (vx11_reaper_zombies{{{SEL}}})", "{{rule}}")], "none"),
-        ("Orphans by rule", "timeseries",
-         [(f"sum by (rule) (vx11_reaper_orphans{{{SEL}}})", "{{rule}}")], "none"),
-        ("Signals sent/s", "timeseries",
-         [(f"sum by (rule, signal) (rate(vx11_reaper_signals_total{{{SEL}}}[5m]))",
-           "{{rule}} {{signal}}")], "ops"),
-        ("Scan duration p99", "timeseries",
-         [("histogram_quantile(0.99, sum by (le) (rate("
-           f"vx11_reaper_scan_duration_seconds_bucket{{{SEL}}}[15m])))", "p99")], "s"),
-    ]),
-    ("Audit rotator", [
-        ("Hours since last success", "stat",
-         [(f"(time() - vx11_rotate_last_success_timestamp_seconds{{{SEL}}}) / 3600",
-           "hours")], "h"),
-        ("Dirs archived (last run)", "stat",
-         [(f"vx11_rotate_dirs_archived{{{SEL}}}", "archived")], "none"),
-        ("Bytes in / out (last run)", "timeseries",
-         [(f"vx11_rotate_input_bytes{{{SEL}}}", "in"),
-          (f"vx11_rotate_output_bytes{{{SEL}}}", "out")], "bytes"),
-        ("Errors (last run)", "stat", [(f"vx11_rotate_errors{{{SEL}}}", "errors")], "none"),
+        ("Textfile readable by node_exporter", "stat",
+         [(f"max by (instance) (node_textfile_scrape_error{{{SEL}}})", "{{instance}}")],
+         "none"),
     ]),
     ("Hermes", [
-        ("Model loaded", "stat", [(f"vx11_hermes_model_loaded{{{SEL}}}", "loaded")], "none"),
-        ("RSS vs guard", "timeseries",
-         [(f"vx11_hermes_rss_bytes{{{SEL}}}", "rss"),
-          (f"vx11_hermes_rss_limit_bytes{{{SEL}}}", "guard")], "bytes"),
-        ("Request duration p99", "timeseries",
-         [("histogram_quantile(0.99, sum by (le) (rate("
-           f"vx11_hermes_request_duration_seconds_bucket{{{SEL}}}[5m])))", "p99")], "s"),
-        ("Generated tokens/s", "timeseries",
-         [(f"sum(rate(vx11_hermes_generated_tokens_total{{{SEL}}}[5m]))", "tokens/s")],
+        ("Model loaded", "stat",
+         [(f"max by (instance) (vx11_hermes_model_loaded{{{SEL}}})", "{{instance}}")],
          "none"),
-        ("Queue depth", "timeseries", [(f"vx11_hermes_queue_depth{{{SEL}}}", "queued")],
+        ("RSS", "timeseries",
+         [(f"max by (instance) (vx11_hermes_rss_bytes{{{SEL}}})", "{{instance}}")], "bytes"),
+        ("Request duration p99", "timeseries",
+         [("histogram_quantile(0.99, sum by (instance, le) (rate("
+           f"vx11_hermes_request_duration_seconds_bucket{{{SEL}}}[5m])))", "{{instance}}")],
+         "s"),
+        ("Generated tokens (1h)", "stat",
+         [(f"sum by (instance) (increase(vx11_hermes_generated_tokens_total{{{SEL}}}[1h]))",
+           "{{instance}}")], "none"),
+        ("Queue depth", "timeseries",
+         [(f"max by (instance) (vx11_hermes_queue_depth{{{SEL}}})", "{{instance}}")],
          "none"),
     ]),
 ]
 
 
+def _panel(pid: int, title: str, kind: str, targets: list[tuple[str, str]], unit: str,
+           width: int):
+    p = (stat.Panel() if kind == "stat" else timeseries.Panel()).id(pid).title(title)
+    p = p.datasource(DS).unit(unit).height(7).span(width)
+    for i, (expr, legend) in enumerate(targets):
+        p = p.with_target(prometheus.Dataquery().ref_id(chr(65 + i)).expr(expr)
+                          .legend_format(legend))
+    return p
+
+
 def build() -> dict:
-    panels, pid, y = [], 1, 0
-    for title, row in ROWS:
-        panels.append({"type": "row", "title": title, "id": pid, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
-        pid, y = pid + 1, y + 1
-        width = 24 // len(row)
-        for i, (ptitle, kind, targets, unit) in enumerate(row):
-            panels.append({
-                "type": kind, "title": ptitle, "id": pid, "datasource": DS,
-                "gridPos": {"h": 7, "w": width, "x": i * width, "y": y},
-                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-                "options": {},
-                "targets": [{"refId": chr(65 + j), "datasource": DS, "expr": expr,
-                             "legendFormat": legend} for j, (expr, legend) in enumerate(targets)],
-            })
+    """The dashboard as a JSON-ready dict."""
+    d = (dashboard.Dashboard("vx11d fleet").uid("vx11d").tags(["vx11"]).timezone("utc")
+         .refresh("30s").time("now-6h", "now").editable()
+         .with_variable(dashboard.QueryVariable("instance").label("host").datasource(DS)
+                        .query("label_values(vx11_build_info, instance)")
+                        .multi(True).include_all(True)
+                        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)))
+    pid = 1
+    for title, panels in ROWS:
+        d = d.with_row(dashboard.Row(title).id(pid))
+        pid += 1
+        width = 24 // len(panels)
+        for ptitle, kind, targets, unit in panels:
+            d = d.with_panel(_panel(pid, ptitle, kind, targets, unit, width))
             pid += 1
-        y += 7
-    return {
-        "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource",
-                      "pluginId": "prometheus", "pluginName": "Prometheus"}],
-        "title": "vx11d", "uid": "vx11d", "tags": ["vx11"], "timezone": "utc",
-        "schemaVersion": 39, "version": 1, "refresh": "30s", "editable": True,
-        "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": [{
-            "name": "instance", "type": "query", "datasource": DS, "multi": True,
-            "includeAll": True, "refresh": 2, "label": "host",
-            "query": {"query": "label_values(vx11_build_info, instance)", "refId": "I"},
-            "definition": "label_values(vx11_build_info, instance)"}]},
-        "panels": panels,
-    }
+    out = json.loads(json.dumps(d.build(), cls=JSONEncoder))
+    for panel in out["panels"]:
+        if panel.get("options", {}) is None:  # no option set: Grafana's defaults
+            panel["options"] = {}
+    out["__inputs"] = [{"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource",
+                        "pluginId": "prometheus", "pluginName": "Prometheus"}]
+    return out
+
+
+def queries(dash: dict) -> list[tuple[str, str]]:
+    """(panel title, expr) of every query in the dashboard."""
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
 
 
 if __name__ == "__main__":
     out = Path(__file__).with_name("vx11.json")
-    out.write_text(json.dumps(build(), indent=2) + "\n")
+    out.write_text(json.dumps(build(), indent=2, sort_keys=True) + "\n")
     print(f"wrote {out}")

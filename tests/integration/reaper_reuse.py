@@ -32,6 +32,8 @@ CONFIG = """
 reaper:
   protected_units: []
   max_kills_per_scan: 1000
+  breaker_max_signals: 10000000
+  breaker_min_matches: 10000000
   rules: [{name: target, comm: "^reuse-target$", action: terminate, grace: 0}]
 """
 
@@ -45,6 +47,7 @@ def _child(comm: str, report_fd: int | None) -> None:
         for s in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGINT,
                   signal.SIGUSR1):
             signal.signal(s, hit)
+        os.write(report_fd, b"ready\n")  # handlers installed
     while True:
         signal.pause()
 
@@ -62,10 +65,13 @@ def fork_child(comm: str, report_fd: int | None = None) -> int:
 def trial(svc: ReaperService, outcomes: Counter) -> tuple[bool, bool]:
     """One trial: (PID was reused, newcomer got a signal)."""
     target = fork_child("reuse-target")
-    time.sleep(0.03)  # the reaper signals only processes >= 2 ticks old
-    rep = svc.evaluator.evaluate(scan("/proc"))
-    assert any(f.proc.pid == target and f.action == "terminate" for f in rep.findings), \
-        "the target was not found"
+    deadline = time.monotonic() + 10
+    while True:  # the reaper signals only processes >= 2 ticks old: scan until it does
+        rep = svc.evaluator.evaluate(scan("/proc"))
+        if any(f.proc.pid == target and f.action == "terminate" for f in rep.findings):
+            break
+        assert time.monotonic() < deadline, "the target was not found"
+        time.sleep(0.005)
     os.kill(target, signal.SIGKILL)
     os.waitpid(target, 0)
     r, w = os.pipe()
@@ -74,7 +80,8 @@ def trial(svc: ReaperService, outcomes: Counter) -> tuple[bool, bool]:
     newcomer = fork_child("reuse-target", w)
     reused = newcomer == target
     try:
-        time.sleep(0.01)  # let the newcomer install its handlers
+        ready, _, _ = select.select([r], [], [], 10)
+        assert ready and os.read(r, 6) == b"ready\n", "the newcomer did not start"
         before = svc.signals_sent
         svc.act(rep)
         svc._flush()

@@ -37,12 +37,17 @@ def _echo_module():
     async def conflict(request):
         raise ApiError(409, "conflict", "already there", id="x")
 
+    async def constraint(request):
+        from vx11d.errors import DbIntegrityError
+        raise DbIntegrityError("x.db: CHECK constraint failed: expires_at > created_at")
+
     def setup(app):
         assert app[CTX] is not None
         app.router.add_post("/echo", echo)
         app.router.add_get("/boom", boom)
         app.router.add_get("/slow", slow)
         app.router.add_get("/conflict", conflict)
+        app.router.add_get("/constraint", constraint)
 
     mod.setup = setup
     sys.modules["vx11_test_echo"] = mod
@@ -180,6 +185,9 @@ def test_bug_is_a_logged_500_without_the_secret(client_factory, caplog):
 
     run(loop, go())
     assert any("unhandled error" in r.getMessage() for r in caplog.records)
+    # the logged traceback holds the exception text, with the secret redacted
+    assert "RuntimeError: a bug with secret [redacted]" in caplog.text
+    assert TOKEN not in caplog.text
 
 
 def test_request_timeout_is_504(client_factory):
@@ -208,3 +216,64 @@ def test_api_error_and_metrics_labels_are_bounded(client_factory):
     text = generate_latest(ctx.registry).decode()
     assert 'vx11_gateway_requests_total{code="409",method="GET",route="/conflict"} 1.0' in text
     assert "/random/" not in text
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ([("Authorization", f"Bearer {TOKEN}"), ("X-VX11-Token", "wrong")], 401),
+    ([("X-VX11-Token", "wrong"), ("Authorization", f"Bearer {TOKEN}")], 401),
+    ([("X-VX11-Token", TOKEN), ("Authorization", "Bearer wrong")], 401),
+    ([("Authorization", "Bearer wrong"), ("X-VX11-Token", TOKEN)], 401),
+    ([("X-VX11-Token", TOKEN), ("Authorization", f"Basic {TOKEN}")], 401),
+    ([("X-VX11-Token", TOKEN), ("X-VX11-Token", "wrong")], 401),
+    ([("X-VX11-Token", "wrong"), ("X-VX11-Token", TOKEN)], 401),
+    ([("X-VX11-Token", TOKEN), ("Authorization", f"Bearer {TOKEN}")], 200),
+    ([("Authorization", f"Bearer {TOKEN}"), ("X-VX11-Token", TOKEN)], 200),
+    ([("X-VX11-Token", TOKEN), ("X-VX11-Token", TOKEN)], 200),
+])
+def test_token_header_rule_every_credential_presented_must_be_valid(client_factory, headers,
+                                                                     status):
+    from multidict import CIMultiDict
+
+    make, loop = client_factory
+    c, ctx = make()
+
+    async def go():
+        r = await c.post("/echo", json={"a": 1}, headers=CIMultiDict(headers))
+        assert r.status == status, headers
+        if status == 401:
+            assert (await r.json())["error"] == "unauthorized"
+
+    run(loop, go())
+    if status == 401:
+        text = generate_latest(ctx.registry).decode()
+        assert 'vx11_gateway_auth_failures_total{reason="invalid"} 1.0' in text
+
+
+def test_a_request_that_is_not_http_is_one_warning_line_not_a_traceback():
+    import logging
+
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from vx11d.gateway.http import BadRequestLog
+
+    try:
+        raise BadHttpMessage("Invalid header value char:\n\n  b'X-Bad: \\x00'")
+    except BadHttpMessage:
+        import sys
+        rec = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1,
+                                "Error handling request from %s", ("127.0.0.1",),
+                                sys.exc_info())
+    assert BadRequestLog().filter(rec)
+    assert rec.levelno == logging.WARNING and rec.exc_info is None
+    assert rec.getMessage() == "bad HTTP request (answered 400): Invalid header value char:"
+
+
+def test_a_db_constraint_refusal_is_a_422_never_a_500(client_factory):
+    make, loop = client_factory
+    c, _ = make()
+
+    async def go():
+        r = await c.get("/constraint", headers={"X-VX11-Token": TOKEN})
+        assert r.status == 422 and (await r.json())["error"] == "invalid"
+
+    run(loop, go())

@@ -77,14 +77,13 @@ def test_rss_guard_drains_and_exits_non_zero(spawn, models):
     async def scenario():
         conn = aiohttp.UnixConnector(path=w.socket)
         async with aiohttp.ClientSession(connector=conn) as s:
-            long = asyncio.ensure_future(s.post("http://h/v1/chat/completions", json={
+            resp = await s.post("http://h/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "a long answer"}],
-                "max_tokens": 200, "stream": True}))
-            await asyncio.sleep(0.3)
+                "max_tokens": 200, "stream": True})
+            first = await resp.content.readline()  # the request is generating now
             w.write_config(w.model_path, n_ctx=512, max_tokens=200, rss_limit="16M")
             w.proc.send_signal(signal.SIGHUP)  # the new, small limit trips the guard
-            resp = await long
-            body = await resp.read()
+            body = first + await resp.read()
             return resp.status, body
 
     status, body = asyncio.run(scenario())

@@ -13,13 +13,13 @@ import time
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from tests.fake_systemd import FakeSystemd
 from vx11d import config, hijas
 from vx11d.db import Database
 from vx11d.gateway import hijas as gw_hijas
 from vx11d.gateway.app import build_app
 from vx11d.gateway.context import GatewayContext
 from vx11d.madre.daemon import MadreService
-from vx11d.madre.systemd import FakeSystemd
 
 TOKEN = "t0ken-for-tests-0123456789"
 CFG = """

@@ -233,9 +233,8 @@ def test_a_dynamic_user_template_gets_its_own_uid_and_the_spawn_is_notified(vx11
     assert props["DynamicUser"] == "yes" and props["User"] != "vx11-hija"
     uid = sb.exec(["stat", "-c", "%u", f"/proc/{h['main_pid']}"], timeout=10).stdout
     assert 61184 <= int(uid) <= 65519, uid  # systemd's DynamicUser range
-    # the 201 comes from madre's settle notice, not the gateway's fallback re-read
-    # (every 0.25 s): five spawns in a row, each far below that
+    # five spawns in a row, each answered 201 running (the settle notice itself is
+    # tests/integration/test_spawn_settle.py; its latency is bench/spawn.py's p50_ms)
     res = client(sb, "burst", "5", "sleeper", "2", "1")
     assert [x["status"] for x in res] == [201] * 5, res
-    took = sorted(x["seconds"] for x in res)
-    assert took[2] < 0.2, took
+    assert all(x["body"]["status"] == "running" for x in res), res

@@ -96,3 +96,53 @@ def test_service_exposure_is_at_most_1(sandbox):
     assert props["PrivateNetwork"] == "yes" and props["ProtectSystem"] == "strict"
     assert props["User"] == "vx11" and props["Type"] == "oneshot"
     assert props["CapabilityBoundingSet"] == ""
+
+
+@pytest.fixture
+def state_root(sandbox):
+    """A root where tmpfiles puts them (2770 root:vx11), in a config of its own; undone."""
+    root = f"/var/lib/vx11/audit/t-{uuid.uuid4().hex[:8]}"
+    cfg_path = sandbox.etc_vx11 / "vx11.yml"
+    saved = cfg_path.read_text()
+    sandbox.write_config(saved.rstrip("\n") + f"\nrotate:\n  roots:\n    - path: {root}\n")
+    try:
+        yield root
+    finally:
+        sandbox.write_config(saved)
+        sysctl(sandbox, "stop", SERVICE, check=False)
+        sysctl(sandbox, "reset-failed", SERVICE, check=False)
+        sandbox.exec(["rm", "-rf", root], timeout=60)
+
+
+def test_a_root_run_then_the_service_run_both_succeed(sandbox, state_root):
+    """`vx11ctl rotate --aggressive` as root (umask 022) must leave archive/ so that the
+    next vx11-rotate.service run (user vx11) can write in it, and must not delete the
+    archive it has just made of a dir older than aggressive_days."""
+    first, second = "20200101T000000Z", "20200201T000000Z"
+    sh(sandbox, f"""
+        install -d -m 2770 -o root -g vx11 /var/lib/vx11/audit {state_root} \
+            {state_root}/{first}
+        echo one > {state_root}/{first}/a.txt
+        test -e /var/lib/vx11/vx11.db || setpriv --reuid=vx11 --regid=vx11 --init-groups \
+            /opt/vx11d/bin/vx11ctl db migrate
+    """)
+    r = sandbox.exec(["sh", "-c", "umask 022; /opt/vx11d/bin/vx11ctl rotate --aggressive"],
+                     timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "delete archive" not in r.stdout, r.stdout
+    st = sh(sandbox, f"stat -c '%U:%G %a' {state_root}/archive").stdout.split()
+    assert st == ["root:vx11", "2770"], st
+    sh(sandbox, f"test -s {state_root}/archive/{first}.tar.gz && test ! -e {state_root}/{first}")
+    sh(sandbox, f"""
+        install -d -m 2770 -o root -g vx11 {state_root}/{second}
+        echo two > {state_root}/{second}/b.txt
+        chgrp vx11 {state_root}/{second}/b.txt && chmod 0640 {state_root}/{second}/b.txt
+    """)
+    r = sandbox.exec(["systemctl", "start", SERVICE], timeout=120)
+    logs = sandbox.exec(["journalctl", "-u", SERVICE, "--no-pager", "-n", "20"]).stdout
+    assert r.returncode == 0, r.stderr + logs
+    assert show(sandbox, SERVICE, "Result")["Result"] == "success", logs
+    sh(sandbox, f"test -s {state_root}/archive/{second}.tar.gz && test ! -e "
+       f"{state_root}/{second}")
+    listing = sh(sandbox, f"tar -tzf {state_root}/archive/{second}.tar.gz").stdout
+    assert f"{second}/b.txt" in listing

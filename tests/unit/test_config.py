@@ -160,6 +160,64 @@ def test_daemon_with_bad_config_exits_78_with_one_line(tmp_path):
     assert "gateway.listen_port" in lines[0] and str(bad) in lines[0]
 
 
+@pytest.mark.parametrize("text,first,again,key", [
+    ("madre:\n  tick: 1s\n  backstop_grace: 2s\n  tick: 2s\n", 2, 4, "tick"),
+    ("madre: {}\ngateway: {}\nmadre: {profile: full}\n", 1, 3, "madre"),
+    ("reaper:\n  rules:\n    - {name: a, comm: x, name: b}\n", 3, 3, "name"),
+])
+def test_duplicate_key_is_refused_with_the_line_of_both(text, first, again, key):
+    err = refuse(text)
+    assert err.key == f"line {again}"
+    assert f"key {key!r} given twice (first on line {first})" in err.reason
+
+
+def test_merge_keys_may_override_what_they_merge():
+    cfg = config.parse("madre:\n  templates:\n"
+                       "    a: &base {command: [/bin/true], default_ttl: 10s, max_ttl: 60s}\n"
+                       "    b:\n      <<: *base\n      max_ttl: 30s\n", "t.yml")
+    assert cfg.madre.templates["b"].max_ttl == 30
+    assert cfg.madre.templates["b"].command == ("/bin/true",)
+
+
+def alias_bomb(levels: int = 8, fan: int = 10) -> str:
+    lines = ["a0: &a0 [" + ", ".join(["x"] * fan) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fan) + "]"
+              for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_before_it_expands():
+    err = refuse(alias_bomb())  # 10**8 values if expanded; a 300-byte file
+    assert "expands to more than 20000 values" in err.reason and err.key.startswith("line ")
+
+
+def test_one_rule_repeated_116436_times_through_aliases_is_refused(tmp_path):
+    text = ("reaper:\n  rules:\n    - &r {name: leaky, comm: '^x$'}\n"
+            + "    - *r\n" * 116_436)
+    path = tmp_path / "big.yml"
+    path.write_text(text)
+    assert path.stat().st_size <= config.MAX_CONFIG_BYTES
+    with pytest.raises(ConfigError, match="more than 1000 entries"):
+        config.load(str(path))
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("x: " + "[" * 40 + "]" * 40, "nested deeper than 32 levels"),
+    ("reaper:\n  protected_units: [" + ", ".join(["a"] * 1001) + "]\n",
+     "more than 1000 entries"),
+    ("madre:\n  templates:\n" + "".join(f"    t{i}: {{command: [/bin/true]}}\n"
+                                       for i in range(1001)), "more than 1000 entries"),
+])
+def test_depth_and_list_lengths_are_bounded(text, reason):
+    assert reason in refuse(text).reason
+
+
+def test_a_thousand_rules_written_out_are_accepted():
+    rule = "    - {name: r, comm: '^x$', action: observe, grace: 5s, cmdline: 'a.*b'}\n"
+    cfg = config.parse("reaper:\n  rules:\n" + rule * 1000, "t.yml")
+    assert len(cfg.reaper.rules) == 1000
+
+
 def test_db_timeouts_that_cannot_fit_the_watchdog_are_refused():
     """Issue 10 finding 4: busy_timeout 5 s + write_deadline 30 s against WatchdogSec=10s."""
     with pytest.raises(ConfigError) as e:

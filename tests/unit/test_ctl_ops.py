@@ -20,7 +20,7 @@ from vx11d.errors import ConfigError
 
 def ns(**kw):
     base = {"component": None, "event": None, "follow": False, "lines": 50, "since": None,
-            "json": False}
+            "json": False, "directory": None, "host": None}
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -31,6 +31,16 @@ def test_logs_filters_by_unit_and_event():
     assert argv[argv.index("-u"):argv.index("-u") + 2] == ["-u", "vx11-madre.service"]
     assert "VX11_EVENT=hija_expired" in argv and argv[-2:] == ["-o", "json"]
     assert "-u" in opscmd.journalctl_args(ns()) and "vx11-*" in opscmd.journalctl_args(ns())
+
+
+def test_logs_reads_a_collector_directory_for_one_host(tmp_path):
+    argv = opscmd.journalctl_args(ns(directory=str(tmp_path), host="vx11-a.example.org",
+                                     event="hija_expired"))
+    assert f"--directory={tmp_path}" in argv and "_HOSTNAME=vx11-a.example.org" in argv
+    with pytest.raises(ConfigError, match="not a directory"):
+        opscmd.journalctl_args(ns(directory=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="host name"):
+        opscmd.journalctl_args(ns(host="a b"))
 
 
 @pytest.mark.parametrize("event", ["x y", "a;rm -rf /", "VX11_EVENT=x", "../x"])

@@ -7,19 +7,22 @@ import os
 
 from .. import config, db
 from .main import emit
+from .state import open_db
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("db", help="check or describe the shared database")
-    s = p.add_subparsers(dest="db_command", required=True)
+    p = sub.add_parser("db", help="check, describe or create the shared database")
+    s = p.add_subparsers(dest="db_command", metavar="ACTION")
     c = s.add_parser("check", help="integrity_check and foreign_key_check (exit 1 on problems)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=check)
-    m = s.add_parser("schema", help="write DB_SCHEMA (SQL) and DB_MAP (table owners)")
+    m = s.add_parser("schema", help="write DB_SCHEMA (SQL) and DB_MAP (table owners) of the "
+                     "existing database")
     m.add_argument("--out", required=True, help="directory to write into")
     m.set_defaults(func=schema)
     g = s.add_parser("migrate", help="create the database (also after a loss) or apply "
-                     "pending migrations")
+                     "pending migrations (the only command that creates it or changes its "
+                     "schema)")
     g.set_defaults(func=migrate)
 
 
@@ -42,8 +45,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def schema(args: argparse.Namespace) -> int:
-    d = _open(args, readonly=False)
-    db.apply_migrations(d)
+    d = open_db(config.load(args.config))
     os.makedirs(args.out, exist_ok=True)
     for name, text in (("DB_SCHEMA", db.schema_sql(d)), ("DB_MAP", db.schema_map())):
         tmp = os.path.join(args.out, f".{name}.tmp")

@@ -22,50 +22,55 @@ from ..confload import parse_duration
 from ..db import Database
 from ..errors import InputError
 from .main import emit
+from .state import open_db
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     h = sub.add_parser("hijas", help="list, spawn and stop hijas")
     hs = h.add_subparsers(dest="hijas_cmd", metavar="ACTION", required=True)
     ls = hs.add_parser("list", help="hijas, newest first")
-    ls.add_argument("--status", default=None, help="live, running, expired, ...")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--status", default=None,
+                    help="only hijas in this state: live, running, expired, ...")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
     sp = hs.add_parser("spawn", help="spawn a hija from a template (TTL required)")
-    sp.add_argument("template")
+    sp.add_argument("template", help="a template name from madre.templates")
     sp.add_argument("--ttl", required=True, help="time to live, e.g. 30s, 5m")
-    sp.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE")
+    sp.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                    help="a template argument (repeat for several)")
     sp.add_argument("--wait", type=float, default=10.0, help="seconds to wait for running")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_spawn)
     st = hs.add_parser("stop", help="ask madre to stop a live hija")
-    st.add_argument("id")
+    st.add_argument("id", help="the hija's id (see vx11ctl hijas list)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stop)
 
     a = sub.add_parser("activate", help="open an activation window (TTL required)")
-    a.add_argument("component", choices=hijas.COMPONENTS)
+    a.add_argument("component", choices=hijas.COMPONENTS, help="what to activate")
     a.add_argument("--for", dest="duration", required=True, help="e.g. 30m, 2h")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_activate)
     d = sub.add_parser("deactivate", help="end a component's activation windows now")
-    d.add_argument("component", choices=hijas.COMPONENTS)
+    d.add_argument("component", choices=hijas.COMPONENTS, help="what to deactivate")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_deactivate)
 
     s = sub.add_parser("smoke", help="health, 401 sweep, a short-TTL spawn that expires")
     s.add_argument("--url", default=None, help="gateway URL (default http://127.0.0.1:PORT)")
-    s.add_argument("--template", default="sleeper")
-    s.add_argument("--ttl", type=float, default=2.0)
+    s.add_argument("--template", default="sleeper",
+                   help="the template the test spawn uses (default sleeper)")
+    s.add_argument("--ttl", type=float, default=2.0,
+                   help="the test spawn's TTL in seconds (default 2)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_smoke)
 
 
-def _db(args: argparse.Namespace) -> tuple[config.Config, Database]:
+def _db(args: argparse.Namespace, write: bool = True) -> tuple[config.Config, Database]:
+    """The config and its existing database (never created or migrated here)."""
     cfg = config.load(args.config)
-    db = Database.from_config(cfg, migrate=True)
-    return cfg, db
+    return cfg, open_db(cfg, write=write)
 
 
 def _fmt_row(r: dict[str, Any]) -> str:
@@ -92,7 +97,7 @@ def _seconds(flag: str, text: str) -> float:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _cfg, db = _db(args)
+    _cfg, db = _db(args, write=False)
     rows = hijas.listing(db, args.status, args.limit)
     emit(args, rows, "\n".join(_fmt_row(r) for r in rows) or "no hijas")
     return 0

@@ -24,14 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("component", nargs="?", choices=COMPONENTS,
                     help="one daemon (default: all vx11 units)")
     lg.add_argument("--event", help="only entries with VX11_EVENT=EVENT")
-    lg.add_argument("-f", "--follow", action="store_true")
-    lg.add_argument("-n", "--lines", type=int, default=50)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
+    lg.add_argument("-n", "--lines", type=int, default=50,
+                    help="how many recent entries (default 50)")
     lg.add_argument("--since", help="journalctl --since (e.g. '1 hour ago')")
     lg.add_argument("--json", action="store_true", help="one JSON object per entry")
+    lg.add_argument("--directory", metavar="DIR",
+                    help="read journal files in DIR instead of this host's journal, e.g. "
+                         "the collector's /var/log/journal/remote (every host's entries)")
+    lg.add_argument("--host", help="only entries from this host (_HOSTNAME)")
     lg.set_defaults(func=logs)
     sc = sub.add_parser("scorecard", help="hygiene checks, written to SCORECARD.json")
-    sc.add_argument("--out", default="/var/lib/vx11",
-                    help="directory for SCORECARD.json (default: /var/lib/vx11)")
+    sc.add_argument("--out", default=None,
+                    help="directory for SCORECARD.json (default: the directory of the "
+                    "config's db.path, /var/lib/vx11 out of the box)")
     sc.add_argument("--json", action="store_true")
     sc.set_defaults(func=scorecard)
 
@@ -39,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def journalctl_args(args: argparse.Namespace) -> list[str]:
     """The journalctl command line for ``vx11ctl logs`` (matches only, never a shell)."""
     argv = ["journalctl", "--no-pager", "-n", str(max(0, args.lines))]
+    if args.directory:
+        if not os.path.isdir(args.directory):
+            raise ConfigError("(command line)", "--directory",
+                              f"{args.directory} is not a directory of journal files")
+        argv.append(f"--directory={args.directory}")
     if args.component:
         argv += ["-u", f"vx11-{args.component}.service"]
     else:
@@ -47,6 +58,10 @@ def journalctl_args(args: argparse.Namespace) -> list[str]:
         if not args.event.replace("_", "").isalnum():
             raise ConfigError("(command line)", "--event", "letters, digits and _ only")
         argv.append(f"VX11_EVENT={args.event}")
+    if args.host:
+        if not all(c.isalnum() or c in "-._" for c in args.host):
+            raise ConfigError("(command line)", "--host", "a host name: letters, digits, -._")
+        argv.append(f"_HOSTNAME={args.host}")
     if args.since:
         argv += ["--since", args.since]
     if args.follow:
@@ -121,12 +136,29 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
     return checks
 
 
+def scorecard_dir(args: argparse.Namespace) -> str:
+    """Where SCORECARD.json goes: ``--out``, else beside the config's database."""
+    if args.out:
+        return args.out
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as e:
+        raise ConfigError(e.path, e.key, f"{e.reason} (SCORECARD.json goes beside db.path; "
+                          "give --out DIR to write it anyway)") from e
+    return os.path.dirname(os.path.abspath(cfg.db.path))
+
+
 def scorecard(args: argparse.Namespace) -> int:
+    out = scorecard_dir(args)
     checks = run_checks(args.config)
     card = {"generated_at": time.time(), "host": socket.gethostname(),
             "ok": all(c["ok"] for c in checks), "checks": checks}
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "SCORECARD.json")
+    if args.out:
+        os.makedirs(out, exist_ok=True)  # asked for by name
+    elif not os.path.isdir(out):
+        raise Vx11Error(f"{out}: no such directory for SCORECARD.json (the state dir of "
+                        "db.path; give --out DIR to write elsewhere)")
+    path = os.path.join(out, "SCORECARD.json")
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(card, f, indent=2, sort_keys=True)

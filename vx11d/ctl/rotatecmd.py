@@ -4,8 +4,8 @@ Where systemd runs, a plain ``vx11ctl rotate`` starts ``vx11-rotate.service`` (t
 hardened oneshot the timer starts, so files come out with the service's owner and the
 same lock) and shows the report that run stored in the ``rotations`` table. The unit's
 command line is fixed, so ``--dry-run``, ``--aggressive`` and ``--local`` run
-``vx11d rotate`` directly as the calling user (a dry run changes nothing; for a real
-local run use the vx11 user: ``runuser -u vx11 -- vx11ctl rotate --aggressive``).
+``vx11d rotate`` directly as the calling user (a dry run changes nothing; a real run
+as root creates dirs and archives with the owner the service needs, see docs/rotate.md).
 vx11ctl imports nothing of the rotator: it drives it through systemd, a child process
 and the database.
 """
@@ -20,18 +20,24 @@ import sys
 import time
 
 from .. import config, db
-from .main import emit
+from ..errors import EX_CONFIG
+from .main import child_config_error, emit
 from .units import systemctl
 
 UNIT = "vx11-rotate.service"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rotate", help="archive old audit dirs now (vx11-rotate.service)")
+    p = sub.add_parser("rotate", help="archive old audit dirs now (vx11-rotate.service)",
+                       description="Archive audit dirs older than rotate.keep_days, verify "
+                       "each archive, then remove the source. A plain run starts "
+                       "vx11-rotate.service; the flags run vx11d rotate here.")
     p.add_argument("--dry-run", action="store_true",
-                   help="change nothing; print what a real run would do (runs locally)")
+                   help="change nothing; print exactly the actions a real run with the "
+                   "same flags would take (runs locally)")
     p.add_argument("--aggressive", action="store_true",
-                   help="also delete archives older than rotate.aggressive_days (runs locally)")
+                   help="also DELETE archives whose name is older than "
+                   "rotate.aggressive_days (never one this run made; runs locally)")
     p.add_argument("--local", action="store_true",
                    help="run vx11d rotate here instead of starting the systemd unit")
     p.add_argument("--json", action="store_true")
@@ -67,7 +73,11 @@ def run_local(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.config:
         env["VX11_CONFIG"] = args.config
-    return subprocess.run(argv, env=env, check=False).returncode
+    r = subprocess.run(argv, env=env, check=False, stderr=subprocess.PIPE, text=True)
+    if r.returncode == EX_CONFIG:  # the config does not load: one error, the usual way
+        raise child_config_error(r.stderr, "rotate")
+    sys.stderr.write(r.stderr)
+    return r.returncode
 
 
 def last_rotation(cfg: config.Config, since: float) -> dict | None:

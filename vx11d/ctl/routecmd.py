@@ -17,7 +17,7 @@ from .main import emit
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("route", help="answer a query: Switch in-process, or the full chain "
                        "(Switch → Hermes → remote) with --via-gateway")
-    p.add_argument("query")
+    p.add_argument("query", help="the question, e.g. \"2+2\"")
     p.add_argument("--via-gateway", action="store_true",
                    help="POST /vx11/route on the gateway (token from gateway.token_file)")
     p.add_argument("--url", help="gateway base URL (default: from config)")

@@ -2,7 +2,8 @@
 
 The container boots on the host's read-only ``/usr`` with everything else on a fresh
 tmpfs (``--volatile=yes``), its own network namespace (``--private-network``: only a
-loopback, so several sandboxes never fight over :8000) and these binds:
+loopback, so several sandboxes never fight over :8000; or, with ``netns=``, a namespace
+the caller made, as the fleet test does to join several on one bridge) and these binds:
 
 * the checkout at its own path (the virtualenv's scripts point into it);
 * the virtualenv at ``/opt/vx11d``, where the units expect the installed package;
@@ -53,7 +54,8 @@ class Sandbox:
 
     def __init__(self, name: str | None = None, *, repo: Path = REPO,
                  venv: str | None = None, die_with_caller: bool = False,
-                 limits: bool = True):
+                 limits: bool = True, netns: str | None = None,
+                 masked: tuple[str, ...] = MASKED):
         self.name = name or default_name()
         if not self.name.replace("-", "").isalnum() or len(self.name) > 40:
             raise SandboxError(f"bad sandbox name {self.name!r}: letters, digits and '-'")
@@ -66,6 +68,12 @@ class Sandbox:
         self.die_with_caller = die_with_caller
         # False only to show what a sandbox without delegated controllers does: refuse.
         self.limits = limits
+        # A network namespace made by the caller (a path such as /run/netns/NAME) instead
+        # of a private loopback-only one: the fleet test joins several sandboxes this way.
+        self.netns = netns
+        # Units masked on the kernel command line (a monitoring host of the fleet test
+        # runs the host's prometheus.service, so it passes its own list).
+        self.masked = masked
 
     # --- inspection ------------------------------------------------------------------
 
@@ -195,9 +203,10 @@ class Sandbox:
         binds += [f"--bind-ro={p}" for p in self._source_paths()[1:]]
         deleg = self._delegate()
         cmd = ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
-               "-M", self.name, "--console=passive", "--private-network",
+               "-M", self.name, "--console=passive",
+               f"--network-namespace-path={self.netns}" if self.netns else "--private-network",
                *deleg.nspawn_args(), *binds,
-               "-b", "systemd.firstboot=off", *[f"systemd.mask={u}" for u in MASKED]]
+               "-b", "systemd.firstboot=off", *[f"systemd.mask={u}" for u in self.masked]]
 
         def preexec() -> None:
             deleg.preexec()

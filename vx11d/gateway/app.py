@@ -15,18 +15,21 @@ import logging
 import time
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from .. import journal
-from ..errors import DbBusy, DbUnavailable
+from ..errors import DbBusy, DbIntegrityError, DbUnavailable
 from . import health
-from .auth import FailureLimiter, TokenChecker, presented_token
+from .auth import FailureLimiter, TokenChecker, presented_tokens
 from .context import AUTHENTICATED, CTX, GatewayContext
 from .http import ApiError, Handler, json_error
 
 log = logging.getLogger("vx11.gateway")
 
 OPEN_PATHS = frozenset({"/health"})
+# Label values for the method: any other token a client sends counts as "other", so no
+# client can add series (bounded cardinality).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Route modules, each with setup(app). Order only matters for --help listings.
 ROUTE_MODULES: list[str] = [
     "vx11d.gateway.openapi",
@@ -62,7 +65,8 @@ async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamRespon
         raise
     finally:
         route = _route_label(request)
-        m["requests"].labels(route, request.method, str(status)).inc()
+        method = request.method if request.method in METHODS else "other"
+        m["requests"].labels(route, method, str(status)).inc()
         m["latency"].labels(route).observe(time.perf_counter() - t0)
 
 
@@ -89,6 +93,11 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
         return json_error(e.status, e.reason.lower().replace(" ", "_"), e.reason,
                           headers=headers or None)
+    except DbIntegrityError as e:  # input that slipped past validation: not a 500
+        journal.event(log, "gateway_constraint_refused", "the database refused %s %s: %s",
+                      request.method, _route_label(request), e, level=logging.WARNING)
+        return json_error(422, "invalid", "the database refused these values (a "
+                          "constraint); check them against docs/openapi.json")
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -99,9 +108,9 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
 
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = presented_token(request.headers.get("X-VX11-Token"),
-                            request.headers.get("Authorization"))
-    if token is None and request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+    tokens = presented_tokens(request.headers.getall("X-VX11-Token", []),
+                              request.headers.getall("Authorization", []))
+    if not tokens and request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
         return await handler(request)  # the aggregate only (see health.py)
     limiter, m = request.app[LIMITER], request.app[METRICS]
     client = request.remote or "unknown"
@@ -112,9 +121,10 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         await asyncio.sleep(health.TARPIT_S)
         return json_error(429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
-    if not request.app[CHECKER].valid(token):
+    checker = request.app[CHECKER]
+    if not tokens or not all([checker.valid(t) for t in tokens]):  # no short cut: same time
         limiter.failed(client)
-        reason = "missing" if token is None else "invalid"
+        reason = "invalid" if tokens else "missing"
         m["auth_failures"].labels(reason).inc()
         journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,
                       level=logging.WARNING, client=client, reason=reason)
@@ -150,6 +160,7 @@ def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
     app[METRICS] = _metrics(ctx)
     health.setup(app)
     app.on_cleanup.append(_close_db)
+    app[METRICS]["blocked"].set_function(app[LIMITER].blocked_clients)
     for name in ROUTE_MODULES if modules is None else modules:
         importlib.import_module(name).setup(app)
     return app
@@ -177,6 +188,9 @@ def _metrics(ctx: GatewayContext) -> dict:
         "auth_failures": Counter("vx11_gateway_auth_failures_total", "rejected requests "
                                  "by reason (missing, invalid, rate_limited)", ["reason"],
                                  registry=ctx.registry),
+        "blocked": Gauge("vx11_gateway_auth_blocked_clients", "clients refused with 429 "
+                         "right now (the brute-force limiter has tripped for them)",
+                         registry=ctx.registry),
     }
     for reason in ("missing", "invalid", "rate_limited"):
         m["auth_failures"].labels(reason)

@@ -3,6 +3,8 @@
 The token is compared as SHA-256 digests with :func:`hmac.compare_digest`, so neither
 its length nor its content leaks through timing. A header that is missing, not ASCII,
 or longer than :data:`MAX_HEADER` is simply not a valid token (401), never an error.
+Every credential presented must be valid (see :func:`presented_tokens`): a valid
+``Authorization: Bearer`` beside a wrong ``X-VX11-Token`` (or the reverse) is 401.
 Clients that keep failing are refused with 429 for the rest of the window.
 """
 
@@ -54,15 +56,16 @@ def _read(path: str, *, check_mode: bool) -> str:
     return token
 
 
-def presented_token(x_token: str | None, authorization: str | None) -> str | None:
-    """The token a request presents (``X-VX11-Token`` or ``Authorization: Bearer``)."""
-    if x_token is not None:
-        return x_token
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            return value.strip()
-    return None
+def presented_tokens(x_tokens: list[str], authorizations: list[str]) -> list[str]:
+    """Every credential a request presents, in any order: each ``X-VX11-Token`` header
+    and each ``Authorization`` header (the value of ``Bearer``; another scheme is
+    presented as ``""``, never valid). The rule: a request is authenticated when it
+    presents at least one credential and every one of them is valid."""
+    out = list(x_tokens)
+    for value in authorizations:
+        scheme, _, rest = value.partition(" ")
+        out.append(rest.strip() if scheme.lower() == "bearer" else "")
+    return out
 
 
 class TokenChecker:
@@ -103,6 +106,12 @@ class FailureLimiter:
         self._fails.move_to_end(client)
         while len(self._fails) > MAX_TRACKED_CLIENTS:
             self._fails.popitem(last=False)
+
+    def blocked_clients(self) -> int:
+        """How many clients are refused (429) right now; safe from another thread."""
+        cutoff = self.clock() - self.window
+        return sum(1 for times in list(self._fails.values())
+                   if len([t for t in times if t > cutoff]) >= self.limit)
 
     def prune(self) -> None:
         for client in list(self._fails):

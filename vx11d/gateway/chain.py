@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from .. import journal
 from ..switch import Switch, SwitchRefused
 from .context import CTX, GatewayContext
 from .http import ApiError, no_timeout, read_json
@@ -113,6 +114,7 @@ class Upstreams:
             if self._key[0] != path or self._key[1] != mtime:
                 with open(path) as f:
                     self._key = (path, mtime, f.read().strip())
+                journal.register_secret(self._key[2])
         except OSError as e:
             raise StepFailed("unconfigured", f"remote api_key_file: {e.strerror}") from e
         return self._key[2]

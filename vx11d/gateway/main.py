@@ -18,6 +18,7 @@ from ..errors import DbReadOnly
 from .app import CHECKER, LIMITER, build_app
 from .auth import load_token
 from .context import GatewayContext
+from .http import BadRequestLog
 
 log = logging.getLogger("vx11.gateway")
 RENEW_AFTER = 5.0  # seconds up before a stale read-only view may end this process
@@ -109,6 +110,7 @@ class GatewayService:
 
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the app, and run until SIGTERM."""
+    logging.getLogger("aiohttp.server").addFilter(BadRequestLog())
     registry = metrics.new_registry("gateway")
     # No DB I/O before serving: a read-only, full or missing state dir must not stop the
     # entrypoint (a crash here restart-loops into the start limit and fails the

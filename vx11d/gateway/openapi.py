@@ -53,7 +53,8 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "vx11d tentaculo_link", "version": __version__,
                  "description": "The single token-protected entrypoint. Every path but "
-                 "GET /health needs X-VX11-Token or Authorization: Bearer."},
+                 "GET /health needs X-VX11-Token or Authorization: Bearer; when both "
+                 "are sent, both must be valid."},
         "security": [{"token": []}, {"bearer": []}],
         "paths": {
             "/health": {"get": {
@@ -74,7 +75,8 @@ def document() -> dict[str, Any]:
                                       "additionalProperties": False, "properties": {
                                           "template": {"type": "string"},
                                           "ttl_s": {"type": "number", "exclusiveMinimum": 0,
-                                                    "description": "at most the "
+                                                    "description": "at least madre.min_ttl "
+                                                    "(1 s by default), at most the "
                                                     "template's max_ttl"},
                                           "args": {"type": "object"}}}),
                 "responses": {"201": _resp("running (or already ended: see status)", HIJA),
@@ -113,7 +115,11 @@ def document() -> dict[str, Any]:
                                                                  "enum": ["hermes", "switch"]},
                                                    "action": {"type": "string", "enum": [
                                                        "activate", "deactivate"]},
-                                                   "ttl_s": {"type": "number"},
+                                                   "ttl_s": {"type": "number",
+                                                             "exclusiveMinimum": 0,
+                                                             "description": "at least "
+                                                             "madre.min_ttl (1 s by "
+                                                             "default)"},
                                                    "for": {"type": "string",
                                                            "examples": ["2h"]}}}),
                          "responses": {"201": _resp("window opened", {"type": "object"}),

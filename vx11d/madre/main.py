@@ -8,6 +8,7 @@ from .. import metrics, runtime
 from ..config import Config
 from ..db import Database
 from .daemon import MadreService
+from .streaks import FailedStreakCollector
 from .systemd import PystemdClient
 
 
@@ -19,6 +20,8 @@ def main(cfg: Config, argv: list[str]) -> int:
     db = Database.from_config(cfg)
     sd = PystemdClient()
     service = MadreService(cfg, db, sd, registry)
+    registry.register(FailedStreakCollector(Database.from_config(cfg, readonly=True),
+                                            lambda: sorted(service.cfg.madre.templates)))
     server = metrics.serve(registry, cfg.madre.metrics_address, cfg.madre.metrics_port)
     try:
         return asyncio.run(runtime.run_async(service))

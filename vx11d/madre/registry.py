@@ -33,7 +33,7 @@ from ..db import Database, record_event
 from ..degraded import DB_FAULTS, WriteHealth
 from ..errors import DbError, DbIntegrityError, InputError, SystemdError
 from ..hijas import LIVE, build_argv, check_args
-from . import memory, ports
+from . import hardening, memory, ports
 from .systemd import Change, SystemdClient
 
 log = logging.getLogger("vx11.madre")
@@ -93,25 +93,9 @@ def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str
         "MemoryMax": int(tpl.memory_max),
         "CPUQuotaPerSecUSec": int(tpl.cpu_quota_percent * 10_000),
         "TasksMax": int(tpl.tasks_max),
-        "NoNewPrivileges": True,
-        "CapabilityBoundingSet": 0,
-        "RestrictSUIDSGID": True,
-        "RestrictRealtime": True,
-        "LockPersonality": True,
         "WorkingDirectory": b"/",
+        **hardening.properties(tpl.sandboxing, tpl.needs_port),
     }
-    if tpl.sandboxing == "strict":
-        props.update({
-            "PrivateTmp": True,
-            "PrivateDevices": True,
-            "ProtectSystem": b"strict",
-            "ProtectHome": b"yes",
-            "ProtectKernelTunables": True,
-            "ProtectKernelModules": True,
-            "ProtectKernelLogs": True,
-            "ProtectHostname": True,
-            "ProtectControlGroups": True,
-        })
     key, value = memory.probe_property(memory.ends_dir(cfg.gateway.madre_wake_socket),
                                        hija_id)
     props[key] = value
@@ -136,7 +120,8 @@ def _int_or_none(v: Any) -> int | None:
 CHECKED = ("RuntimeMaxUSec", "CollectMode", "KillMode", "TimeoutStopUSec", "MemoryMax",
            "CPUQuotaPerSecUSec", "TasksMax", "NoNewPrivileges", "Slice", "Environment",
            "DynamicUser", "User", "ProtectSystem", "PrivateTmp", "RestrictSUIDSGID",
-           "CapabilityBoundingSet", "ProtectHome", "PrivateDevices")
+           "CapabilityBoundingSet", "ProtectHome", "PrivateDevices", "PrivateNetwork",
+           "RestrictNamespaces", "ProtectProc", "PrivateUsers", "UMask")
 
 
 def check_readback(asked: dict[str, Any], got: dict[str, Any]) -> list[str]:
@@ -285,10 +270,9 @@ class Registry:
             return 0  # nothing new starts while madre cannot record what it starts
         rows = self.db.query("SELECT * FROM spawner_hijas WHERE status = 'requested' "
                              "ORDER BY created_at LIMIT ?", (limit,))
-        started = 0
         for r in rows:
             try:
-                started += self._spawn(r)
+                self._spawn(r)
             except DbIntegrityError:
                 raise
             except DB_FAULTS as e:  # not started: the row stays requested for a later pass
@@ -302,24 +286,24 @@ class Registry:
         self.process_stops()
         return len(rows)
 
-    def _spawn(self, r: sqlite3.Row) -> int:
+    def _spawn(self, r: sqlite3.Row) -> None:
         hid, unit = r["id"], r["unit"]
         t0 = time.monotonic()
         if r["stop_requested_at"] is not None:
             self._transition(hid, "stopped", only_from=("requested",),
                              reason="stop requested before start")
-            return 0
+            return
         tpl = self.cfg.madre.templates.get(r["template"])
         try:
             if tpl is None:
                 raise InputError(f"template {r['template']!r} is no longer in the config")
             args = check_args(tpl, json.loads(r["args"] or "{}"))
-            argv_check = build_argv(tpl, args, 1 if tpl.needs_port else None)
-            del argv_check
+            # every placeholder has a value (InputError names the one that has none)
+            build_argv(tpl, args, 1 if tpl.needs_port else None)
         except (InputError, ValueError) as e:
             self._transition(hid, "failed", only_from=("requested",), reason=str(e),
                              level=logging.WARNING)
-            return 0
+            return
         first, last = self.cfg.madre.port_range
         ttl = float(r["ttl_s"])
 
@@ -343,9 +327,9 @@ class Registry:
         except ports.PortsExhausted as e:
             self._transition(hid, "failed", only_from=("requested",), reason=str(e),
                              level=logging.WARNING)
-            return 0
+            return
         if port is False:
-            return 0
+            return
         port = port if tpl.needs_port else None
         journal.event(log, "hija_spawned", "hija %s starting as %s (template %s, ttl %gs, "
                       "port %s)", hid, unit, r["template"], ttl, port, hija_id=hid)
@@ -358,7 +342,7 @@ class Registry:
             del self.tracked[unit]
             self._transition(hid, "failed", reason=f"systemd refused the unit: {e}",
                              level=logging.ERROR)
-            return 0
+            return
         self.m.spawned.inc()
         try:
             got = self.sd.readback(unit)
@@ -366,7 +350,7 @@ class Registry:
             got, bad = {}, [f"cannot read them back: {e}"]
         else:
             if got is None:
-                return 1  # already ended and collected: the signals will tell how
+                return  # already ended and collected: the signals will tell how
             bad = check_readback(props, got)
         if bad:
             log.error("hija %s: unit properties did not stick: %s; stopping it", hid,
@@ -377,10 +361,9 @@ class Registry:
             self._transition(hid, "failed", reason="properties did not stick: "
                              + "; ".join(bad)[:500], level=logging.ERROR)
             self.tracked.pop(unit, None)
-            return 0
+            return
         tr.props.update(got)
         self._observe(unit, tr)
-        return 1
 
     def process_stops(self) -> None:
         """Stop the live hijas someone asked to stop (DELETE, vx11ctl hijas stop)."""

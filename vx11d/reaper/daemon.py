@@ -14,10 +14,11 @@ from ..config import Config
 from ..db import Database, apply_migrations, record_event, stale_read_only_view
 from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
 from ..errors import DbError, StaleMountNamespace
+from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
 from .proc import HZ, CgroupCache, Snapshot, read_cgroup, scan
-from .rules import Evaluator, Finding, HijaLookup, Report
+from .rules import HIJA_RULE, Evaluator, Finding, HijaLookup, Report
 from .track import Tracker, fd_budget
 
 COMPONENT = "reaper"
@@ -59,7 +60,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
         zp.append({"parent_pid": ppid, "parent_comm": parent.comm if parent else None,
                    "zombies": len(zs), "zombie_pids": sorted(zs)[:50]})
     findings = [{"pid": f.proc.pid, "ppid": f.proc.ppid, "comm": f.proc.comm,
-                 "uid": f.proc.uid, "age_s": round(snap.age(f.proc), 1), "rule": f.rule,
+                 "uid": f.uid, "age_s": round(snap.age(f.proc), 1), "rule": f.rule,
                  "action": f.action, "event": f.event, "cgroup": f.cgroup,
                  "orphan": f.orphan, "zombies": f.zombies, "hija_id": f.hija_id}
                 for f in rep.findings]
@@ -78,8 +79,9 @@ class ReaperService:
 
     def __init__(self, cfg: Config, db: Database | None, metrics: ReaperMetrics, *,
                  proc_path: str = "/proc", clock: Any = time.monotonic,
-                 health: WriteHealth | None = None):
+                 health: WriteHealth | None = None, breaker_file: str | None = None):
         self.proc_path = proc_path
+        self.breaker = Breaker(cfg.reaper, breaker_file, clock)
         self.db = db
         self.m = metrics
         # records the DB refused: held (bounded) and written once it takes writes again
@@ -107,6 +109,8 @@ class ReaperService:
         lookup = db_hija_lookup(self.db) if self.db is not None else None
         self.evaluator = build_evaluator(cfg, self.proc_path, lookup)
         self.m.set_rules(self.evaluator.rule_names())
+        self.breaker.configure(cfg.reaper)
+        self.m.enforcement_stopped.set(1 if self.breaker.open else 0)
         if self._can_track():
             if self.tracker is None:
                 self._track()
@@ -187,6 +191,11 @@ class ReaperService:
         journal.event(log, "reaper_started", "reaper up: %d rules, interval %.1fs, "
                       "max %d kills per scan", len(self.rc.rules), self.rc.interval,
                       self.rc.max_kills_per_scan, pid=os.getpid())
+        if self.breaker.trip is not None:
+            journal.event(log, "reaper_enforcement_stopped", "enforcement stays stopped "
+                          "(%s); observe-only until `vx11ctl reaper rearm`",
+                          self.breaker.trip.reason, level=logging.ERROR,
+                          rule=self.breaker.trip.rule or None)
 
     def tick(self) -> None:
         for pd, outcome, sig in self.term.poll():
@@ -200,6 +209,13 @@ class ReaperService:
         self._flush()
 
     def status(self) -> str:
+        text = self._status()
+        if self.breaker.trip is not None:
+            return (f"ENFORCEMENT STOPPED: {self.breaker.trip.reason}; observe-only until "
+                    f"`vx11ctl reaper rearm`; {text}")
+        return text
+
+    def _status(self) -> str:
         rep = self.report
         if rep is None:
             return "starting"
@@ -253,6 +269,13 @@ class ReaperService:
         self.report = rep
         self.scans += 1
         self._export(rep)
+        counts: dict[str, int] = {}
+        for f in rep.findings:
+            if f.action != "observe" and f.rule != HIJA_RULE:
+                counts[f.rule] = counts.get(f.rule, 0) + 1
+        trip = self.breaker.check_scan(counts, len(rep.snapshot.procs))
+        if trip is not None:
+            self._tripped(trip)
         self.act(rep)
         self._prune(rep)
         self.m.last_scan.set(time.time())
@@ -293,6 +316,16 @@ class ReaperService:
             journal.event(log, "hija_lookup_failed", "could not read hija records; hija "
                           "processes left alone this scan", level=logging.WARNING)
 
+    def _tripped(self, t: Trip) -> None:
+        """Enforcement stops: say so everywhere, and abandon terminations in progress."""
+        self.m.enforcement_stopped.set(1)
+        self.m.breaker_stops.inc()
+        journal.event(log, "reaper_enforcement_stopped", "circuit breaker: %s; enforcement "
+                      "stopped, observe-only until `vx11ctl reaper rearm`", t.reason,
+                      level=logging.ERROR, rule=t.rule or None)
+        for pd in self.term.close():
+            self._record(pd.finding, "abandoned", None)  # type: ignore[arg-type]
+
     def act(self, rep: Report) -> None:
         """Carry out a report's findings (signals go through verified pidfds only)."""
         budget = self.rc.max_kills_per_scan
@@ -305,6 +338,13 @@ class ReaperService:
             if f.action == "observe":
                 self._observe(f, now)
                 continue
+            trip = self.breaker.allow(f.rule) if f.rule != HIJA_RULE else None
+            if trip is not None:  # the window is full
+                self._tripped(trip)
+            if self.breaker.open:
+                if self._due(("enforcement_stopped", f.rule, *key), now):
+                    self._record(f, "enforcement_stopped", None, quiet=True)
+                continue
             if budget <= 0:
                 skipped += 1
                 if self._due(("circuit_open", f.rule, *key), now):
@@ -316,10 +356,14 @@ class ReaperService:
                     if self._signal_once(f, signal.SIGCHLD):
                         self._nudged[key] = now
                         budget -= 1
+                        self.breaker.signalled()
                     continue
                 f.event = "zombie_parent_terminated"
             if self._terminate(f):
                 budget -= 1
+                if f.rule != HIJA_RULE:
+                    self.breaker.signalled()
+        self.m.breaker_open.set(1 if skipped else 0)
         if skipped:
             self.m.breaker.inc()
             journal.event(log, "reaper_circuit_open", "max_kills_per_scan (%d) reached: "
@@ -407,7 +451,7 @@ class ReaperService:
                           f.rule, outcome, f" ({sig})" if sig else "", level=level,
                           pid=p.pid, comm=p.comm, rule=f.rule, signal=sig, outcome=outcome,
                           hija_id=f.hija_id, zombies=f.zombies or None)
-        detail = {"ppid": p.ppid, "uid": p.uid, "state": p.state, "cgroup": f.cgroup,
+        detail = {"ppid": p.ppid, "uid": f.uid, "state": p.state, "cgroup": f.cgroup,
                   "orphan": f.orphan, "zombies": f.zombies, "event": f.event,
                   "hija": f.hija_id}
         self._rows.append((time.time(), p.pid, p.start / HZ, p.comm, f.rule, f.action, sig,

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("observed", "sigterm_sent", "sigchld_sent", "sigkill_sent", "exited_after_sigterm",
             "exited_after_sigkill", "survived_sigkill", "vanished", "pid_reused", "exited",
-            "refused", "circuit_open", "abandoned")
+            "refused", "circuit_open", "abandoned", "enforcement_stopped")
 SIGNALS = ("SIGCHLD", "SIGTERM", "SIGKILL")
 
 
@@ -37,6 +37,9 @@ class ReaperMetrics:
                                "Unix time the last scan finished", registry=registry)
         self.breaker = Counter("vx11_reaper_circuit_breaker_trips",
                                "Scans that hit max_kills_per_scan", registry=registry)
+        self.breaker_open = Gauge("vx11_reaper_circuit_breaker_open",
+                                  "1 while the last scan hit max_kills_per_scan and left "
+                                  "matching processes alone", registry=registry)
         self.hija_lookup_failures = Counter("vx11_reaper_hija_lookup_failures",
                                             "Scans that could not read hija records",
                                             registry=registry)
@@ -51,6 +54,12 @@ class ReaperMetrics:
         self.live_zombies = Gauge("vx11_reaper_zombie_processes", "Zombies known now "
                                   "(updated on exit events, between scans)",
                                   registry=registry)
+        self.enforcement_stopped = Gauge(
+            "vx11_reaper_enforcement_stopped", "1 while the circuit breaker has stopped "
+            "enforcement (observe-only until `vx11ctl reaper rearm`)", registry=registry)
+        self.breaker_stops = Counter("vx11_reaper_breaker_stops",
+                                     "Times the circuit breaker stopped enforcement",
+                                     registry=registry)
         self.pending = Gauge("vx11_reaper_terminations_pending",
                              "Processes sent SIGTERM and not yet gone", registry=registry)
 

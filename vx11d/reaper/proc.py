@@ -1,8 +1,9 @@
 """A fast, hostile-input-tolerant reader of the process table under a given /proc path.
 
-Per process the scan reads only ``/proc/PID/stat`` (one ``read``) and takes the owner
-uid from ``fstat`` of that open file, which is what ``ps`` reports as ``uid`` (the
-effective uid; root for non-dumpable processes). The command line and the cgroup are
+Per process the scan reads only ``/proc/PID/stat`` (one ``read``) and keeps the owner
+of that file from ``fstat`` as ``Proc.uid``. That owner is NOT the process's uid (it is
+root for a non-dumpable or setuid-changed process): rules match users with
+:func:`read_uids` (``/proc/PID/status``). The command line, the cgroup and the uids are
 read lazily, only for processes a rule is about to look at. ``comm`` may hold spaces,
 parentheses and newlines, so ``stat`` is split at its LAST ``)``; a process that
 vanishes mid-read (ENOENT/ESRCH) is simply skipped.
@@ -150,6 +151,28 @@ def read_cmdline(proc: str, pid: int) -> str | None:
     except (*_GONE, PermissionError, NotADirectoryError):
         return None
     return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+
+
+def read_uids(proc: str, pid: int) -> tuple[int, int, int, int] | None:
+    """(real, effective, saved, filesystem) uid from ``/proc/PID/status``, None when gone.
+
+    These are the process's own credentials. The owner of ``/proc/PID`` (what the scan's
+    ``Proc.uid`` holds) is root for a non-dumpable process, including one that changed
+    its uids (setuid), so a rule about users must not use it.
+    """
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            data = f.read(8192)
+    except (*_GONE, PermissionError, NotADirectoryError):
+        return None
+    for line in data.split(b"\n"):
+        if line.startswith(b"Uid:"):
+            try:
+                r, e, s, fs = (int(x) for x in line[4:].split()[:4])
+            except ValueError:
+                return None
+            return r, e, s, fs
+    return None
 
 
 def parse_cgroup(text: str) -> str:

@@ -3,12 +3,19 @@
 Order of decisions for each process:
 
 1. never touched: PID 1, kernel threads, the reaper itself, anything in the reaper's own
-   unit, anything in a unit or slice matching ``protected_units``, zombies (they cannot
-   be signalled; their parents are what the policy acts on);
+   unit, anything in a unit or slice matching ``protected_units`` or
+   ``extra_protected_units``, any process whose name matches ``protected_comms`` or
+   ``extra_protected_comms``, zombies (they cannot be signalled; their parents are what
+   the policy acts on);
 2. the built-in hija rule: a process in ``vx11-hijas.slice`` under
    ``vx11-hija-<id>.service`` whose ``spawner_hijas`` row has ended (or does not exist);
 3. the configured rules, first match wins;
 4. anything no rule names is left alone.
+
+A rule's ``user`` is matched against the process's **effective** uid as its own
+credentials say (``/proc/PID/status`` ``Uid:``, second field; what ``ps -o uid`` shows),
+never the owner of ``/proc/PID`` (root for a non-dumpable or setuid-changed process).
+The kill path checks it again after ``pidfd_open``, like the start time and the cgroup.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..config import ReaperConfig, ReaperRule
-from .proc import PF_KTHREAD, CgroupCache, Proc, Snapshot, read_cmdline, unit_names
+from .proc import PF_KTHREAD, CgroupCache, Proc, Snapshot, read_cmdline, read_uids, unit_names
 
 HIJA_RULE = "hija"
 HIJA_SLICE = "vx11-hijas.slice"
@@ -47,6 +54,7 @@ class Finding:
     hija_row: bool = False  # whether spawner_hijas has a row for it
     zombies: int = 0
     orphan: bool = False
+    uid: int | None = None  # effective uid from /proc/PID/status (None: unreadable)
 
 
 @dataclass
@@ -113,6 +121,9 @@ class Evaluator:
         self.hija_lookup = hija_lookup
         self.proc_path = cgroups.proc
         self._cg_protected: dict[str, bool] = {}
+        self.unit_globs = (*cfg.protected_units, *cfg.extra_protected_units)
+        self.comm_globs = (*cfg.protected_comms, *cfg.extra_protected_comms)
+        self._comm_protected: dict[str, bool] = {}
 
     def rule_names(self) -> list[str]:
         return [HIJA_RULE, *(r.name for r in self.rules)]
@@ -122,7 +133,17 @@ class Evaluator:
         kthread = snap.is_kthread(p) if snap is not None else bool(p.flags & PF_KTHREAD)
         if p.pid in (1, self.self_pid) or kthread or p.ppid == 0:
             return True
-        return self.protected_cgroup(cgroup)
+        return self.protected_comm(p.comm) or self.protected_cgroup(cgroup)
+
+    def protected_comm(self, comm: str) -> bool:
+        """A process name matching ``protected_comms`` or ``extra_protected_comms``."""
+        hit = self._comm_protected.get(comm)
+        if hit is None:
+            if len(self._comm_protected) > 50_000:
+                self._comm_protected.clear()
+            hit = self._comm_protected[comm] = any(
+                fnmatch.fnmatchcase(comm, g) for g in self.comm_globs)
+        return hit
 
     def protected_cgroup(self, cgroup: str | None) -> bool:
         """The reaper's own unit, and units/slices matching ``protected_units``."""
@@ -140,18 +161,26 @@ class Evaluator:
                                  or cgroup.startswith(self.self_cgroup + "/")):
             return True
         names = unit_names(cgroup)
-        return any(fnmatch.fnmatchcase(n, g) for n in names for g in self.cfg.protected_units)
+        return any(fnmatch.fnmatchcase(n, g) for n in names for g in self.unit_globs)
 
     def still_allowed(self, finding: Finding, cgroup: str | None) -> bool:
-        """The kill path's re-check against a freshly read cgroup."""
+        """The kill path's re-check, after ``pidfd_open``, against a freshly read cgroup
+        and the process's current credentials."""
         if self.protected(finding.proc, cgroup):
             return False
         if finding.rule == HIJA_RULE:
             return cgroup is not None and _hija_unit(cgroup) is not None
         for r in self.rules:
-            if r.name == finding.rule and r.cgroup is not None:
-                return cgroup is not None and bool(r.cgroup.search(cgroup))
-        return True
+            if r.name != finding.rule:
+                continue
+            if r.cgroup is not None and not (cgroup is not None and r.cgroup.search(cgroup)):
+                return False
+            if r.uid is not None:
+                uids = read_uids(self.proc_path, finding.proc.pid)
+                if uids is None or uids[1] != r.uid:
+                    return False
+            return True
+        return False  # the rule is gone (a reload): nothing to act on
 
     @staticmethod
     def _old_enough(p: Proc, snap: Snapshot) -> bool:
@@ -192,11 +221,10 @@ class Evaluator:
                      ) -> Finding | None:
         age = snap.age(p)
         orphan: bool | None = None
+        uids: tuple[int, int, int, int] | None = None
         for r in self.rules:
             rule = r.rule
             if r.comm is not None and not r.comm.search(p.comm):
-                continue
-            if r.uid is not None and p.uid != r.uid:
                 continue
             if age < rule.min_age:
                 continue
@@ -209,13 +237,22 @@ class Evaluator:
                     continue
             if r.cgroup is not None and not r.cgroup.search(cg):
                 continue
+            if r.uid is not None:
+                if uids is None:
+                    uids = read_uids(self.proc_path, p.pid)
+                if uids is None or uids[1] != r.uid:
+                    continue
             if r.cmdline is not None:
                 cmd = read_cmdline(self.proc_path, p.pid)
                 if cmd is None or not r.cmdline.search(cmd):
                     continue
             if orphan is None:
                 orphan = is_orphan(p, snap)
-            return self._finding(p, r, cg, snap, nzombies, orphan)
+            f = self._finding(p, r, cg, snap, nzombies, orphan)
+            if uids is None:
+                uids = read_uids(self.proc_path, p.pid)
+            f.uid = uids[1] if uids is not None else None
+            return f
         return None
 
     def _finding(self, p: Proc, r: CompiledRule, cg: str, snap: Snapshot, nzombies: int,
@@ -251,6 +288,7 @@ class Evaluator:
                 continue
             match = _HIJA_UNIT.match(unit)
             terminate = self.cfg.hija_enforce and self._old_enough(p, snap)
+            uids = read_uids(self.proc_path, p.pid)
             rep.findings.append(Finding(
                 p, HIJA_RULE, "terminate" if terminate else "observe",
                 "hija_terminated" if terminate else "hija_leftover_observed",
@@ -258,7 +296,7 @@ class Evaluator:
                 hija_id=row[0] if row else (match.group(1) if match else None),
                 hija_row=row is not None,
                 zombies=len(snap.zombies_by_parent.get(p.pid, ())),
-                orphan=is_orphan(p, snap)))
+                orphan=is_orphan(p, snap), uid=uids[1] if uids is not None else None))
 
     def _count(self, rep: Report) -> None:
         snap = rep.snapshot

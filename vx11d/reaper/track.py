@@ -91,6 +91,12 @@ class Tracker:
         self._pids.clear()
         self._ep.close()
 
+    def __del__(self) -> None:
+        # A tracker dropped without close() (a reaper object thrown away) must not keep
+        # thousands of pidfds open.
+        with contextlib.suppress(Exception):
+            self.close()
+
     def snapshot(self) -> Snapshot:
         """The tracked table as a Snapshot (shared Proc objects; do not mutate)."""
         zp: dict[int, list[int]] = {}

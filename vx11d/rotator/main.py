@@ -45,7 +45,11 @@ def main(cfg: Config, argv: list[str]) -> int:
         rep = run.rotate(rc, dry_run=args.dry_run, aggressive=args.aggressive)
     except run.LockBusy as e:
         journal.event(log, "rotation_skipped", "%s", e, level=logging.WARNING)
-        print(f"vx11d rotate: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "error": "lock_busy", "message": str(e),
+                              "exit_code": EX_TEMPFAIL}, sort_keys=True))
+        else:
+            print(f"vx11d rotate: {e}", file=sys.stderr)
         return EX_TEMPFAIL
     run.fault("report")
     if not args.dry_run:

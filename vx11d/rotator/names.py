@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 ARCHIVE_SUFFIX = ".tar.gz"
 TEMP_PREFIX = ".vx11-rotate-tmp."
-_NAME_RE = re.compile(r"^(\d{8}T\d{6}Z)(?:_([A-Za-z0-9][A-Za-z0-9._+-]{0,99}))?$")
+_NAME_RE = re.compile(r"(\d{8}T\d{6}Z)(?:_([A-Za-z0-9][A-Za-z0-9._+-]{0,99}))?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Stamp:
 
 def parse(name: str) -> Stamp | None:
     """The timestamp of an audit dir name, or None if the name is not one."""
-    m = _NAME_RE.match(name)
+    m = _NAME_RE.fullmatch(name)  # not match(): "$" would accept a final newline
     if not m:
         return None
     try:

@@ -44,8 +44,9 @@ def text(rep: dict[str, Any]) -> str:
     else:
         lines.append("4 aggressive: not requested (--aggressive)")
     when = " (as now)" if rep["dry_run"] else ""
-    lines.append(f"5 report:     {rp['active_dirs']} audit dirs{when} "
-                 f"({_mb(rp['active_bytes'])}), "
+    lines.append(f"5 report:     {rp['active_dirs']} active dirs{when} "
+                 f"({_mb(rp['active_bytes'])}), {rp['future_dirs']} future, "
+                 f"{rp['due_dirs_left']} due but still there, "
                  f"{rp['archive_count']} archives ({_mb(rp['archive_bytes'])}), total "
                  f"{_mb(rp['total_bytes'])}")
     for root in sc["roots"]:
@@ -118,7 +119,8 @@ def registry(rep: dict[str, Any], last_success: float | None) -> CollectorRegist
     gauge("vx11_rotate_recorded", "1 when the last rotation's row reached the DB (0: the "
           "DB refused it; see the journal's rotation_not_recorded)",
           0 if rep.get("not_recorded") else 1)
-    gauge("vx11_rotate_active_dirs", "audit dirs not yet due", s["active_dirs"])
+    gauge("vx11_rotate_active_dirs", "audit dirs not yet due (future-dated ones not "
+          "counted)", s["active_dirs"])
     gauge("vx11_rotate_archives", "archives in the archive dirs", s["archive_count"])
     gauge("vx11_rotate_stored_bytes", "bytes held by active dirs and archives",
           s["total_bytes"])

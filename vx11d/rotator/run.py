@@ -231,7 +231,10 @@ def process_dir(job: Job, hook: Hook | None = None) -> DirResult:
         res.errors.append(f"{src}: {e}")
     except OSError as e:
         res.action = res.action if res.action in ("archived", "reused") else "failed"
-        res.errors.append(f"{src}: {e.strerror or e}")
+        where = e.filename if isinstance(e.filename, str) and os.path.isabs(e.filename) \
+            else src
+        res.errors.append(f"{where}: {e.strerror or e}" if where == src
+                          else f"{src}: {where}: {e.strerror or e}")
     finally:
         os.close(root_fd)
         if arch_fd is not None:
@@ -253,8 +256,15 @@ def _verify_existing(arch_fd: int, final: str, root_fd: int, name: str,
 def _build(job: Job, root_fd: int, arch_fd: int, policy: Policy, res: DirResult,
            hook: Hook | None) -> archive.Written:
     tmp = names.temp_name(job.name)
-    tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                  0o640, dir_fd=arch_fd)
+    try:
+        tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o640, dir_fd=arch_fd)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create the archive: {e.strerror}",
+                      os.path.join(job.archive_dir, tmp)) from e
+    if os.geteuid() == 0:  # run as root: the file belongs to whoever owns the archive dir
+        ast = os.fstat(arch_fd)
+        os.fchown(tfd, ast.st_uid, ast.st_gid)
     renamed = False
     try:
         walker = Walker(policy, open_files=True, hook=hook)
@@ -289,6 +299,7 @@ class RootScan:
     ignored: list[dict[str, str]] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
     stale_temps: list[str] = field(default_factory=list)
+    archive_ok: bool = True  # False: the archive dir is not writable (an error says so)
 
 
 def scan_root(path: str, archive_dir: str, patterns: tuple[str, ...], keep_s: float,
@@ -332,6 +343,62 @@ def scan_root(path: str, archive_dir: str, patterns: tuple[str, ...], keep_s: fl
     return sc
 
 
+def make_dirs(path: str) -> None:
+    """Create ``path`` and any missing parents the way the service needs them, whoever
+    runs this: mode 2770 (whatever the umask), and the owner and group of the nearest
+    existing ancestor (the audit root). Run as root, a plain mkdir would leave a dir
+    owned by root that the vx11 user's next timer run cannot write into."""
+    missing: list[str] = []
+    cur = os.path.abspath(path)
+    while not os.path.lexists(cur):
+        missing.append(cur)
+        cur = os.path.dirname(cur)
+    like = os.stat(cur)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o770)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise OSError(e.errno, f"cannot create: {e.strerror}", d) from e
+        fd = os.open(d, DIR_FLAGS)
+        try:
+            _own_like(fd, like)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot set owner or mode: {e.strerror}", d) from e
+        finally:
+            os.close(fd)
+
+
+def _own_like(fd: int, like: os.stat_result) -> None:
+    """Owner and group of ``like`` (as far as this user may), mode 2770."""
+    if os.geteuid() == 0:
+        os.fchown(fd, like.st_uid, like.st_gid)
+    elif os.fstat(fd).st_gid != like.st_gid:
+        with contextlib.suppress(PermissionError):  # only to a group we are in
+            os.fchown(fd, -1, like.st_gid)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode == 0o2770:
+        return  # the service's case: UMask=0007 under a setgid root
+    try:
+        os.fchmod(fd, 0o2770)
+    except PermissionError:
+        # RestrictSUIDSGID= (the unit) refuses any chmod with S_ISGID: rwx for the group
+        # is what matters; new entries get the group from a setgid root anyway.
+        if mode & 0o770 != 0o770:
+            os.fchmod(fd, 0o770)
+
+
+def writable(path: str) -> str | None:
+    """None if this process can create and remove entries in ``path``, else why not."""
+    if os.access(path, os.W_OK | os.X_OK, effective_ids=True):
+        return None
+    st = os.stat(path)
+    return (f"archive dir {path}: not writable by uid {os.geteuid()} (owner uid "
+            f"{st.st_uid}, group gid {st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o}); "
+            "make it writable by the vx11 user or group (e.g. chown vx11:vx11, chmod 2770)")
+
+
 def _prepare_archive_dir(sc: RootScan, dry_run: bool, actions: list[str],
                          errors: list[str]) -> tuple[int, int] | None:
     verb = "would " if dry_run else ""
@@ -341,8 +408,12 @@ def _prepare_archive_dir(sc: RootScan, dry_run: bool, actions: list[str],
         actions.append(f"{verb}create archive dir {sc.archive_dir}")
         if dry_run:
             return None
-        os.makedirs(sc.archive_dir, mode=0o770, exist_ok=True)
+        make_dirs(sc.archive_dir)
         ast = os.stat(sc.archive_dir)
+    problem = writable(sc.archive_dir)
+    if problem is not None:
+        sc.archive_ok = False
+        errors.append(problem)
     afd = os.open(sc.archive_dir, DIR_FLAGS)
     try:
         for name in sorted(os.listdir(afd)):
@@ -362,9 +433,11 @@ def _prepare_archive_dir(sc: RootScan, dry_run: bool, actions: list[str],
 
 
 def aggressive_phase(archive_dir: str, patterns: tuple[str, ...], limit_s: float,
-                     now: float, dry_run: bool, actions: list[str], errors: list[str]
-                     ) -> tuple[list[str], int]:
-    """Phase 4 for one archive dir: delete archives whose name is older than the limit."""
+                     now: float, dry_run: bool, actions: list[str], errors: list[str],
+                     spare: frozenset[str] = frozenset()) -> tuple[list[str], int]:
+    """Phase 4 for one archive dir: delete archives whose name is older than the limit,
+    except those named in ``spare`` (the archives of dirs due in this very run: this
+    run made or re-verified them, and they may be the only copy of what it removed)."""
     verb = "would " if dry_run else ""
     deleted: list[str] = []
     freed = 0
@@ -375,7 +448,8 @@ def aggressive_phase(archive_dir: str, patterns: tuple[str, ...], limit_s: float
     try:
         for name in sorted(os.listdir(afd)):
             stamp = names.parse_archive(name)
-            if stamp is None or policy.excluded(name) or stamp.age(now) <= limit_s:
+            if stamp is None or policy.excluded(name) or stamp.age(now) <= limit_s \
+                    or name in spare:
                 continue
             try:
                 st = lstat_at(afd, name)
@@ -401,9 +475,12 @@ def aggressive_phase(archive_dir: str, patterns: tuple[str, ...], limit_s: float
     return deleted, freed
 
 
-def totals(sc: RootScan, patterns: tuple[str, ...]) -> dict[str, int]:
-    """Phase 5 for one root: audit dirs left, archives, and their sizes."""
-    out = {"active_dirs": 0, "active_bytes": 0, "archive_count": 0, "archive_bytes": 0}
+def totals(sc: RootScan, patterns: tuple[str, ...], keep_s: float, now: float
+           ) -> dict[str, int]:
+    """Phase 5 for one root: audit dirs left by kind (active: not yet due; future; due but
+    still there), archives, and their sizes."""
+    out = {"active_dirs": 0, "active_bytes": 0, "future_dirs": 0, "due_dirs_left": 0,
+           "dir_bytes": 0, "archive_count": 0, "archive_bytes": 0}
     try:
         root_fd = os.open(sc.path, DIR_FLAGS)
     except OSError:
@@ -412,7 +489,8 @@ def totals(sc: RootScan, patterns: tuple[str, ...]) -> dict[str, int]:
         rst = os.fstat(root_fd)
         policy = Policy(patterns, rst.st_dev, rst.st_uid)
         for name in os.listdir(root_fd):
-            if names.parse(name) is None:
+            stamp = names.parse(name)
+            if stamp is None or policy.excluded(name):
                 continue
             try:
                 if not stat.S_ISDIR(lstat_at(root_fd, name).st_mode):
@@ -420,8 +498,15 @@ def totals(sc: RootScan, patterns: tuple[str, ...]) -> dict[str, int]:
                 size = sum(e.size for e in Walker(policy).walk(root_fd, name))
             except (OSError, WalkError):
                 continue
-            out["active_dirs"] += 1
-            out["active_bytes"] += size
+            age = stamp.age(now)
+            if age < 0:
+                out["future_dirs"] += 1
+            elif age > keep_s:
+                out["due_dirs_left"] += 1
+            else:
+                out["active_dirs"] += 1
+                out["active_bytes"] += size
+            out["dir_bytes"] += size
     finally:
         os.close(root_fd)
     afd = _open_archive_dir(sc.archive_dir)
@@ -489,6 +574,8 @@ def rotate(cfg: Any, *, dry_run: bool = False, aggressive: bool = False,
             if sc is None:
                 continue
             scans.append(sc)
+            if not sc.archive_ok:
+                continue  # each due dir would fail the same way: the error names the dir
             jobs += [Job(r.path, adir, n, patterns, cfg.compression_level, dry_run, now)
                      for n in sc.due]
         fault("scan")
@@ -502,29 +589,35 @@ def rotate(cfg: Any, *, dry_run: bool = False, aggressive: bool = False,
         freed = 0
         if aggressive:
             for sc in scans:
+                spare = frozenset(names.archive_name(j.name) for j in jobs
+                                  if j.archive_dir == sc.archive_dir)
                 try:
                     d_names, d_bytes = aggressive_phase(sc.archive_dir, patterns,
                                                         cfg.aggressive_days * DAY, now,
-                                                        dry_run, actions, errors)
+                                                        dry_run, actions, errors, spare)
                 except OSError as e:
                     errors.append(f"archive dir {sc.archive_dir}: {e.strerror or e}")
                     continue
                 deleted += d_names
                 freed += d_bytes
-        tot = {"active_dirs": 0, "active_bytes": 0, "archive_count": 0, "archive_bytes": 0}
+        tot: dict[str, int] = {}
         for sc in scans:
-            for k, v in totals(sc, patterns).items():
-                tot[k] += v
-    tot["total_bytes"] = tot["active_bytes"] + tot["archive_bytes"]
+            for k, v in totals(sc, patterns, cfg.keep_days * DAY, now).items():
+                tot[k] = tot.get(k, 0) + v
+        for k in ("active_dirs", "active_bytes", "future_dirs", "due_dirs_left", "dir_bytes",
+                  "archive_count", "archive_bytes"):
+            tot.setdefault(k, 0)
+    tot["total_bytes"] = tot["dir_bytes"] + tot["archive_bytes"]
     ok_dirs = [d for d in results if d.action in ("archived", "reused")]
     kept = sum(len(d.kept) for d in results)
+    esc = names.printable
     return {
         "dry_run": dry_run, "aggressive": aggressive, "now": now,
         "started_at": started, "finished_at": time.time(),
         "duration_seconds": round(time.monotonic() - t0, 6),
         "phases": {
             "protect": {"patterns": list(patterns), "kept_in_place": kept},
-            "scan": {"roots": [asdict(sc) for sc in scans],
+            "scan": {"roots": [_escaped_scan(sc) for sc in scans],
                      "timestamp_dirs": sum(len(s.active) + len(s.due) for s in scans),
                      "due": len(jobs), "active": sum(len(s.active) for s in scans),
                      "future": sum(len(s.future) for s in scans),
@@ -540,12 +633,33 @@ def rotate(cfg: Any, *, dry_run: bool = False, aggressive: bool = False,
                         "files": sum(d.files for d in results),
                         "bytes_in": sum(d.bytes_in for d in ok_dirs),
                         "bytes_out": sum(d.bytes_out for d in ok_dirs),
-                        "dirs": [asdict(d) for d in results]},
+                        "dirs": [_escaped_dir(d) for d in results]},
             "aggressive": {"enabled": aggressive, "limit_days": cfg.aggressive_days,
                            "deleted": len(deleted), "bytes_freed": freed,
-                           "names": deleted},
+                           "names": [esc(n) for n in deleted]},
             "report": tot,
         },
-        "actions": actions,
-        "errors": errors,
+        "actions": [esc(a) for a in actions],
+        "errors": [esc(e) for e in errors],
     }
+
+
+def _escaped_scan(sc: RootScan) -> dict[str, Any]:
+    """A root's scan for the report: every name escaped (one line each, whatever it holds)."""
+    d = asdict(sc)
+    for k in ("path", "archive_dir"):
+        d[k] = names.printable(d[k])
+    for k in ("active", "due", "future", "protected", "stale_temps"):
+        d[k] = [names.printable(n) for n in d[k]]
+    return d
+
+
+def _escaped_dir(r: DirResult) -> dict[str, Any]:
+    """A dir's result for the report, names and messages escaped."""
+    d = asdict(r)
+    for k in ("root", "name", "archive"):
+        d[k] = names.printable(d[k])
+    d["kept"] = [{k: names.printable(v) for k, v in kept.items()} for kept in d["kept"]]
+    d["actions"] = [names.printable(a) for a in d["actions"]]
+    d["errors"] = [names.printable(e) for e in d["errors"]]
+    return d

@@ -6,7 +6,13 @@ import os
 
 import pytest
 
-from vx11d.gateway.auth import FailureLimiter, TokenChecker, TokenError, load_token, presented_token
+from vx11d.gateway.auth import (
+    FailureLimiter,
+    TokenChecker,
+    TokenError,
+    load_token,
+    presented_tokens,
+)
 
 TOKEN = "s3cret-token-0123456789abcdef"
 
@@ -58,11 +64,12 @@ def test_missing_token_file_is_a_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("x,auth,expected", [
-    (TOKEN, None, TOKEN), (None, f"Bearer {TOKEN}", TOKEN), (None, f"bearer  {TOKEN}", TOKEN),
-    (None, f"Basic {TOKEN}", None), (None, None, None), ("", None, ""),
+    ([TOKEN], [], [TOKEN]), ([], [f"Bearer {TOKEN}"], [TOKEN]),
+    ([], [f"bearer  {TOKEN}"], [TOKEN]), ([], [f"Basic {TOKEN}"], [""]), ([], [], []),
+    ([""], [], [""]), (["a", "b"], ["Bearer c"], ["a", "b", "c"]),
 ])
-def test_presented_token(x, auth, expected):
-    assert presented_token(x, auth) == expected
+def test_presented_tokens(x, auth, expected):
+    assert presented_tokens(x, auth) == expected
 
 
 @pytest.mark.parametrize("presented", [None, "", "wrong", TOKEN + "x", TOKEN[:-1],

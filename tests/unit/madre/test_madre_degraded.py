@@ -15,10 +15,10 @@ import shutil
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.fake_systemd import FakeSystemd
 from vx11d import config, hijas
 from vx11d.db import Database
 from vx11d.madre.daemon import MadreService
-from vx11d.madre.systemd import FakeSystemd
 
 CFG = """
 madre:

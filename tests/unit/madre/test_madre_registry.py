@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.fake_systemd import FakeSystemd
 from vx11d import config, hijas
 from vx11d.db import Database
 from vx11d.madre.daemon import Metrics
 from vx11d.madre.registry import Registry, check_readback, unit_properties
-from vx11d.madre.systemd import FakeSystemd
 from vx11d.madre.windows import HERMES_UNIT, Windows
 
 CFG = """
@@ -307,6 +307,9 @@ def test_unit_path_escapes_like_systemd():
     assert unit_path("vx11-hija-ab12.service") == \
         b"/org/freedesktop/systemd1/unit/vx11_2dhija_2dab12_2eservice"
     assert unit_path("") == b"/org/freedesktop/systemd1/unit/_"
+    # a leading digit is escaped too (sd_bus_path_encode), which the hand-written
+    # escaping this replaced got wrong
+    assert unit_path("1abc.service") == b"/org/freedesktop/systemd1/unit/_31abc_2eservice"
 
 
 def test_reconcile_applies_queued_end_signals_before_calling_a_row_lost(env):
@@ -322,6 +325,26 @@ def test_the_hija_signal_filter_prefix_is_the_escaped_unit_prefix():
 
     assert unit_path("vx11-hija-abcdefghij.service").startswith(HIJA_PATH_PREFIX)
     assert not unit_path("vx11-bench-1.service").startswith(HIJA_PATH_PREFIX)
+
+
+@pytest.mark.parametrize("level", ["basic", "strict"])
+def test_every_level_filters_syscalls_namespaces_and_families_by_need_of_a_port(level):
+    cfg = config.parse(f"madre: {{templates: {{n: {{command: [/bin/true], sandboxing: {level}}}, "
+                       f"p: {{command: [/bin/true], sandboxing: {level}, needs_port: true}}}}}}",
+                       "t.yml")
+    n = unit_properties(cfg, cfg.madre.templates["n"], "x", ["/bin/true"], 5, None)
+    p = unit_properties(cfg, cfg.madre.templates["p"], "x", ["/bin/true"], 5, 20000)
+    for props in (n, p):
+        assert props["SystemCallFilter"] == (True, [b"@system-service"])
+        assert props["SystemCallArchitectures"] == [b"native"]
+        assert props["RestrictNamespaces"] == 0 and props["UMask"] == 0o077
+    assert n["RestrictAddressFamilies"] == (True, [b"AF_UNIX"])
+    assert b"AF_INET" in p["RestrictAddressFamilies"][1]
+    assert n.get("PrivateNetwork") is (True if level == "strict" else None)
+    assert "PrivateNetwork" not in p
+    from vx11d.madre.systemd import signature_of
+    for name in n:  # every property has a D-Bus signature (pystemd's or ours)
+        assert signature_of(name)
 
 
 def _report(reg, hid, oom_kill, peak=33554432, limit=33554432):

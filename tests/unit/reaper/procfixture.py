@@ -34,8 +34,10 @@ class FakeProc:
 
     def add(self, pid: int, comm: str, *, ppid: int = 1, state: str = "S", uid: int = 0,
             start: float = 100.0, flags: int = 0x400000, cmdline: str | None = None,
-            cgroup: str = "/user.slice/session-1.scope", raw_stat: bytes | None = None
-            ) -> int:
+            cgroup: str = "/user.slice/session-1.scope", raw_stat: bytes | None = None,
+            uids: tuple[int, int, int, int] | None = None) -> int:
+        """One process; ``uid`` owns its /proc files, ``uids`` (default: all ``uid``) are
+        its credentials as /proc/PID/status shows them (real, effective, saved, fs)."""
         d = self.root / str(pid)
         d.mkdir(exist_ok=True)
         start_ticks = int(start * HZ)
@@ -47,6 +49,10 @@ class FakeProc:
         (d / "cmdline").write_bytes((cmdline if cmdline is not None else comm)
                                     .replace(" ", "\0").encode() + b"\0")
         (d / "cgroup").write_text(f"0::{cgroup}\n")
+        r, e, sv, fs = uids if uids is not None else (uid,) * 4
+        (d / "status").write_text(f"Name:\t{comm}\nUmask:\t0022\nState:\t{state}\n"
+                                  f"Pid:\t{pid}\nPPid:\t{ppid}\nUid:\t{r}\t{e}\t{sv}\t{fs}\n"
+                                  f"Gid:\t{r}\t{e}\t{sv}\t{fs}\n")
         if uid:
             os.chown(d / "stat", uid, uid)
         return pid

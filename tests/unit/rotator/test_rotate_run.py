@@ -194,6 +194,10 @@ def test_lock_busy_exits_75(tmp_path, capsys):
     cfg = make_cfg(tmp_path, [{"path": str(populated(tmp_path))}])
     with run.run_lock(cfg.rotate.lock_file):
         assert rmain.main(cfg, []) == 75
+        capsys.readouterr()
+        assert rmain.main(cfg, ["--json"]) == 75  # with --json the error is JSON too
+        err = json.loads(capsys.readouterr().out)
+        assert err["error"] == "lock_busy" and err["exit_code"] == 75
 
 
 @pytest.mark.parametrize("text,reason", [

