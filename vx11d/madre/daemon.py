@@ -153,6 +153,8 @@ class MadreService:
             self._last_reconcile = 0.0
             return None
         self._last_reconcile = time.monotonic()
+        if self.reg.end_awaited():  # an end PID 1 has not logged yet: look again soon
+            self._last_reconcile -= RECONCILE_EVERY - 2.0
         for k, v in fixed.items():
             self.m.reconcile.labels(k).inc(v)
         return fixed

@@ -39,6 +39,7 @@ from .systemd import Change, SystemdClient
 log = logging.getLogger("vx11.madre")
 
 SLICE = "vx11-hijas.slice"
+END_LOG_WAIT = 60.0  # how long reconcile waits for PID 1's end lines of a gone unit
 ENDED_REASONS = ("expired", "exited", "failed", "stopped", "lost", "oom")
 SETTLED = ("running", *ENDED_REASONS)  # what a spawn waiter waits for
 EVENT_OF = {"starting": "hija_spawned", "running": "hija_running", "expired": "hija_expired",
@@ -158,6 +159,8 @@ class Registry:
         # hija id -> its row as madre last knew it (live hijas and held ends), so a row
         # the DB lost (file deleted, restored from an older copy) can be re-created
         self.rows: dict[str, dict[str, Any]] = {}
+        # hija id -> when reconcile first found its unit gone with no end logged yet
+        self._end_awaited: dict[str, float] = {}
         # called (hija id, status) after a row committed running or an end state
         self.on_settled: Callable[[str, str], None] | None = None
 
@@ -509,8 +512,10 @@ class Registry:
                 # (_transition only moves a row that is still live.)
                 self.on_changes(self.sd.drain())
                 self.tracked.pop(unit, None)
-                if self._settle_gone(r):  # its end as PID 1 logged it (OOM included)
+                how = self._settle_gone(r)
+                if how == "ended":  # its end as PID 1 logged it (OOM included)
                     fixed["ended"] += 1
+                if how:  # ended, or its end not logged yet (asked again next time)
                     continue
                 report = memory.take(self.ends_dir, r["id"])
                 if report is not None and report.oom:
@@ -554,34 +559,47 @@ class Registry:
                      extra={"VX11_EVENT": "hija_reconcile"})
         return fixed
 
-    def _settle_gone(self, r: sqlite3.Row) -> bool:
+    def _settle_gone(self, r: sqlite3.Row) -> str:
         """A live row whose unit systemd has collected (it ended while madre was down or
-        could not write): record the end systemd logged for it, if the journal has it."""
+        could not write): record the end systemd logged for it. ``"ended"`` when
+        recorded (or held), ``"later"`` when PID 1's end lines may still be on their way,
+        ``""`` when the journal knows no end (the caller calls it lost)."""
         if r["status"] not in ("starting", "running"):
-            return False
+            return ""
         try:
             end = self.sd.last_result(r["unit"], since=float(r["started_at"] or 0))
         except SystemdError as e:
             log.warning("reading the end of %s from the journal: %s", r["unit"], e)
-            return False
+            return ""
         if end is None:
-            return False
+            return ""
+        if end.get("EndNotLogged"):
+            # journald may not have written PID 1's last lines yet: ask again at the next
+            # reconcile, and call it lost only if the end never shows up
+            first = self._end_awaited.setdefault(r["id"], time.monotonic())
+            return "later" if time.monotonic() - first < END_LOG_WAIT else ""
+        self._end_awaited.pop(r["id"], None)
         if end.get("NeverStarted"):
             if r["status"] != "starting":
-                return False
+                return ""
             # madre recorded `starting`, then stopped before StartTransientUnit: the
             # hija never ran (nothing to lose, nothing to stop)
             self.tracked.pop(r["unit"], None)
-            return self._transition(r["id"], "failed", only_from=("starting",),
-                                    level=logging.WARNING, reason="its unit never started "
-                                    "(madre was interrupted before starting it)")
+            self._transition(r["id"], "failed", only_from=("starting",),
+                             level=logging.WARNING, reason="its unit never started "
+                             "(madre was interrupted before starting it)")
+            return "ended"
         tr = Tracked(r["id"], float(r["ttl_s"]), time.monotonic(), seen_active=True,
                      running=r["status"] == "running",
                      stop_as="stopped" if r["stop_requested_at"] is not None else None)
         tr.props.update(end)
         tr.props.setdefault("ActiveState", "inactive")
         self._record_end(r["unit"], tr, note="from the journal")
-        return True
+        return "ended"
+
+    def end_awaited(self) -> bool:
+        """True while reconcile waits for the logged end of a collected unit."""
+        return bool(self._end_awaited)
 
     # --- status --------------------------------------------------------------------------
     def summary(self) -> tuple[int, float | None]:

@@ -270,7 +270,8 @@ class PystemdClient:
         this boot (``Result``, ``ExecMainStatus``, ``InactiveEnterTimestamp`` as the
         unit would have shown them); None when the journal holds no end for it. Entries
         before ``since`` (the row's start, epoch seconds) are skipped; with ``since``,
-        ``{"NeverStarted": True}`` when PID 1 logged nothing at all about the unit."""
+        ``{"NeverStarted": True}`` when PID 1 logged nothing at all about the unit,
+        ``{"EndNotLogged": True}`` when it logged the unit but no end (yet)."""
         return journal_end(name, since)
 
     def close(self) -> None:
@@ -322,6 +323,8 @@ def journal_end(name: str, since: float = 0.0) -> dict[str, Any] | None:
         raise SystemdError(f"reading the journal for {name}: {e}") from e
     finally:
         reader.close()
-    if not seen and since > 0:
-        return {"NeverStarted": True}
-    return out if "Result" in out else None
+    if "Result" in out:
+        return out
+    if seen:  # PID 1 logged the unit, not (yet) its end: journald may lag a collect
+        return {"EndNotLogged": True}
+    return {"NeverStarted": True} if since > 0 else None

@@ -162,3 +162,23 @@ def test_starting_row_whose_unit_never_started_is_failed_not_lost(svc):
     got = hijas.get(svc.db, row["id"])
     assert got["status"] == "failed" and "never started" in got["reason"], got
     assert fixed["lost"] == 0
+
+
+def test_an_end_not_yet_in_the_journal_is_awaited_not_called_lost(svc):
+    """Regression (chaos soak, 1 in 5,930): madre restarted right after a hija's unit
+    was collected read the journal before journald had written PID 1's end line, and
+    called the hija lost though systemd logged `timeout`."""
+    h = spawn(svc)
+    svc.sd.end(h["unit"], result="timeout", status=15)
+    svc.sd.drain()  # madre "down": the signals are gone
+    logged = svc.sd.results.pop(h["unit"])
+    svc.sd.results[h["unit"]] = {"EndNotLogged": True}
+    fresh = MadreService(svc.cfg, svc.db, svc.sd, CollectorRegistry(),
+                         wake_path=svc.wake_path)
+    fixed = fresh.reg.reconcile()
+    assert fixed["lost"] == 0 and hijas.get(svc.db, h["id"])["status"] == "running"
+    assert fresh.reg.end_awaited()
+    svc.sd.results[h["unit"]] = logged  # journald caught up
+    fresh.reg.reconcile()
+    assert hijas.get(svc.db, h["id"])["status"] == "expired"
+    assert not fresh.reg.end_awaited()
