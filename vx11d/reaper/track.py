@@ -32,10 +32,12 @@ import errno
 import os
 import resource
 import select
+import time
 from collections.abc import Iterable
 
-from .proc import Proc, Snapshot, read_proc, read_uptime_ticks, scan
+from .proc import HZ, Proc, Snapshot, read_proc, read_uptime_ticks, scan
 
+YOUNG_TICKS = HZ  # a process first read less than 1 s after it started is read again
 FD_RESERVE = 256  # descriptors kept free for the DB, metrics, journal and kill pidfds
 PROBE_LIMIT = 4096  # more new PIDs than this since the last look: list /proc instead
 
@@ -46,6 +48,11 @@ def fd_budget(reserve: int = FD_RESERVE) -> int:
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
     return max(0, soft - reserve)
+
+
+def _boot_ticks() -> int:
+    """Now on the boot clock, in the clock ticks of a process's start time."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * HZ)
 
 
 def read_last_pid(proc: str = "/proc") -> int:
@@ -148,14 +155,14 @@ class Tracker:
         young, self._young = self._young, set()
         for pid in young:
             if pid in self.procs:
-                self._reread(pid, self.procs[pid], young=False)
+                self._reread(pid, self.procs[pid])
 
     def reread(self, pids: Iterable[int]) -> bool:
         """Read these processes again (before acting on them); True if any changed."""
         changed = False
         for pid in pids:
             old = self.procs.get(pid)
-            new = self._reread(pid, old, young=False)
+            new = self._reread(pid, old)
             if new is None or old is None or (new.comm, new.uid, new.ppid, new.state) != (
                     old.comm, old.uid, old.ppid, old.state):
                 changed = True
@@ -216,7 +223,8 @@ class Tracker:
                 os.close(fd)
             return False
         self._store(p, None)
-        self._young.add(pid)
+        if _boot_ticks() - p.start < YOUNG_TICKS:
+            self._young.add(pid)  # may not have exec'd yet: read it again next refresh
         if fd is not None and p.state not in ("Z", "X"):
             if len(self._fds) >= self.max_tracked:
                 os.close(fd)
@@ -229,7 +237,7 @@ class Tracker:
             os.close(fd)
         return True
 
-    def _reread(self, pid: int, old: Proc | None, *, young: bool = True) -> Proc | None:
+    def _reread(self, pid: int, old: Proc | None) -> Proc | None:
         """Read ``pid`` again; a different start time means a new process took the PID."""
         p = read_proc(self.proc, pid)
         if p is None:
@@ -245,8 +253,6 @@ class Tracker:
         self._store(p, old)
         if p.state in ("Z", "X"):
             self._drop_fd(pid)
-        elif young:
-            self._young.add(pid)
         return p
 
     def _store(self, p: Proc, old: Proc | None) -> None:
