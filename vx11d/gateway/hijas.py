@@ -25,7 +25,7 @@ from ..errors import InputError
 from .context import CTX
 from .http import ApiError, read_json
 
-SETTLED = ("running", *hijas.ENDED)
+SETTLED = hijas.SETTLED
 FALLBACK = 0.25  # re-read the row this often when no settle notice came
 log = logging.getLogger("vx11.gateway")
 
