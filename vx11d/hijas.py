@@ -43,6 +43,8 @@ ENDED = (HijaStatus.EXPIRED, HijaStatus.EXITED, HijaStatus.FAILED, HijaStatus.ST
          HijaStatus.LOST, HijaStatus.OOM)
 # What a spawn waiter waits for: the row has left requested/starting.
 SETTLED = (HijaStatus.RUNNING, *ENDED)
+# madre started its unit and it has not ended.
+STARTED = (HijaStatus.STARTING, HijaStatus.RUNNING)
 
 
 def sql_list(statuses: tuple[HijaStatus, ...]) -> str:

@@ -23,7 +23,8 @@ from .. import hijas, journal, textfmt
 from ..config import Config
 from ..db import Database
 from ..errors import DbError, SystemdError
-from .registry import ENDED_REASONS, SETTLED, Registry
+from ..hijas import ENDED, SETTLED
+from .registry import Registry
 from .systemd import SystemdClient
 from .windows import Windows
 
@@ -65,7 +66,7 @@ class Metrics:
         """Every template's end counters exist from the start (at 0), so rate() and
         alerts see the first OOM kill."""
         for t in cfg.madre.templates:
-            for r in ENDED_REASONS:
+            for r in ENDED:
                 self.ended.labels(t, r)
 
 
