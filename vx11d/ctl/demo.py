@@ -115,7 +115,7 @@ def _oom_step(sb: Sandbox) -> None:
          lambda rc, out: any(h["id"] == hid and h["status"] == HijaStatus.OOM
                              for h in json.loads(out or "[]")), timeout=30)
     step(sb, "madre recorded it as oom, with its peak and limit",
-         ["vx11ctl", "hijas", "list", "--status", "oom"])
+         ["vx11ctl", "hijas", "list", "--status", HijaStatus.OOM])
     step(sb, "the journal says so too (systemd on cgroup v1 only says signal 9)",
          ["journalctl", "-o", "cat", "--no-pager", "VX11_EVENT=hija_oom_killed",
           f"VX11_HIJA_ID={hid}"])
