@@ -26,6 +26,7 @@ class FakeSystemd:
         self.installed: set[str] = set()
         self.fail_start: set[str] = set()
         self.fail_readback = False
+        self.results: dict[str, dict[str, Any]] = {}  # what "the journal" says of ended units
         self._pid = 1000
         self._r, self._w = os.pipe()
 
@@ -63,6 +64,8 @@ class FakeSystemd:
                    InactiveEnterTimestamp=0)
         if collect:
             del self.units[name]
+            self.results[name] = {"Result": result, "ExecMainStatus": status,
+                                  "ActiveState": u["ActiveState"]}
             self._emit(name, removed=True)
 
     def start(self, name: str) -> None:
@@ -93,6 +96,10 @@ class FakeSystemd:
     def list_units(self, pattern: str) -> list[tuple[str, str, str]]:
         return [(n, u["ActiveState"], u["SubState"]) for n, u in self.units.items()
                 if fnmatch.fnmatch(n, pattern)]
+
+    def last_result(self, name: str, since: float = 0.0) -> dict[str, Any] | None:
+        r = self.results.get(name)
+        return dict(r) if r is not None else None
 
     def close(self) -> None:
         os.close(self._r)

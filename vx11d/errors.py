@@ -130,3 +130,8 @@ class UsageError(InputError):
     def __init__(self, message: str, usage: str = ""):
         self.usage = usage
         super().__init__(message)
+
+
+class StaleMountNamespace(Vx11Error):
+    """The state dir is writable again, but this process's mount namespace (made while
+    it was read-only) still sees it read-only: only a restart picks the change up."""

@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .. import hijas, journal, textfmt
 from ..config import Config
-from ..db import Database
-from ..errors import DbError, SystemdError
+from ..db import Database, apply_migrations, stale_read_only_view
+from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
+from ..errors import DbError, StaleMountNamespace, SystemdError
 from ..hijas import ENDED, SETTLED
 from .registry import Registry
 from .systemd import SystemdClient
@@ -61,6 +62,8 @@ class Metrics:
             self.reconcile.labels(k)
         self.wakes = Counter("vx11_madre_wakeups", "wake datagrams received",
                              registry=registry)
+        self.held = Gauge("vx11_madre_transitions_pending", "hija transitions seen but "
+                          "not yet recorded (the DB refuses writes)", registry=registry)
 
     def known_templates(self, cfg: Config) -> None:
         """Every template's end counters exist from the start (at 0), so rate() and
@@ -98,11 +101,16 @@ class MadreService:
         self.cfg, self.db, self.sd = cfg, db, sd
         self.m = Metrics(registry)
         self.m.known_templates(cfg)
-        self.reg = Registry(cfg, db, sd, self.m)
+        self.health = WriteHealth("madre", registry, log, path=db.path)
+        self.reg = Registry(cfg, db, sd, self.m, health=self.health)
+        self.dbfile = DbFileWatch(db.path)
+        self.migrated = False
         self.reg.on_settled = self._settled
         # hija id -> abstract address of a waiter (the gateway) to notify when it settles
         self._waiters: dict[str, bytes] = {}
         self.win = Windows(cfg, db, sd, self.m)
+        self.win.may_write = lambda: self.health.writable and self.health.due()
+        self.win.on_write_error = self.health.failed
         self.wake_path = wake_path or cfg.gateway.madre_wake_socket
         self.sock: socket.socket | None = None
         self.interval = float(cfg.madre.tick)
@@ -111,21 +119,57 @@ class MadreService:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        fixed = self.reg.reconcile()
-        for k, v in fixed.items():
-            self.m.reconcile.labels(k).inc(v)
-        self._last_reconcile = time.monotonic()
+        self._migrate()
+        fixed = self._reconcile()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sd.fileno(), self._on_bus)
         os.makedirs(os.path.dirname(self.wake_path), exist_ok=True)
         os.makedirs(self.reg.ends_dir, exist_ok=True)  # the hijas' memory probes write here
         self.sock = bind_wake_socket(self.wake_path)
         self._loop.add_reader(self.sock.fileno(), self._on_wake)
-        self.reg.process_requests()
+        self._guard(self.reg.process_requests)
         self._refresh()
-        journal.event(log, "madre_started", "madre up: reconciled (%s), wake socket %s",
-                      textfmt.counts({k: v for k, v in fixed.items() if v}, "nothing to fix"),
-                      self.wake_path)
+        done = (textfmt.counts({k: v for k, v in fixed.items() if v}, "nothing to fix")
+                if fixed is not None else "not yet")
+        journal.event(log, "madre_started", "madre up: reconciled (%s), wake socket %s%s",
+                      done, self.wake_path, f"; {self.health.text(0)}"
+                      if self.health.degraded else "")
+
+    def _migrate(self) -> None:
+        """Apply pending migrations; a DB that cannot take them leaves madre degraded
+        (it supervises what runs and retries), never a start that fails."""
+        if self.migrated:
+            return
+        try:
+            apply_migrations(self.db)
+        except DB_FAULTS as e:
+            self.health.failed(e)
+            return
+        self.migrated = True
+        self.dbfile.opened()
+
+    def _reconcile(self) -> dict[str, int] | None:
+        """Reconcile now if the DB can be read (counts by kind), else None (retried)."""
+        fixed = self._guard(self.reg.reconcile)
+        if fixed is None:
+            self._last_reconcile = 0.0
+            return None
+        self._last_reconcile = time.monotonic()
+        if self.reg.end_awaited():  # an end PID 1 has not logged yet: look again soon
+            self._last_reconcile -= RECONCILE_EVERY - 2.0
+        for k, v in fixed.items():
+            self.m.reconcile.labels(k).inc(v)
+        return fixed
+
+    def _guard(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run one step of a pass; a DB failure degrades madre instead of ending it."""
+        try:
+            return fn(*args)
+        except DB_FAULTS as e:
+            self.health.failed(e)
+        except SystemdError as e:
+            log.error("%s", e)
+        return None
 
     def _on_bus(self) -> None:
         try:
@@ -188,6 +232,8 @@ class MadreService:
         try:
             more = self.reg.process_requests(limit=BATCH) == BATCH
             self.reg.on_changes(self.sd.drain())
+        except DB_FAULTS as e:
+            self.health.failed(e)
         except Exception:
             log.exception("processing requests failed")
         self._refresh()
@@ -195,25 +241,73 @@ class MadreService:
             self._loop.call_soon(self._work)
 
     async def tick(self) -> None:
+        self._check_file()
+        if self.health.degraded or self.reg.held:
+            self._recover()
         self._work()  # requests a lost wake-up missed
-        self.reg.backstop()
-        self.win.tick()
-        if time.monotonic() - self._last_reconcile > RECONCILE_EVERY:
-            self._last_reconcile = time.monotonic()
-            for k, v in self.reg.reconcile().items():
-                self.m.reconcile.labels(k).inc(v)
+        self._guard(self.reg.backstop)
+        self._guard(self.win.tick)
+        if not self.health.degraded and \
+                time.monotonic() - self._last_reconcile > RECONCILE_EVERY:
+            self._reconcile()
         self._refresh()
 
+    def _check_file(self) -> None:
+        """A deleted or replaced DB file: stop writing (the writes would go to a file
+        no other daemon sees), hold the transitions, and say so loudly."""
+        problem = self.dbfile.problem()
+        if problem is None or not self.health.writable:
+            return  # fine, or already known (a file that came back: _recover reopens it)
+        self.health.failed(DbError(f"{self.db.path}: {CAUSES[problem]}; restore it "
+                                       "or run 'vx11ctl db migrate' to re-create it"),
+                               cause=problem)
+
+    def _recover(self) -> None:
+        """Retry (on the backoff schedule) what the DB refused: migrations, the held
+        transitions, then a reconcile; a restored or re-created file is reopened."""
+        if not self.health.due():
+            return
+        if self.health.cause == "read_only" and stale_read_only_view(self.db.path):
+            raise StaleMountNamespace(
+                f"{os.path.dirname(self.db.path)} is writable again, but madre's mount "
+                "namespace (set up while it was read-only) still sees it read-only; "
+                "exiting so systemd restarts madre in a fresh one (hija ends are re-read "
+                "from the journal)")
+        restore = False
+        if self.health.cause in ("db_missing", "db_replaced"):
+            if self.dbfile.problem() == "db_missing":
+                self.health.next_try = time.monotonic() + 1.0
+                return
+            self.db.close()  # the file at the path is back (or new): open that one
+            self.migrated = False
+            restore = True
+        self._migrate()
+        if not self.migrated:
+            return
+        if self.reg.flush(restore=restore) or not self.health.degraded:
+            self._reconcile()
+
     def _refresh(self) -> None:
-        running, nxt = self.reg.summary()
-        self.m.running.set(running)
-        self.m.next_expiry.set(nxt or 0)
-        text = f"{running} hija{'s' if running != 1 else ''} running"
-        if nxt is not None:
-            text += f", next expiry in {int(nxt + 0.999)}s"
+        summary = self._guard(self.reg.summary)
+        if summary is not None:
+            running, nxt = summary
+            # rows still `running` whose end madre holds (not recorded yet) ran out
+            running = max(0, running - len({h.hija_id for h in self.reg.held
+                                            if h.status in ENDED}))
+            nxt = nxt if running else None
+            self.m.running.set(running)
+            self.m.next_expiry.set(nxt or 0)
+            text = f"{running} hija{'s' if running != 1 else ''} running"
+            if nxt is not None:
+                text += f", next expiry in {int(nxt + 0.999)}s"
+        else:
+            text = "hija records unreadable"
         extra = self.win.summary()
         if extra:
             text += f"; {extra}"
+        if self.health.degraded or self.reg.held:
+            text += "; " + (self.health.text(len(self.reg.held))
+                            or f"{len(self.reg.held)} transitions pending")
         self._status = text
 
     def status(self) -> str:

@@ -15,7 +15,9 @@ from .systemd import PystemdClient
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the systemd client, and run until SIGTERM."""
     registry = metrics.new_registry("madre")
-    db = Database.from_config(cfg, migrate=True)
+    # migrations are applied by the service: a DB that refuses them degrades madre
+    # (the config check keeps one DB wait well inside WatchdogSec)
+    db = Database.from_config(cfg)
     sd = PystemdClient()
     service = MadreService(cfg, db, sd, registry)
     registry.register(FailedStreakCollector(Database.from_config(cfg, readonly=True),

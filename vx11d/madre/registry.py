@@ -25,10 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from .. import journal, textfmt
 from ..config import Config, HijaTemplate
 from ..db import Database, record_event
-from ..errors import DbError, InputError, SystemdError
+from ..degraded import DB_FAULTS, WriteHealth
+from ..errors import DbError, DbIntegrityError, InputError, SystemdError
 from ..hijas import (
     ENDED,
     LIVE,
@@ -44,6 +47,7 @@ from .systemd import Change, SystemdClient
 log = logging.getLogger("vx11.madre")
 
 SLICE = "vx11-hijas.slice"
+END_LOG_WAIT = 60.0  # how long reconcile waits for PID 1's end lines of a gone unit
 EVENT_OF = {HijaStatus.STARTING: "hija_spawned", HijaStatus.RUNNING: "hija_running",
             HijaStatus.EXPIRED: "hija_expired", HijaStatus.EXITED: "hija_exited",
             HijaStatus.FAILED: "hija_failed", HijaStatus.STOPPED: "hija_stopped",
@@ -70,6 +74,17 @@ class Tracked:
 def _killed_by_sigterm(props: dict[str, Any]) -> bool:
     """The main process ended by SIGTERM (ExecMainCode CLD_KILLED, status 15)."""
     return props.get("ExecMainCode") == 2 and props.get("ExecMainStatus") == 15
+
+
+@dataclass
+class Held:
+    """A transition madre saw but could not record yet (the DB refused the write)."""
+
+    hija_id: str
+    status: str
+    only_from: tuple[str, ...]
+    cols: dict[str, Any]
+    row: dict[str, Any]  # the row after the transition, to re-create a row the DB lost
 
 
 def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str],
@@ -148,68 +163,140 @@ class Registry:
     """Carries spawn and stop requests out and records how every hija ends."""
 
     def __init__(self, cfg: Config, db: Database, sd: SystemdClient, metrics: Any,
-                 clock=time.time) -> None:
+                 clock=time.time, health: WriteHealth | None = None) -> None:
         self.cfg, self.db, self.sd, self.m, self.clock = cfg, db, sd, metrics, clock
+        self.health = health or WriteHealth("madre", CollectorRegistry(), log)
         self.ends_dir = memory.ends_dir(cfg.gateway.madre_wake_socket)
         self.tracked: dict[str, Tracked] = {}  # unit name -> Tracked
+        # transitions seen while the DB refused writes, in the order they happened
+        self.held: list[Held] = []
+        # hija id -> its row as madre last knew it (live hijas and held ends), so a row
+        # the DB lost (file deleted, restored from an older copy) can be re-created
+        self.rows: dict[str, dict[str, Any]] = {}
+        # hija id -> when reconcile first found its unit gone with no end logged yet
+        self._end_awaited: dict[str, float] = {}
         # called (hija id, status) after a row committed running or an end state
         self.on_settled: Callable[[str, str], None] | None = None
 
-    # --- transitions -----------------------------------------------------------------
+    # --- transitions ---------------------------------------------------------------
     def _transition(self, hija_id: str, status: str, *, only_from: tuple[str, ...] = LIVE,
                     level: int = logging.INFO, **cols: Any) -> bool:
-        """Move one row to ``status`` (if it is in ``only_from``), with its event."""
+        """Move one row to ``status`` (if it is in ``only_from``), with its event.
+
+        When the DB refuses the write (or earlier transitions still wait), the
+        transition is held in order and recorded by :meth:`flush` once the DB takes
+        writes again; it returns False then, as for a row not in ``only_from``."""
         now = self.clock()
         if status in ENDED:
             cols.setdefault("ended_at", now)
-
-        def fn(c: sqlite3.Connection) -> str | bool:
-            """The row's template if it moved, False if it was not in ``only_from``."""
-            sets = ", ".join(f"{k} = ?" for k in ("status", *cols))
-            marks = ",".join("?" * len(only_from))
-            row = c.execute(f"UPDATE spawner_hijas SET {sets} WHERE id = ? AND status IN "  # noqa: S608
-                            f"({marks}) RETURNING template",
-                            (status, *cols.values(), hija_id, *only_from)).fetchone()
-            if row is None:
-                return False
-            record_event(c, "madre", EVENT_OF[status], subject=hija_id, status=status,
-                         **cols)
-            return row[0]
-
-        template = self.db.write(fn)
+        row = {**self.rows.get(hija_id, {}), "status": status, **cols}
+        if hija_id in self.rows:
+            self.rows[hija_id] = row
+        held = Held(hija_id, status, only_from, cols, row)
+        if self.held or not self.health.due() or not self.health.writable:
+            return self._hold(held, level, None)
+        try:
+            template = self.db.write(lambda c: _apply(c, held, restore=False))
+        except DbIntegrityError:
+            raise
+        except DB_FAULTS as e:
+            return self._hold(held, level, e)
+        self.health.recovered()
         done = template is not False
         if done:
-            if status == HijaStatus.OOM:  # the reason says it all, in a sysadmin's words
-                detail = str(cols.get("reason"))
-            else:
-                detail = textfmt.fields({k: v for k, v in cols.items()
-                                         if k not in ("ended_at", "memory_max", "memory_peak")},
-                                        now)
-            oom = status == HijaStatus.OOM
-            journal.event(log, EVENT_OF[status], "hija %s %s: %s" if oom else
-                          "hija %s %s%s", hija_id, status,
-                          detail if oom else (f" ({detail})" if detail else ""),
-                          level=level, hija_id=hija_id, pid=cols.get("main_pid"),
-                          template=template, memory_max=cols.get("memory_max"),
-                          memory_peak=cols.get("memory_peak"))
-            if status in ENDED:
-                self.m.ended.labels(template, status).inc()
-            if self.on_settled is not None and status in SETTLED:
-                self.on_settled(hija_id, status)
+            self._recorded(held, level, str(template))
         return done
+
+    def _hold(self, held: Held, level: int, e: DbError | None) -> bool:
+        if e is not None:
+            self.health.failed(e)
+        self.held.append(held)
+        self.m.held.set(len(self.held))
+        self._log(held, level, " (not recorded yet: "
+                  + (self.health.text(0).removeprefix("degraded: ")
+                     or "earlier transitions pending") + ")",
+                  str(held.row.get("template") or ""))
+        return False
+
+    def _log(self, held: Held, level: int, suffix: str, template: str) -> None:
+        status, cols = held.status, held.cols
+        if status == HijaStatus.OOM:  # the reason says it all, in a sysadmin's words
+            detail = str(cols.get("reason"))
+        else:
+            detail = textfmt.fields({k: v for k, v in cols.items()
+                                     if k not in ("ended_at", "memory_max", "memory_peak")},
+                                    self.clock())
+        journal.event(log, EVENT_OF[status], ("hija %s %s: %s" if status == HijaStatus.OOM else
+                                              "hija %s %s%s") + suffix, held.hija_id, status,
+                      detail if status == HijaStatus.OOM else (f" ({detail})" if detail else ""),
+                      level=level, hija_id=held.hija_id,
+                      pid=cols.get("main_pid"), template=template or None,
+                      memory_max=cols.get("memory_max"), memory_peak=cols.get("memory_peak"))
+
+    def _recorded(self, held: Held, level: int, template: str, *,
+                  logged: bool = False) -> None:
+        status = held.status
+        if not logged:
+            self._log(held, level, "", template)
+        if status in ENDED:
+            self.m.ended.labels(template, status).inc()
+            self.rows.pop(held.hija_id, None)
+        if self.on_settled is not None and status in SETTLED:
+            self.on_settled(held.hija_id, status)
+
+    def flush(self, *, restore: bool = False) -> int:
+        """Record the held transitions (oldest first) in one write; how many were written.
+
+        Also the probe that ends degraded mode: while degraded it writes a
+        ``madre_db_recovered`` event even with nothing held. With ``restore`` (the DB
+        file was replaced or re-created) every row madre knows that the DB lacks is
+        re-created first, so no hija record is lost across a restore."""
+        if not self.held and not self.health.degraded and not restore:
+            return 0
+        if not self.health.due():
+            return 0
+        batch = list(self.held)
+        cause = self.health.cause
+        live = [dict(r) for r in self.rows.values()] if restore else []
+
+        def fn(c: sqlite3.Connection) -> list[tuple[Held, str | bool]]:
+            created = sum(_insert_missing(c, r) for r in live)
+            out = [(h, _apply(c, h, restore=True)) for h in batch]
+            if cause is not None or created:
+                record_event(c, "madre", "madre_db_recovered", cause=cause or "",
+                             transitions=len(batch), rows_recreated=created)
+            return out
+
+        try:
+            done = self.db.write(fn)
+        except DB_FAULTS as e:
+            self.health.failed(e)
+            return 0
+        del self.held[:len(batch)]
+        self.m.held.set(len(self.held))
+        for h, template in done:
+            if template is not False:
+                self._recorded(h, logging.INFO, str(template), logged=True)
+        self.health.recovered(f"{len(batch)} held transition"
+                              f"{'s' if len(batch) != 1 else ''} recorded" if batch else "")
+        return len(batch)
 
     # --- requests ----------------------------------------------------------------------
     def process_requests(self, limit: int = 1000) -> int:
         """Start up to ``limit`` ``requested`` rows and carry out stop requests; how many
         requests were looked at (== limit: call again, more may wait)."""
-        rows = self.db.query("SELECT id, template, args, ttl_s, unit, stop_requested_at "
-                             "FROM spawner_hijas WHERE status = ? "
+        if self.held or not self.health.due() or not self.health.writable:
+            return 0  # nothing new starts while madre cannot record what it starts
+        rows = self.db.query("SELECT * FROM spawner_hijas WHERE status = ? "
                              "ORDER BY created_at LIMIT ?", (HijaStatus.REQUESTED, limit))
         for r in rows:
             try:
                 self._spawn(r)
-            except DbError:
+            except DbIntegrityError:
                 raise
+            except DB_FAULTS as e:  # not started: the row stays requested for a later pass
+                self.health.failed(e)
+                return 0
             except Exception as e:  # a poison request must not crash-loop madre
                 log.exception("spawning hija %s failed", r["id"])
                 self.tracked.pop(r["unit"], None)
@@ -251,10 +338,13 @@ class Registry:
                 return False
             record_event(c, "madre", "hija_spawned", subject=hid, status=HijaStatus.STARTING,
                          unit=unit, port=port, ttl_s=ttl, template=r["template"])
+            self.rows[hid] = {**dict(r), "status": HijaStatus.STARTING, "port": port,
+                              "started_at": now, "expires_at": now + ttl}
             return port
 
         try:
             port = self.db.write(to_starting)
+            self.health.recovered()
         except ports.PortsExhausted as e:
             self._transition(hid, HijaStatus.FAILED, only_from=(HijaStatus.REQUESTED,),
                              reason=str(e), level=logging.WARNING)
@@ -299,10 +389,11 @@ class Registry:
 
     def process_stops(self) -> None:
         """Stop the live hijas someone asked to stop (DELETE, vx11ctl hijas stop)."""
-        rows = self.db.query("SELECT id, unit, status FROM spawner_hijas WHERE "
+        rows = self.db.query("SELECT * FROM spawner_hijas WHERE "
                              "stop_requested_at IS NOT NULL AND status IN "
                              "(?, ?)", STARTED)
         for r in rows:
+            self.rows.setdefault(r["id"], dict(r))
             tr = self.tracked.get(r["unit"])
             if tr is not None and tr.stop_as is not None:
                 continue
@@ -400,7 +491,7 @@ class Registry:
         if self._is_end(tr) or (removed and tr.seen_active):
             self._record_end(unit, tr)
 
-    def _record_end(self, unit: str, tr: Tracked) -> None:
+    def _record_end(self, unit: str, tr: Tracked, note: str = "") -> None:
         self.tracked.pop(unit, None)
         result = str(tr.props.get("Result") or "")
         status_code = tr.props.get("ExecMainStatus")
@@ -437,6 +528,8 @@ class Registry:
             cols["reason"] = memory.oom_reason(report, limit, result, status_code)
         elif status == HijaStatus.FAILED:
             cols["reason"] = f"systemd result {result or 'unknown'}, exit status {status_code}"
+        if note:
+            cols["reason"] = f"{cols.get('reason') or 'ended'} ({note})"
         self._transition(tr.hija_id, status, only_from=STARTED,
                          level=logging.WARNING if status in (HijaStatus.FAILED, HijaStatus.OOM)
                          else logging.INFO,
@@ -446,9 +539,13 @@ class Registry:
     def backstop(self) -> None:
         """Stop hijas still alive past expires_at + backstop_grace (systemd should have)."""
         limit = self.clock() - self.cfg.madre.backstop_grace
-        rows = self.db.query("SELECT id, unit FROM spawner_hijas WHERE status = ? "
+        rows = self.db.query("SELECT * FROM spawner_hijas WHERE status = ? "
                              "AND expires_at < ?", (HijaStatus.RUNNING, limit))
+        ending = {h.hija_id for h in self.held if h.status in ENDED}
         for r in rows:
+            if r["id"] in ending:
+                continue  # it ended; the DB has not been told yet
+            self.rows.setdefault(r["id"], dict(r))
             tr = self.tracked.get(r["unit"])
             if tr is not None and tr.stop_as is not None:
                 continue
@@ -465,12 +562,16 @@ class Registry:
     def reconcile(self) -> dict[str, int]:
         """Make the DB and systemd agree: settle rows without units, stop units without rows."""
         fixed = {"lost": 0, "ended": 0, "adopted": 0, "orphans": 0}
-        rows = self.db.query("SELECT id, unit, status, ttl_s FROM spawner_hijas WHERE "
+        rows = self.db.query("SELECT * FROM spawner_hijas WHERE "
                              "status IN (?, ?)", STARTED)
         live_units = set()
+        ending = {h.hija_id for h in self.held if h.status in ENDED}
         for r in rows:
             unit = r["unit"]
             live_units.add(unit)
+            if r["id"] in ending:
+                continue  # its end is held until the DB takes writes
+            self.rows.setdefault(r["id"], dict(r))
             p = self.sd.properties(unit)
             if p is None or p.get("LoadState") == "not-found":
                 # The unit may have ended and been collected while its end signals still
@@ -478,6 +579,11 @@ class Registry:
                 # (_transition only moves a row that is still live.)
                 self.on_changes(self.sd.drain())
                 self.tracked.pop(unit, None)
+                how = self._settle_gone(r)
+                if how == "ended":  # its end as PID 1 logged it (OOM included)
+                    fixed["ended"] += 1
+                if how:  # ended, or its end not logged yet (asked again next time)
+                    continue
                 report = memory.take(self.ends_dir, r["id"])
                 if report is not None and report.oom:
                     self._transition(r["id"], HijaStatus.OOM, only_from=STARTED,
@@ -487,8 +593,8 @@ class Registry:
                                                               "", "unknown (seen at reconcile)"))
                     continue
                 if self._transition(r["id"], HijaStatus.LOST, only_from=STARTED,
-                                    level=logging.WARNING,
-                                    reason=f"unit {unit} gone at reconcile (was {r['status']})"):
+                                    level=logging.WARNING, reason=f"unit {unit} gone at "
+                                    f"reconcile (was {r['status']}), no end in the journal"):
                     fixed["lost"] += 1
                 continue
             tr = self.tracked.get(unit)
@@ -507,7 +613,10 @@ class Registry:
                 continue
             hid = name.removeprefix("vx11-hija-").removesuffix(".service")
             self._stop_unit(name)
-            self.db.event("madre", "hija_orphan_stopped", subject=hid, unit=name)
+            try:
+                self.db.event("madre", "hija_orphan_stopped", subject=hid, unit=name)
+            except DB_FAULTS as e:
+                self.health.failed(e)
             journal.event(log, "hija_orphan_stopped", "unit %s has no live DB row; stopped",
                           name, level=logging.WARNING, hija_id=hid)
             fixed["orphans"] += 1
@@ -517,6 +626,48 @@ class Registry:
                      extra={"VX11_EVENT": "hija_reconcile"})
         return fixed
 
+    def _settle_gone(self, r: sqlite3.Row) -> str:
+        """A live row whose unit systemd has collected (it ended while madre was down or
+        could not write): record the end systemd logged for it. ``"ended"`` when
+        recorded (or held), ``"later"`` when PID 1's end lines may still be on their way,
+        ``""`` when the journal knows no end (the caller calls it lost)."""
+        if r["status"] not in STARTED:
+            return ""
+        try:
+            end = self.sd.last_result(r["unit"], since=float(r["started_at"] or 0))
+        except SystemdError as e:
+            log.warning("reading the end of %s from the journal: %s", r["unit"], e)
+            return ""
+        if end is None:
+            return ""
+        if end.get("EndNotLogged"):
+            # journald may not have written PID 1's last lines yet: ask again at the next
+            # reconcile, and call it lost only if the end never shows up
+            first = self._end_awaited.setdefault(r["id"], time.monotonic())
+            return "later" if time.monotonic() - first < END_LOG_WAIT else ""
+        self._end_awaited.pop(r["id"], None)
+        if end.get("NeverStarted"):
+            if r["status"] != HijaStatus.STARTING:
+                return ""
+            # madre recorded `starting`, then stopped before StartTransientUnit: the
+            # hija never ran (nothing to lose, nothing to stop)
+            self.tracked.pop(r["unit"], None)
+            self._transition(r["id"], HijaStatus.FAILED, only_from=(HijaStatus.STARTING,),
+                             level=logging.WARNING, reason="its unit never started "
+                             "(madre was interrupted before starting it)")
+            return "ended"
+        tr = Tracked(r["id"], float(r["ttl_s"]), time.monotonic(), seen_active=True,
+                     running=r["status"] == HijaStatus.RUNNING,
+                     stop_as=HijaStatus.STOPPED if r["stop_requested_at"] is not None else None)
+        tr.props.update(end)
+        tr.props.setdefault("ActiveState", "inactive")
+        self._record_end(r["unit"], tr, note="from the journal")
+        return "ended"
+
+    def end_awaited(self) -> bool:
+        """True while reconcile waits for the logged end of a collected unit."""
+        return bool(self._end_awaited)
+
     # --- status --------------------------------------------------------------------------
     def summary(self) -> tuple[int, float | None]:
         """(running hijas, seconds to the next expiry or None)."""
@@ -524,3 +675,46 @@ class Registry:
                           "status = ?", (HijaStatus.RUNNING,))[0]
         nxt = None if r[1] is None else max(0.0, r[1] - self.clock())
         return int(r[0]), nxt
+
+
+def _apply(c: sqlite3.Connection, h: Held, *, restore: bool) -> str | bool:
+    """One transition inside the caller's write: the row update and its event; the
+    row's template if it moved, False if it was not in ``only_from``.
+
+    ``restore``: a row the DB does not have at all (lost with a deleted or replaced
+    file) is re-created from madre's copy, in the state after the transition."""
+    sets = ", ".join(f"{k} = ?" for k in ("status", *h.cols))
+    marks = ",".join("?" * len(h.only_from))
+    row = c.execute(f"UPDATE spawner_hijas SET {sets} WHERE id = ? AND status IN "  # noqa: S608
+                    f"({marks}) RETURNING template",
+                    (h.status, *h.cols.values(), h.hija_id, *h.only_from)).fetchone()
+    if row is not None:
+        template = str(row[0])
+    elif restore and _insert_missing(c, h.row):
+        template = str(h.row.get("template") or "unknown")
+    else:
+        return False
+    record_event(c, "madre", EVENT_OF[h.status], subject=h.hija_id, status=h.status,
+                 **h.cols)
+    return template
+
+
+def _insert_missing(c: sqlite3.Connection, row: dict[str, Any]) -> bool:
+    """Re-create ``row`` if the DB has no row with its id (columns the table lacks are
+    left out); True when it was inserted."""
+    if not row.get("id") or not row.get("unit") or c.execute(
+            "SELECT 1 FROM spawner_hijas WHERE id = ?", (row["id"],)).fetchone():
+        return False
+    have = {r[1] for r in c.execute("PRAGMA table_info(spawner_hijas)")}
+    keep = {k: v for k, v in row.items() if k in have}
+    keep.setdefault("template", "unknown")
+    keep.setdefault("ttl_s", 1)
+    keep.setdefault("created_at", time.time())
+    names = ", ".join(keep)
+    c.execute(f"INSERT INTO spawner_hijas ({names}) VALUES "  # noqa: S608
+              f"({','.join('?' * len(keep))})", tuple(keep.values()))
+    record_event(c, "madre", "hija_restored", subject=row["id"], status=row.get("status"))
+    log.warning("hija %s: row missing from the DB, re-created from madre's copy (%s)",
+                row["id"], row.get("status"), extra={"VX11_EVENT": "hija_restored",
+                                                     "VX11_HIJA_ID": row["id"]})
+    return True

@@ -56,6 +56,7 @@ class SystemdClient(Protocol):
     def readback(self, name: str) -> dict[str, Any] | None: ...
     def load_state(self, name: str) -> str: ...
     def list_units(self, pattern: str) -> list[tuple[str, str, str]]: ...
+    def last_result(self, name: str, since: float = 0.0) -> dict[str, Any] | None: ...
     def close(self) -> None: ...
 
 
@@ -217,6 +218,15 @@ class PystemdClient:
                           apply_signature(b"asas", [[], [pattern.encode()]]))
         return [(text(u[0]), text(u[3]), text(u[4])) for u in body]
 
+    def last_result(self, name: str, since: float = 0.0) -> dict[str, Any] | None:
+        """How a unit systemd no longer knows ended, from what PID 1 logged about it
+        this boot (``Result``, ``ExecMainStatus``, ``InactiveEnterTimestamp`` as the
+        unit would have shown them); None when the journal holds no end for it. Entries
+        before ``since`` (the row's start, epoch seconds) are skipped; with ``since``,
+        ``{"NeverStarted": True}`` when PID 1 logged nothing at all about the unit,
+        ``{"EndNotLogged": True}`` when it logged the unit but no end (yet)."""
+        return journal_end(name, since)
+
     def close(self) -> None:
         from pystemd.dbusexc import DBusBaseError
 
@@ -226,3 +236,48 @@ class PystemdClient:
                     bus.close()
                 except DBusBaseError as e:  # closing a dead bus is not worth a crash
                     log.debug("closing bus: %s", e)
+
+
+UNIT_SUCCESS = "7ad2d189f7e94e70a38c781354912448"  # "Deactivated successfully."
+UNIT_FAILURE_RESULT = "d9b373ed55a64feb8242e02dbe79a49c"  # "Failed with result '...'"
+UNIT_PROCESS_EXIT = "98e322203f7a4ed290d09fe03c09fe15"  # "Main process exited, ..."
+
+
+def journal_end(name: str, since: float = 0.0) -> dict[str, Any] | None:
+    """The end of ``name`` as systemd logged it (see :meth:`PystemdClient.last_result`)."""
+    try:
+        from systemd import journal as sdj
+
+        reader = sdj.Reader()
+    except (ImportError, OSError) as e:
+        raise SystemdError(f"cannot open the journal: {e}") from e
+    out: dict[str, Any] = {}
+    seen = False
+    try:
+        reader.add_match(UNIT=name, _PID="1")
+        if since > 0:  # (no this_boot(): ProcSubset=pid hides the boot id)
+            reader.seek_realtime(since - 1)
+        for entry in reader:
+            seen = True
+            mid = entry.get("MESSAGE_ID")
+            mid = getattr(mid, "hex", str(mid or ""))
+            if mid == UNIT_PROCESS_EXIT:
+                try:
+                    out["ExecMainStatus"] = int(entry.get("EXIT_STATUS", 0))
+                except (TypeError, ValueError):
+                    out["ExecMainStatus"] = None
+            elif mid in (UNIT_SUCCESS, UNIT_FAILURE_RESULT):
+                out["Result"] = str(entry.get("UNIT_RESULT") or "success")
+                out["ActiveState"] = "inactive" if mid == UNIT_SUCCESS else "failed"
+                ts = entry.get("__REALTIME_TIMESTAMP")
+                if ts is not None:
+                    out["InactiveEnterTimestamp"] = int(ts.timestamp() * 1e6)
+    except OSError as e:
+        raise SystemdError(f"reading the journal for {name}: {e}") from e
+    finally:
+        reader.close()
+    if "Result" in out:
+        return out
+    if seen:  # PID 1 logged the unit, not (yet) its end: journald may lag a collect
+        return {"EndNotLogged": True}
+    return {"NeverStarted": True} if since > 0 else None

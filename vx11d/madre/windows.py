@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import journal
 from ..config import Config
 from ..db import Database, record_event
-from ..errors import SystemdError
+from ..degraded import DB_FAULTS
+from ..errors import DbError, SystemdError
 from ..hijas import COMPONENTS
 from .systemd import SystemdClient
 
@@ -34,6 +36,9 @@ class Windows:
         self.cfg, self.db, self.sd, self.m, self.clock = cfg, db, sd, metrics, clock
         self._missing_logged = False
         self._wanted: bool | None = None  # Hermes wanted at the previous tick
+        # set by madre: whether a DB write may be tried now, and where its failure goes
+        self.may_write: Callable[[], bool] = lambda: True
+        self.on_write_error: Callable[[DbError], Any] = lambda e: log.error("%s", e)
         self.live: dict[str, float] = {}
 
     def tick(self) -> None:
@@ -49,9 +54,15 @@ class Windows:
                              activation_id=r[0])
             return [(r[0], r[1]) for r in rows]
 
-        if self.db.query("SELECT 1 FROM activations WHERE ended_at IS NULL AND "
-                         "expires_at <= ? LIMIT 1", (now,)):
-            for aid, comp in self.db.write(expire):
+        if self.may_write() and self.db.query(
+                "SELECT 1 FROM activations WHERE ended_at IS NULL AND expires_at <= ? "
+                "LIMIT 1", (now,)):
+            try:
+                ended = self.db.write(expire)
+            except DB_FAULTS as e:  # recorded later; Hermes is stopped all the same
+                self.on_write_error(e)
+                ended = []
+            for aid, comp in ended:
                 journal.event(log, "activation_expired", "activation window %d of %s expired",
                               aid, comp, component_name=comp)
         live: dict[str, float] = {}

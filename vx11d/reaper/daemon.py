@@ -11,8 +11,9 @@ from typing import Any
 
 from .. import journal
 from ..config import Config
-from ..db import Database, record_event
-from ..errors import DbError
+from ..db import Database, apply_migrations, record_event, stale_read_only_view
+from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
+from ..errors import DbError, StaleMountNamespace
 from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
@@ -21,6 +22,7 @@ from .rules import HIJA_RULE, Evaluator, Finding, HijaLookup, Report
 from .track import Tracker, fd_budget
 
 COMPONENT = "reaper"
+MAX_HELD = 10_000  # records held while the DB refuses writes (the oldest go first)
 EVENT_HOLD = 0.2  # after handling exit events, wait this long before the next batch
 RETRACK_SHARE = 0.8  # polling goes back to events when the table is below this share
 log = logging.getLogger("vx11.reaper")
@@ -77,11 +79,16 @@ class ReaperService:
 
     def __init__(self, cfg: Config, db: Database | None, metrics: ReaperMetrics, *,
                  proc_path: str = "/proc", clock: Any = time.monotonic,
-                 breaker_file: str | None = None):
+                 health: WriteHealth | None = None, breaker_file: str | None = None):
         self.proc_path = proc_path
         self.breaker = Breaker(cfg.reaper, breaker_file, clock)
         self.db = db
         self.m = metrics
+        # records the DB refused: held (bounded) and written once it takes writes again
+        self.health = health or WriteHealth("reaper", metrics.registry, log, clock=clock,
+                                            path=db.path if db is not None else None)
+        self.dbfile = DbFileWatch(db.path) if db is not None else None
+        self.migrated = db is None
         self.clock = clock
         self.term = Terminator(clock)
         self.next_scan = 0.0
@@ -167,7 +174,20 @@ class ReaperService:
                 nxt = min(nxt, self.hold_until)
         return max(0.01, nxt - now)
 
+    def _migrate(self) -> None:
+        if self.migrated or self.db is None:
+            return
+        try:
+            apply_migrations(self.db)
+        except DB_FAULTS as e:
+            self.health.failed(e)
+            return
+        self.migrated = True
+        if self.dbfile is not None:
+            self.dbfile.opened()
+
     def start(self) -> None:
+        self._migrate()
         journal.event(log, "reaper_started", "reaper up: %d rules, interval %.1fs, "
                       "max %d kills per scan", len(self.rc.rules), self.rc.interval,
                       self.rc.max_kills_per_scan, pid=os.getpid())
@@ -206,12 +226,17 @@ class ReaperService:
         total = sum(len(z) for z in zp.values())
         top = rep.top_zombie_parent()
         if top is None:
-            return f"0 zombies, {a}, {len(rep.snapshot.procs)} processes"
-        pid, n, comm = top
-        if len(zp) == 1:
-            return f"{total} zombies under pid {pid} ({comm}), {a}"
-        return (f"{total} zombies under {len(zp)} parents (most: {n} under pid {pid} "
-                f"({comm})), {a}")
+            text = f"0 zombies, {a}, {len(rep.snapshot.procs)} processes"
+        elif len(zp) == 1:
+            pid, n, comm = top
+            text = f"{total} zombies under pid {pid} ({comm}), {a}"
+        else:
+            pid, n, comm = top
+            text = (f"{total} zombies under {len(zp)} parents (most: {n} under pid {pid} "
+                    f"({comm})), {a}")
+        if self.health.degraded:
+            text += "; " + self.health.text(len(self._rows), "record")
+        return text
 
     def reload(self, cfg: Config) -> None:
         self._configure(cfg)
@@ -433,24 +458,76 @@ class ReaperService:
                            outcome, f.hija_id if f.hija_row else None, detail, f.event))
 
     def _flush(self) -> None:
-        if not self._rows or self.db is None:
+        if self.db is None:
             self._rows.clear()
             return
+        self._check_file()
+        if not self.health.due() or not self.health.writable:
+            self._bound_held()
+            return
+        if self.health.degraded:
+            if self.health.cause == "read_only" and stale_read_only_view(self.db.path):
+                raise StaleMountNamespace(
+                    f"{os.path.dirname(self.db.path)} is writable again, but the reaper's "
+                    "mount namespace (set up while it was read-only) still sees it "
+                    "read-only; exiting so systemd restarts it in a fresh one")
+            self._migrate()
+            if not self.migrated:
+                return
+        elif not self._rows:
+            return
         rows, self._rows = self._rows, []
+        cause = self.health.cause
 
         def write(conn: Any) -> None:
             for ts, pid, start, comm, rule, action, sig, outcome, hija, detail, ev in rows:
+                # hija_id only if the row exists now (a restored DB may lack it)
                 conn.execute(
                     "INSERT INTO reaper_actions (ts, pid, start_time, comm, rule, action, "
-                    "signal, outcome, hija_id, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "signal, outcome, hija_id, detail) VALUES (?,?,?,?,?,?,?,?,"
+                    "(SELECT id FROM spawner_hijas WHERE id = ?),?)",
                     (ts, pid, start, comm, rule, action, sig, outcome, hija,
                      json.dumps(detail, sort_keys=True)))
                 record_event(conn, COMPONENT, ev, subject=f"hija:{hija}" if hija
                              else f"pid:{pid}", pid=pid, comm=comm, rule=rule, signal=sig,
                              outcome=outcome)
+            if cause is not None:  # also the probe that ends degraded mode
+                record_event(conn, COMPONENT, "reaper_db_recovered", cause=cause,
+                             records=len(rows))
 
         try:
             self.db.write(write)
-        except DbError as e:
-            log.error("could not record %d reaper actions: %s", len(rows), e,
-                      extra={"VX11_EVENT": "reaper_record_failed"})
+        except DB_FAULTS as e:
+            self._rows[:0] = rows  # held, oldest first, for the next try
+            self.health.failed(e)
+            self._bound_held()
+            return
+        self.health.recovered(f"{len(rows)} held record{'s' if len(rows) != 1 else ''} "
+                              "written" if self.health.degraded else "")
+
+    def _check_file(self) -> None:
+        """The DB file deleted or replaced: hold the records (a write would land in a
+        file nobody else sees); the file back at the path is reopened and tried."""
+        if self.dbfile is None or self.db is None:
+            return
+        problem = self.dbfile.problem()
+        if problem is None:
+            return
+        if self.health.writable and not self.health.file_back:
+            self.health.failed(DbError(f"{self.dbfile.path}: {CAUSES[problem]}"),
+                               cause=problem)
+        elif problem == "db_replaced":
+            self.db.close()
+            self.migrated = False
+            self.dbfile.opened()
+            self.health.file_back = True
+            self.health.next_try = 0.0
+
+    def _bound_held(self) -> None:
+        over = len(self._rows) - MAX_HELD
+        if over > 0:
+            del self._rows[:over]
+            self.m.records_dropped.inc(over)
+            log.error("dropped the %d oldest reaper records held while the DB refuses "
+                      "writes (more than %d); their journal entries remain", over, MAX_HELD,
+                      extra={"VX11_EVENT": "reaper_records_dropped"})

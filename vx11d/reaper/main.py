@@ -123,7 +123,7 @@ def main(cfg: Config, argv: list[str]) -> int:
         return scan_once(cfg, args.proc, args.json, args.rule)
     if args.rule:
         raise ConfigError("--rule", "", "--rule is only for --scan-once")
-    db = Database.from_config(cfg, migrate=True)
+    db = Database.from_config(cfg)  # migrated by the service (or degraded until it can)
     registry = new_registry("reaper", proc_path=args.proc)
     service = ReaperService(cfg, db, ReaperMetrics(registry), proc_path=args.proc,
                             breaker_file=cfg.reaper.breaker_file)

@@ -15,6 +15,7 @@ class ReaperMetrics:
     """Every metric the reaper exports, registered on the registry passed in."""
 
     def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
         self.scanned = Gauge("vx11_reaper_processes_scanned",
                              "Processes seen in the last scan", registry=registry)
         self.zombies = Gauge("vx11_reaper_zombies", "Zombies in the last scan, by the rule "
@@ -42,6 +43,9 @@ class ReaperMetrics:
         self.hija_lookup_failures = Counter("vx11_reaper_hija_lookup_failures",
                                             "Scans that could not read hija records",
                                             registry=registry)
+        self.records_dropped = Counter("vx11_reaper_records_dropped", "Records dropped "
+                                       "because more than the bound were held while the "
+                                       "DB refused writes", registry=registry)
         self.tracking = Gauge("vx11_reaper_event_tracking", "1 while processes are tracked "
                               "by pidfd events, 0 while polling (full scans)",
                               registry=registry)

@@ -18,7 +18,7 @@ from typing import Any
 from .. import journal, metrics
 from ..config import Config
 from ..db import Database, record_event
-from ..errors import Vx11Error
+from ..degraded import CAUSES, DB_FAULTS, cause_of
 from . import report, run
 
 EX_TEMPFAIL = 75
@@ -55,6 +55,10 @@ def main(cfg: Config, argv: list[str]) -> int:
     if not args.dry_run:
         record(cfg, rep)
     fields = report.summary_fields(rep)
+    if rep.get("not_recorded"):
+        journal.event(log, "rotation_not_recorded", "rotation done but not recorded: %s "
+                      "(its figures are in this journal's rotation_finished entry)",
+                      "; ".join(rep["not_recorded"]), level=logging.ERROR)
     for e in rep["errors"]:
         journal.event(log, "rotation_error", "%s", e, level=logging.ERROR)
     journal.event(log, "rotation_finished",
@@ -72,8 +76,14 @@ def main(cfg: Config, argv: list[str]) -> int:
 
 
 def record(cfg: Config, rep: dict[str, Any]) -> None:
-    """The ``rotations`` row, an ``events`` row and the textfile (errors added to rep)."""
+    """The ``rotations`` row, an ``events`` row and the textfile.
+
+    A DB or textfile that cannot be written (read-only or full state, DB missing) does
+    not make the rotation a failure: the archives are written and verified, no audit
+    dir is lost. It is reported instead (``rep["not_recorded"]``, the journal's
+    ``rotation_not_recorded``, ``vx11_rotate_recorded 0`` in the textfile)."""
     last_success = rep["finished_at"] if not rep["errors"] else None
+    rep["not_recorded"] = []
     try:
         db = Database.from_config(cfg, migrate=True)
         try:
@@ -88,11 +98,11 @@ def record(cfg: Config, rep: dict[str, Any]) -> None:
             last_success = db.write(write)
         finally:
             db.close()
-    except Vx11Error as e:
-        rep["errors"].append(f"database: {e}")
-        last_success = None
+    except DB_FAULTS as e:
+        rep["not_recorded"].append(f"database {cfg.db.path}: {CAUSES[cause_of(e, cfg.db.path)]}"
+                                   f" ({e})")
     path = os.path.join(cfg.rotate.textfile_dir, "vx11_rotate.prom")
     try:
         metrics.write_textfile(report.registry(rep, last_success), path)
     except OSError as e:
-        rep["errors"].append(f"textfile {path}: {e.strerror or e}")
+        rep["not_recorded"].append(f"textfile {path}: {e.strerror or e}")

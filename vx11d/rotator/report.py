@@ -59,6 +59,7 @@ def text(rep: dict[str, Any]) -> str:
             lines.append(f"  kept in place: {d['root']}/{d['name']}/{k['rel']}: {k['reason']}")
     lines += [f"  {a}" for a in rep["actions"]]
     lines += [f"  ERROR {e}" for e in rep["errors"]]
+    lines += [f"  NOT RECORDED {e}" for e in rep.get("not_recorded", [])]
     return "\n".join(lines)
 
 
@@ -115,6 +116,9 @@ def registry(rep: dict[str, Any], last_success: float | None) -> CollectorRegist
     gauge("vx11_rotate_output_bytes", "bytes of archives written by the last rotation",
           s["bytes_out"])
     gauge("vx11_rotate_errors", "errors in the last rotation", s["errors"])
+    gauge("vx11_rotate_recorded", "1 when the last rotation's row reached the DB (0: the "
+          "DB refused it; see the journal's rotation_not_recorded)",
+          0 if rep.get("not_recorded") else 1)
     gauge("vx11_rotate_active_dirs", "audit dirs not yet due (future-dated ones not "
           "counted)", s["active_dirs"])
     gauge("vx11_rotate_archives", "archives in the archive dirs", s["archive_count"])

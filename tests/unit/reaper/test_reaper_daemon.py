@@ -137,3 +137,29 @@ def test_scan_report_is_json_ready(tmp_path):
     assert data["zombie_parents"][0] == {"parent_pid": 123, "parent_comm": "leaky",
                                          "zombies": 2, "zombie_pids": [BASE + 1, BASE + 2]}
     assert data["findings"][0]["rule"] == "leaky"
+
+
+def test_reaper_dropped_its_records_on_a_failed_write_now_holds_and_writes_them(
+        tmp_path, dbpath):
+    """Regression (issue 10): a reaper_actions write that failed (read-only state, full
+    disk) was logged and the records thrown away; now they are held and written once
+    the DB takes writes, and STATUS says so meanwhile."""
+    fp = leaky_tree(tmp_path)
+    db = Database(dbpath)
+    clock = Clock()
+    svc, reg = service(fp, LEAKY.replace("observe_log_interval: 60",
+                                         "observe_log_interval: 100\n  interval: 30"),
+                       db=db, clock=clock)
+    db.conn.execute("PRAGMA query_only=1")  # every write now fails as on a read-only fs
+    svc.tick()
+    assert db.query("SELECT count(*) FROM reaper_actions")[0][0] == 0
+    assert svc.status().endswith("degraded: state read-only, 1 record pending")
+    assert 'vx11_reaper_degraded{cause="read_only"} 1.0' in generate_latest(reg).decode()
+    db.conn.execute("PRAGMA query_only=0")
+    clock.t += 30
+    svc.tick()
+    rows = db.query("SELECT pid, outcome FROM reaper_actions")
+    assert [tuple(r) for r in rows] == [(123, "observed")]
+    assert "degraded" not in svc.status()
+    assert db.query("SELECT count(*) FROM events WHERE event = 'reaper_db_recovered'"
+                    )[0][0] == 1

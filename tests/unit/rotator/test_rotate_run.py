@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -215,3 +216,26 @@ def test_config_refusals(text, reason):
 
     with pytest.raises(ConfigError, match=reason):
         config.parse(text, "/etc/vx11/vx11.yml")
+
+
+def test_rotation_on_an_unwritable_db_is_reported_not_failed_and_loses_no_dir(
+        tmp_path, capsys, monkeypatch):
+    """Regression (issue 10): a DB the rotator could not open or write turned a good
+    rotation into a failed unit (or a traceback, for an OS error on open); now the
+    archives stand, the run is reported as not recorded, and the textfile says so."""
+    root = populated(tmp_path)
+    cfg = make_cfg(tmp_path, [{"path": str(root)}])
+    (tmp_path / "afile").write_text("not a dir")
+    cfg = dataclasses.replace(cfg, db=dataclasses.replace(
+        cfg.db, path=str(tmp_path / "afile" / "vx11.db")))
+    monkeypatch.setattr(run.time, "time", lambda: NOW)
+    before = sorted(p.name for p in root.iterdir())
+    assert rmain.main(cfg, []) == 0
+    out = capsys.readouterr().out
+    assert "NOT RECORDED database" in out and "Traceback" not in out
+    archived = sorted(p.name for p in (root / "archive").iterdir())
+    assert len(archived) == 2  # both due dirs archived and verified
+    for name in before:  # every audit dir is either still there or in its archive
+        assert (root / name).exists() or f"{name}.tar.gz" in archived
+    text = (Path(cfg.rotate.textfile_dir) / "vx11_rotate.prom").read_text()
+    assert "vx11_rotate_recorded 0.0" in text and "vx11_rotate_errors 0.0" in text
