@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 from vx11d.errors import SystemdError
-from vx11d.madre.systemd import Change, _s
+from vx11d.madre.systemd import Change
+from vx11d.units import text as _s
 
 
 class FakeSystemd:

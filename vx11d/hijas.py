@@ -15,14 +15,46 @@ import secrets
 import socket
 import sqlite3
 import time
+from enum import StrEnum
 from typing import Any
 
 from .config import Config, HijaTemplate
 from .db import Database, record_event
 from .errors import InputError
 
-LIVE = ("requested", "starting", "running")
-ENDED = ("expired", "exited", "failed", "stopped", "lost", "oom")
+
+class HijaStatus(StrEnum):
+    """A hija row's ``status``: the values the ``spawner_hijas`` CHECK constraint allows
+    (each compares equal to its string, which is what the DB holds)."""
+
+    REQUESTED = "requested"  # written by the gateway or vx11ctl; madre has not acted yet
+    STARTING = "starting"  # madre started the unit; not yet seen running
+    RUNNING = "running"
+    EXPIRED = "expired"  # stopped by madre at its TTL
+    EXITED = "exited"  # ended by itself, exit status 0
+    FAILED = "failed"  # ended with an error, or systemd refused it
+    STOPPED = "stopped"  # a stop was asked for (API, vx11ctl) and carried out
+    LOST = "lost"  # its unit vanished while madre was not watching
+    OOM = "oom"  # killed by the kernel for its memory limit
+
+
+LIVE = (HijaStatus.REQUESTED, HijaStatus.STARTING, HijaStatus.RUNNING)
+ENDED = (HijaStatus.EXPIRED, HijaStatus.EXITED, HijaStatus.FAILED, HijaStatus.STOPPED,
+         HijaStatus.LOST, HijaStatus.OOM)
+# What a spawn waiter waits for: the row has left requested/starting.
+SETTLED = (HijaStatus.RUNNING, *ENDED)
+# madre started its unit and it has not ended.
+STARTED = (HijaStatus.STARTING, HijaStatus.RUNNING)
+
+
+def sql_list(statuses: tuple[HijaStatus, ...]) -> str:
+    """``('a','b')``: statuses as an SQL list literal, for a query text (the partial
+    index ``spawner_hijas_live_port`` is only used when the query names its list)."""
+    return "(" + ",".join(f"'{s.value}'" for s in statuses) + ")"
+
+
+LIVE_SQL = sql_list(LIVE)
+ENDED_SQL = sql_list(ENDED)
 COMPONENTS = ("hermes", "switch")
 ID_RE = re.compile(r"^[a-z0-9]{10}$")
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
@@ -126,9 +158,9 @@ def request_spawn(db: Database, cfg: Config, template: Any, ttl: Any, args: Any,
 
     def fn(c: sqlite3.Connection) -> None:
         c.execute("INSERT INTO spawner_hijas (id, template, args, ttl_s, unit, status, "
-                  "created_at) VALUES (?, ?, ?, ?, ?, 'requested', ?)",
+                  "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                   (hid, template, json.dumps(clean, sort_keys=True), ttl_s, unit_name(hid),
-                   now))
+                   HijaStatus.REQUESTED.value, now))
         record_event(c, "madre", "hija_requested", subject=hid, template=template,
                      ttl_s=ttl_s, by=requested_by)
 

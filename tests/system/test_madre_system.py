@@ -238,3 +238,52 @@ def test_a_dynamic_user_template_gets_its_own_uid_and_the_spawn_is_notified(vx11
     res = client(sb, "burst", "5", "sleeper", "2", "1")
     assert [x["status"] for x in res] == [201] * 5, res
     assert all(x["body"]["status"] == "running" for x in res), res
+
+
+READER = """import json
+from vx11d import units
+from vx11d.gateway.policy import _unit_states
+bus = units.open_bus()
+print(json.dumps({"absent": units.read(bus, "vx11-nosuch.service"),
+                  "absent_loaded": units.read(bus, "vx11-nosuch.service", load=True),
+                  "madre": units.read(bus, "vx11-madre.service"),
+                  "health": _unit_states()}))
+"""
+
+
+def _systemctl_show(sb, names: list[str], props: list[str]) -> list[dict[str, str]]:
+    r = sb.exec(["systemctl", "show", "-p", ",".join(props), *names], timeout=30)
+    assert r.returncode == 0, r.stderr
+    return [dict(line.split("=", 1) for line in block.splitlines())
+            for block in r.stdout.strip().split("\n\n")]
+
+
+def test_the_core_unit_reader_agrees_with_systemctl_show(vx11):
+    """vx11d.units (D-Bus) is what vx11ctl status, /health and madre read: the same
+    values ``systemctl show`` prints (read until two readings agree: states move)."""
+    from vx11d.ctl.units import PROPS
+
+    def ctl_matches():
+        r = vx11.exec(["/opt/vx11d/bin/vx11ctl", "status", "--json"], timeout=60)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)["units"]
+        names = [u["Id"] for u in got]
+        assert {"vx11-madre.service", "vx11-gateway.service"} <= set(names), names
+        return got == _systemctl_show(vx11, names, PROPS)
+
+    poll_for(ctl_matches, timeout=30, interval=0.5, what="vx11ctl status == systemctl show")
+
+    def core_matches():
+        r = vx11.exec([PY, "-c", READER], timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got = json.loads(r.stdout)
+        assert got["absent"] is None  # not loaded: None, as madre expects
+        assert got["absent_loaded"]["LoadState"] == "not-found"
+        ref = _systemctl_show(vx11, ["vx11-madre.service"],
+                              ["ActiveState", "SubState", "MainPID", "StatusText"])[0]
+        madre = got["madre"]
+        health = got["health"]["vx11-madre.service"]
+        return ({k: str(madre[k]) for k in ref} == ref
+                and health == {"active_state": ref["ActiveState"], "status": ref["StatusText"]})
+
+    poll_for(core_matches, timeout=30, interval=0.5, what="vx11d.units == systemctl show")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import SandboxError
+from ..hijas import HijaStatus
 from .sandbox import Sandbox
 
 UNITS = Path(__file__).resolve().parents[2] / "units"
@@ -111,10 +112,10 @@ def _oom_step(sb: Sandbox) -> None:
                 "--json"])
     hid = json.loads(out)["id"]
     wait(sb, "the kernel's OOM kill", ["vx11ctl", "hijas", "list", "--json"],
-         lambda rc, out: any(h["id"] == hid and h["status"] == "oom"
+         lambda rc, out: any(h["id"] == hid and h["status"] == HijaStatus.OOM
                              for h in json.loads(out or "[]")), timeout=30)
     step(sb, "madre recorded it as oom, with its peak and limit",
-         ["vx11ctl", "hijas", "list", "--status", "oom"])
+         ["vx11ctl", "hijas", "list", "--status", HijaStatus.OOM])
     step(sb, "the journal says so too (systemd on cgroup v1 only says signal 9)",
          ["journalctl", "-o", "cat", "--no-pager", "VX11_EVENT=hija_oom_killed",
           f"VX11_HIJA_ID={hid}"])
@@ -149,7 +150,7 @@ def main() -> int:
               json.dumps({"template": "sleeper", "ttl_s": 99999}),
               "localhost:8000/vx11/spawn"])
         wait(sb, "the hija to expire", ["vx11ctl", "hijas", "list", "--json"],
-             lambda rc, out: any(h["id"] == hid and h["status"] == "expired"
+             lambda rc, out: any(h["id"] == hid and h["status"] == HijaStatus.EXPIRED
                                  for h in json.loads(out or "[]")), timeout=30)
         step(sb, "madre recorded the expiry and released the port", ["vx11ctl", "hijas",
                                                                     "list"])

@@ -21,6 +21,7 @@ from ..confload import format_size as size
 from ..confload import parse_duration
 from ..db import Database
 from ..errors import InputError
+from ..hijas import LIVE, HijaStatus
 from .main import emit
 from .state import open_db
 
@@ -76,13 +77,13 @@ def _db(args: argparse.Namespace, write: bool = True) -> tuple[config.Config, Da
 def _fmt_row(r: dict[str, Any]) -> str:
     now = time.time()
     when = ""
-    if r["status"] == "running" and r.get("expires_at"):
+    if r["status"] == HijaStatus.RUNNING and r.get("expires_at"):
         when = f"expires {textfmt.relative(max(now, r['expires_at']), now)}"
     elif r.get("ended_at"):
         when = f"ended {textfmt.relative(min(now, r['ended_at']), now)}"
     port = f"port {r['port']}" if r.get("port") else "no port"
     line = f"{r['id']}  {r['template']:<10} {r['status']:<9} {port:<10} {when}"
-    if r["status"] == "oom":
+    if r["status"] == HijaStatus.OOM:
         line += (f"  killed for memory: peak {size(r.get('memory_peak'))} of "
                  f"{size(r.get('memory_max'))}")
     return line
@@ -115,11 +116,13 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     row = hijas.request_spawn(db, cfg, args.template, ttl, given, requested_by="vx11ctl")
     hijas.wake_madre(cfg.gateway.madre_wake_socket)
     deadline = time.monotonic() + args.wait
-    while row["status"] in ("requested", "starting") and time.monotonic() < deadline:
+    while row["status"] in (HijaStatus.REQUESTED, HijaStatus.STARTING) \
+            and time.monotonic() < deadline:
         time.sleep(0.02)
         row = hijas.get(db, row["id"])
     emit(args, row, _fmt_row(row))
-    return 0 if row["status"] in ("running", "exited", "expired") else 1
+    return 0 if row["status"] in (HijaStatus.RUNNING, HijaStatus.EXITED,
+                                   HijaStatus.EXPIRED) else 1
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -205,17 +208,18 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     check(f"401 without token on {len(paths)} paths", not bad, bad)
     code, row = _http("POST", f"{base}/vx11/spawn", token,
                       {"template": args.template, "ttl_s": args.ttl})
-    check("spawn answers 201 running", code == 201 and row.get("status") == "running",
+    check("spawn answers 201 running",
+          code == 201 and row.get("status") == HijaStatus.RUNNING,
           {"code": code, "status": row.get("status") if isinstance(row, dict) else row})
     if code in (201, 202) and isinstance(row, dict):
         deadline = time.monotonic() + args.ttl + 10
         status = row.get("status")
-        while status in ("requested", "starting", "running") and time.monotonic() < deadline:
+        while status in LIVE and time.monotonic() < deadline:
             time.sleep(0.2)
             _c, row = _http("GET", f"{base}/vx11/hijas/{row['id']}", token)
             status = row.get("status")
         err = (row.get("ended_at") or 0) - (row.get("expires_at") or 0)
-        check("hija expired on time", status == "expired" and abs(err) < 2.0,
+        check("hija expired on time", status == HijaStatus.EXPIRED and abs(err) < 2.0,
               {"id": row.get("id"), "status": status, "stop_minus_expiry_s": round(err, 3)})
     ok = all(c["ok"] for c in checks)
     text = "\n".join(f"{'ok ' if c['ok'] else 'FAIL'} {c['check']}"

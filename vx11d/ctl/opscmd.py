@@ -10,7 +10,7 @@ import stat
 import subprocess
 import time
 
-from .. import config, db
+from .. import config, db, hijas
 from ..errors import ConfigError, DbError, Vx11Error
 from . import hygiene
 from .main import emit
@@ -93,12 +93,12 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
         try:
             problems = db.check(d)
             checks.append(_check("db_integrity", not problems, "; ".join(problems) or "ok"))
-            no_ttl = d.query("SELECT count(*) FROM spawner_hijas WHERE status IN "
-                             "('requested','starting','running') AND ttl_s <= 0")[0][0]
+            no_ttl = d.query("SELECT count(*) FROM spawner_hijas WHERE status IN "  # noqa: S608
+                             + hijas.LIVE_SQL + " AND ttl_s <= 0")[0][0]
             checks.append(_check("hijas_have_ttl", no_ttl == 0, f"{no_ttl} without a TTL"))
             grace = cfg.madre.backstop_grace + 30
-            overdue = d.query("SELECT id FROM spawner_hijas WHERE status = 'running' AND "
-                              "expires_at < ?", (now - grace,))
+            overdue = d.query("SELECT id FROM spawner_hijas WHERE status = ? AND "
+                              "expires_at < ?", (hijas.HijaStatus.RUNNING.value, now - grace))
             checks.append(_check("no_overdue_hijas", not overdue,
                                  f"{len(overdue)} running past expiry + {grace:g}s: "
                                  + ",".join(r[0] for r in overdue[:10])))

@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from .. import config, db, textfmt
+from .. import config, db, textfmt, units
 from ..errors import SystemdError
 from .main import emit
 
@@ -50,21 +50,22 @@ def unit_names() -> list[str]:
     return sorted(n for n in names if "@." not in n)
 
 
-def show(units: list[str]) -> list[dict[str, str]]:
-    """``systemctl show`` of ``units`` as dicts."""
-    if not units:
+def show(names: list[str]) -> list[dict[str, str]]:
+    """PROPS of each unit of ``names`` as text, as ``systemctl show -p`` prints them,
+    read over D-Bus by the core reader (:mod:`vx11d.units`)."""
+    if not names:
         return []
-    r = systemctl("show", "-p", ",".join(PROPS), *units, check=False)
-    out, cur = [], {}
-    for line in [*r.stdout.splitlines(), ""]:
-        if not line:
-            if cur:
-                out.append(cur)
-            cur = {}
-            continue
-        k, _, v = line.partition("=")
-        cur[k] = v
-    return out
+    found = units.read_all(names, load=True)
+    return [{k: _shown(p[k]) for k in PROPS if k in p} for p in found.values() if p]
+
+
+def _shown(v: object) -> str:
+    """A property value as ``systemctl show`` prints a simple one."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, list | tuple):
+        return " ".join(map(str, v))
+    return str(v)
 
 
 def up(args: argparse.Namespace) -> int:
@@ -107,10 +108,10 @@ def db_summary(cfg: config.Config) -> dict[str, object]:
 
 def status(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    units = show(unit_names())
+    shown = show(unit_names())
     summary = db_summary(cfg)
     lines = []
-    for u in units:
+    for u in shown:
         line = f"{u['Id']:<28} {u['ActiveState']}/{u['SubState']}"
         if u.get("StatusText"):
             line += f"  {u['StatusText']}"
@@ -128,5 +129,5 @@ def status(args: argparse.Namespace) -> int:
                          f"{rot['archived']} archived, {rot['errors']} errors")
     else:
         lines.append(f"db {summary['path']}: not created yet")
-    emit(args, {"units": units, "db": summary}, "\n".join(lines))
+    emit(args, {"units": shown, "db": summary}, "\n".join(lines))
     return 0

@@ -25,7 +25,6 @@ from ..errors import InputError
 from .context import CTX
 from .http import ApiError, read_json
 
-SETTLED = ("running", *hijas.ENDED)
 FALLBACK = 0.25  # re-read the row this often when no settle notice came
 log = logging.getLogger("vx11.gateway")
 
@@ -84,7 +83,7 @@ async def wait_settled(app: web.Application, row: dict[str, Any]) -> dict[str, A
     fut = w.wake(ctx.cfg.gateway.madre_wake_socket, hid)
     deadline = time.monotonic() + ctx.cfg.gateway.spawn_wait
     try:
-        while row["status"] not in SETTLED:
+        while row["status"] not in hijas.SETTLED:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -130,7 +129,7 @@ async def spawn(request: web.Request) -> web.Response:
     except InputError as e:
         raise _api_error(e) from e
     row = await wait_settled(request.app, row)
-    status = 201 if row["status"] in SETTLED else 202
+    status = 201 if row["status"] in hijas.SETTLED else 202
     return web.json_response(_public(row), status=status,
                              headers={"Location": f"/vx11/hijas/{row['id']}"})
 

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..hijas import HijaStatus
 
 ERR = {"$ref": "#/components/schemas/Error"}
 OAI_ERR = {"$ref": "#/components/schemas/OpenAIError"}
@@ -37,6 +38,7 @@ def _body(schema: dict) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+STATUSES = [s.value for s in HijaStatus]  # the hija statuses, in lifecycle order
 HIJA = {"$ref": "#/components/schemas/Hija"}
 HEALTH = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["ok", "degraded"]},
@@ -87,8 +89,7 @@ def document() -> dict[str, Any]:
                 "summary": "hijas, newest first",
                 "parameters": [
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
-                        "live", "requested", "starting", "running", "expired", "exited",
-                        "failed", "stopped", "lost", "oom"]}},
+                        "live", *STATUSES]}},
                     {"name": "limit", "in": "query", "schema": {
                         "type": "integer", "minimum": 1, "maximum": 10000}}],
                 "responses": {"200": _resp("the hijas", {"type": "object", "properties": {
@@ -200,9 +201,7 @@ def document() -> dict[str, Any]:
                     "args": {"type": "object"}, "ttl_s": {"type": "number"},
                     "port": {"type": ["integer", "null"]}, "unit": {"type": "string"},
                     "main_pid": {"type": ["integer", "null"]},
-                    "status": {"type": "string", "enum": [
-                        "requested", "starting", "running", "expired", "exited", "failed",
-                        "stopped", "lost", "oom"]},
+                    "status": {"type": "string", "enum": STATUSES},
                     "created_at": {"type": "number"},
                     "started_at": {"type": ["number", "null"]},
                     "expires_at": {"type": ["number", "null"]},

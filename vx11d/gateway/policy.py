@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import hijas
+from .. import hijas, units
 from ..confload import parse_duration
-from ..errors import InputError
+from ..errors import InputError, SystemdError
 from .context import CTX
 from .http import ApiError, read_json
 
@@ -72,41 +72,33 @@ async def post_policy(request: web.Request) -> web.Response:
 
 
 def _unit_states() -> dict[str, dict[str, str]]:
-    from pystemd.dbusexc import DBusBaseError, DBusNoSuchUnitError
-    from pystemd.dbuslib import DBus, apply_signature
-
-    dest, path = b"org.freedesktop.systemd1", b"/org/freedesktop/systemd1"
+    """Each daemon unit's ActiveState and STATUS line, from the core reader."""
     out: dict[str, dict[str, str]] = {}
-    with DBus() as bus:
+    bus = units.open_bus()
+    try:
         for unit in DAEMON_UNITS:
             try:
-                upath = bus.call_method(dest, path, b"org.freedesktop.systemd1.Manager",
-                                        b"GetUnit", apply_signature(b"s", [unit.encode()])
-                                        ).body
-            except DBusNoSuchUnitError:
+                props = units.read(bus, unit)
+            except SystemdError as e:
+                out[unit] = {"active_state": "unknown", "status": str(e.__cause__ or e)[:100]}
+                continue
+            if props is None:
                 out[unit] = {"active_state": "inactive", "status": "not loaded"}
                 continue
-            except DBusBaseError as e:
-                out[unit] = {"active_state": "unknown", "status": str(e)[:100]}
-                continue
-            state = bus.get_property(dest, upath, b"org.freedesktop.systemd1.Unit",
-                                     b"ActiveState", b"s").decode()
-            status = ""
-            if unit.endswith(".service"):
-                status = bus.get_property(dest, upath, b"org.freedesktop.systemd1.Service",
-                                          b"StatusText", b"s").decode(errors="replace")
-            out[unit] = {"active_state": state, "status": status}
+            status = str(props.get("StatusText", "")) if unit.endswith(".service") else ""
+            out[unit] = {"active_state": str(props.get("ActiveState", "unknown")),
+                         "status": status}
+    finally:
+        bus.close()
     return out
 
 
 async def daemons_health(app: web.Application) -> dict[str, Any]:
     """The /health contribution: each vx11 daemon as systemd sees it."""
-    from pystemd.dbusexc import DBusBaseError
-
     loop = asyncio.get_running_loop()
     try:
         states = await asyncio.wait_for(loop.run_in_executor(None, _unit_states), 1.0)
-    except (TimeoutError, OSError, DBusBaseError) as e:  # no bus: say so, not 500
+    except (TimeoutError, OSError, SystemdError) as e:  # no bus: say so, not 500
         log.debug("daemon states unavailable: %s", e)
         return {"daemons": "unknown"}
     return {"daemons": states}

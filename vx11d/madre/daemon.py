@@ -24,7 +24,8 @@ from ..config import Config
 from ..db import Database, apply_migrations, stale_read_only_view
 from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
 from ..errors import DbError, StaleMountNamespace, SystemdError
-from .registry import ENDED_REASONS, SETTLED, Registry
+from ..hijas import ENDED, SETTLED
+from .registry import Registry
 from .systemd import SystemdClient
 from .windows import Windows
 
@@ -68,7 +69,7 @@ class Metrics:
         """Every template's end counters exist from the start (at 0), so rate() and
         alerts see the first OOM kill."""
         for t in cfg.madre.templates:
-            for r in ENDED_REASONS:
+            for r in ENDED:
                 self.ended.labels(t, r)
 
 
@@ -128,8 +129,8 @@ class MadreService:
         self._loop.add_reader(self.sock.fileno(), self._on_wake)
         self._guard(self.reg.process_requests)
         self._refresh()
-        done = textfmt.counts({k: v for k, v in fixed.items() if v}, "nothing to fix") \
-            if fixed is not None else "not yet"
+        done = (textfmt.counts({k: v for k, v in fixed.items() if v}, "nothing to fix")
+                if fixed is not None else "not yet")
         journal.event(log, "madre_started", "madre up: reconciled (%s), wake socket %s%s",
                       done, self.wake_path, f"; {self.health.text(0)}"
                       if self.health.degraded else "")
@@ -292,7 +293,7 @@ class MadreService:
             running, nxt = summary
             # rows still `running` whose end madre holds (not recorded yet) ran out
             running = max(0, running - len({h.hija_id for h in self.reg.held
-                                            if h.status in ENDED_REASONS}))
+                                            if h.status in ENDED}))
             nxt = nxt if running else None
             self.m.running.set(running)
             self.m.next_expiry.set(nxt or 0)

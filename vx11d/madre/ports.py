@@ -10,17 +10,22 @@ from __future__ import annotations
 import sqlite3
 
 from ..errors import Vx11Error
+from ..hijas import LIVE_SQL
 
 
 class PortsExhausted(Vx11Error):
     """Every port of the range is held by a live hija."""
 
 
+_HELD = ("SELECT port FROM spawner_hijas WHERE port IS NOT NULL AND status IN "  # noqa: S608
+         + LIVE_SQL)
+_IN_USE = ("SELECT count(*) FROM spawner_hijas WHERE port IS NOT NULL AND status IN "  # noqa: S608
+           + LIVE_SQL)
+
+
 def allocate(conn: sqlite3.Connection, first: int, last: int) -> int:
     """The lowest port in [first, last] no live hija holds (call inside a write)."""
-    held = {r[0] for r in conn.execute(
-        "SELECT port FROM spawner_hijas WHERE port IS NOT NULL AND status IN "
-        "('requested','starting','running')")}
+    held = {r[0] for r in conn.execute(_HELD)}
     for port in range(first, last + 1):
         if port not in held:
             return port
@@ -29,6 +34,4 @@ def allocate(conn: sqlite3.Connection, first: int, last: int) -> int:
 
 def in_use(conn: sqlite3.Connection) -> int:
     """How many ports live hijas hold."""
-    return int(conn.execute(
-        "SELECT count(*) FROM spawner_hijas WHERE port IS NOT NULL AND status IN "
-        "('requested','starting','running')").fetchone()[0])
+    return int(conn.execute(_IN_USE).fetchone()[0])

@@ -32,7 +32,15 @@ from ..config import Config, HijaTemplate
 from ..db import Database, record_event
 from ..degraded import DB_FAULTS, WriteHealth
 from ..errors import DbError, DbIntegrityError, InputError, SystemdError
-from ..hijas import LIVE, build_argv, check_args
+from ..hijas import (
+    ENDED,
+    LIVE,
+    SETTLED,
+    STARTED,
+    HijaStatus,
+    build_argv,
+    check_args,
+)
 from . import hardening, memory, ports
 from .systemd import Change, SystemdClient
 
@@ -40,11 +48,10 @@ log = logging.getLogger("vx11.madre")
 
 SLICE = "vx11-hijas.slice"
 END_LOG_WAIT = 60.0  # how long reconcile waits for PID 1's end lines of a gone unit
-ENDED_REASONS = ("expired", "exited", "failed", "stopped", "lost", "oom")
-SETTLED = ("running", *ENDED_REASONS)  # what a spawn waiter waits for
-EVENT_OF = {"starting": "hija_spawned", "running": "hija_running", "expired": "hija_expired",
-            "exited": "hija_exited", "failed": "hija_failed", "stopped": "hija_stopped",
-            "lost": "hija_lost", "oom": "hija_oom_killed"}
+EVENT_OF = {HijaStatus.STARTING: "hija_spawned", HijaStatus.RUNNING: "hija_running",
+            HijaStatus.EXPIRED: "hija_expired", HijaStatus.EXITED: "hija_exited",
+            HijaStatus.FAILED: "hija_failed", HijaStatus.STOPPED: "hija_stopped",
+            HijaStatus.LOST: "hija_lost", HijaStatus.OOM: "hija_oom_killed"}
 
 
 class PropertyNotSet(SystemdError):
@@ -180,7 +187,7 @@ class Registry:
         transition is held in order and recorded by :meth:`flush` once the DB takes
         writes again; it returns False then, as for a row not in ``only_from``."""
         now = self.clock()
-        if status in ENDED_REASONS:
+        if status in ENDED:
             cols.setdefault("ended_at", now)
         row = {**self.rows.get(hija_id, {}), "status": status, **cols}
         if hija_id in self.rows:
@@ -211,19 +218,18 @@ class Registry:
                   str(held.row.get("template") or ""))
         return False
 
-    @staticmethod
-    def _log(held: Held, level: int, suffix: str, template: str) -> None:
+    def _log(self, held: Held, level: int, suffix: str, template: str) -> None:
         status, cols = held.status, held.cols
-        if status == "oom":  # the reason says it all, in a sysadmin's words
+        if status == HijaStatus.OOM:  # the reason says it all, in a sysadmin's words
             detail = str(cols.get("reason"))
         else:
             detail = textfmt.fields({k: v for k, v in cols.items()
                                      if k not in ("ended_at", "memory_max", "memory_peak")},
-                                    time.time())
-            detail = f" ({detail})" if detail else ""
-        journal.event(log, EVENT_OF[status], ("hija %s %s: %s" if status == "oom" else
-                                              "hija %s %s%s") + suffix,
-                      held.hija_id, status, detail, level=level, hija_id=held.hija_id,
+                                    self.clock())
+        journal.event(log, EVENT_OF[status], ("hija %s %s: %s" if status == HijaStatus.OOM else
+                                              "hija %s %s%s") + suffix, held.hija_id, status,
+                      detail if status == HijaStatus.OOM else (f" ({detail})" if detail else ""),
+                      level=level, hija_id=held.hija_id,
                       pid=cols.get("main_pid"), template=template or None,
                       memory_max=cols.get("memory_max"), memory_peak=cols.get("memory_peak"))
 
@@ -232,7 +238,7 @@ class Registry:
         status = held.status
         if not logged:
             self._log(held, level, "", template)
-        if status in ENDED_REASONS:
+        if status in ENDED:
             self.m.ended.labels(template, status).inc()
             self.rows.pop(held.hija_id, None)
         if self.on_settled is not None and status in SETTLED:
@@ -281,8 +287,8 @@ class Registry:
         requests were looked at (== limit: call again, more may wait)."""
         if self.held or not self.health.due() or not self.health.writable:
             return 0  # nothing new starts while madre cannot record what it starts
-        rows = self.db.query("SELECT * FROM spawner_hijas WHERE status = 'requested' "
-                             "ORDER BY created_at LIMIT ?", (limit,))
+        rows = self.db.query("SELECT * FROM spawner_hijas WHERE status = ? "
+                             "ORDER BY created_at LIMIT ?", (HijaStatus.REQUESTED, limit))
         for r in rows:
             try:
                 self._spawn(r)
@@ -294,7 +300,8 @@ class Registry:
             except Exception as e:  # a poison request must not crash-loop madre
                 log.exception("spawning hija %s failed", r["id"])
                 self.tracked.pop(r["unit"], None)
-                self._transition(r["id"], "failed", only_from=("requested", "starting"),
+                self._transition(r["id"], HijaStatus.FAILED,
+                                 only_from=(HijaStatus.REQUESTED, HijaStatus.STARTING),
                                  reason=f"internal error: {e}"[:300], level=logging.ERROR)
         self.process_stops()
         return len(rows)
@@ -303,7 +310,7 @@ class Registry:
         hid, unit = r["id"], r["unit"]
         t0 = time.monotonic()
         if r["stop_requested_at"] is not None:
-            self._transition(hid, "stopped", only_from=("requested",),
+            self._transition(hid, HijaStatus.STOPPED, only_from=(HijaStatus.REQUESTED,),
                              reason="stop requested before start")
             return
         tpl = self.cfg.madre.templates.get(r["template"])
@@ -314,8 +321,8 @@ class Registry:
             # every placeholder has a value (InputError names the one that has none)
             build_argv(tpl, args, 1 if tpl.needs_port else None)
         except (InputError, ValueError) as e:
-            self._transition(hid, "failed", only_from=("requested",), reason=str(e),
-                             level=logging.WARNING)
+            self._transition(hid, HijaStatus.FAILED, only_from=(HijaStatus.REQUESTED,),
+                             reason=str(e), level=logging.WARNING)
             return
         first, last = self.cfg.madre.port_range
         ttl = float(r["ttl_s"])
@@ -323,14 +330,15 @@ class Registry:
         def to_starting(c: sqlite3.Connection) -> int | bool | None:
             port = ports.allocate(c, first, last) if tpl.needs_port else None
             now = self.clock()
-            cur = c.execute("UPDATE spawner_hijas SET status = 'starting', port = ?, "
+            cur = c.execute("UPDATE spawner_hijas SET status = ?, port = ?, "
                             "started_at = ?, expires_at = ? WHERE id = ? AND "
-                            "status = 'requested'", (port, now, now + ttl, hid))
+                            "status = ?", (HijaStatus.STARTING, port, now, now + ttl, hid,
+                                           HijaStatus.REQUESTED))
             if cur.rowcount != 1:
                 return False
-            record_event(c, "madre", "hija_spawned", subject=hid, status="starting",
+            record_event(c, "madre", "hija_spawned", subject=hid, status=HijaStatus.STARTING,
                          unit=unit, port=port, ttl_s=ttl, template=r["template"])
-            self.rows[hid] = {**dict(r), "status": "starting", "port": port,
+            self.rows[hid] = {**dict(r), "status": HijaStatus.STARTING, "port": port,
                               "started_at": now, "expires_at": now + ttl}
             return port
 
@@ -338,8 +346,8 @@ class Registry:
             port = self.db.write(to_starting)
             self.health.recovered()
         except ports.PortsExhausted as e:
-            self._transition(hid, "failed", only_from=("requested",), reason=str(e),
-                             level=logging.WARNING)
+            self._transition(hid, HijaStatus.FAILED, only_from=(HijaStatus.REQUESTED,),
+                             reason=str(e), level=logging.WARNING)
             return
         if port is False:
             return
@@ -354,7 +362,7 @@ class Registry:
             self.sd.start_transient(unit, props)
         except SystemdError as e:
             del self.tracked[unit]
-            self._transition(hid, "failed", reason=f"systemd refused the unit: {e}",
+            self._transition(hid, HijaStatus.FAILED, reason=f"systemd refused the unit: {e}",
                              level=logging.ERROR)
             return
         self.m.spawned.inc()
@@ -370,9 +378,9 @@ class Registry:
             log.error("hija %s: unit properties did not stick: %s; stopping it", hid,
                       "; ".join(bad), extra={"VX11_EVENT": "hija_property_lost",
                                              "VX11_HIJA_ID": hid})
-            tr.stop_as = "failed"
+            tr.stop_as = HijaStatus.FAILED
             self._stop_unit(unit)
-            self._transition(hid, "failed", reason="properties did not stick: "
+            self._transition(hid, HijaStatus.FAILED, reason="properties did not stick: "
                              + "; ".join(bad)[:500], level=logging.ERROR)
             self.tracked.pop(unit, None)
             return
@@ -383,7 +391,7 @@ class Registry:
         """Stop the live hijas someone asked to stop (DELETE, vx11ctl hijas stop)."""
         rows = self.db.query("SELECT * FROM spawner_hijas WHERE "
                              "stop_requested_at IS NOT NULL AND status IN "
-                             "('starting','running')")
+                             "(?, ?)", STARTED)
         for r in rows:
             self.rows.setdefault(r["id"], dict(r))
             tr = self.tracked.get(r["unit"])
@@ -391,12 +399,12 @@ class Registry:
                 continue
             if tr is None:
                 tr = self.tracked[r["unit"]] = Tracked(r["id"], 0, time.monotonic())
-            tr.stop_as = "stopped"
+            tr.stop_as = HijaStatus.STOPPED
             journal.event(log, "hija_stopping", "stopping hija %s on request", r["id"],
                           hija_id=r["id"])
             if not self._stop_unit(r["unit"]):
                 self.tracked.pop(r["unit"], None)
-                self._transition(r["id"], "stopped", reason="stop requested; unit gone")
+                self._transition(r["id"], HijaStatus.STOPPED, reason="stop requested; unit gone")
 
     def _stop_unit(self, unit: str) -> bool:
         """StopUnit; False when the unit no longer exists."""
@@ -444,7 +452,7 @@ class Registry:
             time.sleep(0.05)
         for unit in gone:
             tr = self.tracked.pop(unit)
-            self._transition(tr.hija_id, "stopped", only_from=("starting", "running"),
+            self._transition(tr.hija_id, HijaStatus.STOPPED, only_from=STARTED,
                              reason=f"unit {unit} ended while madre was stopping (host "
                                     "shutting down?); its end signal did not arrive")
         return before - len(self.tracked)
@@ -477,7 +485,8 @@ class Registry:
             enter = int(tr.props.get("ActiveEnterTimestamp") or 0)
             if enter and tr.ttl:
                 cols["expires_at"] = enter / 1e6 + tr.ttl
-            if self._transition(tr.hija_id, "running", only_from=("starting",), **cols):
+            if self._transition(tr.hija_id, HijaStatus.RUNNING,
+                                only_from=(HijaStatus.STARTING,), **cols):
                 self.m.spawn_seconds.observe(time.monotonic() - tr.t0)
         if self._is_end(tr) or (removed and tr.seen_active):
             self._record_end(unit, tr)
@@ -489,23 +498,23 @@ class Registry:
         if tr.stop_as is not None:
             status = tr.stop_as
         elif result == "timeout":
-            status = "expired"
+            status = HijaStatus.EXPIRED
         elif result == "success" and _killed_by_sigterm(tr.props):
             # SIGTERM is a clean exit for systemd: a "systemctl stop" of the unit or the
             # host shutting down (hijas are ordered After=madre, so madre sees that).
-            status = "stopped"
+            status = HijaStatus.STOPPED
         elif result == "success":
-            status = "exited"
+            status = HijaStatus.EXITED
         else:
-            status = "failed"
+            status = HijaStatus.FAILED
         report = memory.take(self.ends_dir, tr.hija_id)
         if tr.stop_as is None and memory.is_oom(result, report):
-            status = "oom"
+            status = HijaStatus.OOM
         cols: dict[str, Any] = {"result": result or None, "exit_status": status_code}
         ended = int(tr.props.get("InactiveEnterTimestamp") or 0)
         if ended:
             cols["ended_at"] = ended / 1e6
-        if status == "stopped" and tr.stop_as is None:
+        if status == HijaStatus.STOPPED and tr.stop_as is None:
             cols["reason"] = "stopped by systemd (SIGTERM), not by madre: a systemctl stop " \
                              "or the host shutting down"
         limit = (report.limit if report else None) or _int_or_none(tr.props.get("MemoryMax"))
@@ -513,25 +522,26 @@ class Registry:
             cols["memory_max"] = limit
         if report is not None and report.peak is not None:
             cols["memory_peak"] = report.peak
-        if status == "expired" and tr.stop_as:
+        if status == HijaStatus.EXPIRED and tr.stop_as:
             cols["reason"] = "stopped by madre's backstop after expiry"
-        elif status == "oom":
+        elif status == HijaStatus.OOM:
             cols["reason"] = memory.oom_reason(report, limit, result, status_code)
-        elif status == "failed":
+        elif status == HijaStatus.FAILED:
             cols["reason"] = f"systemd result {result or 'unknown'}, exit status {status_code}"
         if note:
             cols["reason"] = f"{cols.get('reason') or 'ended'} ({note})"
-        self._transition(tr.hija_id, status, only_from=("starting", "running"),
-                         level=logging.WARNING if status in ("failed", "oom") else logging.INFO,
+        self._transition(tr.hija_id, status, only_from=STARTED,
+                         level=logging.WARNING if status in (HijaStatus.FAILED, HijaStatus.OOM)
+                         else logging.INFO,
                          **cols)
 
     # --- safety nets -------------------------------------------------------------------
     def backstop(self) -> None:
         """Stop hijas still alive past expires_at + backstop_grace (systemd should have)."""
         limit = self.clock() - self.cfg.madre.backstop_grace
-        rows = self.db.query("SELECT * FROM spawner_hijas WHERE status = 'running' "
-                             "AND expires_at < ?", (limit,))
-        ending = {h.hija_id for h in self.held if h.status in ENDED_REASONS}
+        rows = self.db.query("SELECT * FROM spawner_hijas WHERE status = ? "
+                             "AND expires_at < ?", (HijaStatus.RUNNING, limit))
+        ending = {h.hija_id for h in self.held if h.status in ENDED}
         for r in rows:
             if r["id"] in ending:
                 continue  # it ended; the DB has not been told yet
@@ -542,20 +552,20 @@ class Registry:
             if tr is None:
                 tr = self.tracked[r["unit"]] = Tracked(r["id"], 0, time.monotonic(),
                                                        seen_active=True, running=True)
-            tr.stop_as = "expired"
+            tr.stop_as = HijaStatus.EXPIRED
             journal.event(log, "hija_backstop", "hija %s outlived its expiry; stopping it",
                           r["id"], level=logging.WARNING, hija_id=r["id"])
             if not self._stop_unit(r["unit"]):
                 self.tracked.pop(r["unit"], None)
-                self._transition(r["id"], "expired", reason="backstop: unit already gone")
+                self._transition(r["id"], HijaStatus.EXPIRED, reason="backstop: unit already gone")
 
     def reconcile(self) -> dict[str, int]:
         """Make the DB and systemd agree: settle rows without units, stop units without rows."""
         fixed = {"lost": 0, "ended": 0, "adopted": 0, "orphans": 0}
         rows = self.db.query("SELECT * FROM spawner_hijas WHERE "
-                             "status IN ('starting','running')")
+                             "status IN (?, ?)", STARTED)
         live_units = set()
-        ending = {h.hija_id for h in self.held if h.status in ENDED_REASONS}
+        ending = {h.hija_id for h in self.held if h.status in ENDED}
         for r in rows:
             unit = r["unit"]
             live_units.add(unit)
@@ -576,13 +586,13 @@ class Registry:
                     continue
                 report = memory.take(self.ends_dir, r["id"])
                 if report is not None and report.oom:
-                    self._transition(r["id"], "oom", only_from=("starting", "running"),
+                    self._transition(r["id"], HijaStatus.OOM, only_from=STARTED,
                                      level=logging.WARNING, memory_max=report.limit,
                                      memory_peak=report.peak,
                                      reason=memory.oom_reason(report, report.limit,
                                                               "", "unknown (seen at reconcile)"))
                     continue
-                if self._transition(r["id"], "lost", only_from=("starting", "running"),
+                if self._transition(r["id"], HijaStatus.LOST, only_from=STARTED,
                                     level=logging.WARNING, reason=f"unit {unit} gone at "
                                     f"reconcile (was {r['status']}), no end in the journal"):
                     fixed["lost"] += 1
@@ -591,7 +601,7 @@ class Registry:
             if tr is None:
                 tr = self.tracked[unit] = Tracked(r["id"], float(r["ttl_s"]),
                                                   time.monotonic(),
-                                                  running=r["status"] == "running")
+                                                  running=r["status"] == HijaStatus.RUNNING)
                 fixed["adopted"] += 1
             tr.props.update(p)
             if p.get("ActiveState") in ("inactive", "failed"):
@@ -621,7 +631,7 @@ class Registry:
         could not write): record the end systemd logged for it. ``"ended"`` when
         recorded (or held), ``"later"`` when PID 1's end lines may still be on their way,
         ``""`` when the journal knows no end (the caller calls it lost)."""
-        if r["status"] not in ("starting", "running"):
+        if r["status"] not in STARTED:
             return ""
         try:
             end = self.sd.last_result(r["unit"], since=float(r["started_at"] or 0))
@@ -637,18 +647,18 @@ class Registry:
             return "later" if time.monotonic() - first < END_LOG_WAIT else ""
         self._end_awaited.pop(r["id"], None)
         if end.get("NeverStarted"):
-            if r["status"] != "starting":
+            if r["status"] != HijaStatus.STARTING:
                 return ""
             # madre recorded `starting`, then stopped before StartTransientUnit: the
             # hija never ran (nothing to lose, nothing to stop)
             self.tracked.pop(r["unit"], None)
-            self._transition(r["id"], "failed", only_from=("starting",),
+            self._transition(r["id"], HijaStatus.FAILED, only_from=(HijaStatus.STARTING,),
                              level=logging.WARNING, reason="its unit never started "
                              "(madre was interrupted before starting it)")
             return "ended"
         tr = Tracked(r["id"], float(r["ttl_s"]), time.monotonic(), seen_active=True,
-                     running=r["status"] == "running",
-                     stop_as="stopped" if r["stop_requested_at"] is not None else None)
+                     running=r["status"] == HijaStatus.RUNNING,
+                     stop_as=HijaStatus.STOPPED if r["stop_requested_at"] is not None else None)
         tr.props.update(end)
         tr.props.setdefault("ActiveState", "inactive")
         self._record_end(r["unit"], tr, note="from the journal")
@@ -662,7 +672,7 @@ class Registry:
     def summary(self) -> tuple[int, float | None]:
         """(running hijas, seconds to the next expiry or None)."""
         r = self.db.query("SELECT count(*), min(expires_at) FROM spawner_hijas WHERE "
-                          "status = 'running'")[0]
+                          "status = ?", (HijaStatus.RUNNING,))[0]
         nxt = None if r[1] is None else max(0.0, r[1] - self.clock())
         return int(r[0]), nxt
 

@@ -16,15 +16,15 @@ from prometheus_client.registry import Collector
 
 from ..db import Database
 from ..errors import Vx11Error
+from ..hijas import ENDED_SQL, HijaStatus
 
 log = logging.getLogger("vx11.madre")
 
-FAILED = ("failed", "oom")  # oom: killed by the kernel for its memory limit
+FAILED = (HijaStatus.FAILED, HijaStatus.OOM)  # oom: killed by the kernel for its memory limit
 CAP = 20  # LIMIT in SQL: a longer streak reads as 20, enough for any alert threshold
 
-SQL = ("SELECT status FROM spawner_hijas WHERE template = ? AND status IN "
-       "('expired', 'exited', 'failed', 'stopped', 'lost', 'oom') "
-       "ORDER BY ended_at DESC, rowid DESC LIMIT 20")
+SQL = ("SELECT status FROM spawner_hijas WHERE template = ? AND status IN "  # noqa: S608
+       + ENDED_SQL + " ORDER BY ended_at DESC, rowid DESC LIMIT 20")
 
 
 def streak(statuses: list[str]) -> int:

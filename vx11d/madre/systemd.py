@@ -16,16 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import SystemdError
+from ..units import (
+    DEST,
+    MANAGER,
+    PATH,
+    PROPS_IFACE,
+    SERVICE_IFACE,
+    UNIT_IFACE,
+    UNIT_PREFIX,
+    decode,
+    open_bus,
+    read,
+    text,
+)
 
 log = logging.getLogger("vx11.madre")
 
-DEST = b"org.freedesktop.systemd1"
-PATH = b"/org/freedesktop/systemd1"
-MANAGER = b"org.freedesktop.systemd1.Manager"
-UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
-SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
-PROPS_IFACE = b"org.freedesktop.DBus.Properties"
-UNIT_PREFIX = b"/org/freedesktop/systemd1/unit"
 HIJA_PATH_PREFIX = UNIT_PREFIX + b"/vx11_2dhija_2d"  # unit_path("vx11-hija-")
 
 
@@ -54,27 +60,6 @@ class SystemdClient(Protocol):
     def close(self) -> None: ...
 
 
-def _s(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode(errors="replace")
-    if isinstance(v, list):
-        return [_s(x) for x in v]
-    if isinstance(v, tuple):
-        return tuple(_s(x) for x in v)
-    return v
-
-
-def _props(d: dict) -> dict[str, Any]:
-    return {_s(k): _s(v) for k, v in d.items()}
-
-
-def unit_path(name: str) -> bytes:
-    """A unit's D-Bus object path, escaped as systemd does (``sd_bus_path_encode``)."""
-    from pystemd.dbuslib import path_encode
-
-    return path_encode(UNIT_PREFIX, name.encode())
-
-
 # D-Bus signatures pystemd 0.15 does not know (from systemd's dbus-execute.c).
 EXTRA_SIGNATURES = {"RestrictSUIDSGID": b"b", "CapabilityBoundingSet": b"t",
                     "ProtectKernelLogs": b"b", "ProtectHostname": b"b",
@@ -98,15 +83,11 @@ class PystemdClient:
     """The real thing, on the system bus."""
 
     def __init__(self) -> None:
-        from pystemd.dbuslib import DBus
-
         self._pending: dict[str, Change] = {}
         self._dispatched = 0
+        self.ctl = open_bus()
+        self.mon = open_bus()
         try:
-            self.ctl = DBus()
-            self.ctl.open()
-            self.mon = DBus()
-            self.mon.open()
             # pystemd keeps only a C pointer to each callback and sets an attribute on
             # it: plain functions, referenced from self so they outlive the match.
             self._callbacks = (lambda msg, error=None, userdata=None: self._on_props(msg),
@@ -140,12 +121,12 @@ class PystemdClient:
         if iface not in (UNIT_IFACE, SERVICE_IFACE):
             return
         ch = self._pending.setdefault(name, Change(name))
-        ch.props.update(_props(changed))
+        ch.props.update(decode(changed))
 
     def _on_removed(self, msg: Any) -> None:
         self._dispatched += 1
         msg.process_reply(False)
-        name = _s(msg.body[0])
+        name = text(msg.body[0])
         if name.startswith("vx11-"):
             self._pending.setdefault(name, Change(name)).removed = True
 
@@ -206,44 +187,16 @@ class PystemdClient:
 
     def properties(self, name: str) -> dict[str, Any] | None:
         """Unit and Service properties of a loaded unit; None if it is not loaded."""
-        from pystemd.dbusexc import DBusBaseError, DBusNoSuchUnitError
-        from pystemd.dbuslib import apply_signature
-
-        try:
-            path = self.ctl.call_method(DEST, PATH, MANAGER, b"GetUnit",
-                                        apply_signature(b"s", [name.encode()])).body
-        except DBusNoSuchUnitError:
-            return None
-        except Exception as e:
-            raise SystemdError(f"GetUnit {name}: {e}") from e
-        out: dict[str, Any] = {}
-        for iface in (UNIT_IFACE, SERVICE_IFACE):
-            try:
-                body = self.ctl.call_method(DEST, path, PROPS_IFACE, b"GetAll",
-                                            apply_signature(b"s", [iface])).body
-            except DBusBaseError as e:
-                # collected between GetUnit and GetAll
-                log.debug("GetAll %s on %s: %s", iface, name, e)
-                return out or None
-            out.update(_props(body))
-        return out
+        return read(self.ctl, name)
 
     def readback(self, name: str) -> dict[str, Any] | None:
-        """Every property of a unit just started, in ONE round trip: ``GetAll`` with an
-        empty interface name (sd-bus then returns the properties of every interface of
-        the object) on the path derived from the name, no ``GetUnit`` first. systemd
-        serves bus calls before it dispatches queued jobs, so each call made here delays
-        the unit's own start: one call instead of three. None when the unit is already
-        gone (collected: its end signals tell what happened)."""
-        from pystemd.dbuslib import apply_signature
-
-        try:
-            body = self.ctl.call_method(DEST, unit_path(name), PROPS_IFACE, b"GetAll",
-                                        apply_signature(b"s", [b""])).body
-        except Exception as e:
-            raise SystemdError(f"GetAll {name}: {e}") from e
-        out = _props(body)
-        if out.get("LoadState") in (None, "not-found"):
+        """Every property of a unit just started, in ONE round trip (``read`` with
+        ``load``: no ``GetUnit`` first). systemd serves bus calls before it dispatches
+        queued jobs, so each call made here delays the unit's own start: one call
+        instead of three. None when the unit is already gone (collected: its end
+        signals tell what happened)."""
+        out = read(self.ctl, name, load=True)
+        if out is None or out.get("LoadState") in (None, "not-found"):
             return None
         return out
 
@@ -253,7 +206,7 @@ class PystemdClient:
 
         path = self._call(PATH, MANAGER, b"LoadUnit", apply_signature(b"s", [name.encode()]))
         try:
-            return _s(self.ctl.get_property(DEST, path, UNIT_IFACE, b"LoadState", b"s"))
+            return text(self.ctl.get_property(DEST, path, UNIT_IFACE, b"LoadState", b"s"))
         except Exception as e:
             raise SystemdError(f"LoadState {name}: {e}") from e
 
@@ -263,7 +216,7 @@ class PystemdClient:
 
         body = self._call(PATH, MANAGER, b"ListUnitsByPatterns",
                           apply_signature(b"asas", [[], [pattern.encode()]]))
-        return [(_s(u[0]), _s(u[3]), _s(u[4])) for u in body]
+        return [(text(u[0]), text(u[3]), text(u[4])) for u in body]
 
     def last_result(self, name: str, since: float = 0.0) -> dict[str, Any] | None:
         """How a unit systemd no longer knows ended, from what PID 1 logged about it

@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..config import ReaperConfig, ReaperRule
+from ..hijas import LIVE
 from .proc import PF_KTHREAD, CgroupCache, Proc, Snapshot, read_cmdline, read_uids, unit_names
 
 HIJA_RULE = "hija"
 HIJA_SLICE = "vx11-hijas.slice"
 _HIJA_UNIT = re.compile(r"^vx11-hija-(.+)\.service$")
-LIVE_HIJA = ("requested", "starting", "running")
 SUBREAPER_COMMS = ("systemd",)  # user managers are subreapers (PR_SET_CHILD_SUBREAPER)
 MIN_AGE_TICKS = 2  # see Evaluator._old_enough: the proof that a reused PID is never hit
 
@@ -284,7 +284,7 @@ class Evaluator:
             return
         for p, cg, unit in cands:
             row = rows.get(unit)
-            if row is not None and row[1] in LIVE_HIJA:
+            if row is not None and row[1] in LIVE:
                 continue
             match = _HIJA_UNIT.match(unit)
             terminate = self.cfg.hija_enforce and self._old_enough(p, snap)

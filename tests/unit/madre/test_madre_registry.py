@@ -332,7 +332,7 @@ def test_config_refuses_a_hija_user_that_is_privileged_or_not_a_name(user):
 
 
 def test_unit_path_escapes_like_systemd():
-    from vx11d.madre.systemd import unit_path
+    from vx11d.units import unit_path
 
     assert unit_path("vx11-hija-ab12.service") == \
         b"/org/freedesktop/systemd1/unit/vx11_2dhija_2dab12_2eservice"
@@ -351,7 +351,8 @@ def test_reconcile_applies_queued_end_signals_before_calling_a_row_lost(env):
 
 
 def test_the_hija_signal_filter_prefix_is_the_escaped_unit_prefix():
-    from vx11d.madre.systemd import HIJA_PATH_PREFIX, unit_path
+    from vx11d.madre.systemd import HIJA_PATH_PREFIX
+    from vx11d.units import unit_path
 
     assert unit_path("vx11-hija-abcdefghij.service").startswith(HIJA_PATH_PREFIX)
     assert not unit_path("vx11-bench-1.service").startswith(HIJA_PATH_PREFIX)
