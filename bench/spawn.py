@@ -61,6 +61,7 @@ Last line: one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import json
 import os
@@ -101,9 +102,24 @@ def as_assignments(props: dict) -> list[str]:
             out.append(f"TimeoutStopSec={v}us")
         elif k == "Environment":
             out += [f"Environment={e.decode() if isinstance(e, bytes) else e}" for e in v]
+        elif isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], bool):
+            names = " ".join(_text(x) for x in v[1])  # (allow list?, names): filters
+            out.append(f"{k}={'' if v[0] else '~'}{names}")
+        elif isinstance(v, list):
+            out.append(f"{k}={' '.join(_text(x) for x in v)}")
+        elif k == "RestrictNamespaces":
+            out.append("RestrictNamespaces=yes" if v == 0 else f"{k}={v}")
+        elif k == "SystemCallErrorNumber":
+            out.append(f"{k}={errno.errorcode.get(v, v)}")
+        elif k == "UMask":
+            out.append(f"UMask={v:04o}")
         else:
             out.append(f"{k}={v}")
     return out
+
+
+def _text(x: object) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def setup_levels() -> None:
