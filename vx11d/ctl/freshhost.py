@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..errors import SandboxError
 from . import cgroups
+from .sandbox import systemd_child, term_on_parent_death
 
 CACHE = Path(os.environ.get("VX11_HOST_CACHE", "/var/cache/vx11-test"))
 HOSTS = Path(os.environ.get("VX11_HOSTS_DIR", "/var/tmp/vx11-hosts"))
@@ -217,7 +218,7 @@ class FreshHost:
         if self.cgroups is not None:
             self.cgroups.preexec()
         if self.die_with_caller:
-            _term_on_parent_death()
+            term_on_parent_death()
 
     def wait_running(self, deadline: float) -> str:
         state = ""
@@ -254,7 +255,7 @@ class FreshHost:
         pid = self.nspawn_pid()
         if pid is None:
             return None
-        return _systemd_child(pid)
+        return systemd_child(pid)
 
     def is_up(self) -> bool:
         return self.leader() is not None
@@ -360,7 +361,7 @@ def clean_stale(prefix: str = "", hosts: Path = HOSTS) -> list[str]:
             continue
         pid = _find_nspawn(d.name)
         if pid is not None:
-            child = _systemd_child(pid)
+            child = systemd_child(pid)
             for victim in (child, pid):
                 if victim is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -372,27 +373,6 @@ def clean_stale(prefix: str = "", hosts: Path = HOSTS) -> list[str]:
         removed.append(d.name)
     cgroups.cleanup_stale(lambda n: n.startswith(prefix) if prefix else True)
     return removed
-
-
-def _term_on_parent_death() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-
-
-def _systemd_child(pid: int) -> int | None:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    for child in children:
-        try:
-            if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
-                return int(child)
-        except OSError:
-            continue
-    return None
 
 
 def _find_nspawn(name: str) -> int | None:

@@ -95,19 +95,7 @@ class Sandbox:
     def leader(self) -> int | None:
         """PID (on the host) of the container's systemd, PID 1 inside."""
         pid = self.nspawn_pid()
-        if pid is None:
-            return None
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            return None
-        for child in children:
-            try:
-                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
-                    return int(child)
-            except OSError:
-                continue
-        return None
+        return None if pid is None else systemd_child(pid)
 
     def is_up(self) -> bool:
         return self.leader() is not None
@@ -211,7 +199,7 @@ class Sandbox:
         def preexec() -> None:
             deleg.preexec()
             if self.die_with_caller:
-                _term_on_parent_death()
+                term_on_parent_death()
 
         with open(self.state / "nspawn.log", "wb") as logf:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
@@ -342,11 +330,26 @@ class Sandbox:
         return info
 
 
-def _term_on_parent_death() -> None:
+def term_on_parent_death() -> None:
     """In the child before exec: get SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def systemd_child(pid: int) -> int | None:
+    """The child of nspawn ``pid`` named systemd: the container's PID 1, seen from here."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                return int(child)
+        except OSError:
+            continue
+    return None
 
 
 def running_names(prefix: str = "") -> list[str]:
