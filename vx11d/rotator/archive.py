@@ -1,12 +1,12 @@
 """Write an audit dir as a tar.gz streamed from the fd walk, and verify one by reading it back.
 
 The writer keeps nothing but a hash of the members it wrote (their keys, in walk
-order), so memory stays flat however large the tree. It compresses with zlib-ng, in
+order), so memory stays flat however large the tree. It compresses with libdeflate, in
 several threads when asked: the stream is cut in 1 MiB blocks, each compressed on its
-own but primed with the previous block's last 32 KiB (as ``pigz`` does), so the result
-is one ordinary gzip member that ``tar -xzf`` reads, about as small as single-threaded
-gzip. A fresh archive is verified by decompressing it whole (zlib-ng checks the CRC and
-length of the gzip stream) and comparing the result, byte for byte through a SHA-256,
+own into a gzip member, so the result is a standard multi-member gzip file that
+``tar -xzf`` reads, smaller than single-threaded ``gzip -6`` on audit text.
+A fresh archive is verified by decompressing it whole with another library (zlib-ng
+checks each member's CRC and length) and comparing the result, byte for byte through a SHA-256,
 with the tar stream the writer produced: every member's header and content read back.
 An archive found after a crash is read member by member and its keys must hold the
 source's as an ordered subsequence (the source may already be partly removed).
@@ -19,10 +19,13 @@ import io
 import os
 import tarfile
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from zlib_ng import gzip_ng, gzip_ng_threaded, zlib_ng
+import deflate
+from zlib_ng import gzip_ng, zlib_ng
 
 from ..errors import Vx11Error
 from .walk import Entry, WalkError
@@ -74,17 +77,26 @@ class _FdSink(io.RawIOBase):
 
 
 class GzipWriter:
-    """A gzip stream written to an fd, compressed by zlib-ng in ``threads`` threads."""
+    """A gzip file written to an fd as a series of 1 MiB members, compressed by
+    libdeflate in ``threads`` threads.
+
+    RFC 1952 lets a gzip file hold several members; ``gzip -d``, ``tar -xzf``, ``zcat``
+    and Python's ``gzip`` read them as one stream (``bgzip`` writes the same shape).
+    Each :data:`CHUNK` of the tar stream becomes one member, compressed on its own in a
+    thread (libdeflate lets go of the GIL) and written in order. libdeflate at level 6
+    compresses this project's audit text 1.4x faster than zlib-ng at level 6 and 1.3 %
+    smaller than gzip -6 even without a shared window (measured: docs/rotate.md), so the
+    blocks need no priming and no CRC combining. At most ``2 * threads`` blocks are in
+    flight, so memory stays flat.
+    """
 
     def __init__(self, fd: int, level: int, threads: int = 1):
         self.sink = _FdSink(fd)
-        self.gz: io.BufferedIOBase
-        if threads > 1:
-            self.gz = gzip_ng_threaded.open(self.sink, "wb", compresslevel=level,
-                                            threads=threads, block_size=CHUNK)
-        else:
-            self.gz = gzip_ng.GzipFile(fileobj=self.sink, mode="wb", compresslevel=level,
-                                       mtime=0)
+        self.level = level
+        self.pool = _pool(threads) if threads > 1 else None
+        self.depth = 2 * threads
+        self.pending: deque[Future[bytes]] = deque()
+        self.buf = bytearray()
         self.pos = 0
         self.sha = hashlib.sha256()
 
@@ -94,11 +106,45 @@ class GzipWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.pos += len(data)
-        self.sha.update(data)
-        self.gz.write(data)
+        self.buf += data
+        if len(self.buf) >= CHUNK:
+            self._submit()
+
+    def _submit(self) -> None:
+        block, self.buf = self.buf, bytearray()
+        self.sha.update(block)
+        if self.pool is None:
+            self.sink.write(deflate.gzip_compress(block, self.level))
+            return
+        self.pending.append(self.pool.submit(deflate.gzip_compress, block, self.level))
+        while len(self.pending) > self.depth:
+            self.sink.write(self.pending.popleft().result())
 
     def close(self) -> None:
-        self.gz.close()
+        if self.buf:
+            self._submit()
+        while self.pending:
+            self.sink.write(self.pending.popleft().result())
+
+    def abandon(self) -> None:
+        """Wait for blocks still being compressed (after an error): no thread outlives
+        the archive it was writing."""
+        for f in self.pending:
+            f.cancel()
+        wait(self.pending)
+        self.pending.clear()
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One compression pool per process and size (a forked worker makes its own)."""
+    key = (os.getpid(), threads)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
+    return pool
 
 
 def member_name(name: str, rel: str) -> str:
@@ -111,24 +157,28 @@ def write(out_fd: int, name: str, entries: Iterable[Entry], level: int,
     gz = GzipWriter(out_fd, level, threads)
     h = hashlib.sha256()
     members = files = bytes_in = 0
-    for e in entries:
-        ti = tarfile.TarInfo(member_name(name, e.rel))
-        ti.type = _TYPES[e.kind]
-        ti.mode, ti.uid, ti.gid, ti.mtime = e.mode, e.uid, e.gid, e.mtime
-        ti.size = e.size
-        ti.linkname = e.link
-        ti.uname = ti.gname = ""
-        gz.write(_header(ti))
-        if e.kind == "f":
-            assert e.fd is not None
-            _copy(e, gz)
-            files += 1
-            bytes_in += e.size
-        h.update(e.key().encode("utf-8", "surrogateescape"))
-        members += 1
-    gz.write(bytes(2 * _BLOCK))
-    gz.write(bytes(-gz.pos % _RECORD))
-    gz.close()
+    try:
+        for e in entries:
+            ti = tarfile.TarInfo(member_name(name, e.rel))
+            ti.type = _TYPES[e.kind]
+            ti.mode, ti.uid, ti.gid, ti.mtime = e.mode, e.uid, e.gid, e.mtime
+            ti.size = e.size
+            ti.linkname = e.link
+            ti.uname = ti.gname = ""
+            gz.write(_header(ti))
+            if e.kind == "f":
+                assert e.fd is not None
+                _copy(e, gz)
+                files += 1
+                bytes_in += e.size
+            h.update(e.key().encode("utf-8", "surrogateescape"))
+            members += 1
+        gz.write(bytes(2 * _BLOCK))
+        gz.write(bytes(-gz.pos % _RECORD))
+        gz.close()
+    except BaseException:
+        gz.abandon()
+        raise
     return Written(h.hexdigest(), members, files, bytes_in, gz.bytes_out,
                    gz.sha.hexdigest(), gz.pos)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,8 @@ def test_written_archive_reads_back_exactly(tmp_path):
 
 
 def test_a_parallel_archive_extracts_byte_identical_with_tar(tmp_path):
-    """Several threads, many 1 MiB blocks: still one gzip stream that tar -xzf reads."""
+    """Several threads, many 1 MiB blocks: a multi-member gzip file that tar -xzf,
+    gzip -t and Python's gzip read as one stream."""
     root = tmp_path / "r"
     files = audit_tree(root, OLD)
     big = (b"2026-01-03T12:00:00Z INFO vx11-madre: hija spawned ttl 30s\n" * 120_000
@@ -68,6 +71,38 @@ def test_a_parallel_archive_extracts_byte_identical_with_tar(tmp_path):
     (tmp_path / "one").mkdir()
     single, _ = build(tmp_path / "one", root, OLD, threads=1)
     assert out.stat().st_size <= single.stat().st_size * 1.02
+    assert single.read_bytes() == out.read_bytes(), "threads changed the bytes written"
+
+
+def test_an_archive_cut_at_a_gzip_member_boundary_is_detected(tmp_path):
+    """Cut exactly between two 1 MiB members, the file is still valid gzip (gzip -t
+    passes): only the comparison with what was written catches it."""
+    root = tmp_path / "r"
+    audit_tree(root, OLD, n_files=20)
+    (root / OLD / "big.log").write_bytes(b"2026-01-03T12:00:00Z INFO hija spawned\n" * 90_000)
+    out, w = build(tmp_path, root, OLD, threads=2)
+    data = out.read_bytes()
+    cuts = [i for i in range(10, len(data)) if data.startswith(b"\x1f\x8b\x08", i)
+            and _gunzips(data[:i])]
+    assert cuts, "no member boundary found"
+    out.write_bytes(data[:cuts[-1]])
+    assert subprocess.run(["gzip", "-t", str(out)]).returncode == 0
+    with pytest.raises(archive.VerifyError, match="bytes read back"):
+        verify(out, OLD, w)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        with pytest.raises(archive.VerifyError):
+            list(archive.read_keys(fd, OLD))
+    finally:
+        os.close(fd)
+
+
+def _gunzips(data: bytes) -> bool:
+    try:
+        gzip.decompress(data)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return True
 
 
 @pytest.mark.parametrize("threads", [1, 3])
