@@ -272,7 +272,7 @@ class ReaperConfig:
     tracking: Literal["events", "poll"] = opt(
         "events", "events: read each process once and learn exits from pidfds (falls back "
         "to poll above the open-file limit); poll: re-read every process every scan")
-    new_process_check: Duration = opt(Duration(0.25), "with tracking: events, how often "
+    new_process_check: Duration = opt(Duration(0.5), "with tracking: events, how often "
                                       "new PIDs are looked for (zombie detection delay)",
                                       lo=0.05, hi=60)
     full_rescan_every: int = opt(20, "with tracking: events, re-read every process every "

@@ -103,6 +103,7 @@ class Lifecycle:
         self.stop_requested = False
         self.reload_requested = False
         self._last_status = ""
+        self._last_ping = float("-inf")
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested = True
@@ -117,9 +118,15 @@ class Lifecycle:
         self.n.ready(status)
 
     def progressed(self, status: str) -> None:
-        """One pass of the main loop finished: ping the watchdog, update STATUS."""
+        """One pass of the main loop finished: ping the watchdog (at most every half
+        period: a loop that wakes often, like the reaper's, need not ping each time; the
+        sleep is capped at the period, so pings stay under 1.5 periods apart, 0.75 of
+        WatchdogSec), update STATUS."""
         if self.watchdog is not None:
-            self.n.watchdog()
+            now = self.clock()
+            if now - self._last_ping >= self.watchdog / 2:
+                self._last_ping = now
+                self.n.watchdog()
         if status != self._last_status:
             self._last_status = status
             self.n.status(status)
@@ -156,23 +163,20 @@ class _Waker:
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
 
-    def sleep(self, seconds: float, extra: int | None = None) -> bool:
-        """Sleep up to ``seconds``; True if ``extra`` (a service's fd) became readable."""
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, or until a signal arrives."""
         if seconds <= 0:
-            return False
+            return
         # poll, not select: a daemon holding thousands of pidfds (the reaper) may have an
         # fd above FD_SETSIZE here.
         p = select.poll()
         p.register(self.r, select.POLLIN)
-        if extra is not None:
-            p.register(extra, select.POLLIN)
         try:
-            ready = {fd for fd, _ in p.poll(seconds * 1000)}
+            ready = p.poll(seconds * 1000)
         except InterruptedError:
-            return False
-        if self.r in ready:
+            return
+        if ready:
             self.drain()
-        return extra is not None and extra in ready
 
     def drain(self) -> None:
         try:
@@ -228,10 +232,7 @@ def run(service: Service, *, notifier: Notifier | None = None,
             life.progressed(service.status())
             if life.stop_requested or life.reload_requested:
                 continue
-            # A service may hand the loop an fd (``wake_fd``) whose readiness is a
-            # reason to tick at once: the reaper's pidfd exit events.
-            if waker.sleep(life.wait_for(next_tick), getattr(service, "wake_fd", None)):
-                next_tick = life.clock()
+            waker.sleep(life.wait_for(next_tick))
         life.begin_stop()
         service.stop()
         life.stopped()

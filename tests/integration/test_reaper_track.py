@@ -50,7 +50,9 @@ def test_a_new_process_is_found_by_its_pid_and_its_exit_is_an_event():
         t.check_new()  # the first look lists /proc
         p = subprocess.Popen(["sleep", "60"])
         try:
-            pump(t, lambda: p.pid in t.procs, what="the new process probed")
+            pump(t, lambda: t.watching(p.pid), what="the new process probed")
+            assert p.pid not in t.procs, "a probe opens a pidfd, it reads nothing"
+            t.refresh()
             assert t.procs[p.pid].state != "Z"
             assert t.tracked_fds > 0
             before = t.events
@@ -63,6 +65,29 @@ def test_a_new_process_is_found_by_its_pid_and_its_exit_is_an_event():
             assert p.pid not in t.procs, "a reaped zombie leaves the table"
         finally:
             end(p)
+    finally:
+        t.close()
+
+
+def test_a_process_reaped_before_the_refresh_is_never_read():
+    """Probed, exited and reaped between two refreshes (most of a host's churn): the
+    probe and the exit event cost no /proc read, and the process never enters the
+    table."""
+    t = Tracker()
+    try:
+        t.refresh()
+        read: list[int] = []
+        real_read = t._read
+        t._read = lambda pid: (read.append(pid), real_read(pid))[1]  # type: ignore[method-assign]
+        p = subprocess.Popen(["sleep", "0.3"])
+        pump(t, lambda: t.watching(p.pid), what="the new process probed")
+        events = t.events
+        p.wait()  # reaped by us, its parent
+        pump(t, lambda: t.events > events and not t.watching(p.pid), what="the exit event")
+        assert p.pid not in read
+        assert not t.watching(p.pid) and p.pid not in t.procs
+        t.refresh()
+        assert p.pid not in t.procs
     finally:
         t.close()
 

@@ -23,7 +23,6 @@ from .track import Tracker, fd_budget
 
 COMPONENT = "reaper"
 MAX_HELD = 10_000  # records held while the DB refuses writes (the oldest go first)
-EVENT_HOLD = 0.2  # after handling exit events, wait this long before the next batch
 RETRACK_SHARE = 0.8  # polling goes back to events when the table is below this share
 log = logging.getLogger("vx11.reaper")
 
@@ -100,7 +99,7 @@ class ReaperService:
         self._rows: list[tuple[Any, ...]] = []
         self.tracker: Tracker | None = None
         self.next_probe = 0.0
-        self.hold_until = 0.0
+        self._next_flush = 0.0
         self._configure(cfg)
 
     def _configure(self, cfg: Config) -> None:
@@ -139,21 +138,16 @@ class ReaperService:
         journal.event(log, "reaper_polling", "process tracking off (%s): full scans every "
                       "%.0fs", why, self.rc.interval, level=logging.WARNING)
 
-    @property
-    def wake_fd(self) -> int | None:
-        """The tracker's epoll fd while exit events are wanted (the runtime selects on it)."""
-        if self.tracker is None or self.clock() < self.hold_until:
-            return None
-        return self.tracker.fileno()
-
     def _track_tick(self, now: float) -> None:
+        """Exit events and new PIDs, in one batch every ``new_process_check``: the loop
+        does not wake per exit (under churn that would be a wake per process)."""
         t = self.tracker
         assert t is not None
-        if t.handle_events():
-            self.hold_until = now + EVENT_HOLD
-        if now >= self.next_probe:
-            t.check_new()
-            self.next_probe = now + self.rc.new_process_check
+        if now < self.next_probe:
+            return
+        self.next_probe = now + self.rc.new_process_check
+        t.check_new()  # first: a probed process that already exited fires at once
+        t.handle_events()
         self.m.live_zombies.set(len(t.zombies))
         if t.overflow:
             self._untrack(f"more processes than {t.max_tracked} pidfds fit under the "
@@ -170,8 +164,6 @@ class ReaperService:
         now = self.clock()
         if self.tracker is not None:
             nxt = min(nxt, self.next_probe)
-            if self.hold_until > now:
-                nxt = min(nxt, self.hold_until)
         return max(0.01, nxt - now)
 
     def _migrate(self) -> None:
@@ -206,7 +198,12 @@ class ReaperService:
             self.scan_and_act()
             self.next_scan = self.clock() + self.rc.interval
         self.m.pending.set(len(self.term.pending))
-        self._flush()
+        now = self.clock()
+        if self._rows or now >= self._next_flush:
+            # The DB file check and a degraded DB's retry need not run on every
+            # new-process probe (4 a second): once a second, or at once with records.
+            self._next_flush = now + 1.0
+            self._flush()
 
     def status(self) -> str:
         text = self._status()

@@ -6,13 +6,16 @@ keeps the process table between ticks instead and learns what changed from event
 * **a new process**: ``/proc/loadavg`` names the last PID the kernel handed out in this
   PID namespace. When it moved, only the PIDs handed out since are probed (PIDs are
   allocated in increasing order until they wrap); a wrap, or more new PIDs than a probe
-  is worth, falls back to listing ``/proc``. A probed PID that is a thread, not a
-  process, is skipped (``pidfd_open`` refuses non-leaders with EINVAL).
+  is worth, falls back to listing ``/proc``. A probe only opens a pidfd (a thread, not
+  a process, is refused with EINVAL and skipped): the process is read at the next
+  refresh, by when most short-lived ones have exited and been reaped unread.
 * **an exit**: every tracked process has a pidfd in an epoll set; a pidfd becomes
   readable when its process exits, which needs no capability and works for any
-  process, not only children. The exited process is read again: a zombie stays in the
-  table (and its parent is known at once), a reaped one leaves it. Its known children
-  are read again too: they were re-parented (possible orphans).
+  process, not only children. If ``pidfd_open`` of the PID now fails, the process was
+  reaped (and the PID not reused): it leaves the table without a read. Otherwise it is
+  read again: a zombie stays in the table (and its parent is known at once), a new
+  process on the PID is tracked anew. Known children of an exited process are read
+  again too: they were re-parented (possible orphans).
 * **a zombie reaped**: zombies have no pidfd in the set; each is re-read on every
   refresh (there are few, and a reap allocates no PID).
 * **exec**: not an event here. A process is read again on the first refresh after it
@@ -55,10 +58,34 @@ def _boot_ticks() -> int:
     return int(time.clock_gettime(time.CLOCK_BOOTTIME) * HZ)
 
 
-def read_last_pid(proc: str = "/proc") -> int:
-    """The last PID handed out in this PID namespace (5th field of /proc/loadavg)."""
-    with open(f"{proc}/loadavg", "rb") as f:
-        return int(f.read().split()[4])
+def _exists(pid: int) -> bool:
+    """Whether ``pid`` names a process (live or zombie) now: one syscall, no procfs."""
+    try:
+        os.close(os.pidfd_open(pid))
+    except OSError as e:
+        if e.errno in (errno.ESRCH, errno.EINVAL):
+            return False  # reaped (EINVAL: the PID now names a thread)
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            return True  # cannot tell: read it
+        raise
+    return True
+
+
+class LastPid:
+    """The last PID handed out in this PID namespace (5th field of /proc/loadavg), read
+    with ``pread`` on a descriptor kept open: four times a second, an open and close
+    each time cost more than the read."""
+
+    def __init__(self, proc: str = "/proc"):
+        self.fd = os.open(f"{proc}/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self) -> int:
+        return int(os.pread(self.fd, 256, 0).split()[4])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Tracker:
@@ -75,7 +102,9 @@ class Tracker:
         self._fds: dict[int, int] = {}  # pid -> pidfd (live processes only)
         self._pids: dict[int, int] = {}  # pidfd -> pid
         self._young: set[int] = set()
+        self._unread: set[int] = set()  # probed (pidfd open), not read yet
         self._ep = select.epoll()
+        self._loadavg = LastPid(proc)
         self._last_pid = -1
         self._refreshes = 0
         self.overflow = False  # True once the fd budget ran out: use full scans
@@ -97,6 +126,7 @@ class Tracker:
         self._fds.clear()
         self._pids.clear()
         self._ep.close()
+        self._loadavg.close()
 
     def __del__(self) -> None:
         # A tracker dropped without close() (a reaper object thrown away) must not keep
@@ -114,7 +144,7 @@ class Tracker:
         return Snapshot(dict(self.procs), read_uptime_ticks(self.proc), 0, zp)
 
     def handle_events(self) -> int:
-        """Read the processes whose pidfds fired (exits); returns how many did."""
+        """Account for the processes whose pidfds fired (exits); returns how many did."""
         ready = self._ep.poll(0)
         for fd, _ in ready:
             pid = self._pids.get(fd)
@@ -122,16 +152,19 @@ class Tracker:
                 continue
             self._drop_fd(pid)
             self.events += 1
+            self._unread.discard(pid)
             old = self.procs.get(pid)
-            self._reread(pid, old)
-            if old is not None:
-                for child in list(self.children.get(pid, ())):
-                    self._reread(child, self.procs.get(child))
+            if _exists(pid):
+                self._reread(pid, old)
+            elif old is not None:
+                self._forget(pid)
+            for child in list(self.children.get(pid, ())):
+                self._reread(child, self.procs.get(child))
         return len(ready)
 
     def check_new(self) -> int:
         """Probe the PIDs handed out since the last look; returns how many were new."""
-        last = read_last_pid(self.proc)
+        last = self._loadavg.read()
         prev = self._last_pid
         if last == prev:
             return 0
@@ -139,7 +172,10 @@ class Tracker:
         if prev < 0 or last < prev or last - prev > PROBE_LIMIT:
             return self._list_all()
         self.probes += 1
-        return self._add_many(range(prev + 1, last + 1), probe=True)
+        n = 0
+        for pid in range(prev + 1, last + 1):
+            n += self._watch(pid)
+        return n
 
     def refresh(self) -> None:
         """A tick's work before evaluation: events, new PIDs, zombies, young processes,
@@ -150,6 +186,7 @@ class Tracker:
             self._reread_all()
             return
         self.check_new()
+        self._read_unread()
         for pid in list(self.zombies):
             self._reread(pid, self.procs.get(pid))
         young, self._young = self._young, set()
@@ -175,13 +212,15 @@ class Tracker:
         listed = {int(n) for n in os.listdir(self.proc) if n.isdigit()}
         for pid in [p for p in self.procs if p not in listed]:
             self._forget(pid)
-        return self._add_many(sorted(listed - self.procs.keys()), probe=False)
+        self._read_unread()
+        return self._add_many(sorted(listed - self.procs.keys()))
 
     def _reread_all(self) -> None:
         """A full scan, merged into the table (the periodic safety net)."""
         self.listings += 1
-        self._last_pid = read_last_pid(self.proc)
+        self._last_pid = self._loadavg.read()
         snap = scan(self.proc)
+        self._read_unread()
         for pid in [p for p in self.procs if p not in snap.procs]:
             self._forget(pid)
         for pid, p in snap.procs.items():
@@ -191,64 +230,96 @@ class Tracker:
             else:
                 if old is not None:
                     self._forget(pid)
-                self._add(pid, probe=False)
+                self._add(pid)
         self._young.clear()
 
-    def _add_many(self, pids: Iterable[int], *, probe: bool) -> int:
+    def _add_many(self, pids: Iterable[int]) -> int:
         n = 0
         for pid in pids:
-            if pid not in self.procs and self._add(pid, probe=probe):
+            if pid not in self.procs and self._add(pid):
                 n += 1
         return n
 
-    def _add(self, pid: int, *, probe: bool) -> bool:
+    def _open_pidfd(self, pid: int) -> int | None:
+        """A pidfd for ``pid`` within the fd budget; None when gone, a thread, or the
+        budget is spent (then ``overflow``: the daemon falls back to full scans)."""
+        if self.overflow:
+            return None
+        if len(self._fds) >= self.max_tracked:
+            self.overflow = True
+            return None
+        try:
+            return os.pidfd_open(pid)
+        except OSError as e:
+            if e.errno in (errno.ESRCH, errno.ENOENT, errno.EINVAL):
+                return None  # gone (or never was), or a thread, not a process
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            self.overflow = True
+            return None
+
+    def _register(self, pid: int, fd: int) -> None:
+        self._fds[pid] = fd
+        self._pids[fd] = pid
+        self._ep.register(fd, select.EPOLLIN)
+
+    def _watch(self, pid: int) -> int:
+        """A probed PID: its pidfd goes into the set; it is read at the next refresh."""
+        if pid in self.procs or pid in self._fds:
+            return 0
+        fd = self._open_pidfd(pid)
+        if fd is None:
+            return 0
+        self._register(pid, fd)
+        self._unread.add(pid)
+        return 1
+
+    def _read(self, pid: int) -> Proc | None:
+        return read_proc(self.proc, pid)
+
+    def _read_unread(self) -> None:
+        unread, self._unread = self._unread, set()
+        for pid in unread:
+            p = self._read(pid)
+            if p is None:
+                self._drop_fd(pid)
+                continue
+            self._stored(p)
+
+    def _add(self, pid: int) -> bool:
         """Start tracking ``pid``: pidfd first, then the read that proves it is that one."""
-        fd = None
-        if not self.overflow:
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError as e:
-                if e.errno in (errno.ESRCH, errno.ENOENT):
-                    return False  # gone (or never was)
-                if e.errno == errno.EINVAL:
-                    return False  # a thread (probing by PID), not a process
-                if e.errno not in (errno.EMFILE, errno.ENFILE):
-                    raise
-                self.overflow = True
-        elif probe:
-            return False
-        p = read_proc(self.proc, pid)
+        fd = self._open_pidfd(pid)
+        p = self._read(pid)
         if p is None:
             if fd is not None:
                 os.close(fd)
             return False
+        if fd is not None:
+            self._register(pid, fd)
+        self._stored(p)
+        return True
+
+    def _stored(self, p: Proc) -> None:
+        """A process read for the first time: into the table; its pidfd (if any) kept
+        while it lives."""
         self._store(p, None)
         if _boot_ticks() - p.start < YOUNG_TICKS:
-            self._young.add(pid)  # may not have exec'd yet: read it again next refresh
-        if fd is not None and p.state not in ("Z", "X"):
-            if len(self._fds) >= self.max_tracked:
-                os.close(fd)
-                self.overflow = True
-            else:
-                self._fds[pid] = fd
-                self._pids[fd] = pid
-                self._ep.register(fd, select.EPOLLIN)
-        elif fd is not None:
-            os.close(fd)
-        return True
+            self._young.add(p.pid)  # may not have exec'd yet: read it again next refresh
+        if p.state in ("Z", "X"):
+            self._drop_fd(p.pid)
 
     def _reread(self, pid: int, old: Proc | None) -> Proc | None:
         """Read ``pid`` again; a different start time means a new process took the PID."""
-        p = read_proc(self.proc, pid)
+        p = self._read(pid)
         if p is None:
             self._forget(pid)
             return None
         if old is not None and p.start != old.start:
             self._forget(pid)
-            self._add(pid, probe=False)
+            self._add(pid)
             return self.procs.get(pid)
         if old is None:
-            self._add(pid, probe=False)
+            self._add(pid)
             return self.procs.get(pid)
         self._store(p, old)
         if p.state in ("Z", "X"):
@@ -271,6 +342,7 @@ class Tracker:
 
     def _forget(self, pid: int) -> None:
         self._drop_fd(pid)
+        self._unread.discard(pid)
         p = self.procs.pop(pid, None)
         self.zombies.discard(pid)
         self._young.discard(pid)
@@ -288,6 +360,10 @@ class Tracker:
             with contextlib.suppress(OSError, ValueError):
                 self._ep.unregister(fd)
             os.close(fd)
+
+    def watching(self, pid: int) -> bool:
+        """Whether ``pid`` has a pidfd in the set (read yet or not)."""
+        return pid in self._fds
 
     @property
     def tracked_fds(self) -> int:
