@@ -6,7 +6,9 @@ Same model file (SmolLM2-135M-Instruct Q4_1, fetched like ``vx11ctl model fetch`
 exactly ``max_tokens``), interleaved runs, medians:
 
 - tokens/s (non-streaming request, completion tokens / wall time) and first-token latency
-  (streaming, time to the first chunk with text): the gateway app on loopback proxying to
+  (streaming, time to the first chunk with text), the peers' order rotated each run and
+  the ratios taken per run (median of the paired ratios and differences, so a slow spell
+  of a noisy machine cancels out): the gateway app on loopback proxying to
   the real worker (``vx11d hermes``, a child process) on its UNIX socket; the same calls on
   a ``Llama`` in this process; ``llama_cpp.server`` over HTTP;
 - prompt reuse: a ~500-token system prompt; conversation A turn 1 (cold), conversation B
@@ -57,7 +59,7 @@ N_CTX = 2048
 PROMPT = [{"role": "user", "content": "Tell me about lighthouses and their keepers."}]
 EOG_BIAS = {"0": -100.0, "2": -100.0}  # <|endoftext|>, <|im_end|>: never stop early
 SYSTEM = " ".join(f"Rule {i}: keep unit {i} bounded, observable and restartable, and "
-                  "report its state in one short line." for i in range(1, 27))
+                  "report its state in one short line." for i in range(1, 21))  # ~500 tokens
 REMOTE_KEY = "bench-remote-key-0123456789"
 
 
@@ -247,11 +249,17 @@ def ip_kwargs(messages: list, tokens: int) -> dict:
 
 
 def ip_first_token(llm, tokens: int) -> float:
+    """Seconds to the first chunk with text; the rest of the answer is read too, as the
+    HTTP peers' clients read theirs. (Left unread, the generation stops with the last
+    prompt token's logits still in place, and the next identical prompt samples its first
+    token from them with no decode at all: ~1 ms instead of one decode's ~14 ms here, a
+    figure no server can show.)"""
     t0 = time.perf_counter()
+    first = float("nan")
     for chunk in llm.create_chat_completion(**ip_kwargs(PROMPT, tokens), stream=True):
-        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-            return time.perf_counter() - t0
-    return float("nan")
+        if first != first and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            first = time.perf_counter() - t0
+    return first
 
 
 def free_port() -> int:
@@ -325,10 +333,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=THREADS, help="n_threads for every peer")
     a = ap.parse_args()
     THREADS = a.threads
-    runs, tokens, ft_tokens, reuse_runs, conc_tokens = (
-        (3, 48, 4, 2, 24) if a.quick else (9, 128, 8, 5, 64))
+    # --quick: prompt reuse runs once per peer (two cold ~500-token prompts and, for
+    # llama_server, a third: ~6-9 s a run here); the full run repeats it 5 times
+    runs, tokens, ft_tokens, reuse_runs, srv_reuse_runs, conc_tokens = (
+        (5, 48, 4, 1, 1, 24) if a.quick else (9, 128, 8, 5, 5, 64))
     clients = 4
     t_start = time.monotonic()
+    laps: dict[str, float] = {}
+    t_lap = [t_start]
+
+    def lap(name: str) -> None:
+        now = time.monotonic()
+        laps[name] = round(now - t_lap[0], 1)
+        t_lap[0] = now
     tmp = tempfile.mkdtemp(prefix="vx11-bench-hermes-")
     srv = proc = gw = None
     try:
@@ -336,6 +353,7 @@ def main() -> int:
         from llama_cpp import Llama
 
         llm = Llama(model_path=model, n_ctx=N_CTX, n_threads=THREADS, verbose=False)
+        lap("setup")
         sys_tokens = prompt_tokens(llm)
         proc, sock = start_worker(os.path.join(tmp, "w"), model)
         gw = Gateway(tmp, sock, model)
@@ -353,22 +371,29 @@ def main() -> int:
         ip_throughput(llm, 4)
         tps = {"gateway": [], "inprocess": [], "llama_server": []}
         ft = {"gateway": [], "inprocess": [], "llama_server": []}
-        for _ in range(runs):  # interleaved
-            for p in peers:
-                tps[p["name"]].append(asyncio.run(with_session(http_throughput, p, tokens)))
-            tps["inprocess"].append(ip_throughput(llm, tokens))
-            for p in peers:
-                ft[p["name"]].append(asyncio.run(with_session(
-                    http_first_token, p, PROMPT, ft_tokens))[0])
-            ft["inprocess"].append(ip_first_token(llm, ft_tokens))
+        order = ["gateway", "llama_server", "inprocess"]
+        by_name = {p["name"]: p for p in peers}
+        for i in range(runs):  # interleaved, the order rotated each run
+            run_order = order[i % 3:] + order[:i % 3]
+            for name in run_order:
+                tps[name].append(ip_throughput(llm, tokens) if name == "inprocess" else
+                                 asyncio.run(with_session(http_throughput, by_name[name],
+                                                          tokens)))
+            for name in run_order:
+                ft[name].append(ip_first_token(llm, ft_tokens) if name == "inprocess" else
+                                asyncio.run(with_session(http_first_token, by_name[name],
+                                                         PROMPT, ft_tokens))[0])
         llm.close()
         del llm
+        lap("throughput")
         cold, warm, srv_warm = [], [], []
         for run in range(reuse_runs):
             c, w = asyncio.run(prompt_reuse(gpeer, run))
             cold.append(c)
             warm.append(w)
-            srv_warm.append(asyncio.run(prompt_reuse(speer, 100 + run))[1])
+            if run < srv_reuse_runs:
+                srv_warm.append(asyncio.run(prompt_reuse(speer, 100 + run))[1])
+        lap("reuse")
         agg, waits = asyncio.run(concurrent(gpeer, clients, conc_tokens))
         agg_srv, _ = asyncio.run(concurrent(speer, clients, conc_tokens))
         srv.terminate()
@@ -376,6 +401,7 @@ def main() -> int:
         srv = None
         gw.close()
         gw = None
+        lap("concurrent")
         loaded_rss = asyncio.run(unix_get(sock, "/health"))["rss_bytes"]
         worker_config(os.path.join(tmp, "w"), model, idle_unload=1)
         proc.send_signal(signal.SIGHUP)
@@ -388,8 +414,10 @@ def main() -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
         proc = None
+        lap("unload")
         sw_p50, sw_p99, bomb_max = switch_latency(5000 if a.quick else 50000)
         cases, refused, crashes = corpus_run(tmp)
+        lap("corpus")
     finally:
         for p in (srv, proc):
             if p is not None and p.poll() is None:
@@ -401,6 +429,12 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median
+
+    def paired(a: str, b: str) -> float:
+        """Median of the per-run ratios a/b: a slow spell of the machine hits both
+        members of a pair, so it cancels out of each ratio."""
+        return med(x / y for x, y in zip(tps[a], tps[b], strict=True))
+
     waits.sort()
     r = {
         "model": DEFAULT.filename,
@@ -409,13 +443,13 @@ def main() -> int:
         "tokens_per_s_gateway": round(med(tps["gateway"]), 1),
         "tokens_per_s_inprocess": round(med(tps["inprocess"]), 1),
         "tokens_per_s_llama_server": round(med(tps["llama_server"]), 1),
-        "ratio_vs_inprocess": round(med(tps["gateway"]) / med(tps["inprocess"]), 3),
-        "ratio_vs_llama_server": round(med(tps["gateway"]) / med(tps["llama_server"]), 3),
+        "ratio_vs_inprocess": round(paired("gateway", "inprocess"), 3),
+        "ratio_vs_llama_server": round(paired("gateway", "llama_server"), 3),
         "first_token_ms_gateway": round(med(ft["gateway"]) * 1000, 2),
         "first_token_ms_inprocess": round(med(ft["inprocess"]) * 1000, 2),
         "first_token_ms_llama_server": round(med(ft["llama_server"]) * 1000, 2),
-        "first_token_overhead_ms": round((med(ft["gateway"]) - med(ft["inprocess"])) * 1000,
-                                         2),
+        "first_token_overhead_ms": round(med(g - i for g, i in zip(
+            ft["gateway"], ft["inprocess"], strict=True)) * 1000, 2),
         "system_prompt_tokens": sys_tokens,
         "cold_first_token_ms": round(med(cold) * 1000, 1),
         "cached_prefix_first_token_ms": round(med(warm) * 1000, 1),
@@ -436,6 +470,7 @@ def main() -> int:
         "gguf_corpus_worker_crashes": crashes,
         "runs": runs, "tokens_per_run": tokens,
         "seconds": round(time.monotonic() - t_start, 1),
+        "phase_seconds": laps,
     }
     print(f"model {r['model']} ({r['model_mb']} MB), {runs} interleaved runs of {tokens} "
           f"tokens, {THREADS} threads, temperature 0")

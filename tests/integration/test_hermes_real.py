@@ -235,14 +235,16 @@ def test_decision_tree_on_real_inputs(gateway, remote_server):
                              "remote": "unavailable"}
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["llama_cpp_state_io", "lean_state_io"])
 def test_prompt_cache_restores_an_earlier_conversation_exactly_and_stays_bounded(
-        real_model):
+        real_model, lean):
     """Conversation A, then B, then A's second turn: A's prefix comes back from the saved
     state (not evaluated again) and the answer is the one a fresh model gives; the cache
-    holds no 100 MB logits copy per state and stays under its capacity."""
+    holds no 100 MB logits copy per state and stays under its capacity. Also with the
+    worker's own save/load (no logits copied at all)."""
     from llama_cpp import Llama
 
-    from vx11d.hermes.promptcache import PromptCache
+    from vx11d.hermes.promptcache import PromptCache, lean_state_io
 
     system = " ".join(f"Rule {i}: keep unit {i} bounded." for i in range(40))
     a1 = [{"role": "system", "content": "A. " + system}, {"role": "user", "content": Q}]
@@ -260,6 +262,8 @@ def test_prompt_cache_restores_an_earlier_conversation_exactly_and_stays_bounded
     try:
         cache = PromptCache(capacity_bytes=64 << 20)
         llm.set_cache(cache)
+        if lean:
+            lean_state_io(llm)
         first = llm.create_chat_completion(messages=a1, **kw)
         llm.create_chat_completion(messages=b1, **kw)
         a2 = [*a1, first["choices"][0]["message"], {"role": "user", "content": "Why?"}]

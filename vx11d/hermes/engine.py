@@ -134,13 +134,14 @@ class Engine:
         # load), with its EOS token as the stop token
         llm = Llama(model_path=cfg.model_path, n_ctx=cfg.n_ctx,
                     n_threads=cfg.n_threads or None, chat_format=cfg.chat_format or None,
-                    verbose=False)
+                    flash_attn=cfg.flash_attn, verbose=False)
         if int(cfg.prompt_cache) > 0:
-            from .promptcache import PromptCache
+            from .promptcache import PromptCache, lean_state_io
 
             # llama.cpp keeps the KV of the LAST prompt (a shared prefix is not evaluated
             # again); this keeps the states of earlier conversations too, LRU, bounded
             llm.set_cache(PromptCache(capacity_bytes=int(cfg.prompt_cache)))
+            lean_state_io(llm)
         _record_samples(llm)
         return llm
 
@@ -167,7 +168,8 @@ class Engine:
 
     def _close(self) -> None:
         llm, self.llm = self.llm, None
-        llm.__dict__.pop("sample", None)  # the recording wrapper's cycle back to llm
+        for wrapper in ("sample", "save_state", "load_state"):
+            llm.__dict__.pop(wrapper, None)  # each wrapper's cycle back to llm
         llm.cache = None  # the saved prompt states go now, not at some later gc
         llm.close()
         del llm
