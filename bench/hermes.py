@@ -352,7 +352,10 @@ def main() -> int:
         model = fetch(DEFAULT, os.path.join(tmp, "models"), default_cache()).path
         from llama_cpp import Llama
 
-        llm = Llama(model_path=model, n_ctx=N_CTX, n_threads=THREADS, verbose=False)
+        # the worker's own settings: the in-process peer measures what the gateway path
+        # adds, not a kernel choice (llama_server keeps its defaults: what a user runs)
+        llm = Llama(model_path=model, n_ctx=N_CTX, n_threads=THREADS,
+                    flash_attn=config.HermesConfig().flash_attn, verbose=False)
         lap("setup")
         sys_tokens = prompt_tokens(llm)
         proc, sock = start_worker(os.path.join(tmp, "w"), model)
