@@ -46,10 +46,13 @@ def lean_state_io(llm: Any) -> None:
                                                size))
         if n > size:
             raise RuntimeError("llama.cpp wrote more state than it announced")
-        del buf[n:]
+        # an exact-size copy: a buffer shrunk in place leaves holes in the heap that
+        # outlive the model (measured: +11 MiB of RSS after the idle unload)
+        state = bytes(memoryview(buf)[:n])
+        del buf
         return LlamaState(input_ids=llm.input_ids.copy(), scores=llm._scores[-1:].copy(),
-                          n_tokens=llm.n_tokens, llama_state=buf,  # type: ignore[arg-type]
-                          llama_state_size=n, seed=llm._seed)
+                          n_tokens=llm.n_tokens, llama_state=state, llama_state_size=n,
+                          seed=llm._seed)
 
     def load_state(state: LlamaState) -> None:
         llm.input_ids = state.input_ids.copy()
