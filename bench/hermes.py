@@ -8,9 +8,9 @@ exactly ``max_tokens``), interleaved runs, medians:
 - tokens/s (non-streaming request, completion tokens / wall time) and first-token latency
   (streaming, time to the first chunk with text), the peers' order rotated each run and
   the ratios taken per run (median of the paired ratios and differences, so a slow spell
-  of a noisy machine cancels out): the gateway app on loopback proxying to
-  the real worker (``vx11d hermes``, a child process) on its UNIX socket; the same calls on
-  a ``Llama`` in this process; ``llama_cpp.server`` over HTTP;
+  of a noisy machine cancels out): the real gateway (``vx11d gateway``, a child process)
+  on loopback proxying to the real worker (``vx11d hermes``, another) on its UNIX socket;
+  the same calls on a ``Llama`` in this process; ``llama_cpp.server`` over HTTP;
 - prompt reuse: a ~500-token system prompt; conversation A turn 1 (cold), conversation B
   turn 1, then A turn 2 resending A's history: its prefix comes back from the saved state
   (llama_cpp.server, without a cache, evaluates it again);
@@ -36,20 +36,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import aiohttp
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vx11d import config
 from vx11d.ctl.modelfetch import DEFAULT, default_cache, fetch
 from vx11d.db import Database
-from vx11d.gateway.app import build_app
-from vx11d.gateway.context import GatewayContext
 from vx11d.hermes.testmodel import write_corpus, write_model
 from vx11d.switch import Switch, SwitchRefused
 
@@ -97,43 +92,50 @@ async def unix_get(sock: str, path: str) -> dict:
 
 
 class Gateway:
-    """The gateway app (chain module) on loopback in a background loop."""
+    """The real gateway (``vx11d gateway``, its own process, as systemd runs it) on a
+    loopback port, with an open Hermes activation window in its DB."""
 
     def __init__(self, tmp: str, sock: str, model: str):
-        dbpath = os.path.join(tmp, "gw.db")
+        gdir = os.path.join(tmp, "gw")
+        os.makedirs(gdir, exist_ok=True)
+        dbpath = os.path.join(gdir, "vx11.db")
         db = Database(dbpath, migrate=True)
         now = time.time()
         db.write(lambda c: c.execute("INSERT INTO activations (component, created_at, "
                                      "expires_at) VALUES ('hermes', ?, ?)", (now, now + 3600)))
-        cfg = config.parse(json.dumps({"db": {"path": dbpath}, "gateway": {
-            "request_timeout": 300}, "hermes": {"socket": sock, "model_path": model}}), "b")
-        self.ctx = GatewayContext(cfg=cfg, db=db, registry=CollectorRegistry())
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-
-            async def start():
-                self.runner = web.AppRunner(build_app(self.ctx, TOKEN,
-                                                      modules=["vx11d.gateway.chain"]))
-                await self.runner.setup()
-                site = web.TCPSite(self.runner, "127.0.0.1", 0)
-                await site.start()
-                self.port = site._server.sockets[0].getsockname()[1]
-
-            self.loop.run_until_complete(start())
-            ready.set()
-            self.loop.run_forever()
-
-        threading.Thread(target=run, daemon=True).start()
-        ready.wait(15)
+        db.close()
+        token_file = os.path.join(gdir, "token")
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, TOKEN.encode() + b"\n")
+        os.close(fd)
+        self.port = free_port()
+        cfg = os.path.join(gdir, "vx11.yml")
+        with open(cfg, "w") as f:
+            json.dump({"db": {"path": dbpath},
+                       "gateway": {"listen_address": "127.0.0.1", "listen_port": self.port,
+                                   "metrics_port": free_port(), "token_file": token_file,
+                                   "request_timeout": 300, "hermes_socket": sock},
+                       "hermes": {"socket": sock, "model_path": model}}, f)
+        env = {**os.environ, "VX11_CONFIG": cfg}
+        env.pop("CREDENTIALS_DIRECTORY", None)
+        env.pop("NOTIFY_SOCKET", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "vx11d", "gateway"], env=env,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(gdir, "log"), "wb"))  # noqa: SIM115
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"vx11d gateway did not start; see {gdir}/log")
+            time.sleep(0.05)
         self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
-        self.base = f"http://127.0.0.1:{self.port}"
 
     def close(self):
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
 
 
 def switch_latency(n: int) -> tuple[float, float, float]:
@@ -307,13 +309,18 @@ async def concurrent(peer: dict, clients: int, tokens: int) -> tuple[float, list
     return sum(n for n, _ in out) / wall, [w for _, w in out]
 
 
-async def prompt_reuse(peer: dict, run: int) -> tuple[float, float]:
-    """(cold first-token s of A turn 1, first-token s of A turn 2 after B turn 1)."""
+async def prompt_reuse(peer: dict, run: int, cold_turn: bool = True
+                       ) -> tuple[float, float]:
+    """(cold first-token s of A turn 1, first-token s of A turn 2 after B turn 1).
+    Without ``cold_turn`` A turn 1 is not sent (its answer is a fixed text; nan for the
+    cold figure): enough for a peer that keeps no saved states (--quick's time)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         sys_a = {"role": "system", "content": f"Session {run}-a. {SYSTEM}"}
         sys_b = {"role": "system", "content": f"Session {run}-b. {SYSTEM}"}
         a1 = [sys_a, {"role": "user", "content": "Unit 3 failed. What do I check first?"}]
-        cold, answer = await http_first_token(s, peer, a1, 24, bias=False)
+        cold, answer = float("nan"), "Check its status and its journal first."
+        if cold_turn:
+            cold, answer = await http_first_token(s, peer, a1, 24, bias=False)
         await http_first_token(s, peer, [sys_b, {"role": "user", "content": "Hello."}], 8,
                                bias=False)
         a2 = [*a1, {"role": "assistant", "content": answer},
@@ -333,8 +340,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=THREADS, help="n_threads for every peer")
     a = ap.parse_args()
     THREADS = a.threads
-    # --quick: prompt reuse runs once per peer (two cold ~500-token prompts and, for
-    # llama_server, a third: ~6-9 s a run here); the full run repeats it 5 times
+    # --quick: prompt reuse runs once per peer, and llama_server (which keeps no saved
+    # states) gets only B turn 1 and A turn 2; the full run repeats all of it 5 times
     runs, tokens, ft_tokens, reuse_runs, srv_reuse_runs, conc_tokens = (
         (5, 48, 4, 1, 1, 24) if a.quick else (9, 128, 8, 5, 5, 64))
     clients = 4
@@ -395,7 +402,8 @@ def main() -> int:
             cold.append(c)
             warm.append(w)
             if run < srv_reuse_runs:
-                srv_warm.append(asyncio.run(prompt_reuse(speer, 100 + run))[1])
+                srv_warm.append(asyncio.run(prompt_reuse(speer, 100 + run,
+                                                         cold_turn=not a.quick))[1])
         lap("reuse")
         agg, waits = asyncio.run(concurrent(gpeer, clients, conc_tokens))
         agg_srv, _ = asyncio.run(concurrent(speer, clients, conc_tokens))
