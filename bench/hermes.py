@@ -46,6 +46,7 @@ from vx11d import config
 from vx11d.ctl.modelfetch import DEFAULT, default_cache, fetch
 from vx11d.db import Database
 from vx11d.hermes.testmodel import write_corpus, write_model
+from vx11d.hijas import activate
 from vx11d.switch import Switch, SwitchRefused
 
 TOKEN = "bench-token-0123456789abcdef"
@@ -100,9 +101,7 @@ class Gateway:
         os.makedirs(gdir, exist_ok=True)
         dbpath = os.path.join(gdir, "vx11.db")
         db = Database(dbpath, migrate=True)
-        now = time.time()
-        db.write(lambda c: c.execute("INSERT INTO activations (component, created_at, "
-                                     "expires_at) VALUES ('hermes', ?, ?)", (now, now + 3600)))
+        activate(db, config.Config(), "hermes", 3600, "bench")
         db.close()
         token_file = os.path.join(gdir, "token")
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import openai
 import pytest
@@ -29,6 +28,7 @@ from vx11d.db import Database
 from vx11d.gateway.app import build_app
 from vx11d.gateway.context import GatewayContext
 from vx11d.hermes.testmodel import high_byte_bias
+from vx11d.hijas import activate, deactivate
 
 REMOTE_KEY = "remote-key-for-tests-0123456789"
 
@@ -73,19 +73,6 @@ def remote_server(tmp_path_factory, models):
         log.close()
 
 
-def _activate(db: Database, seconds: float = 3600) -> None:
-    now = time.time()
-    db.write(lambda c: c.execute("INSERT INTO activations (component, created_at, expires_at,"
-                                 " requested_by) VALUES ('hermes', ?, ?, 'test')",
-                                 (now, now + seconds)))
-
-
-def _deactivate(db: Database) -> None:
-    db.write(lambda c: c.execute("UPDATE activations SET ended_at = ?, ended_reason = "
-                                 "'deactivated' WHERE component = 'hermes' AND ended_at IS "
-                                 "NULL", (time.time(),)))
-
-
 @pytest.fixture
 def gateway(dbpath, worker):
     made = []
@@ -108,7 +95,7 @@ def gateway(dbpath, worker):
 
 def test_route_chain_switch_then_hermes_with_real_generation(gateway):
     gw, ctx = gateway()
-    _activate(ctx.db)
+    activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
     status, body, _ = http("POST", gw.url + "/vx11/route", {"query": "2+2"})
     assert (status, body["route"], body["answer"]) == (200, "switch", "4")
     assert body["latency_ms"] >= 0  # how fast: bench/switch.py and bench/hermes.py
@@ -126,7 +113,7 @@ def test_route_chain_switch_then_hermes_with_real_generation(gateway):
 
 def test_openai_client_against_the_gateway(gateway):
     gw, ctx = gateway()
-    _activate(ctx.db)
+    activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TOKEN, max_retries=0)
     bias = {str(k): v for k, v in high_byte_bias().items()}
     r = client.chat.completions.create(model="hermes", messages=[
@@ -149,10 +136,10 @@ def test_openai_client_against_the_gateway(gateway):
 
 def test_policy_disables_hermes_and_the_chain_falls_back_to_remote(gateway, remote_server):
     gw, ctx = gateway(remote=remote_server)
-    _activate(ctx.db)
+    activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
     status, body, _ = http("POST", gw.url + "/vx11/route", {"query": "tell me a story"})
     assert (status, body.get("route")) == (200, "hermes"), body
-    _deactivate(ctx.db)  # what `vx11ctl deactivate hermes` / POST /vx11/policy do
+    deactivate(ctx.db, "hermes", "test")  # what `vx11ctl deactivate hermes` / POST /vx11/policy do
     status, body, _ = http("POST", gw.url + "/vx11/route", {"query": "tell me a story"})
     assert status == 200, body
     assert body["route"] == "remote" and body["model"] == "remote-tiny"
@@ -184,7 +171,7 @@ def test_no_route_without_hermes_or_remote(gateway):
 
 def test_hermes_down_falls_through_counted(gateway, tmp_path, remote_server):
     gw, ctx = gateway(remote=remote_server, socket=str(tmp_path / "nobody.sock"))
-    _activate(ctx.db)
+    activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
     status, body, _ = http("POST", gw.url + "/vx11/route", {"query": "tell me a story"})
     assert (status, body["route"]) == (200, "remote")
     from prometheus_client import generate_latest
@@ -228,7 +215,7 @@ def test_gateway_stream_cancel_and_queue_full_pass_through(tmp_path, dbpath):
         cfg = config.parse(json.dumps({"db": {"path": dbpath}, "hermes": {
             "socket": w.socket, "model_path": w.model_path}}), "gw.yml")
         ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
-        _activate(ctx.db)
+        activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
         gw = AppThread(lambda: build_app(ctx, TOKEN, modules=["vx11d.gateway.chain"]))
         url = gw.url + "/v1/chat/completions"
         hdr = {"X-VX11-Token": TOKEN}

@@ -9,7 +9,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 
 import aiohttp
 import openai
@@ -22,6 +21,7 @@ from vx11d.ctl.modelfetch import DEFAULT
 from vx11d.db import Database
 from vx11d.gateway.app import build_app
 from vx11d.gateway.context import GatewayContext
+from vx11d.hijas import activate, deactivate
 
 # (this 135M model is fragile: without "Answer in one word." AVX2 and AVX-512 builds of
 # llama.cpp answer differently at temperature 0; with it, both say Paris)
@@ -39,19 +39,6 @@ def worker(tmp_path_factory, real_model):
     assert w.stop() == 0, w.output()
 
 
-def _activate(db: Database, seconds: float = 3600) -> None:
-    now = time.time()
-    db.write(lambda c: c.execute("INSERT INTO activations (component, created_at, expires_at,"
-                                 " requested_by) VALUES ('hermes', ?, ?, 'test')",
-                                 (now, now + seconds)))
-
-
-def _deactivate(db: Database) -> None:
-    db.write(lambda c: c.execute("UPDATE activations SET ended_at = ?, ended_reason = "
-                                 "'deactivated' WHERE component = 'hermes' AND ended_at IS "
-                                 "NULL", (time.time(),)))
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, worker):
     made = []
@@ -67,7 +54,7 @@ def gateway(tmp_path_factory, worker):
             "remote": remote or {}}), "gw.yml")
         ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
         if active:
-            _activate(ctx.db)
+            activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
         gw = AppThread(lambda: build_app(ctx, TOKEN, modules=["vx11d.gateway.chain"]))
         made.append(gw)
         return gw, ctx
@@ -222,7 +209,7 @@ def test_decision_tree_on_real_inputs(gateway, remote_server):
                            timeout=120)
     assert (status, body["route"], body["model"]) == (200, "hermes", DEFAULT.filename), body
     assert "Paris" in body["answer"] and body["latency_ms"] > 0
-    _deactivate(ctx.db)  # Hermes inactive: the remote API (the same model) answers
+    deactivate(ctx.db, "hermes", "test")  # Hermes inactive: the remote API (the same model) answers
     status, body, _ = http("POST", route, {"query": Q},
                            timeout=120)
     assert (status, body["route"], body["model"]) == (200, "remote", "remote-smollm2"), body
