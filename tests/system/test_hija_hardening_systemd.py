@@ -11,8 +11,8 @@ import yaml
 
 from tests.support import poll_for
 
-from .conftest import REPO, journal, sysctl
-from .test_madre_system import api
+from .conftest import REPO, journal
+from .test_madre_system import api, madre_and_gateway
 
 pytestmark = pytest.mark.system
 
@@ -45,17 +45,7 @@ def hardened(sandbox):
             "command": ["/usr/bin/python3", "-c", PROBE], "sandboxing": level,
             "dynamic_user": dyn, "max_ttl": "5m", "memory_max": "64M", "tasks_max": 8}
     sandbox.write_config(yaml.safe_dump(cfg))
-    sysctl(sandbox, "restart", "vx11-madre.service", "vx11-gateway.socket")
-    sysctl(sandbox, "stop", "vx11-gateway.service", check=False)
-    poll_for(lambda: api(sandbox, "GET", "/health", token=False)["status"] == 200,
-             timeout=20, what="gateway health")
-    try:
-        yield sandbox
-    finally:
-        sysctl(sandbox, "stop", "vx11-madre.service", "vx11-gateway.service",
-               "vx11-gateway.socket", check=False)
-        sysctl(sandbox, "stop", "vx11-hija-*", check=False)
-        sysctl(sandbox, "reset-failed", check=False)
+    yield from madre_and_gateway(sandbox)
 
 
 def exposure(sb, unit: str) -> float:

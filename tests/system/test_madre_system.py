@@ -35,13 +35,10 @@ def snapshot(sb):
     return client(sb, "snapshot")
 
 
-@pytest.fixture(scope="module")
-def vx11(sandbox):
-    """madre and the gateway running on the sandbox config; all stopped afterwards."""
-    sandbox.write_config((REPO / "packaging" / "sandbox" / "vx11.yml").read_text())
-    sysctl(sandbox, "daemon-reload")
-    sysctl(sandbox, "restart", "vx11-madre.service")
-    sysctl(sandbox, "restart", "vx11-gateway.socket")
+def madre_and_gateway(sandbox):
+    """madre and the gateway (socket-activated) restarted on the config in place, up
+    until the gateway answers; afterwards both stopped with every hija, failures reset."""
+    sysctl(sandbox, "restart", "vx11-madre.service", "vx11-gateway.socket")
     sysctl(sandbox, "stop", "vx11-gateway.service", check=False)
     poll_for(lambda: api(sandbox, "GET", "/health", token=False)["status"] == 200,
              timeout=20, what="gateway health")
@@ -52,6 +49,14 @@ def vx11(sandbox):
                "vx11-gateway.socket", check=False)
         sysctl(sandbox, "stop", "vx11-hija-*", check=False)
         sysctl(sandbox, "reset-failed", check=False)
+
+
+@pytest.fixture(scope="module")
+def vx11(sandbox):
+    """madre and the gateway running on the sandbox config; all stopped afterwards."""
+    sandbox.write_config((REPO / "packaging" / "sandbox" / "vx11.yml").read_text())
+    sysctl(sandbox, "daemon-reload")
+    yield from madre_and_gateway(sandbox)
 
 
 def kill9_madre(sb) -> None:

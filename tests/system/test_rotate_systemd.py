@@ -20,10 +20,10 @@ def sh(sb, script: str, timeout: float = 60):
     return r
 
 
-@pytest.fixture
-def audit_root(sandbox):
-    """A root under the unit's writable prefix, in a config of its own; both undone."""
-    root = f"/srv/vx11-audit/t-{uuid.uuid4().hex[:8]}"
+def _root_in_config(sandbox, parent: str, units: tuple[str, ...]):
+    """A fresh root under ``parent``, in a config of its own; undone afterwards (config
+    restored, ``units`` stopped and reset, the root removed)."""
+    root = f"{parent}/t-{uuid.uuid4().hex[:8]}"
     cfg_path = sandbox.etc_vx11 / "vx11.yml"
     saved = cfg_path.read_text()
     sandbox.write_config(saved.rstrip("\n") + f"\nrotate:\n  roots:\n    - path: {root}\n")
@@ -31,10 +31,16 @@ def audit_root(sandbox):
         yield root
     finally:
         sandbox.write_config(saved)
-        for unit in (SERVICE, TIMER):
+        for unit in units:
             sysctl(sandbox, "stop", unit, check=False)
             sysctl(sandbox, "reset-failed", unit, check=False)
         sandbox.exec(["rm", "-rf", root], timeout=60)
+
+
+@pytest.fixture
+def audit_root(sandbox):
+    """A root under the unit's writable prefix, in a config of its own; both undone."""
+    yield from _root_in_config(sandbox, "/srv/vx11-audit", (SERVICE, TIMER))
 
 
 def test_timer_is_listed_daily_and_persistent(sandbox, audit_root):
@@ -101,17 +107,7 @@ def test_service_exposure_is_at_most_1(sandbox):
 @pytest.fixture
 def state_root(sandbox):
     """A root where tmpfiles puts them (2770 root:vx11), in a config of its own; undone."""
-    root = f"/var/lib/vx11/audit/t-{uuid.uuid4().hex[:8]}"
-    cfg_path = sandbox.etc_vx11 / "vx11.yml"
-    saved = cfg_path.read_text()
-    sandbox.write_config(saved.rstrip("\n") + f"\nrotate:\n  roots:\n    - path: {root}\n")
-    try:
-        yield root
-    finally:
-        sandbox.write_config(saved)
-        sysctl(sandbox, "stop", SERVICE, check=False)
-        sysctl(sandbox, "reset-failed", SERVICE, check=False)
-        sandbox.exec(["rm", "-rf", root], timeout=60)
+    yield from _root_in_config(sandbox, "/var/lib/vx11/audit", (SERVICE,))
 
 
 def test_a_root_run_then_the_service_run_both_succeed(sandbox, state_root):
