@@ -49,6 +49,8 @@ import threading
 import time
 from pathlib import Path
 
+from _sandboxed import print_rows
+
 REPO = Path(__file__).resolve().parents[1]
 STATE = "/var/lib/vx11"
 DB = f"{STATE}/vx11.db"
@@ -526,9 +528,7 @@ def main() -> int:
             ("recovery p50 / p99 / max (s) (goal p99 <= 5)",
              f"{res['recovery_s_p50']} / {res['recovery_s_p99']} / {res['recovery_s_max']}"),
             ("chaos phase / total time (s)", f"{res['chaos_s']} / {res['total_s']}")]
-    w = max(len(a) for a, _ in rows)
-    for a, b in rows:
-        print(f"{a:<{w}}  {b}")
+    print_rows(rows)
     print(json.dumps(res, sort_keys=True))
     ok = all(res[k] == v for k, v in GOALS.items()) and res["integrity_ok"]
     return 0 if ok else 1

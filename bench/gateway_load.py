@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _sandboxed import main, print_rows, run_inside
+
 REPO = Path(__file__).resolve().parents[1]
 URL = "http://127.0.0.1:8000"
 # Strangers come from another address than the client, as they would on a network
@@ -153,12 +155,9 @@ def host(args: argparse.Namespace) -> int:
                      ["systemctl", "restart", "vx11-madre.service", "vx11-gateway.socket"],
                      ["systemctl", "restart", "vx11-gateway.service"]):
             sb.exec(argv, timeout=60)
-        r = sb.exec(["/opt/vx11d/bin/python", str(Path(__file__).resolve()), "--inside",
-                     *(["--quick"] if args.quick else [])], timeout=900)
-        if r.returncode != 0:
-            print(r.stdout, r.stderr, file=sys.stderr)
+        res = run_inside(sb, str(Path(__file__).resolve()), args.quick, 900)
+        if res is None:
             return 1
-        res = json.loads(r.stdout.strip().splitlines()[-1])
     finally:
         if not args.keep:
             sb.down()
@@ -174,9 +173,7 @@ def host(args: argparse.Namespace) -> int:
              f"{res['health_flood_rps']:.0f} / {res['bad_token_rps']:.0f}"),
             ("route errors (non-2xx)", f"{res['route_errors']:.0f}"),
             ("total time (s)", f"{res['total_s']}")]
-    w = max(len(a) for a, _ in rows)
-    for a, b in rows:
-        print(f"{a:<{w}}  {b}")
+    print_rows(rows)
     for k, v in list(res.items()):
         if isinstance(v, float):
             res[k] = round(v, 3)
@@ -184,17 +181,5 @@ def host(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one 5 s round per side (< 60 s)")
-    ap.add_argument("--keep", action="store_true", help="leave the sandbox up")
-    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.inside:
-        print(json.dumps(inside(args.quick)))
-        return 0
-    return host(args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, inside, host, quick_help="one 5 s round per side (< 60 s)"))

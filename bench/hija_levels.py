@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from _sandboxed import main, run_inside
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -147,12 +149,9 @@ def host(args: argparse.Namespace) -> int:
     sb = Sandbox(os.environ.get("VX11_SANDBOX") or f"vx11bench-{os.getpid()}")
     sb.up()
     try:
-        r = sb.exec(["/opt/vx11d/bin/python", str(Path(__file__).resolve()), "--inside",
-                     *(["--quick"] if args.quick else [])], timeout=900)
-        if r.returncode != 0:
-            print(r.stdout, r.stderr, file=sys.stderr)
+        res = run_inside(sb, str(Path(__file__).resolve()), args.quick, 900)
+        if res is None:
             return 1
-        res = json.loads(r.stdout.strip().splitlines()[-1])
     finally:
         if not args.keep and not os.environ.get("VX11_SANDBOX"):
             sb.down()
@@ -166,17 +165,5 @@ def host(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer samples (< 60 s)")
-    ap.add_argument("--keep", action="store_true", help="leave the sandbox up")
-    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.inside:
-        print(json.dumps(inside(args.quick)))
-        return 0
-    return host(args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, inside, host))

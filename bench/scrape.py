@@ -28,6 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _sandboxed import main
+
 REPO = Path(__file__).resolve().parents[1]
 PORTS = {"gateway": 9711, "madre": 9712, "reaper": 9713, "node_exporter": 9100}
 HERMES = "http://127.0.0.1:8000/vx11/hermes/metrics"  # the relay Prometheus scrapes
@@ -173,16 +175,5 @@ def host(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer samples (< 60 s)")
-    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.inside:
-        print(json.dumps(inside(args.quick)))
-        return 0
-    return host(args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, inside, host, keep=False))

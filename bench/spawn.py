@@ -73,6 +73,8 @@ import threading
 import time
 from pathlib import Path
 
+from _sandboxed import main, print_rows, run_inside
+
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "sleeper"
 STRICT_EXTRA = ["PrivateTmp=yes", "PrivateDevices=yes", "ProtectSystem=strict",
@@ -386,12 +388,9 @@ def host(args: argparse.Namespace) -> int:
                      ["systemctl", "restart", "vx11-madre.service", "vx11-gateway.socket"],
                      ["systemctl", "stop", "vx11-gateway.service"]):
             sb.exec(argv, timeout=60)
-        r = sb.exec(["/opt/vx11d/bin/python", str(Path(__file__).resolve()), "--inside",
-                     *(["--quick"] if args.quick else [])], timeout=600)
-        if r.returncode != 0:
-            print(r.stdout, r.stderr, file=sys.stderr)
+        res = run_inside(sb, str(Path(__file__).resolve()), args.quick, 600)
+        if res is None:
             return 1
-        res = json.loads(r.stdout.strip().splitlines()[-1])
         enforced = sb.enforced()
         res["limits_enforced"] = all(enforced.values())
         res["limits_enforced_controllers"] = sorted(c for c, ok in enforced.items() if ok)
@@ -432,9 +431,7 @@ def host(args: argparse.Namespace) -> int:
              f"({res['oom_recorded']}/{res['oom_spawned']} recorded oom)"),
             ("401 sweep", f"{res['unauthorized_paths_401']}/{res['paths_checked']} paths 401"),
             ("total time (s)", f"{res['total_s']}")]
-    w = max(len(a) for a, _ in rows)
-    for a, b in rows:
-        print(f"{a:<{w}}  {b}")
+    print_rows(rows)
     for k, v in list(res.items()):
         if isinstance(v, float):
             res[k] = round(v, 4)
@@ -442,17 +439,5 @@ def host(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer samples (< 60 s)")
-    ap.add_argument("--keep", action="store_true", help="leave the sandbox up")
-    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.inside:
-        print(json.dumps(inside(args.quick)))
-        return 0
-    return host(args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, inside, host))

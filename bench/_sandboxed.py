@@ -1,0 +1,47 @@
+"""What the benches that measure inside a sandbox share: the command line (``--quick``,
+``--keep``, and the hidden ``--inside`` that the host side re-runs the file with), the
+re-run itself, and the host's two-column table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+PYTHON = "/opt/vx11d/bin/python"  # the package's interpreter inside the sandbox
+
+
+def main(doc: str, inside: Callable[[bool], dict], host: Callable[[argparse.Namespace], int],
+         quick_help: str = "fewer samples (< 60 s)", keep: bool = True) -> int:
+    """Parse the bench's arguments; ``--inside``: print ``inside(quick)`` as JSON, else
+    run ``host(args)``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    if keep:
+        ap.add_argument("--keep", action="store_true", help="leave the sandbox up")
+    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.inside:
+        print(json.dumps(inside(args.quick)))
+        return 0
+    return host(args)
+
+
+def run_inside(sb: Any, script: str, quick: bool, timeout: float) -> dict | None:
+    """``script --inside`` in the sandbox: its last output line as JSON, or None (its
+    output printed to stderr) when it failed."""
+    r = sb.exec([PYTHON, script, "--inside", *(["--quick"] if quick else [])],
+                timeout=timeout)
+    if r.returncode != 0:
+        print(r.stdout, r.stderr, file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    """Label and figure, the labels padded to one width."""
+    w = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"{a:<{w}}  {b}")
