@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 PYTHON = "/opt/vx11d/bin/python"  # the package's interpreter inside the sandbox
@@ -27,6 +28,16 @@ def main(doc: str, inside: Callable[[bool], dict], host: Callable[[argparse.Name
         print(json.dumps(inside(args.quick)))
         return 0
     return host(args)
+
+
+def start_madre_and_gateway(sb: Any, repo: Path, gateway: str) -> None:
+    """The sandbox config in place, madre and the gateway socket restarted, and the
+    gateway service ``restart``-ed now or ``stop``-ped (its socket starts it)."""
+    sb.write_config((repo / "packaging" / "sandbox" / "vx11.yml").read_text())
+    for argv in (["systemctl", "daemon-reload"],
+                 ["systemctl", "restart", "vx11-madre.service", "vx11-gateway.socket"],
+                 ["systemctl", gateway, "vx11-gateway.service"]):
+        sb.exec(argv, timeout=60)
 
 
 def run_inside(sb: Any, script: str, quick: bool, timeout: float) -> dict | None:

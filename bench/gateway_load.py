@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _sandboxed import main, print_rows, run_inside
+from _sandboxed import main, print_rows, run_inside, start_madre_and_gateway
 
 REPO = Path(__file__).resolve().parents[1]
 URL = "http://127.0.0.1:8000"
@@ -150,11 +150,7 @@ def host(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     sb.up()
     try:
-        sb.write_config((REPO / "packaging" / "sandbox" / "vx11.yml").read_text())
-        for argv in (["systemctl", "daemon-reload"],
-                     ["systemctl", "restart", "vx11-madre.service", "vx11-gateway.socket"],
-                     ["systemctl", "restart", "vx11-gateway.service"]):
-            sb.exec(argv, timeout=60)
+        start_madre_and_gateway(sb, REPO, "restart")
         res = run_inside(sb, str(Path(__file__).resolve()), args.quick, 900)
         if res is None:
             return 1

@@ -73,7 +73,7 @@ import threading
 import time
 from pathlib import Path
 
-from _sandboxed import main, print_rows, run_inside
+from _sandboxed import main, print_rows, run_inside, start_madre_and_gateway
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "sleeper"
@@ -383,11 +383,7 @@ def host(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     sb.up()
     try:
-        sb.write_config((REPO / "packaging" / "sandbox" / "vx11.yml").read_text())
-        for argv in (["systemctl", "daemon-reload"],
-                     ["systemctl", "restart", "vx11-madre.service", "vx11-gateway.socket"],
-                     ["systemctl", "stop", "vx11-gateway.service"]):
-            sb.exec(argv, timeout=60)
+        start_madre_and_gateway(sb, REPO, "stop")
         res = run_inside(sb, str(Path(__file__).resolve()), args.quick, 600)
         if res is None:
             return 1

@@ -1,7 +1,9 @@
-"""Shared test helpers: wait on a condition with a deadline, never sleep and hope."""
+"""Shared test helpers: wait on a condition with a deadline (never sleep and hope), stop a
+child process."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,3 +22,13 @@ def poll_for(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.0
         time.sleep(interval)
         last = cond()
     return last
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` is still there after ``timeout``; reaped."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import poll_for
+from tests.support import poll_for, stop
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261201
@@ -74,12 +74,7 @@ madre:
         poll_for(up, timeout=30, what="the gateway to answer /health")
         yield url, token, tmp_path / "gateway.log"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 

@@ -22,7 +22,7 @@ from tests.hermes_support import (
     model,
     wait_port,
 )
-from tests.support import poll_for
+from tests.support import poll_for, stop
 from vx11d import config
 from vx11d.db import Database
 from vx11d.gateway.app import build_app
@@ -65,11 +65,7 @@ def remote_server(tmp_path_factory, models):
         yield {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_file": str(keyfile),
                "model": "remote-tiny", "timeout": 30}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
 
 

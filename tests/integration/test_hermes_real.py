@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.hermes_support import TOKEN, AppThread, WorkerProc, free_port, http, wait_port
+from tests.support import stop
 from vx11d import config
 from vx11d.ctl.modelfetch import DEFAULT
 from vx11d.db import Database
@@ -191,11 +192,7 @@ def remote_server(tmp_path_factory, real_model):
         yield {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_file": str(keyfile),
                "model": "remote-smollm2", "timeout": 60}, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
 
 
