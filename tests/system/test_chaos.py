@@ -9,6 +9,7 @@ records against systemd, the audit dirs and the units.
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -18,6 +19,10 @@ pytestmark = pytest.mark.system
 
 
 def load_chaos():
+    """bench/chaos.py as a module, its own dir on sys.path as when it runs as a script
+    (it imports bench/_sandboxed.py)."""
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location("vx11_bench_chaos",
                                                   REPO / "bench" / "chaos.py")
     assert spec is not None and spec.loader is not None
