@@ -1,3 +1,3 @@
 """vx11d: systemd-integrated daemons that keep an AI host clean, bounded and observable."""
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"

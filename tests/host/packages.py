@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_COMMIT = "6e337dd"
 PREVIOUS_VERSION = "0.1.0"
 DEB_CACHE = freshhost.CACHE / "debs"
-KEEP_TREE_BUILDS = 4
+KEEP_TREE_BUILDS = 8  # two releases, with and without Hermes
 # What packaging/deb/build.sh puts into the package (a change elsewhere reuses the cache).
 PACKAGED = ["pyproject.toml", "README.md", "vx11d", "units", "packaging", "docs"]
 # The admin's first edit after install (docs/install.md): a template to spawn.
@@ -41,12 +41,32 @@ def _tree_key() -> str:
     return h.hexdigest()[:16]
 
 
-def _build(src: Path, out: Path, version: str | None) -> Path:
+def llama_wheels() -> Path | None:
+    """The Makefile's llama-cpp-python wheel dir (``$VX11_WHEELS``, else the newest cache
+    dir). The wheel is ``py3-none``: libllama is loaded with ctypes, so one wheel serves
+    every release's Python and Debian 13's build need not compile llama.cpp again."""
+    found = os.environ.get("VX11_WHEELS")
+    dirs = [Path(found)] if found else sorted(
+        Path("/var/cache/vx11d/wheels").glob("llama-*"), key=lambda p: p.stat().st_mtime)
+    if dirs and any(dirs[-1].glob("llama_cpp_python-*-py3-none-*.whl")):
+        return dirs[-1]
+    return None
+
+
+def _build(src: Path, out: Path, version: str | None, *, release: str | None = None,
+           hermes: bool = False) -> Path:
     env = {**os.environ}
     if version:
         env["VX11_DEB_VERSION"] = version
-    r = subprocess.run([str(src / "packaging" / "deb" / "build.sh"), str(out)], env=env,
-                       capture_output=True, text=True, timeout=1500)
+    argv = [str(src / "packaging" / "deb" / "build.sh"), str(out)]
+    if release:
+        argv += ["--release", release]
+    if hermes:
+        argv.append("--with-hermes")
+        wheels = llama_wheels()
+        if wheels:
+            env["VX11_WHEELS"] = str(wheels)
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=2400)
     assert r.returncode == 0, f"build.sh in {src} failed:\n{r.stderr[-3000:]}"
     return Path(r.stdout.strip().splitlines()[-1])
 
@@ -72,8 +92,10 @@ def cached_deb(key: str, make) -> Path:
     return next(slot.glob("*.deb"))
 
 
-def build_current() -> Path:
-    return cached_deb(f"tree-{_tree_key()}", lambda out: _build(REPO, out, None))
+def build_current(release: str = "bookworm", *, hermes: bool = False) -> Path:
+    """The tree's package for ``release``, built in that release's root (build.sh)."""
+    key = f"tree-{_tree_key()}-{release}{'-hermes' if hermes else ''}"
+    return cached_deb(key, lambda out: _build(REPO, out, None, release=release, hermes=hermes))
 
 
 def build_previous() -> Path:

@@ -114,7 +114,7 @@ def test_what_the_sysadmin_reads_has_no_epoch_floats_or_reprs(fresh_host):
 
 
 def _goal(host, unit: str) -> float:
-    text = run(host, "cat", f"/lib/systemd/system/{unit}").stdout
+    text = run(host, "cat", f"/usr/lib/systemd/system/{unit}").stdout
     m = re.search(r"systemd-analyze security goal: exposure <= ([\d.]+)", text)
     assert m, f"{unit} states no exposure goal"
     return float(m.group(1))

@@ -20,9 +20,10 @@ def deb() -> Path:
 
 def test_package_metadata_and_contents(deb):
     info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True).stdout
-    assert "Package: vx11d" in info and "Depends: python3 (>= 3.11)" in info
+    assert "Package: vx11d" in info and "Depends: python3 (>= 3.11), python3 (<< 3.12)" in info
     files = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True).stdout
-    for path in ["./lib/systemd/system/vx11.target", "./lib/systemd/system/vx11-gateway.socket",
+    for path in ["./usr/lib/systemd/system/vx11.target",
+                 "./usr/lib/systemd/system/vx11-gateway.socket",
                  "./usr/lib/sysusers.d/vx11.conf", "./usr/lib/tmpfiles.d/vx11.conf",
                  "./etc/vx11/vx11.yml", "./opt/vx11d/bin/vx11d", "./opt/vx11d/bin/vx11ctl",
                  "./usr/bin/vx11ctl -> /opt/vx11d/bin/vx11ctl"]:
