@@ -98,6 +98,17 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]]] = [
          [(f"max by (instance) (vx11_hermes_queue_depth{{{SEL}}})", "{{instance}}")],
          "none"),
     ]),
+    ("Pressure (cgroup v2 PSI)", [
+        ("Stalled on memory (share of time, all tasks)", "timeseries",
+         [("sum by (instance, unit) (rate(vx11_pressure_stalled_seconds_total"
+           f'{{resource="memory",{SEL}}}[5m]))', "{{instance}} {{unit}}")], "percentunit"),
+        ("Waiting for CPU (share of time, some task)", "timeseries",
+         [("sum by (instance, unit) (rate(vx11_pressure_waiting_seconds_total"
+           f'{{resource="cpu",{SEL}}}[5m]))', "{{instance}} {{unit}}")], "percentunit"),
+        ("Waiting for I/O (share of time, some task)", "timeseries",
+         [("sum by (instance, unit) (rate(vx11_pressure_waiting_seconds_total"
+           f'{{resource="io",{SEL}}}[5m]))', "{{instance}} {{unit}}")], "percentunit"),
+    ]),
 ]
 
 

@@ -7,6 +7,7 @@ import asyncio
 from .. import metrics, runtime
 from ..config import Config
 from ..db import Database
+from ..pressure import PressureCollector
 from .daemon import MadreService
 from .streaks import FailedStreakCollector
 from .systemd import PystemdClient
@@ -22,6 +23,8 @@ def main(cfg: Config, argv: list[str]) -> int:
     service = MadreService(cfg, db, sd, registry)
     registry.register(FailedStreakCollector(Database.from_config(cfg, readonly=True),
                                             lambda: sorted(service.cfg.madre.templates)))
+    # PSI of the hijas' slice and of Hermes (which may be down): read when scraped
+    registry.register(PressureCollector())
     server = metrics.serve(registry, cfg.madre.metrics_address, cfg.madre.metrics_port)
     try:
         return asyncio.run(runtime.run_async(service))
