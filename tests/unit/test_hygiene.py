@@ -100,3 +100,21 @@ def test_last_rotation_recent_or_not():
     old = hygiene.last_rotation(now - 48 * 3600, now)
     assert not old["ok"] and "(2d ago)" in old["detail"] and "limit 36 h" in old["detail"]
     assert not hygiene.last_rotation(None, now)["ok"]
+
+
+def test_cgroup_hierarchy_names_unified_hybrid_and_legacy_hosts(tmp_path):
+    from vx11d.ctl.hygiene import cgroup_hierarchy
+
+    pure = tmp_path / "pure"
+    pure.write_text("35 24 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+    hybrid = tmp_path / "hybrid"
+    hybrid.write_text("35 34 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
+    legacy = tmp_path / "legacy"
+    legacy.write_text("36 34 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+    got = {k: cgroup_hierarchy(str(p)) for k, p in
+           (("pure", pure), ("hybrid", hybrid), ("legacy", legacy))}
+    assert all(c["name"] == "cgroup_hierarchy" and c["ok"] for c in got.values())
+    assert str(got["pure"]["detail"]).startswith("unified (cgroup v2) at /sys/fs/cgroup")
+    assert str(got["hybrid"]["detail"]).startswith("hybrid (legacy v1 controllers, v2 at "
+                                                   "/sys/fs/cgroup/unified")
+    assert str(got["legacy"]["detail"]).startswith("legacy (cgroup v1 only)")

@@ -152,6 +152,31 @@ def last_rotation(last_ok: float | None, now: float | None = None,
     return _check("rotation_recent", fresh, detail + f" (limit {max_age_h:g} h)")
 
 
+def cgroup_hierarchy(mountinfo: str = "/proc/self/mountinfo") -> dict[str, object]:
+    """Which cgroup hierarchy this host runs (information: every kind passes).
+
+    Unified (v2) is what Debian 12 and 13 boot with: systemd says ``Result=oom-kill``,
+    ``MemoryHigh=`` throttles and PSI is exported. On a hybrid host (legacy v1
+    controllers) an OOM kill is told by the units' memory probe and ``MemoryHigh=`` does
+    nothing; docs/install.md says what differs."""
+    from ..pressure import unified_root
+
+    root = unified_root(mountinfo)
+    if root is None:
+        return _check("cgroup_hierarchy", True, "legacy (cgroup v1 only): OOM kills told "
+                      "by the memory probe; no MemoryHigh=, no pressure metrics")
+    try:
+        controllers = (root / "cgroup.controllers").read_text().split()
+    except OSError:
+        controllers = []
+    listed = " ".join(controllers) or "none"
+    if str(root) == "/sys/fs/cgroup":
+        return _check("cgroup_hierarchy", True, f"unified (cgroup v2) at {root}; "
+                      f"controllers: {listed}")
+    return _check("cgroup_hierarchy", True, f"hybrid (legacy v1 controllers, v2 at {root} "
+                  f"with: {listed}): OOM kills told by the memory probe; no MemoryHigh=")
+
+
 def _systemctl(*args: str) -> str:
     r = subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False,
                        env={**os.environ, "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"})

@@ -130,6 +130,7 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
     checks += hygiene.leak_checks(cfg)
     checks.append(hygiene.audit_size(cfg))
     checks.append(hygiene.rotate_timer())
+    checks.append(hygiene.cgroup_hierarchy())
     try:  # the reaper's own scanner: one /proc parser in the project
         zombies = int(scan_report(config_path)["zombies"])
         checks.append(_check("zombies_low", zombies < 10, f"{zombies} zombie processes"))

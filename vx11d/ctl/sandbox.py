@@ -327,6 +327,9 @@ class Sandbox:
                 info["limits_enforced"] = dict.fromkeys(("memory", "pids", "cpu"), False)
                 info["limits_error"] = str(e)
             info["cgroups"] = [str(p) for p in cgroups.find(self.name)]
+            fs = self.exec(["stat", "-fc", "%T", "/sys/fs/cgroup"], timeout=10).stdout.strip()
+            info["cgroup_hierarchy"] = ("unified (cgroup v2)" if fs == "cgroup2fs" else
+                                        "hybrid (legacy cgroup v1 controllers)")
         return info
 
 
@@ -462,6 +465,7 @@ def _cmd_status(args) -> int:  # type: ignore[no-untyped-def]
         on = [c for c, ok in lim.items() if ok]
         off = [c for c, ok in lim.items() if not ok]
         text = (f"sandbox {info['name']}: up, systemd {info.get('system_state')}\n"
+                f"cgroup hierarchy: {info.get('cgroup_hierarchy')}\n"
                 f"limits enforced: {', '.join(on) or 'none'}"
                 + (f"; NOT enforced: {', '.join(off)}" if off else ""))
     emit(args, info, text)
