@@ -151,6 +151,10 @@ install -m 0644 "$repo/packaging/tmpfiles.d/vx11.conf" "$stage/usr/lib/tmpfiles.
 install -m 0640 "$repo/packaging/vx11.yml" "$stage/etc/vx11/vx11.yml"
 [ -d "$repo/packaging/prometheus" ] && cp -r "$repo/packaging/prometheus" "$stage/usr/share/vx11d/"
 [ -d "$repo/packaging/grafana" ] && cp -r "$repo/packaging/grafana" "$stage/usr/share/vx11d/"
+# the fleet's drop-ins and journal forwarding configs docs/fleet.md installs from here
+for d in fleet journal; do
+  [ -d "$repo/packaging/$d" ] && cp -r "$repo/packaging/$d" "$stage/usr/share/vx11d/"
+done
 cp "$repo/README.md" "$repo"/docs/*.md "$stage/usr/share/doc/vx11d/"
 ln -s "$prefix/bin/vx11ctl" "$stage/usr/bin/vx11ctl"
 ln -s "$prefix/bin/vx11d" "$stage/usr/sbin/vx11d"

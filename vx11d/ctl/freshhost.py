@@ -65,9 +65,29 @@ def image_packages(debs: Iterable[Path | str] = ()) -> list[str]:
     return sorted(pkgs)
 
 
-def image_name(packages: Iterable[str]) -> str:
-    key = hashlib.sha256(f"{SUITE}\n{RECIPE}\n{' '.join(sorted(packages))}".encode())
-    return f"{SUITE}-{key.hexdigest()[:12]}"
+# What a root booted by qemu (tests/vm) needs beyond a container's: its own kernel
+# (the cloud flavour has NVMe and ext4 built in: no initrd is used), udev to load the
+# NIC's module, and sshd on a static address behind qemu's user network.
+VM_PACKAGES = ("linux-image-cloud-amd64", "udev", "kmod", "openssh-server", "iproute2",
+               "procps", "curl")
+VM_HOOKS = (
+    'printf "LABEL=vmroot / ext4 rw,noatime,errors=remount-ro 0 0\\n" > "$1/etc/fstab"',
+    'printf "127.0.0.1 localhost\\n127.0.1.1 fresh\\n::1 localhost\\n" > "$1/etc/hosts"',
+    'printf "[Match]\\nName=en* eth*\\n\\n[Network]\\nAddress=10.0.2.15/24\\n'
+    'Gateway=10.0.2.2\\nLinkLocalAddressing=no\\nIPv6AcceptRA=no\\n" '
+    '> "$1/etc/systemd/network/10-qemu.network"',
+    'chroot "$1" systemctl enable systemd-networkd.service ssh.service',
+    'chroot "$1" systemctl disable systemd-networkd-wait-online.service apt-daily.timer '
+    'apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer dpkg-db-backup.timer '
+    '2>/dev/null || true',
+    'chroot "$1" systemctl mask e2scrub_reap.service',
+    'printf "UseDNS no\\nPermitRootLogin prohibit-password\\nPasswordAuthentication no\\n"'
+    ' > "$1/etc/ssh/sshd_config.d/vx11-test.conf"',
+)
+def image_name(packages: Iterable[str], suite: str = SUITE, vm: bool = False) -> str:
+    recipe = f"{RECIPE}-vm{len(VM_HOOKS)}" if vm else RECIPE
+    key = hashlib.sha256(f"{suite}\n{recipe}\n{' '.join(sorted(packages))}".encode())
+    return f"{suite}{'-vm' if vm else ''}-{key.hexdigest()[:12]}"
 
 
 @contextlib.contextmanager
@@ -81,11 +101,12 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_image(packages: Iterable[str], *, cache: Path = CACHE,
-                 timeout: float = 1800.0) -> Path:
-    """The cached image root for ``packages``; built with mmdebstrap when missing."""
-    packages = sorted(set(packages))
-    name = image_name(packages)
+def ensure_image(packages: Iterable[str], *, cache: Path = CACHE, suite: str = SUITE,
+                 vm: bool = False, timeout: float = 1800.0) -> Path:
+    """The cached image root of ``suite`` for ``packages``; built with mmdebstrap when
+    missing. ``vm``: bootable by qemu on its own kernel (``VM_PACKAGES``, ``VM_HOOKS``)."""
+    packages = sorted(set(packages) | (set(VM_PACKAGES) if vm else set()))
+    name = image_name(packages, suite, vm)
     root = cache / name
     done = cache / f"{name}.done"
     if done.exists() and (root / "usr" / "bin" / "systemctl").exists():
@@ -102,10 +123,10 @@ def ensure_image(packages: Iterable[str], *, cache: Path = CACHE,
         # A fixed machine-id: the host is not on its first boot (no preset-all of
         # every unit), and no other first-boot question waits on a console.
         hooks = ['echo 0b7f3e1c5d9a4e2f8c6b1a0d9e8f7a6b > "$1/etc/machine-id"',
-                 'echo fresh > "$1/etc/hostname"']
+                 'echo fresh > "$1/etc/hostname"', *(VM_HOOKS if vm else ())]
         argv = ["mmdebstrap", "--variant=minbase", "--quiet",
                 f"--include={','.join(packages)}",
-                *[f"--customize-hook={h}" for h in hooks], SUITE, str(tmp)]
+                *[f"--customize-hook={h}" for h in hooks], suite, str(tmp)]
         with open(cache / f"{name}.log", "wb") as log:
             try:
                 r = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -125,10 +146,11 @@ def ensure_image(packages: Iterable[str], *, cache: Path = CACHE,
 
 
 def _prune_images(cache: Path, keep: str) -> None:
-    """Remove other cached images that no host copy uses now."""
+    """Remove other cached images of the same suite and flavour that no host copy uses."""
     mounts = Path("/proc/mounts").read_text()
-    for root in cache.glob(f"{SUITE}-*"):
-        if not root.is_dir():
+    flavour = keep.rsplit("-", 1)[0]
+    for root in cache.glob(f"{flavour}-*"):
+        if not root.is_dir() or root.name.rsplit("-", 1)[0] != flavour:
             continue
         name, done = root.name, cache / f"{root.name}.done"
         if name == keep or str(cache / name) in mounts:
