@@ -6,7 +6,7 @@ VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev build-essential cmake pkg-config \
 	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl pigz \
 	prometheus-alertmanager prometheus-node-exporter systemd-journal-remote openssl \
-	mmdebstrap dpkg-dev lintian
+	mmdebstrap dpkg-dev lintian qemu-system-x86 openssh-client
 STAMP := $(VENV)/.vx11-deps
 
 # Operator targets run vx11ctl on this host when it runs systemd (the installed package,
@@ -98,8 +98,8 @@ $(STAMP): pyproject.toml
 lint: deps ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-test: deps lint ## lint, then every test tier (unit, integration, system, host)
-	$(VENV)/bin/python -m pytest
+test: deps lint ## lint, then every test tier (unit, integration, system, fleet, host, vm)
+	VX11_WHEELS=$(LLAMA_WHEELS) $(VENV)/bin/python -m pytest
 
 unit: deps ## unit and integration tests only (no containers)
 	$(VENV)/bin/python -m pytest tests/unit tests/integration
@@ -108,7 +108,8 @@ demo: deps ## boot a sandbox systemd and walk through the daemon set
 	$(VENV)/bin/python -m vx11d.ctl.demo
 
 bench: deps ## every bench/*.py --quick
-	for b in bench/[!_]*.py; do $(VENV)/bin/python $$b --quick || exit 1; done
+	for b in bench/[!_]*.py; do VX11_WHEELS=$(LLAMA_WHEELS) $(VENV)/bin/python $$b --quick \
+		|| exit 1; done
 
 clean: ## take the sandbox down and remove the virtualenv and caches
 	-$(VENV)/bin/vx11ctl sandbox down
