@@ -55,7 +55,8 @@ def test_scorecard_flags_overdue_hija_and_loose_token(tmp_path):
     token.write_text("x" * 32)
     os.chmod(token, 0o644)
     cfgfile = tmp_path / "vx11.yml"
-    cfgfile.write_text(f"db:\n  path: {dbfile}\ngateway:\n  token_file: {token}\n")
+    cfgfile.write_text(f"db:\n  path: {dbfile}\ngateway:\n  token_file: {token}\n"
+                       f"  credentials_dir: {tmp_path / 'creds'}\n")
     d = db.Database(str(dbfile), migrate=True)
     now = time.time()
     d.write(lambda c: c.execute(
@@ -72,7 +73,8 @@ def test_scorecard_flags_overdue_hija_and_loose_token(tmp_path):
     assert card["ok"] is False
     assert by["config_valid"]["ok"] and by["db_integrity"]["ok"]
     assert not by["no_overdue_hijas"]["ok"] and "old1" in by["no_overdue_hijas"]["detail"]
-    assert not by["token_file_0600"]["ok"]
+    assert not by["credential_files_modes"]["ok"]
+    assert "mode 0644" in by["credential_files_modes"]["detail"]
     assert json.loads(r.stdout) == card
 
 

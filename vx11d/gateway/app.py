@@ -2,9 +2,11 @@
 
 Middlewares, outermost first: metrics (requests by route and code, latency), errors
 (every failure becomes a JSON body; a bug is a logged 500, bad input never is; a DB
-host fault is 503 + Retry-After naming its cause), auth (401 without a valid token on
-every path but a tokenless ``GET /health``, 429 after repeated failures), deadline
-(per-request timeout → 504).
+host fault is 503 + Retry-After naming its cause), auth (401 without a valid credential
+on every path but a tokenless ``GET /health``, 429 after repeated failures, 403 when a
+valid credential lacks the operation's scope, from ``x-vx11-scope`` in the OpenAPI
+document; the journal names the credential of every denial and every operate-scope
+request), deadline (per-request timeout → 504).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from .. import journal
 from ..errors import DbBusy, DbIntegrityError, DbUnavailable
-from . import health
-from .auth import FailureLimiter, TokenChecker, presented_tokens
-from .context import AUTHENTICATED, CTX, GatewayContext
+from . import health, openapi
+from .auth import FailureLimiter, Keyring, presented_tokens
+from .context import AUTHENTICATED, CREDENTIAL, CTX, SCOPES, GatewayContext
 from .http import ApiError, Handler, error_for
 
 log = logging.getLogger("vx11.gateway")
@@ -38,7 +40,8 @@ ROUTE_MODULES: list[str] = [
     "vx11d.gateway.chain",
 ]
 
-CHECKER: web.AppKey[TokenChecker] = web.AppKey("vx11_checker", TokenChecker)
+KEYRING: web.AppKey[Keyring] = web.AppKey("vx11_keyring", Keyring)
+SCOPE_OF: web.AppKey[dict] = web.AppKey("vx11_scope_of", dict)
 LIMITER: web.AppKey[FailureLimiter] = web.AppKey("vx11_limiter", FailureLimiter)
 METRICS: web.AppKey[dict] = web.AppKey("vx11_metrics", dict)
 
@@ -107,6 +110,18 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         return error_for(request, 500, "internal", "internal error (logged)")
 
 
+def required_scope(request: web.Request) -> str | None:
+    """The scope the matched operation needs; None for /health and unmatched paths."""
+    info = request.match_info
+    if info is None or getattr(info, "http_exception", None) is not None:
+        return None
+    resource = info.route.resource
+    if resource is None:
+        return None
+    method = "GET" if request.method == "HEAD" else request.method
+    return request.app[SCOPE_OF].get((method, resource.canonical))
+
+
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     tokens = presented_tokens(request.headers.getall("X-VX11-Token", []),
@@ -122,19 +137,52 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         await asyncio.sleep(health.TARPIT_S)
         return error_for(request, 429, "too_many_failures", "too many failed token attempts",
                           headers={"Retry-After": str(int(wait) + 1)})
-    checker = request.app[CHECKER]
-    if not tokens or not all([checker.valid(t) for t in tokens]):  # no short cut: same time
+    keyring = request.app[KEYRING]
+    await keyring.fresh()
+    creds = [keyring.current.match(t) for t in tokens]  # every one: no short cut
+    if tokens and None in creds:  # just added? look at the files now, not in a second
+        await keyring.fresh(now=True)
+        creds = [keyring.current.match(t) for t in tokens]
+    names = ",".join(sorted({c.name for c in creds if c is not None})) or "none"
+    if not tokens or None in creds:
         if tokens:  # only a presented token is a guess; a missing one is not
             limiter.failed(client)
         reason = "invalid" if tokens else "missing"
         m["auth_failures"].labels(reason).inc()
-        journal.event(log, "auth_failed", "rejected %s token from %s", reason, client,
-                      level=logging.WARNING, client=client, reason=reason)
+        journal.event(log, "auth_failed", "rejected %s credential from %s on %s %s",
+                      reason, client, request.method, _route_label(request),
+                      level=logging.WARNING, client=client, reason=reason, credential=names)
         return error_for(request, 401, "unauthorized", "a valid X-VX11-Token or Authorization: "
-                          "Bearer token is required",
+                          "Bearer credential is required",
                           headers={"WWW-Authenticate": 'Bearer realm="vx11"'})
+    scopes = frozenset().union(*(c.scopes for c in creds if c is not None))
+    scope = required_scope(request)
+    if scope is not None and "admin" not in scopes and scope not in scopes:
+        m["auth_failures"].labels("forbidden").inc()
+        journal.event(log, "auth_forbidden", "credential %s from %s lacks scope %s for %s %s",
+                      names, client, scope, request.method, _route_label(request),
+                      level=logging.WARNING, client=client, reason="forbidden",
+                      credential=names, scope=scope)
+        return error_for(request, 403, "forbidden", f"credential {names} lacks scope "
+                         f"{scope} (needed for {request.method} {_route_label(request)}); "
+                         "see vx11ctl token list", scope=scope)
     request[AUTHENTICATED] = True
-    return await handler(request)
+    request[CREDENTIAL] = names
+    request[SCOPES] = scopes
+    if scope != "operate":
+        return await handler(request)
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        journal.event(log, "api_request", "%s %s by credential %s from %s: %s",
+                      request.method, _route_label(request), names, client, status,
+                      credential=names, client=client, status=status)
 
 
 @web.middleware
@@ -150,13 +198,15 @@ async def deadline_mw(request: web.Request, handler: Handler) -> web.StreamRespo
                           f"{request.app[CTX].cfg.gateway.request_timeout:g}s")
 
 
-def build_app(ctx: GatewayContext, token: str, modules: list[str] | None = None
+def build_app(ctx: GatewayContext, keyring: Keyring | str, modules: list[str] | None = None
               ) -> web.Application:
-    """The gateway application for ``ctx``, with every route module set up."""
+    """The gateway application for ``ctx``, with every route module set up; ``keyring``
+    is the live credential set (or one admin secret, for tests and tools)."""
     app = web.Application(client_max_size=int(ctx.cfg.gateway.max_body),
                           middlewares=[metrics_mw, errors_mw, auth_mw, deadline_mw])
     app[CTX] = ctx
-    app[CHECKER] = TokenChecker(token)
+    app[KEYRING] = Keyring.fixed(keyring) if isinstance(keyring, str) else keyring
+    app[SCOPE_OF] = openapi.scopes(openapi.document())
     app[LIMITER] = FailureLimiter(ctx.cfg.gateway.auth_fail_limit,
                                   ctx.cfg.gateway.auth_fail_window)
     app[METRICS] = _metrics(ctx)
@@ -188,13 +238,13 @@ def _metrics(ctx: GatewayContext) -> dict:
                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
                                       2.5, 5, 10, 30)),
         "auth_failures": Counter("vx11_gateway_auth_failures_total", "rejected requests "
-                                 "by reason (missing, invalid, rate_limited)", ["reason"],
-                                 registry=ctx.registry),
+                                 "by reason (missing, invalid, rate_limited, forbidden)",
+                                 ["reason"], registry=ctx.registry),
         "blocked": Gauge("vx11_gateway_auth_blocked_clients", "clients refused with 429 "
                          "right now (the brute-force limiter has tripped for them)",
                          registry=ctx.registry),
     }
-    for reason in ("missing", "invalid", "rate_limited"):
+    for reason in ("missing", "invalid", "rate_limited", "forbidden"):
         m["auth_failures"].labels(reason)
     ctx.extras["gateway_metrics"] = m
     return m

@@ -15,8 +15,8 @@ from .. import journal, metrics, runtime
 from ..config import Config
 from ..db import Database, stale_read_only_view
 from ..errors import DbReadOnly
-from .app import CHECKER, LIMITER, build_app
-from .auth import TokenError, load_token
+from .app import KEYRING, LIMITER, build_app
+from .auth import Keyring
 from .context import GatewayContext
 from .http import BadRequestLog
 
@@ -49,9 +49,9 @@ class GatewayService:
     async def start(self) -> None:
         self.started = time.monotonic()
         cfg = self.ctx.cfg.gateway
-        token = load_token(cfg.token_credential, cfg.token_file)
-        journal.register_secret(token)
-        self.app = build_app(self.ctx, token)
+        keyring = Keyring(cfg.credentials_dir, cfg.token_credential, cfg.token_file)
+        keyring.load()  # CredentialError (exit 78) when no credential is usable
+        self.app = build_app(self.ctx, keyring)
         self.runner = web.AppRunner(self.app, keepalive_timeout=cfg.keepalive_timeout,
                                     access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -95,17 +95,13 @@ class GatewayService:
         return self.where
 
     async def reload(self, cfg: Config) -> None:
-        """New config for route modules and a re-read token; listeners stay as they are."""
-        try:
-            token = load_token(cfg.gateway.token_credential, cfg.gateway.token_file)
-        except TokenError as e:
-            log.error("reload refused, keeping the running config and token: %s", e,
-                      extra={"VX11_EVENT": "config_reload_refused",
-                             "VX11_CONFIG_KEY": e.key})
-            return
+        """New config for route modules and the credentials re-read; listeners stay."""
         self.ctx.cfg = cfg
-        journal.register_secret(token)
-        self.app[CHECKER].replace(token)
+        keyring = self.app[KEYRING]
+        g = cfg.gateway
+        keyring.directory, keyring.token_credential, keyring.token_file = (
+            g.credentials_dir, g.token_credential, g.token_file)
+        await keyring.fresh(now=True)
 
     async def stop(self) -> None:
         if self.runner is not None:
