@@ -44,6 +44,9 @@ KEYRING: web.AppKey[Keyring] = web.AppKey("vx11_keyring", Keyring)
 SCOPE_OF: web.AppKey[dict] = web.AppKey("vx11_scope_of", dict)
 LIMITER: web.AppKey[FailureLimiter] = web.AppKey("vx11_limiter", FailureLimiter)
 METRICS: web.AppKey[dict] = web.AppKey("vx11_metrics", dict)
+# Set on a request that changes state (an operate or admin-only operation): the journal
+# gets one api_request line naming its credential, with the final status.
+AUDIT: web.RequestKey[bool] = web.RequestKey("vx11_audit", bool)
 
 
 def _route_label(request: web.Request) -> str:
@@ -71,6 +74,11 @@ async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamRespon
         method = request.method if request.method in METHODS else "other"
         m["requests"].labels(route, method, str(status)).inc()
         m["latency"].labels(route).observe(time.perf_counter() - t0)
+        if request.get(AUDIT):
+            name, client = request[CREDENTIAL], request.remote or "unknown"
+            journal.event(log, "api_request", "%s %s by credential %s from %s: %s",
+                          request.method, route, name, client, status, credential=name,
+                          client=client, status=status)
 
 
 def retry_after(e: DbUnavailable) -> int:
@@ -111,15 +119,19 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
 
 
 def required_scope(request: web.Request) -> str | None:
-    """The scope the matched operation needs; None for /health and unmatched paths."""
+    """The scope the matched operation needs (its ``x-vx11-scope``; ``admin`` for a route
+    the document does not name); None for /health and unmatched paths (404, 405)."""
     info = request.match_info
     if info is None or getattr(info, "http_exception", None) is not None:
         return None
     resource = info.route.resource
     if resource is None:
         return None
+    if resource.canonical in OPEN_PATHS:
+        return None
     method = "GET" if request.method == "HEAD" else request.method
-    return request.app[SCOPE_OF].get((method, resource.canonical))
+    # A route the document does not name is for admin only: fail closed.
+    return request.app[SCOPE_OF].get((method, resource.canonical), "admin")
 
 
 @web.middleware
@@ -169,20 +181,9 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[AUTHENTICATED] = True
     request[CREDENTIAL] = names
     request[SCOPES] = scopes
-    if scope != "operate":
-        return await handler(request)
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    except web.HTTPException as e:
-        status = e.status
-        raise
-    finally:
-        journal.event(log, "api_request", "%s %s by credential %s from %s: %s",
-                      request.method, _route_label(request), names, client, status,
-                      credential=names, client=client, status=status)
+    if scope in ("operate", "admin"):
+        request[AUDIT] = True  # journaled with its final status by metrics_mw
+    return await handler(request)
 
 
 @web.middleware

@@ -84,9 +84,13 @@ class Keyring:
     def fixed(cls, secret: str, name: str = credentials.LEGACY_NAME,
               scopes: frozenset[str] = frozenset({"admin"})) -> Keyring:
         """One credential that never changes (tests, tools)."""
+        return cls.of([Credential(name, scopes, credentials.digest(secret), "", "")])
+
+    @classmethod
+    def of(cls, creds: Iterable[Credential]) -> Keyring:
+        """A set that never changes (tests, tools)."""
         k = cls()
-        k.current = CredentialSet([Credential(name, scopes, credentials.digest(secret), "",
-                                              "")])
+        k.current = CredentialSet(creds)
         k._checked = float("inf")
         k._fp = credentials.fingerprint("", "")
         return k
