@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -24,12 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def live_gateway(tmp_path):
-    """A gateway process; yields (url, {scope: secret}, log path)."""
+@contextlib.contextmanager
+def run_gateway(tmp_path: Path, extra: str = "", *, listen: str = "127.0.0.1",
+                ca: str | None = None):
+    """A ``vx11d gateway`` process with a credential of each scope (``fuzz-<scope>``).
+
+    Yields (url, {scope: secret}, log path, process). ``extra`` is YAML appended under
+    ``gateway:``; with ``ca`` the URL is https and the readiness probe trusts that CA.
+    """
     token = secrets.token_urlsafe(24)
     creds = tmp_path / "credentials.d"
-    creds.mkdir(mode=0o750)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    creds.mkdir(mode=0o750, exist_ok=True)
     secret = {scope: credentials.add(str(creds), f"fuzz-{scope}", frozenset({scope}),
                                      str(tmp_path / "token"))
               for scope in credentials.SCOPES}
@@ -42,7 +50,7 @@ def live_gateway(tmp_path):
     cfg.write_text(f"""
 db: {{path: {tmp_path}/vx11.db}}
 gateway:
-  listen_address: 127.0.0.1
+  listen_address: {listen}
   listen_port: {port}
   metrics_port: {free_port()}
   token_file: {tok}
@@ -50,6 +58,7 @@ gateway:
   madre_wake_socket: {tmp_path}/madre.sock
   spawn_wait: 0.1s
   auth_fail_limit: 100000
+{extra}
 madre:
   templates:
     sleeper: {{command: [/usr/bin/sleep, infinity], max_ttl: 60s}}
@@ -58,11 +67,13 @@ madre:
     proc = subprocess.Popen([sys.executable, "-m", "vx11d", "gateway"], cwd=REPO,
                             env={**os.environ, "VX11_CONFIG": str(cfg)}, stdout=log,
                             stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    host = "localhost" if ca else "127.0.0.1"
+    url = f"{'https' if ca else 'http'}://{host}:{port}"
+    ctx = ssl.create_default_context(cafile=ca) if ca else None
 
     def up() -> bool:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as r:
+            with urllib.request.urlopen(url + "/health", timeout=5, context=ctx) as r:
                 return r.status == 200
         except OSError:
             assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
@@ -70,9 +81,14 @@ madre:
 
     try:
         poll_for(up, timeout=30, what="the gateway to answer /health")
-        yield url, secret, tmp_path / "gateway.log"
+        yield url, secret, tmp_path / "gateway.log", proc
     finally:
         stop(proc)
         log.close()
 
 
+@pytest.fixture
+def live_gateway(tmp_path):
+    """A gateway process; yields (url, {scope: secret}, log path)."""
+    with run_gateway(tmp_path) as (url, secret, log, _proc):
+        yield url, secret, log

@@ -25,6 +25,7 @@ from . import health, openapi
 from .auth import FailureLimiter, Keyring, presented_tokens
 from .context import AUTHENTICATED, CREDENTIAL, CTX, SCOPES, GatewayContext
 from .http import ApiError, Handler, error_for
+from .tls import Tls, is_loopback
 
 log = logging.getLogger("vx11.gateway")
 
@@ -41,6 +42,7 @@ ROUTE_MODULES: list[str] = [
 ]
 
 KEYRING: web.AppKey[Keyring] = web.AppKey("vx11_keyring", Keyring)
+TLS: web.AppKey[Tls] = web.AppKey("vx11_tls", Tls)
 SCOPE_OF: web.AppKey[dict] = web.AppKey("vx11_scope_of", dict)
 LIMITER: web.AppKey[FailureLimiter] = web.AppKey("vx11_limiter", FailureLimiter)
 METRICS: web.AppKey[dict] = web.AppKey("vx11_metrics", dict)
@@ -135,6 +137,21 @@ def required_scope(request: web.Request) -> str | None:
 
 
 @web.middleware
+async def clear_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Without TLS, only loopback peers are served (unless the operator opted in)."""
+    if request.secure or is_loopback(request.remote) or request.app[CTX].cfg.gateway \
+            .plain_http_beyond_loopback:
+        return await handler(request)
+    request.app[METRICS]["plain_refused"].inc()
+    journal.event(log, "plain_http_refused", "refused %s over plain HTTP from %s: only "
+                  "loopback is served without TLS", request.method, request.remote,
+                  level=logging.WARNING, client=request.remote)
+    return error_for(request, 403, "tls_required", "this gateway serves peers beyond "
+                     "loopback over TLS only, and TLS is not configured: configure it "
+                     "(docs/security.md), or use it from this host")
+
+
+@web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     tokens = presented_tokens(request.headers.getall("X-VX11-Token", []),
                               request.headers.getall("Authorization", []))
@@ -199,21 +216,28 @@ async def deadline_mw(request: web.Request, handler: Handler) -> web.StreamRespo
                           f"{request.app[CTX].cfg.gateway.request_timeout:g}s")
 
 
-def build_app(ctx: GatewayContext, keyring: Keyring | str, modules: list[str] | None = None
-              ) -> web.Application:
+def build_app(ctx: GatewayContext, keyring: Keyring | str, modules: list[str] | None = None,
+              tls_state: Tls | None = None) -> web.Application:
     """The gateway application for ``ctx``, with every route module set up; ``keyring``
     is the live credential set (or one admin secret, for tests and tools)."""
     app = web.Application(client_max_size=int(ctx.cfg.gateway.max_body),
-                          middlewares=[metrics_mw, errors_mw, auth_mw, deadline_mw])
+                          middlewares=[metrics_mw, errors_mw, clear_mw, auth_mw,
+                                       deadline_mw])
     app[CTX] = ctx
     app[KEYRING] = Keyring.fixed(keyring) if isinstance(keyring, str) else keyring
     app[SCOPE_OF] = openapi.scopes(openapi.document())
+    if tls_state is not None:
+        app[TLS] = tls_state
     app[LIMITER] = FailureLimiter(ctx.cfg.gateway.auth_fail_limit,
                                   ctx.cfg.gateway.auth_fail_window)
     app[METRICS] = _metrics(ctx)
     health.setup(app)
     app.on_cleanup.append(_close_db)
     app[METRICS]["blocked"].set_function(app[LIMITER].blocked_clients)
+    app[METRICS]["tls_enabled"].set(1 if tls_state is not None else 0)
+    app[METRICS]["tls_expiry"].set(tls_state.expires if tls_state is not None else 0)
+    app[METRICS]["plain_beyond"].set(1 if tls_state is None and
+                                     ctx.cfg.gateway.plain_http_beyond_loopback else 0)
     for name in ROUTE_MODULES if modules is None else modules:
         importlib.import_module(name).setup(app)
     return app
@@ -245,6 +269,16 @@ def _metrics(ctx: GatewayContext) -> dict:
                          "right now (the brute-force limiter has tripped for them)",
                          registry=ctx.registry),
     }
+    m["tls_enabled"] = Gauge("vx11_gateway_tls_enabled", "1 when :8000 speaks TLS",
+                             registry=ctx.registry)
+    m["tls_expiry"] = Gauge("vx11_gateway_tls_cert_expiry_timestamp_seconds", "when the "
+                            "TLS certificate expires (0: no TLS)", registry=ctx.registry)
+    m["plain_beyond"] = Gauge("vx11_gateway_plain_http_beyond_loopback", "1 when peers "
+                              "beyond loopback are served over plain HTTP (opted in: "
+                              "credentials in clear)", registry=ctx.registry)
+    m["plain_refused"] = Counter("vx11_gateway_plain_http_refused_total", "requests from "
+                                 "beyond loopback refused because TLS is not configured",
+                                 registry=ctx.registry)
     for reason in ("missing", "invalid", "rate_limited", "forbidden"):
         m["auth_failures"].labels(reason)
     ctx.extras["gateway_metrics"] = m
