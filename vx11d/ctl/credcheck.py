@@ -9,6 +9,7 @@ docs/security.md). No value or digest ever appears in a row.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import time
@@ -71,3 +72,41 @@ def admins(g: config.GatewayConfig, now: float | None = None) -> dict[str, objec
         detail += (f"; older than {textfmt.duration(ADMIN_MAX_AGE)}: {', '.join(old)} "
                    "(rotate: docs/security.md)")
     return _check("admin_credentials", ok, detail)
+
+
+def listen_addresses(show_listen: str) -> list[str]:
+    """Hosts from ``systemctl show -p Listen`` output (``Listen=[::1]:8000 (Stream)``);
+    a bare port (``8000``) is every address, shown as ``*``."""
+    out = []
+    for line in show_listen.splitlines():
+        _, _, value = line.partition("=")
+        for item in value.split():
+            if item.startswith("(") or not item:
+                continue
+            host, sep, _port = item.rpartition(":")
+            out.append(host.strip("[]") if sep and host else "*")
+    return out
+
+
+def tls_or_loopback(g: config.GatewayConfig, listen: list[str], tls_credentials: bool
+                    ) -> dict[str, object]:
+    """TLS configured, or listening on loopback only; plain HTTP beyond it is a FAIL."""
+    if g.plain_http_beyond_loopback:
+        return _check("tls_or_loopback", False, "gateway.plain_http_beyond_loopback is on: "
+                      "credentials cross the network in clear (docs/security.md)")
+    if tls_credentials or (g.tls_cert_file and g.tls_key_file):
+        via = "systemd credentials tls.crt/tls.key" if tls_credentials else g.tls_cert_file
+        return _check("tls_or_loopback", True, f"TLS configured ({via})")
+    listen = listen or [g.listen_address]
+    wide = [a for a in listen if a == "*" or not is_loopback(a)]
+    if wide:
+        return _check("tls_or_loopback", False, f"listening on {', '.join(wide)} without "
+                      "TLS: configure TLS or listen on loopback only (docs/security.md)")
+    return _check("tls_or_loopback", True, f"loopback only ({', '.join(listen)}), no TLS")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -14,7 +14,7 @@ from ..errors import ConfigError, DbError, Vx11Error
 from . import credcheck, hygiene
 from .main import emit
 from .reapercmd import scan_report
-from .units import show, unit_names
+from .units import show, systemctl, unit_names
 
 COMPONENTS = ("gateway", "madre", "reaper", "rotate", "hermes")
 
@@ -122,6 +122,12 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
     checks.append(_check("no_failed_units", not failed, ",".join(failed) or "none failed"))
     checks.append(credcheck.modes(cfg.gateway))
     checks.append(credcheck.admins(cfg.gateway, now))
+    listen = systemctl("show", "-p", "Listen", "vx11-gateway.socket", check=False)
+    creds = systemctl("show", "-p", "LoadCredential", "vx11-gateway.service", check=False)
+    checks.append(credcheck.tls_or_loopback(
+        cfg.gateway, credcheck.listen_addresses(listen.stdout if listen.returncode == 0
+                                                else ""),
+        "tls.crt" in creds.stdout and "tls.key" in creds.stdout))
     checks += hygiene.leak_checks(cfg)
     checks.append(hygiene.audit_size(cfg))
     checks.append(hygiene.rotate_timer())
