@@ -32,6 +32,23 @@ def activation_sockets() -> list[socket.socket]:
     return [socket.socket(fileno=fd) for fd in listen_fds()]  # checks LISTEN_PID
 
 
+def listening_socket(address: str, port: int) -> socket.socket:
+    """What vx11-gateway.socket makes, when not socket-activated: TCP_NODELAY on the
+    listener, so accepted connections have it from the first byte (a TLS handshake's
+    flights are not held back by Nagle's algorithm waiting for a delayed ACK)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((address, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class GatewayService:
     """The gateway as a runtime service."""
 
@@ -63,8 +80,8 @@ class GatewayService:
             self.where = "socket-activated on " + " ".join(_addr(s.getsockname())
                                                             for s in socks)
         else:
-            sites = [web.TCPSite(self.runner, cfg.listen_address, cfg.listen_port,
-                                 reuse_address=True, ssl_context=ssl_ctx)]
+            sites = [web.SockSite(self.runner, listening_socket(
+                cfg.listen_address, cfg.listen_port), ssl_context=ssl_ctx)]
             self.where = f"listening on {_addr((cfg.listen_address, cfg.listen_port))}"
         for site in sites:
             await site.start()
