@@ -175,8 +175,8 @@ def tls_rows(quick: bool, route_lua: str, d: str) -> dict[str, float]:
     subprocess.run(["openssl", "req", "-config", f"{d}/req.cnf", "-x509", "-newkey", "ec",
                     "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
                     f"{d}/gw.key", "-out", f"{d}/gw.pem", "-days", "2", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True,
-                   capture_output=True)
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
     os.chmod(f"{d}/gw.key", 0o600)
     close_lua = os.path.join(d, "close.lua")
     Path(close_lua).write_text(Path(route_lua).read_text() + CLOSE_LUA)
