@@ -125,7 +125,8 @@ class Fleet:
                      for i, c in enumerate(letters)]
         self.mon = Host("monitor", f"{self.tag}-mon", MON_IP, f"{self.tag}-mon")
         self.hosts = [*self.vx11, self.mon]
-        self.token = secrets.token_urlsafe(32)
+        self.token = secrets.token_urlsafe(32)  # each host's admin (legacy token file)
+        self.read_secret = ""  # the `read` credential Prometheus scrapes with
         self.pki = Path(tempfile.mkdtemp(prefix=f"{self.tag}-pki-"))
 
     # --- network ---------------------------------------------------------------------
@@ -173,9 +174,10 @@ class Fleet:
             cfg = self.vx11_config(h) if h.role == "vx11" else None
             h.sb.up(timeout=180, config=cfg)
             self._common(h)
-        self._monitor()
         for h in self.vx11:
             self._vx11_host(h)
+        self._read_credential()
+        self._monitor()
 
     def down(self) -> None:
         for h in self.hosts:
@@ -231,8 +233,9 @@ class Fleet:
             m.put(f"/etc/prometheus/vx11/{rules.name}", rules.read_text())
         m.put("/etc/prometheus/vx11/targets/fleet.yml", yaml.safe_dump(
             [{"targets": [h.name for h in self.vx11], "labels": {"group": "test"}}]))
-        m.put("/etc/prometheus/vx11/token", self.token + "\n", mode=0o640,
+        m.put("/etc/prometheus/vx11/read-credential", self.read_secret + "\n", mode=0o640,
               owner="root:prometheus")
+        m.put("/etc/prometheus/vx11/ca.pem", (self.pki / "ca.pem").read_text())
         m.put("/etc/prometheus/alertmanager.yml",
               (PKG / "prometheus" / "alertmanager.yml").read_text())
         m.put("/etc/systemd/journal-remote.conf.d/vx11.conf",
@@ -247,6 +250,18 @@ class Fleet:
     def _vx11_host(self, h: Host) -> None:
         h.sb.etc_vx11.joinpath("token").write_text(self.token + "\n")
         units = h.sb.state / "etc-systemd-system"
+        # TLS on :8000 and :8000 open to the network: the two drop-ins of docs/security.md,
+        # with this host's certificate (its name in subjectAltName) as credentials.
+        tls = h.sb.etc_vx11 / "tls"
+        tls.mkdir(mode=0o700, exist_ok=True)
+        shutil.copy(self.pki / f"{h.name}.pem", tls / "gateway.crt")
+        shutil.copy(self.pki / f"{h.name}.key", tls / "gateway.key")
+        (tls / "gateway.key").chmod(0o600)
+        for unit, name in (("vx11-gateway.socket", "network.conf"),
+                           ("vx11-gateway.service", "tls.conf")):
+            (units / f"{unit}.d").mkdir(exist_ok=True)
+            (units / f"{unit}.d" / name).write_text(
+                (PKG / "systemd" / f"{unit}.d" / name).read_text())
         dropin = (PKG / "fleet" / "vx11-metrics-remote.conf").read_text()
         dropin = dropin.replace("IPAddressAllow=192.0.2.10", f"IPAddressAllow={MON_IP}")
         for unit in ("vx11-madre.service", "vx11-reaper.service"):
@@ -261,6 +276,24 @@ class Fleet:
         h.systemctl("daemon-reload")
         h.systemctl("start", "vx11.target", "prometheus-node-exporter.service",
                     "systemd-journal-upload.service")
+
+    def _read_credential(self) -> None:
+        """The monitoring host's `read` credential: made on the first host, where the
+        secret is printed once; only its digest file is copied to the others."""
+        first = self.vx11[0]
+        out = first.run("vx11ctl", "token", "add", "prometheus", "--scope", "read", "--json")
+        self.read_secret = json.loads(out.stdout)["secret"]
+        digest = first.run("cat", "/etc/vx11/credentials.d/prometheus").stdout
+        for h in self.vx11[1:]:
+            h.put("/etc/vx11/credentials.d/prometheus", digest, mode=0o640,
+                  owner="root:vx11")
+
+    def gateway(self, via: Host, target: Host, path: str, *extra: str,
+                timeout: float = 10) -> subprocess.CompletedProcess:
+        """curl from ``via`` to ``target``'s gateway over TLS, trusting the fleet's CA."""
+        return via.curl(f"https://{target.name}:8000{path}", "--cacert",
+                        str(self.pki / "ca.pem"), "--resolve",
+                        f"{target.name}:8000:{target.ip}", *extra, timeout=timeout)
 
     def _make_pki(self) -> None:
         """A CA, the collector's server certificate and one client certificate per host."""

@@ -24,9 +24,11 @@ pytestmark = pytest.mark.system
 
 PEER = "10.99.0.1"  # beyond loopback, on the sandbox's own lo
 SET = ("vx11-gateway.service", "vx11-gateway.socket")
-NETWORK_DROPIN = "[Socket]\nListenStream=\nListenStream=8000\nBindIPv6Only=both\n"
-TLS_DROPIN = ("[Service]\nLoadCredential=tls.crt:/etc/vx11/tls/gateway.crt\n"
-              "LoadCredential=tls.key:/etc/vx11/tls/gateway.key\n")
+# The shipped drop-ins, as docs/security.md installs them.
+NETWORK_DROPIN = (REPO / "packaging" / "systemd" / "vx11-gateway.socket.d" / "network.conf"
+                  ).read_text()
+TLS_DROPIN = (REPO / "packaging" / "systemd" / "vx11-gateway.service.d" / "tls.conf"
+              ).read_text()
 
 
 def curl(sb, url: str, *flags: str):
