@@ -174,10 +174,10 @@ class Fleet:
             cfg = self.vx11_config(h) if h.role == "vx11" else None
             h.sb.up(timeout=180, config=cfg)
             self._common(h)
+        self._monitor()
         for h in self.vx11:
             self._vx11_host(h)
         self._read_credential()
-        self._monitor()
 
     def down(self) -> None:
         for h in self.hosts:
@@ -233,7 +233,9 @@ class Fleet:
             m.put(f"/etc/prometheus/vx11/{rules.name}", rules.read_text())
         m.put("/etc/prometheus/vx11/targets/fleet.yml", yaml.safe_dump(
             [{"targets": [h.name for h in self.vx11], "labels": {"group": "test"}}]))
-        m.put("/etc/prometheus/vx11/read-credential", self.read_secret + "\n", mode=0o640,
+        # The secret comes once the first vx11 host made the credential (_read_credential);
+        # Prometheus reads this file at every scrape.
+        m.put("/etc/prometheus/vx11/read-credential", "pending\n", mode=0o640,
               owner="root:prometheus")
         m.put("/etc/prometheus/vx11/ca.pem", (self.pki / "ca.pem").read_text())
         m.put("/etc/prometheus/alertmanager.yml",
@@ -287,6 +289,8 @@ class Fleet:
         for h in self.vx11[1:]:
             h.put("/etc/vx11/credentials.d/prometheus", digest, mode=0o640,
                   owner="root:vx11")
+        self.mon.put("/etc/prometheus/vx11/read-credential", self.read_secret + "\n",
+                     mode=0o640, owner="root:prometheus")
 
     def gateway(self, via: Host, target: Host, path: str, *extra: str,
                 timeout: float = 10) -> subprocess.CompletedProcess:
@@ -296,9 +300,11 @@ class Fleet:
                         f"{target.name}:8000:{target.ip}", *extra, timeout=timeout)
 
     def _make_pki(self) -> None:
-        """A CA, the collector's server certificate and one client certificate per host."""
+        """A CA, the collector's server certificate and one certificate per host (its
+        journal upload client and its gateway's TLS server). 30 days: the TLS expiry
+        alert (14 days) must stay quiet."""
         d = self.pki
-        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
            "-subj", "/CN=vx11 fleet test CA", "-keyout", str(d / "ca.key"),
            "-out", str(d / "ca.pem"))
         names = [(self.mon.name, "mon", JOURNAL_NAME)] + [(h.name, h.name, h.name)
@@ -309,7 +315,7 @@ class Fleet:
             ext = d / f"{stem}.ext"
             ext.write_text(f"subjectAltName=DNS:{dns},DNS:{cn}\n")
             sh("openssl", "x509", "-req", "-in", str(d / f"{stem}.csr"), "-CA",
-               str(d / "ca.pem"), "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
+               str(d / "ca.pem"), "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "30",
                "-extfile", str(ext), "-out", str(d / f"{stem}.pem"))
 
     # --- reading the monitoring host -------------------------------------------------
