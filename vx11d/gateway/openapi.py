@@ -252,6 +252,26 @@ def scopes(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
             if "x-vx11-scope" in op}
 
 
+def scopes_table(doc: dict[str, Any]) -> str:
+    """The Markdown table of docs/security.md: every operation x every scope, from the
+    document's ``x-vx11-scope`` (``admin`` may do everything)."""
+    from ..credentials import SCOPES
+
+    head = "| operation | needs | " + " | ".join(f"`{s}`" for s in SCOPES) + " |"
+    rows = [head, "|" + "---|" * (len(SCOPES) + 2)]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            need = op.get("x-vx11-scope")
+            if need is None:
+                cells = ["yes, detail" if s in ("read", "admin") else "yes, status only"
+                         for s in SCOPES]
+                rows.append(f"| `{method.upper()} {path}` | none | " + " | ".join(cells) + " |")
+                continue
+            cells = ["yes" if s in (need, "admin") else "403" for s in SCOPES]
+            rows.append(f"| `{method.upper()} {path}` | `{need}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def text() -> str:
     """The document as the text kept in docs/openapi.json."""
     return json.dumps(document(), indent=2, sort_keys=True) + "\n"
@@ -267,4 +287,9 @@ def setup(app: web.Application) -> None:
 
 
 if __name__ == "__main__":
-    print(text(), end="")
+    import sys
+
+    if sys.argv[1:] == ["--scopes-table"]:
+        print(scopes_table(json.loads(text())), end="")
+    else:
+        print(text(), end="")
