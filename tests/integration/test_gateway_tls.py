@@ -233,3 +233,27 @@ def test_plain_http_serves_loopback_only_until_tls_or_an_explicit_opt_in(tmp_pat
                      ca=pki.ca) as (url, secret, _log, _p):
         ctx = ssl.create_default_context(cafile=pki.ca)
         assert _get(url.replace("localhost", me), secret["read"], me, ctx)[0] == 200
+
+
+def test_vx11ctl_route_via_gateway_over_tls(tmp_path, pki):
+    """vx11ctl finds the local gateway's TLS (here from gateway.tls_cert_file) and trusts
+    exactly that certificate; a plain http --url to the TLS port fails with one line."""
+    cert, key = pki.issue("gw")
+    with run_gateway(tmp_path, tls_yaml(cert, key), ca=pki.ca) as (url, _s, _log, _p):
+        env = {**os.environ, "VX11_CONFIG": str(tmp_path / "vx11.yml")}
+        r = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "route", "2+2",
+                            "--via-gateway", "--json"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["answer"] == "4" and out["route"] == "switch", out
+        r = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "route", "2+2",
+                            "--via-gateway", "--url", url, "--cacert", pki.ca], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.startswith("4"), r.stderr
+        plain = url.replace("https://localhost", "http://127.0.0.1")
+        r = subprocess.run([sys.executable, "-m", "vx11d.ctl.main", "route", "2+2",
+                            "--via-gateway", "--url", plain], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
