@@ -27,6 +27,11 @@ the plain one, what a sysadmin would do instead:
   comes over TLS too / alone (>= 0.5);
 - ``tls_route_ratio_vs_nginx``: keep-alive route over the gateway's TLS / behind nginx
   (>= 0.8);
+Rotation row (issue 22): ``wrk`` (bench/rotation.lua) POSTs /vx11/route with credential
+A, B is added, the clients move to B, A is revoked: ``rotation_non_2xx_valid`` (answers
+not 2xx to a valid credential; goal 0) and ``rotation_refused_after_s`` (A's first 401
+after its revocation; goal <= 5).
+
 - ``tls_handshake_ratio_vs_nginx``: new TLS connections per second (the authenticated
   route with ``Connection: close``: one handshake per request; a tokenless /health
   would measure its per-address throttle instead) / nginx's (>= 0.5).
@@ -37,6 +42,7 @@ Last line: one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -244,6 +250,60 @@ def tls_rows(quick: bool, route_lua: str, d: str) -> dict[str, float]:
     return res
 
 
+# --- rotation (inside the sandbox) ---------------------------------------------------
+
+def rotation_row(d: str) -> dict[str, float]:
+    """Credential rotation under wrk load against the socket-activated gateway."""
+    import urllib.error
+    import urllib.request
+
+    from vx11d import config, credentials
+    from vx11d.errors import InputError
+
+    g = config.load("/etc/vx11/vx11.yml").gateway
+
+    def status(secret: str) -> int:
+        req = urllib.request.Request(f"{URL}/vx11/route", data=b'{"query": "2+2"}',
+                                     headers={"X-VX11-Token": secret,
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    for name in ("bench-a", "bench-b"):
+        with contextlib.suppress(InputError):  # left by an interrupted run
+            credentials.revoke(g.credentials_dir, name, g.token_file)
+    a = credentials.add(g.credentials_dir, "bench-a", frozenset({"chat"}), g.token_file)
+    current = Path(d, "current")
+    current.write_text(f"A {a}\n")
+    lua = str(Path(__file__).with_name("rotation.lua"))
+    p = subprocess.Popen(["wrk", "-t2", "-c2", "-d8s", "-s", lua, URL], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={"VX11_TOKEN_FILE": str(current), "PATH": "/usr/bin"})
+    time.sleep(2)
+    b = credentials.add(g.credentials_dir, "bench-b", frozenset({"chat"}), g.token_file)
+    Path(d, "current.tmp").write_text(f"B {b}\n")
+    os.replace(Path(d, "current.tmp"), current)
+    time.sleep(1.5)
+    credentials.revoke(g.credentials_dir, "bench-a", g.token_file)
+    t0 = time.monotonic()
+    while status(a) != 401 and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+    refused = time.monotonic() - t0
+    out, _ = p.communicate(timeout=60)
+    credentials.revoke(g.credentials_dir, "bench-b", g.token_file)
+    line = next((x for x in out.splitlines() if x.startswith("ROTATION ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no ROTATION line:\n{out}")
+    got = json.loads(line.removeprefix("ROTATION "))
+    return {"rotation_answers": float(got["answers"]),
+            "rotation_non_2xx_valid": float(sum(got["bad"].values())
+                                            + got["socket_errors"]),
+            "rotation_refused_after_s": refused}
+
+
 # --- inside the sandbox -------------------------------------------------------------
 
 def inside(quick: bool) -> dict[str, float]:
@@ -288,6 +348,7 @@ def inside(quick: bool) -> dict[str, float]:
     res["under_flood_ratio"] = res["route_rps_under_flood"] / max(res["route_rps_alone"], 1e-9)
     res["goal_met"] = res["under_flood_ratio"] >= 0.5
     res.update(tls_rows(quick, route_lua, d))
+    res.update(rotation_row(d))
     return res
 
 
@@ -332,6 +393,10 @@ def host(args: argparse.Namespace) -> int:
              f"{res['hs_tls_rps']:.0f} / {res['hs_nginx_rps']:.0f} = "
              f"{res['tls_handshake_ratio_vs_nginx']:.2f}"),
             ("TLS route errors (non-2xx)", f"{res['tls_errors']:.0f}"),
+            ("rotation A -> B under wrk: non-2xx to a valid credential (goal 0)",
+             f"{res['rotation_non_2xx_valid']:.0f} of {res['rotation_answers']:.0f}"),
+            ("... A refused after its revocation (s; goal <= 5)",
+             f"{res['rotation_refused_after_s']:.2f}"),
             ("total time (s)", f"{res['total_s']}")]
     print_rows(rows)
     for k, v in list(res.items()):

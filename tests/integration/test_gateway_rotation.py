@@ -17,7 +17,7 @@ from tests.integration.conftest import run_gateway
 from tests.support import poll_for
 from vx11d import credentials
 
-LUA = Path(__file__).with_name("rotation.lua")
+LUA = Path(__file__).resolve().parents[2] / "bench" / "rotation.lua"  # shared with the bench
 
 
 def route(url: str, token: str) -> int:
