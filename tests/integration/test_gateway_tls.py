@@ -197,7 +197,7 @@ def _own_address() -> str | None:
     return None if addr.startswith("127.") else addr
 
 
-def _get(url: str, token: str, source: str, ctx=None) -> tuple[int, dict]:
+def _get(url: str, token: str, source: str, ctx=None, **headers: str) -> tuple[int, dict]:
     """GET from a chosen local address (the peer address the gateway sees)."""
     import http.client
 
@@ -206,7 +206,7 @@ def _get(url: str, token: str, source: str, ctx=None) -> tuple[int, dict]:
     kw = {"context": ctx} if ctx else {}
     c = conn_cls(host, int(port), timeout=10, source_address=(source, 0), **kw)
     try:
-        c.request("GET", "/vx11/hijas", headers={"X-VX11-Token": token})
+        c.request("GET", "/vx11/hijas", headers={"X-VX11-Token": token, **headers})
         r = c.getresponse()
         return r.status, json.loads(r.read() or b"{}")
     finally:
@@ -221,6 +221,10 @@ def test_plain_http_serves_loopback_only_until_tls_or_an_explicit_opt_in(tmp_pat
         assert _get(url, secret["read"], "127.0.0.1")[0] == 200
         wide = url.replace("127.0.0.1", me)
         code, body = _get(wide, secret["read"], me)
+        assert code == 403 and body["error"] == "tls_required", body
+        # a header cannot claim TLS: only the connection says so
+        code, body = _get(wide, secret["read"], me, **{"X-Forwarded-Proto": "https",
+                                                        "Forwarded": "proto=https"})
         assert code == 403 and body["error"] == "tls_required", body
         text = log.read_text()
         assert "plain_http_refused" in text and "plain_http_loopback_only" in text

@@ -150,6 +150,10 @@ class Keyring:
             journal.event(log, "credentials_reload_refused", "credentials not reloaded, "
                           "keeping the previous set: %s", e, level=logging.ERROR)
             return
+        except Exception:  # a bug must not fail the requests waiting on this reload
+            log.exception("credentials not reloaded, keeping the previous set",
+                          extra={"VX11_EVENT": "credentials_reload_refused"})
+            return
         for name in sorted(after - before):
             journal.event(log, "credential_added", "credential %s is valid from now on",
                           name, credential=name)
