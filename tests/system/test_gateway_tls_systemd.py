@@ -114,3 +114,51 @@ def test_fresh_install_refuses_a_peer_beyond_loopback_in_clear_then_serves_it_ov
     assert "(TLS)" in status, status
     r = sb.exec(["journalctl", "--no-pager", "-u", "vx11-gateway.service"], timeout=30)
     assert "Traceback" not in r.stdout
+
+
+def test_renewed_certificate_by_restart_refuses_no_connection(net_sandbox, tmp_path):
+    """Certificates handed in as systemd credentials are copied at start: renewal is a
+    restart of the service, and the socket unit keeps :8000 listening meanwhile, so a
+    client connecting in a loop through it sees no refused connection and then the new
+    certificate."""
+    sb, dropin = net_sandbox
+    pki = Pki(tmp_path / "pki")
+    tls_dir = sb.etc_vx11 / "tls"
+    tls_dir.mkdir(mode=0o700)
+
+    def install(name: str) -> str:
+        cert, key = pki.issue(name)
+        shutil.copy(cert, tls_dir / "gateway.crt")
+        shutil.copy(key, tls_dir / "gateway.key")
+        (tls_dir / "gateway.key").chmod(0o600)
+        return (tmp_path / "pki" / f"{name}.pem").read_text()
+
+    install("old")
+    shutil.copy(pki.ca, tls_dir / "ca.pem")
+    dropin("vx11-gateway.service", TLS_DROPIN)
+    sysctl(sb, "start", "vx11-gateway.socket")
+    loop = ("for i in $(seq 400); do curl -s -o /dev/null -m 5 -w '%{http_code}\\n' "
+            "--cacert /etc/vx11/tls/ca.pem https://127.0.0.1:8000/health; done "
+            "> /run/tls-loop.out 2>&1")
+    sb.exec(["systemd-run", "--unit=vx11-test-tls-loop", "--collect", "sh", "-c", loop],
+            timeout=30)
+    try:
+        poll_for(lambda: len(sb.exec(["cat", "/run/tls-loop.out"], timeout=10).stdout
+                             .split()) >= 50, timeout=60, what="the client loop running")
+        install("renewed")
+        sysctl(sb, "restart", "vx11-gateway.service")
+        done = len(sb.exec(["cat", "/run/tls-loop.out"], timeout=10).stdout.split())
+        assert done < 400, "the loop ended before the restart: it proves nothing"
+        poll_for(lambda: sb.exec(["systemctl", "is-active", "vx11-test-tls-loop"],
+                                 timeout=10).stdout.strip() != "active", timeout=180,
+                 what="the client loop to finish")
+    finally:
+        sysctl(sb, "stop", "vx11-test-tls-loop", check=False)
+    codes = sb.exec(["cat", "/run/tls-loop.out"], timeout=10).stdout.split()
+    assert len(codes) == 400 and set(codes) == {"200"}, sorted(set(codes))
+    served = sb.exec(["sh", "-c", "openssl s_client -connect 127.0.0.1:8000 "
+                      "-servername localhost </dev/null 2>/dev/null | openssl x509"],
+                     timeout=30).stdout
+    renewed = (tmp_path / "pki" / "renewed.pem").read_text()
+    assert served.split("-----BEGIN CERTIFICATE-----")[1] == \
+        renewed.split("-----BEGIN CERTIFICATE-----")[1], served
