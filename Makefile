@@ -6,7 +6,7 @@ VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev build-essential cmake pkg-config \
 	libsystemd-dev systemd systemd-container dbus prometheus iproute2 procps curl pigz \
 	prometheus-alertmanager prometheus-node-exporter systemd-journal-remote openssl \
-	mmdebstrap dpkg-dev lintian qemu-system-x86 openssh-client
+	mmdebstrap dpkg-dev lintian qemu-system-x86 openssh-client nginx wrk
 STAMP := $(VENV)/.vx11-deps
 
 # Operator targets run vx11ctl on this host when it runs systemd (the installed package,

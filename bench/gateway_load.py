@@ -17,12 +17,32 @@ the goal is relative: ``route_rps_under_flood >= 0.5 * route_rps_alone`` (issue 
 finding 4: before, 64 tokenless /health connections cut route throughput a
 hundredfold, since each /health opened a system-bus connection).
 
+TLS rows (issue 22), each a ratio in the same run, on three gateway processes started
+the same way (``vx11d gateway`` on one certificate made for the run): plain on :8001,
+TLS on :8443, and Debian's ``nginx`` (one worker) terminating TLS on :9443 in front of
+the plain one, what a sysadmin would do instead:
+
+- ``tls_route_ratio_vs_plain``: keep-alive ``POST /vx11/route`` over TLS / plain (>= 0.7);
+- ``tls_under_flood_ratio``: the same over TLS while a tokenless ``GET /health`` flood
+  comes over TLS too / alone (>= 0.5);
+- ``tls_route_ratio_vs_nginx``: keep-alive route over the gateway's TLS / behind nginx
+  (>= 0.8);
+Rotation row (issue 22): ``wrk`` (bench/rotation.lua) POSTs /vx11/route with credential
+A, B is added, the clients move to B, A is revoked: ``rotation_non_2xx_valid`` (answers
+not 2xx to a valid credential; goal 0) and ``rotation_refused_after_s`` (A's first 401
+after its revocation; goal <= 5).
+
+- ``tls_handshake_ratio_vs_nginx``: new TLS connections per second (the authenticated
+  route with ``Connection: close``: one handshake per request; a tokenless /health
+  would measure its per-address throttle instead) / nginx's (>= 0.5).
+
 Last line: one JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -94,6 +114,196 @@ def finish(p: subprocess.Popen[str]) -> dict[str, float]:
     return parse_wrk(out)
 
 
+# --- TLS rows (inside the sandbox) ---------------------------------------------------
+
+NGINX_CONF = """user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  upstream gw {{ server 127.0.0.1:8001; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:9443 ssl;
+    ssl_certificate {d}/gw.pem;
+    ssl_certificate_key {d}/gw.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://gw;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+CLOSE_LUA = 'wrk.headers["Connection"] = "close"\n'
+
+
+def _gateway(d: str, name: str, port: int, metrics_port: int, tls: bool
+             ) -> subprocess.Popen[bytes]:
+    import yaml
+
+    cfg = yaml.safe_load(Path("/etc/vx11/vx11.yml").read_text()) or {}
+    g = cfg.setdefault("gateway", {})
+    g.update({"listen_address": "127.0.0.1", "listen_port": port,
+              "metrics_port": metrics_port})
+    if tls:
+        g.update({"tls_cert_file": f"{d}/gw.pem", "tls_key_file": f"{d}/gw.key"})
+    path = os.path.join(d, f"{name}.yml")
+    Path(path).write_text(yaml.safe_dump(cfg))
+    log = open(os.path.join(d, f"{name}.log"), "wb")  # noqa: SIM115 (the child keeps it)
+    return subprocess.Popen(["/opt/vx11d/bin/vx11d", "gateway"], stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "VX11_CONFIG": path})
+
+
+def _wait_port(port: int, seconds: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds:g}s")
+
+
+def tls_rows(quick: bool, route_lua: str, d: str) -> dict[str, float]:
+    """The four TLS ratios, medians of ``rounds`` runs each."""
+    # The sandbox's /etc is empty: no openssl.cnf, so a minimal one of our own.
+    Path(f"{d}/req.cnf").write_text("[req]\ndistinguished_name = dn\n[dn]\n")
+    subprocess.run(["openssl", "req", "-config", f"{d}/req.cnf", "-x509", "-newkey", "ec",
+                    "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                    f"{d}/gw.key", "-out", f"{d}/gw.pem", "-days", "2", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    os.chmod(f"{d}/gw.key", 0o600)
+    close_lua = os.path.join(d, "close.lua")
+    Path(close_lua).write_text(Path(route_lua).read_text() + CLOSE_LUA)
+    Path(f"{d}/nginx.conf").write_text(NGINX_CONF.format(d=d))
+    procs = [_gateway(d, "plain", 8001, 9721, False), _gateway(d, "tls", 8443, 9722, True)]
+    nginx_log = open(f"{d}/nginx.out", "wb")  # noqa: SIM115 (the child keeps it)
+    procs.append(subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d, "-e",
+                                   f"{d}/nginx-error.log", "-g", "daemon off;"],
+                                  stdout=nginx_log, stderr=subprocess.STDOUT))
+    seconds, rounds = (3.0, 1) if quick else (10.0, 3)
+    plain, tls, nginx = "http://127.0.0.1:8001", "https://127.0.0.1:8443", \
+        "https://127.0.0.1:9443"
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in (
+        "plain", "tls", "tls_flood", "nginx", "hs_tls", "hs_nginx")}
+    try:
+        for port, log in ((8001, "plain.log"), (8443, "tls.log"), (9443, "nginx.out")):
+            try:
+                _wait_port(port)
+            except RuntimeError as e:
+                raise RuntimeError(f"{e}:\n{Path(d, log).read_text(errors='replace')}") from e
+        for url in (plain, tls, nginx):  # warm up
+            finish(wrk(f"{url}/vx11/route", 2, 1.0, route_lua))
+        for _ in range(rounds):
+            runs["plain"].append(finish(wrk(f"{plain}/vx11/route", ROUTE_CONNS, seconds,
+                                            route_lua)))
+            runs["tls"].append(finish(wrk(f"{tls}/vx11/route", ROUTE_CONNS, seconds,
+                                          route_lua)))
+            runs["nginx"].append(finish(wrk(f"{nginx}/vx11/route", ROUTE_CONNS, seconds,
+                                            route_lua)))
+            h = wrk(f"{tls}/health", FLOOD_CONNS,
+                    seconds + 2)
+            time.sleep(1.0)
+            runs["tls_flood"].append(finish(wrk(f"{tls}/vx11/route", ROUTE_CONNS, seconds,
+                                                route_lua)))
+            finish(h)
+            runs["hs_tls"].append(finish(wrk(f"{tls}/vx11/route", ROUTE_CONNS, seconds,
+                                             close_lua)))
+            runs["hs_nginx"].append(finish(wrk(f"{nginx}/vx11/route", ROUTE_CONNS, seconds,
+                                               close_lua)))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def med(k: str) -> float:
+        v = sorted(x["rps"] for x in runs[k])
+        return v[len(v) // 2]
+
+    res = {f"{k}_rps": med(k) for k in runs}
+    res["tls_errors"] = sum(x["non_2xx"] for k in ("plain", "tls", "nginx", "tls_flood")
+                            for x in runs[k])
+    res["tls_route_ratio_vs_plain"] = med("tls") / max(med("plain"), 1e-9)
+    res["tls_under_flood_ratio"] = med("tls_flood") / max(med("tls"), 1e-9)
+    res["tls_route_ratio_vs_nginx"] = med("tls") / max(med("nginx"), 1e-9)
+    res["tls_handshake_ratio_vs_nginx"] = med("hs_tls") / max(med("hs_nginx"), 1e-9)
+    res["tls_goals_met"] = (res["tls_route_ratio_vs_plain"] >= 0.7
+                            and res["tls_under_flood_ratio"] >= 0.5
+                            and res["tls_route_ratio_vs_nginx"] >= 0.8
+                            and res["tls_handshake_ratio_vs_nginx"] >= 0.5)
+    return res
+
+
+# --- rotation (inside the sandbox) ---------------------------------------------------
+
+def rotation_row(d: str) -> dict[str, float]:
+    """Credential rotation under wrk load against the socket-activated gateway."""
+    import urllib.error
+    import urllib.request
+
+    from vx11d import config, credentials
+    from vx11d.errors import InputError
+
+    g = config.load("/etc/vx11/vx11.yml").gateway
+
+    def status(secret: str) -> int:
+        req = urllib.request.Request(f"{URL}/vx11/route", data=b'{"query": "2+2"}',
+                                     headers={"X-VX11-Token": secret,
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    for name in ("bench-a", "bench-b"):
+        with contextlib.suppress(InputError):  # left by an interrupted run
+            credentials.revoke(g.credentials_dir, name, g.token_file)
+    a = credentials.add(g.credentials_dir, "bench-a", frozenset({"chat"}), g.token_file)
+    current = Path(d, "current")
+    current.write_text(f"A {a}\n")
+    lua = str(Path(__file__).with_name("rotation.lua"))
+    p = subprocess.Popen(["wrk", "-t2", "-c2", "-d8s", "-s", lua, URL], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={"VX11_TOKEN_FILE": str(current), "PATH": "/usr/bin"})
+    time.sleep(2)
+    b = credentials.add(g.credentials_dir, "bench-b", frozenset({"chat"}), g.token_file)
+    Path(d, "current.tmp").write_text(f"B {b}\n")
+    os.replace(Path(d, "current.tmp"), current)
+    time.sleep(1.5)
+    credentials.revoke(g.credentials_dir, "bench-a", g.token_file)
+    t0 = time.monotonic()
+    while status(a) != 401 and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+    refused = time.monotonic() - t0
+    out, _ = p.communicate(timeout=60)
+    credentials.revoke(g.credentials_dir, "bench-b", g.token_file)
+    line = next((x for x in out.splitlines() if x.startswith("ROTATION ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no ROTATION line:\n{out}")
+    got = json.loads(line.removeprefix("ROTATION "))
+    return {"rotation_answers": float(got["answers"]),
+            "rotation_non_2xx_valid": float(sum(got["bad"].values())
+                                            + got["socket_errors"]),
+            "rotation_refused_after_s": refused}
+
+
 # --- inside the sandbox -------------------------------------------------------------
 
 def inside(quick: bool) -> dict[str, float]:
@@ -137,6 +347,8 @@ def inside(quick: bool) -> dict[str, float]:
     }
     res["under_flood_ratio"] = res["route_rps_under_flood"] / max(res["route_rps_alone"], 1e-9)
     res["goal_met"] = res["under_flood_ratio"] >= 0.5
+    res.update(tls_rows(quick, route_lua, d))
+    res.update(rotation_row(d))
     return res
 
 
@@ -168,6 +380,23 @@ def host(args: argparse.Namespace) -> int:
             ("flood: GET /health without token / wrong-token requests (req/s)",
              f"{res['health_flood_rps']:.0f} / {res['bad_token_rps']:.0f}"),
             ("route errors (non-2xx)", f"{res['route_errors']:.0f}"),
+            ("TLS route keep-alive / plain (req/s; goal ratio >= 0.7)",
+             f"{res['tls_rps']:.0f} / {res['plain_rps']:.0f} = "
+             f"{res['tls_route_ratio_vs_plain']:.2f}"),
+            ("TLS route under a TLS /health flood / alone (goal >= 0.5)",
+             f"{res['tls_flood_rps']:.0f} / {res['tls_rps']:.0f} = "
+             f"{res['tls_under_flood_ratio']:.2f}"),
+            ("TLS route: gateway / plain gateway behind nginx TLS (goal >= 0.8)",
+             f"{res['tls_rps']:.0f} / {res['nginx_rps']:.0f} = "
+             f"{res['tls_route_ratio_vs_nginx']:.2f}"),
+            ("new TLS connections/s: gateway / nginx (goal >= 0.5)",
+             f"{res['hs_tls_rps']:.0f} / {res['hs_nginx_rps']:.0f} = "
+             f"{res['tls_handshake_ratio_vs_nginx']:.2f}"),
+            ("TLS route errors (non-2xx)", f"{res['tls_errors']:.0f}"),
+            ("rotation A -> B under wrk: non-2xx to a valid credential (goal 0)",
+             f"{res['rotation_non_2xx_valid']:.0f} of {res['rotation_answers']:.0f}"),
+            ("... A refused after its revocation (s; goal <= 5)",
+             f"{res['rotation_refused_after_s']:.2f}"),
             ("total time (s)", f"{res['total_s']}")]
     print_rows(rows)
     for k, v in list(res.items()):

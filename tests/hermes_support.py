@@ -16,7 +16,7 @@ import urllib.request
 
 from aiohttp import web
 
-from tests.support import poll_for
+from tests.support import poll_for, stop
 from vx11d.hermes.testmodel import Shape, write_model
 
 MEDIUM_SHAPE = Shape(layers=4, embd=512, heads=8, ff=1024, ctx=512)
@@ -192,3 +192,26 @@ def wait_port(port: int, timeout: float = 60) -> None:
 
 def now() -> float:
     return time.time()
+
+
+@contextlib.contextmanager
+def remote_llama(model_path: str, d, key: str):
+    """llama_cpp.server on loopback serving ``model_path`` with API key ``key``; yields
+    the gateway's ``remote:`` config for it."""
+    port = free_port()
+    log = open(d / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model",
+                             model_path, "--host", "127.0.0.1", "--port", str(port),
+                             "--api_key", key, "--n_ctx", "1024", "--chat_format",
+                             "chatml", "--model_alias", "remote-tiny", "--verbose", "False"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    keyfile = d / "key"
+    keyfile.write_text(key + "\n")
+    keyfile.chmod(0o600)
+    try:
+        wait_port(port, 60)
+        yield {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_file": str(keyfile),
+               "model": "remote-tiny", "timeout": 30}
+    finally:
+        stop(proc)
+        log.close()

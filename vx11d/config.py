@@ -91,14 +91,28 @@ class DbConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
-    listen_address: str = opt("0.0.0.0", "address to bind when not socket-activated")  # noqa: S104
+    listen_address: str = opt("127.0.0.1", "address to bind when not socket-activated "
+                              "(loopback until TLS is configured: docs/security.md)")
     listen_port: int = opt(8000, "port to bind when not socket-activated", check=_check_port)
     metrics_address: str = opt("127.0.0.1", METRICS_ADDRESS_HELP,
                                check=_check_metrics_address)
     metrics_port: int = opt(9711, "/metrics port", check=_check_port)
-    token_credential: str = opt("token", "name of the systemd credential holding the API token")
-    token_file: str = opt("/etc/vx11/token", "fallback token file (must be mode 0600)",
-                          check=check_abs_path)
+    credentials_dir: str = opt("/etc/vx11/credentials.d", "named credentials with scopes, "
+                               "one file each (vx11ctl token add); digests only",
+                               check=check_abs_path)
+    token_credential: str = opt("token", "name of the systemd credential holding the "
+                                "legacy token (the credential named admin)")
+    token_file: str = opt("/etc/vx11/token", "legacy token file, the credential named admin "
+                          "(must be mode 0600; empty: revoked)", check=check_abs_path)
+    tls_cert_file: str = opt("", "TLS certificate (PEM, chain after it) when not handed "
+                             "in as the systemd credential tls.crt; empty: no TLS",
+                             check=check_abs_path)
+    tls_key_file: str = opt("", "TLS private key (PEM, unencrypted, 0600) when not handed "
+                            "in as the systemd credential tls.key", check=check_abs_path)
+    plain_http_beyond_loopback: bool = opt(False, "serve peers beyond loopback over plain "
+                                           "HTTP, credentials in clear (only behind a "
+                                           "TLS-terminating proxy; loud: STATUS, journal, "
+                                           "metric, scorecard FAIL)")
     max_body: Size = opt(Size(1024 * 1024), "largest accepted request body", lo=1024,
                          hi=64 * 1024**2)
     keepalive_timeout: Duration = opt(Duration(15), "idle keep-alive connection timeout",

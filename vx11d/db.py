@@ -794,6 +794,16 @@ _HIJAS_V3 = """CREATE TABLE spawner_hijas (
     )"""
 
 
+@migration
+def m004_requested_by(conn: sqlite3.Connection) -> None:
+    """Who asked: the credential name (or ``vx11ctl``) that requested each spawn
+    (``requested_by``) and stop (``stop_requested_by``) of a hija, and that ended an
+    activation window (``ended_by``). Rows from before stay NULL: nobody recorded."""
+    conn.execute("ALTER TABLE spawner_hijas ADD COLUMN requested_by TEXT")
+    conn.execute("ALTER TABLE spawner_hijas ADD COLUMN stop_requested_by TEXT")
+    conn.execute("ALTER TABLE activations ADD COLUMN ended_by TEXT")
+
+
 # Which daemon writes which table (DB_MAP).
 TABLE_OWNERS = {
     "spawner_hijas": ("madre", "rows requested by the gateway and vx11ctl; every later "

@@ -146,8 +146,11 @@ def check_ttl(tpl: HijaTemplate, ttl: Any, min_ttl: float) -> float:
 
 
 def request_spawn(db: Database, cfg: Config, template: Any, ttl: Any, args: Any,
-                  requested_by: str) -> dict[str, Any]:
-    """Validate a spawn request and write its ``requested`` row; returns the row."""
+                  requested_by: str, client: str = "") -> dict[str, Any]:
+    """Validate a spawn request and write its ``requested`` row; returns the row.
+
+    ``requested_by`` is who asked (a credential name, or ``vx11ctl``), kept in the row
+    and the audit trail; ``client`` (an address) only in the audit trail."""
     if not isinstance(template, str) or template not in cfg.madre.templates:
         raise NotFound(f"unknown template {str(template)[:64]!r}")
     tpl = cfg.madre.templates[template]
@@ -158,17 +161,22 @@ def request_spawn(db: Database, cfg: Config, template: Any, ttl: Any, args: Any,
 
     def fn(c: sqlite3.Connection) -> None:
         c.execute("INSERT INTO spawner_hijas (id, template, args, ttl_s, unit, status, "
-                  "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  "created_at, requested_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                   (hid, template, json.dumps(clean, sort_keys=True), ttl_s, unit_name(hid),
-                   HijaStatus.REQUESTED.value, now))
+                   HijaStatus.REQUESTED.value, now, requested_by))
         record_event(c, "madre", "hija_requested", subject=hid, template=template,
-                     ttl_s=ttl_s, by=requested_by)
+                     ttl_s=ttl_s, by=requested_by, **_client(client))
 
     db.write(fn)
     return get(db, hid)
 
 
-def request_stop(db: Database, hija_id: str, requested_by: str) -> dict[str, Any]:
+def _client(client: str) -> dict[str, str]:
+    return {"client": client} if client else {}
+
+
+def request_stop(db: Database, hija_id: str, requested_by: str, client: str = ""
+                 ) -> dict[str, Any]:
     """Mark a live hija for stopping (madre carries it out); NotFound or Conflict."""
     if not isinstance(hija_id, str) or not ID_RE.match(hija_id):
         raise NotFound(f"no hija {hija_id[:32]!r}")
@@ -181,9 +189,10 @@ def request_stop(db: Database, hija_id: str, requested_by: str) -> dict[str, Any
         if row["status"] not in LIVE:
             raise Conflict(f"hija {hija_id} already ended ({row['status']})")
         if row["stop_requested_at"] is None:
-            c.execute("UPDATE spawner_hijas SET stop_requested_at = ? WHERE id = ?",
-                      (time.time(), hija_id))
-            record_event(c, "madre", "hija_stop_requested", subject=hija_id, by=requested_by)
+            c.execute("UPDATE spawner_hijas SET stop_requested_at = ?, stop_requested_by = ? "
+                      "WHERE id = ?", (time.time(), requested_by, hija_id))
+            record_event(c, "madre", "hija_stop_requested", subject=hija_id, by=requested_by,
+                         **_client(client))
 
     db.write(fn)
     return get(db, hija_id)
@@ -252,7 +261,7 @@ def parse_settle(data: bytes) -> str | None:
 # --- activation windows ---------------------------------------------------------------
 
 def activate(db: Database, cfg: Config, component: Any, seconds: Any,
-             requested_by: str) -> dict[str, Any]:
+             requested_by: str, client: str = "") -> dict[str, Any]:
     """Open (or extend) an activation window for ``component``; TTL required."""
     if component not in COMPONENTS:
         raise NotFound(f"unknown component {str(component)[:32]!r}; one of "
@@ -275,25 +284,26 @@ def activate(db: Database, cfg: Config, component: Any, seconds: Any,
                         "requested_by) VALUES (?, ?, ?, ?)",
                         (component, now, now + float(seconds), requested_by))
         record_event(c, "madre", "activation_opened", subject=component,
-                     seconds=float(seconds), by=requested_by)
+                     seconds=float(seconds), by=requested_by, **_client(client))
         return int(cur.lastrowid or 0)
 
     aid = db.write(fn)
     return dict(db.query("SELECT * FROM activations WHERE id = ?", (aid,))[0])
 
 
-def deactivate(db: Database, component: Any, requested_by: str) -> int:
+def deactivate(db: Database, component: Any, requested_by: str, client: str = "") -> int:
     """End every live window of ``component`` now; how many were ended."""
     if component not in COMPONENTS:
         raise NotFound(f"unknown component {str(component)[:32]!r}")
     now = time.time()
 
     def fn(c: sqlite3.Connection) -> int:
-        n = c.execute("UPDATE activations SET ended_at = ?, ended_reason = 'deactivated' "
-                      "WHERE component = ? AND ended_at IS NULL", (now, component)).rowcount
+        n = c.execute("UPDATE activations SET ended_at = ?, ended_reason = 'deactivated', "
+                      "ended_by = ? WHERE component = ? AND ended_at IS NULL",
+                      (now, requested_by, component)).rowcount
         if n:
             record_event(c, "madre", "activation_ended", subject=component,
-                         reason="deactivated", by=requested_by)
+                         reason="deactivated", by=requested_by, **_client(client))
         return n
 
     return db.write(fn)

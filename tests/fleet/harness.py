@@ -125,7 +125,8 @@ class Fleet:
                      for i, c in enumerate(letters)]
         self.mon = Host("monitor", f"{self.tag}-mon", MON_IP, f"{self.tag}-mon")
         self.hosts = [*self.vx11, self.mon]
-        self.token = secrets.token_urlsafe(32)
+        self.token = secrets.token_urlsafe(32)  # each host's admin (legacy token file)
+        self.read_secret = ""  # the `read` credential Prometheus scrapes with
         self.pki = Path(tempfile.mkdtemp(prefix=f"{self.tag}-pki-"))
 
     # --- network ---------------------------------------------------------------------
@@ -176,6 +177,7 @@ class Fleet:
         self._monitor()
         for h in self.vx11:
             self._vx11_host(h)
+        self._read_credential()
 
     def down(self) -> None:
         for h in self.hosts:
@@ -231,8 +233,11 @@ class Fleet:
             m.put(f"/etc/prometheus/vx11/{rules.name}", rules.read_text())
         m.put("/etc/prometheus/vx11/targets/fleet.yml", yaml.safe_dump(
             [{"targets": [h.name for h in self.vx11], "labels": {"group": "test"}}]))
-        m.put("/etc/prometheus/vx11/token", self.token + "\n", mode=0o640,
+        # The secret comes once the first vx11 host made the credential (_read_credential);
+        # Prometheus reads this file at every scrape.
+        m.put("/etc/prometheus/vx11/read-credential", "pending\n", mode=0o640,
               owner="root:prometheus")
+        m.put("/etc/prometheus/vx11/ca.pem", (self.pki / "ca.pem").read_text())
         m.put("/etc/prometheus/alertmanager.yml",
               (PKG / "prometheus" / "alertmanager.yml").read_text())
         m.put("/etc/systemd/journal-remote.conf.d/vx11.conf",
@@ -247,6 +252,18 @@ class Fleet:
     def _vx11_host(self, h: Host) -> None:
         h.sb.etc_vx11.joinpath("token").write_text(self.token + "\n")
         units = h.sb.state / "etc-systemd-system"
+        # TLS on :8000 and :8000 open to the network: the two drop-ins of docs/security.md,
+        # with this host's certificate (its name in subjectAltName) as credentials.
+        tls = h.sb.etc_vx11 / "tls"
+        tls.mkdir(mode=0o700, exist_ok=True)
+        shutil.copy(self.pki / f"{h.name}.pem", tls / "gateway.crt")
+        shutil.copy(self.pki / f"{h.name}.key", tls / "gateway.key")
+        (tls / "gateway.key").chmod(0o600)
+        for unit, name in (("vx11-gateway.socket", "network.conf"),
+                           ("vx11-gateway.service", "tls.conf")):
+            (units / f"{unit}.d").mkdir(exist_ok=True)
+            (units / f"{unit}.d" / name).write_text(
+                (PKG / "systemd" / f"{unit}.d" / name).read_text())
         dropin = (PKG / "fleet" / "vx11-metrics-remote.conf").read_text()
         dropin = dropin.replace("IPAddressAllow=192.0.2.10", f"IPAddressAllow={MON_IP}")
         for unit in ("vx11-madre.service", "vx11-reaper.service"):
@@ -262,10 +279,32 @@ class Fleet:
         h.systemctl("start", "vx11.target", "prometheus-node-exporter.service",
                     "systemd-journal-upload.service")
 
+    def _read_credential(self) -> None:
+        """The monitoring host's `read` credential: made on the first host, where the
+        secret is printed once; only its digest file is copied to the others."""
+        first = self.vx11[0]
+        out = first.run("vx11ctl", "token", "add", "prometheus", "--scope", "read", "--json")
+        self.read_secret = json.loads(out.stdout)["secret"]
+        digest = first.run("cat", "/etc/vx11/credentials.d/prometheus").stdout
+        for h in self.vx11[1:]:
+            h.put("/etc/vx11/credentials.d/prometheus", digest, mode=0o640,
+                  owner="root:vx11")
+        self.mon.put("/etc/prometheus/vx11/read-credential", self.read_secret + "\n",
+                     mode=0o640, owner="root:prometheus")
+
+    def gateway(self, via: Host, target: Host, path: str, *extra: str,
+                timeout: float = 10) -> subprocess.CompletedProcess:
+        """curl from ``via`` to ``target``'s gateway over TLS, trusting the fleet's CA."""
+        return via.curl(f"https://{target.name}:8000{path}", "--cacert",
+                        str(self.pki / "ca.pem"), "--resolve",
+                        f"{target.name}:8000:{target.ip}", *extra, timeout=timeout)
+
     def _make_pki(self) -> None:
-        """A CA, the collector's server certificate and one client certificate per host."""
+        """A CA, the collector's server certificate and one certificate per host (its
+        journal upload client and its gateway's TLS server). 30 days: the TLS expiry
+        alert (14 days) must stay quiet."""
         d = self.pki
-        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
            "-subj", "/CN=vx11 fleet test CA", "-keyout", str(d / "ca.key"),
            "-out", str(d / "ca.pem"))
         names = [(self.mon.name, "mon", JOURNAL_NAME)] + [(h.name, h.name, h.name)
@@ -276,7 +315,7 @@ class Fleet:
             ext = d / f"{stem}.ext"
             ext.write_text(f"subjectAltName=DNS:{dns},DNS:{cn}\n")
             sh("openssl", "x509", "-req", "-in", str(d / f"{stem}.csr"), "-CA",
-               str(d / "ca.pem"), "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
+               str(d / "ca.pem"), "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "30",
                "-extfile", str(ext), "-out", str(d / f"{stem}.pem"))
 
     # --- reading the monitoring host -------------------------------------------------

@@ -41,12 +41,37 @@ def test_every_host_scraped_with_the_shipped_config(fleet: Fleet):
     reqs = per_host(fleet, 'sum by (instance) '
                     '(vx11_gateway_requests_total{route!="/vx11/hermes/metrics"})')
     assert all(reqs.get(n, 0) == 0 for n in names), reqs
-    # the Hermes relay is scraped with the token from the credentials file: 503 (Hermes
-    # is not active), not 401
+    # the Hermes relay is scraped over TLS with the `read` credential: 503 (Hermes is
+    # not active), not 401 or 403
     targets = fleet.api(9090, "/api/v1/targets")["data"]["activeTargets"]
     hermes = [t for t in targets if t["labels"]["job"] == "vx11-hermes"]
     assert {t["labels"]["instance"] for t in hermes} == names
     assert all("503" in t["lastError"] for t in hermes), [t["lastError"] for t in hermes]
+
+
+def test_prometheus_read_credential_over_tls_is_least_privilege(fleet: Fleet):
+    """The credential Prometheus scrapes with (scope read, the same digest on every host,
+    the secret only on the monitoring host) reads over TLS, and gets 403 on spawn, stop
+    and policy; plain HTTP from the network is refused before any credential counts."""
+    names = {h.name for h in fleet.vx11}
+    assert names
+    for h in fleet.vx11:
+        auth = ["-H", f"Authorization: Bearer {fleet.read_secret}", "-w", "\n%{http_code}"]
+        r = fleet.gateway(fleet.mon, h, "/vx11/hijas", *auth)
+        assert r.stdout.endswith("\n200"), r.stdout + r.stderr
+        for method, path, body in (("POST", "/vx11/spawn", '{"template": "sleeper"}'),
+                                   ("DELETE", "/vx11/hijas/aaaaaaaaaa", ""),
+                                   ("POST", "/vx11/policy", '{"component": "hermes"}')):
+            r = fleet.gateway(fleet.mon, h, path, "-X", method, "-d", body, "-H",
+                              "Content-Type: application/json", *auth)
+            out, _, code = r.stdout.rpartition("\n")
+            assert code == "403" and json.loads(out)["error"] == "forbidden", r.stdout
+        r = fleet.mon.curl(f"http://{h.ip}:8000/health", "-w", "\n%{http_code}")
+        assert not r.stdout.endswith("\n200"), r.stdout  # TLS port: no plain answer
+        denied = h.run("journalctl", "VX11_EVENT=auth_forbidden", "VX11_CREDENTIAL=prometheus",
+                       "-o", "cat", "--no-pager").stdout
+        assert denied.count("lacks scope operate") >= 3, denied
+        assert fleet.read_secret not in denied
 
 
 def test_rotator_textfile_read_by_debian_node_exporter(fleet: Fleet):
@@ -137,7 +162,7 @@ def test_alerts_fire_from_real_failures_and_resolve_after_the_fix(fleet: Fleet):
 
     def brute_force(h: Host = a):
         for _ in range(7):
-            fleet.mon.curl(f"http://{h.ip}:8000/vx11/hijas", "-H", "X-VX11-Token: wrong")
+            fleet.gateway(fleet.mon, h, "/vx11/hijas", "-H", "X-VX11-Token: wrong")
 
     inhibited: dict = {}
 
@@ -257,9 +282,8 @@ def test_no_token_in_any_forwarded_field(fleet: Fleet):
                                  "VX11_EVENT=auth_failed", "-o", "cat", "--no-pager",
                                  check=False).stdout.splitlines())
     before = auth_failed()
-    fleet.mon.curl(f"http://{a.ip}:8000/vx11/hijas", "-H", f"X-VX11-Token: {fleet.token}")
-    fleet.mon.curl(f"http://{a.ip}:8000/vx11/hijas", "-H",
-                   f"Authorization: Bearer {fleet.token}x")
+    fleet.gateway(fleet.mon, a, "/vx11/hijas", "-H", f"X-VX11-Token: {fleet.token}")
+    fleet.gateway(fleet.mon, a, "/vx11/hijas", "-H", f"Authorization: Bearer {fleet.token}x")
     poll(lambda: auth_failed() > before, 60, "this auth_failed event on the collector")
     dump = fleet.mon.run("journalctl", f"--directory={REMOTE}", "-o", "export", "--no-pager",
                          timeout=120).stdout
@@ -290,13 +314,13 @@ def test_series_count_flat_after_many_hijas(fleet: Fleet):
 
     def traffic(ids: list[str]) -> None:
         for hid in ids:
-            h.curl(f"http://{h.ip}:8000/vx11/hijas/{hid}", *hdr)
-        h.curl(f"http://{h.ip}:8000/vx11/hijas", *hdr)
+            fleet.gateway(h, h, f"/vx11/hijas/{hid}", *hdr)
+        fleet.gateway(h, h, "/vx11/hijas", *hdr)
 
     def odd_methods(methods: list[str]) -> None:
         # methods the HTTP parser knows but the API does not use: one "other" label
         for m in methods:
-            h.curl(f"http://{h.ip}:8000/vx11/hijas", "-X", m, *hdr)
+            fleet.gateway(h, h, "/vx11/hijas", "-X", m, *hdr)
 
     ids = []
     for _ in range(10):
@@ -346,8 +370,8 @@ def test_every_dashboard_panel_has_data_from_every_host(fleet: Fleet):
     body = json.dumps({"model": "hermes", "max_tokens": 4,
                        "messages": [{"role": "user", "content": "hi"}]})
     for h in fleet.vx11:
-        poll(lambda h=h: '"choices"' in fleet.mon.curl(
-            f"http://{h.ip}:8000/v1/chat/completions", "-H",
+        poll(lambda h=h: '"choices"' in fleet.gateway(
+            fleet.mon, h, "/v1/chat/completions", "-H",
             f"Authorization: Bearer {fleet.token}", "-H", "Content-Type: application/json",
             "-d", body, timeout=30).stdout, 120, f"a chat answer from Hermes on {h.name}",
             interval=2)

@@ -292,3 +292,76 @@ def test_a_db_constraint_refusal_is_a_422_never_a_500(client_factory):
         assert r.status == 422 and (await r.json())["error"] == "invalid"
 
     run(loop, go())
+
+
+def _scoped_client(client_factory_args, yaml_text=""):
+    from vx11d.credentials import Credential, digest
+    from vx11d.gateway.auth import Keyring
+
+    dbpath, loop = client_factory_args
+    creds = [Credential(n, frozenset({n}), digest(f"{n}-secret-0123456789"), "", "")
+             for n in ("read", "chat", "operate")]
+    cfg = config.parse(yaml_text, "test.yml")
+    ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
+    app = build_app(ctx, Keyring.of(creds), modules=[_echo_module(), "vx11d.gateway.hijas"])
+    client = TestClient(TestServer(app), loop=loop)
+    loop.run_until_complete(client.start_server())
+    return client, ctx
+
+
+def test_forbidden_is_403_naming_the_scope_and_not_counted_toward_429(dbpath, caplog):
+    """A valid credential outside its scope is 403 however often it asks; only wrong
+    credentials count toward the limiter. An undocumented route is admin-only."""
+    loop = asyncio.new_event_loop()
+    c, ctx = _scoped_client((dbpath, loop), "gateway:\n  auth_fail_limit: 3\n")
+
+    async def go():
+        for _ in range(20):
+            r = await c.post("/vx11/spawn", json={"template": "x", "ttl_s": 5},
+                             headers={"X-VX11-Token": "read-secret-0123456789"})
+            assert r.status == 403
+            body = await r.json()
+            assert body["error"] == "forbidden" and body["scope"] == "operate"
+            assert "lacks scope operate" in body["message"] and "read" in body["message"]
+        r = await c.post("/echo", json={}, headers={"X-VX11-Token": "operate-secret-0123456789"})
+        assert r.status == 403 and (await r.json())["scope"] == "admin"
+        r = await c.get("/vx11/hijas", headers={"X-VX11-Token": "read-secret-0123456789"})
+        assert r.status == 200
+        for _ in range(3):
+            r = await c.get("/vx11/hijas", headers={"X-VX11-Token": "wrong-0123456789abcdef"})
+            assert r.status == 401
+        r = await c.get("/vx11/hijas", headers={"X-VX11-Token": "read-secret-0123456789"})
+        assert r.status == 429
+        text = generate_latest(ctx.registry).decode()
+        assert 'vx11_gateway_auth_failures_total{reason="forbidden"} 21.0' in text
+
+    caplog.set_level("INFO", logger="vx11.gateway")
+    try:
+        run(loop, go())
+    finally:
+        loop.run_until_complete(c.close())
+        loop.close()
+    denied = [r for r in caplog.records if getattr(r, "VX11_EVENT", "") == "auth_forbidden"]
+    assert len(denied) == 21 and {r.VX11_CREDENTIAL for r in denied} == {"read", "operate"}
+    failed = [r for r in caplog.records if getattr(r, "VX11_EVENT", "") == "auth_failed"]
+    assert failed and all(r.VX11_CREDENTIAL == "none" for r in failed)
+
+
+def test_operate_requests_are_journaled_with_the_credential_name(dbpath, caplog):
+    loop = asyncio.new_event_loop()
+    c, _ = _scoped_client((dbpath, loop), "gateway:\n  spawn_wait: 0.1s\n")
+    caplog.set_level("INFO", logger="vx11.gateway")
+
+    async def go():
+        r = await c.delete("/vx11/hijas/aaaaaaaaaa",
+                           headers={"Authorization": "Bearer operate-secret-0123456789"})
+        assert r.status == 404
+
+    try:
+        run(loop, go())
+    finally:
+        loop.run_until_complete(c.close())
+        loop.close()
+    rec = [r for r in caplog.records if getattr(r, "VX11_EVENT", "") == "api_request"]
+    assert len(rec) == 1 and rec[0].VX11_CREDENTIAL == "operate" and rec[0].VX11_STATUS == "404"
+    assert "operate-secret" not in caplog.text

@@ -5,8 +5,6 @@ remote fallback against llama-cpp-python's own OpenAI-compatible server."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import openai
 import pytest
@@ -17,12 +15,11 @@ from tests.hermes_support import (
     AppThread,
     WorkerProc,
     err_code,
-    free_port,
     http,
     model,
-    wait_port,
+    remote_llama,
 )
-from tests.support import poll_for, stop
+from tests.support import poll_for
 from vx11d import config
 from vx11d.db import Database
 from vx11d.gateway.app import build_app
@@ -49,24 +46,8 @@ def worker(tmp_path_factory, models):
 @pytest.fixture(scope="module")
 def remote_server(tmp_path_factory, models):
     """llama_cpp.server on loopback serving the tiny model, with an API key."""
-    port = free_port()
-    d = tmp_path_factory.mktemp("remote")
-    log = open(d / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model",
-                             models["tiny"], "--host", "127.0.0.1", "--port", str(port),
-                             "--api_key", REMOTE_KEY, "--n_ctx", "1024", "--chat_format",
-                             "chatml", "--model_alias", "remote-tiny", "--verbose", "False"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    keyfile = d / "key"
-    keyfile.write_text(REMOTE_KEY + "\n")
-    keyfile.chmod(0o600)
-    try:
-        wait_port(port, 60)
-        yield {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_file": str(keyfile),
-               "model": "remote-tiny", "timeout": 30}
-    finally:
-        stop(proc)
-        log.close()
+    with remote_llama(models["tiny"], tmp_path_factory.mktemp("remote"), REMOTE_KEY) as r:
+        yield r
 
 
 @pytest.fixture

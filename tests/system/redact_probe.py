@@ -11,14 +11,15 @@ import logging
 import sys
 
 from vx11d import journal
-from vx11d.gateway.auth import load_token
+from vx11d.credentials import read_legacy
 from vx11d.gateway.chain import Upstreams
 
 
 def main() -> int:
     log = journal.setup("gateway")
     assert journal.under_journald(), "run me as a systemd unit"
-    token = load_token("token", sys.argv[1])
+    token = read_legacy("token", sys.argv[1])
+    assert token is not None
     journal.register_secret(token)  # as GatewayService.start does
     key = Upstreams().remote_key(sys.argv[2])  # the gateway's remote-key reader
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import poll_for
-from vx11d import db
+from vx11d import config, db
 from vx11d.ctl import opscmd
 from vx11d.errors import ConfigError
 
@@ -55,7 +55,8 @@ def test_scorecard_flags_overdue_hija_and_loose_token(tmp_path):
     token.write_text("x" * 32)
     os.chmod(token, 0o644)
     cfgfile = tmp_path / "vx11.yml"
-    cfgfile.write_text(f"db:\n  path: {dbfile}\ngateway:\n  token_file: {token}\n")
+    cfgfile.write_text(f"db:\n  path: {dbfile}\ngateway:\n  token_file: {token}\n"
+                       f"  credentials_dir: {tmp_path / 'creds'}\n")
     d = db.Database(str(dbfile), migrate=True)
     now = time.time()
     d.write(lambda c: c.execute(
@@ -72,7 +73,8 @@ def test_scorecard_flags_overdue_hija_and_loose_token(tmp_path):
     assert card["ok"] is False
     assert by["config_valid"]["ok"] and by["db_integrity"]["ok"]
     assert not by["no_overdue_hijas"]["ok"] and "old1" in by["no_overdue_hijas"]["detail"]
-    assert not by["token_file_0600"]["ok"]
+    assert not by["credential_files_modes"]["ok"]
+    assert "mode 0644" in by["credential_files_modes"]["detail"]
     assert json.loads(r.stdout) == card
 
 
@@ -98,3 +100,42 @@ def test_scorecard_counts_zombies_with_the_reaper_scan(tmp_path):
     finally:
         for p in kids:
             os.waitpid(p, 0)
+
+
+def test_scorecard_tls_or_loopback_rows():
+    from vx11d.ctl import credcheck
+
+    g = config.parse("", "t.yml").gateway
+    assert credcheck.listen_addresses("Listen=127.0.0.1:8000 (Stream)\n"
+                                      "Listen=[::1]:8000 (Stream)") == ["127.0.0.1", "::1"]
+    assert credcheck.listen_addresses("Listen=8000 (Stream)") == ["*"]
+    assert credcheck.tls_or_loopback(g, ["127.0.0.1", "::1"], False)["ok"]
+    row = credcheck.tls_or_loopback(g, ["*"], False)
+    assert not row["ok"] and "without TLS" in row["detail"]
+    assert credcheck.tls_or_loopback(g, ["*"], True)["ok"]
+    loud = config.parse("gateway:\n  plain_http_beyond_loopback: true\n", "t.yml").gateway
+    row = credcheck.tls_or_loopback(loud, ["127.0.0.1"], True)
+    assert not row["ok"] and "in clear" in row["detail"]
+
+
+def test_scorecard_admin_credentials_count_and_age(tmp_path, monkeypatch):
+    from vx11d import credentials
+    from vx11d.ctl import credcheck
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    d = tmp_path / "c"
+    d.mkdir(mode=0o750)
+    g = config.parse(f"gateway:\n  credentials_dir: {d}\n  token_file: {tmp_path}/none\n",
+                     "t.yml").gateway
+    assert not credcheck.admins(g)["ok"]  # none at all
+    credentials.add(str(d), "a1", frozenset({"admin"}), g.token_file)
+    row = credcheck.admins(g)
+    assert row["ok"] and "1 admin credential(s): a1 (created" in row["detail"]
+    credentials.add(str(d), "a2", frozenset({"admin"}), g.token_file,
+                    created="2020-01-01T00:00:00Z")
+    row = credcheck.admins(g)
+    assert not row["ok"] and "a2" in row["detail"] and "rotate" in row["detail"]
+    assert credcheck.modes(g)["ok"]
+    os.chmod(d / "a1", 0o644)
+    row = credcheck.modes(g)
+    assert not row["ok"] and "a1 is mode 0644" in row["detail"]

@@ -174,3 +174,24 @@ def test_oom_migration_keeps_rows_and_references(dbpath, monkeypatch):
     assert {"spawner_hijas_live_port", "spawner_hijas_status"} <= idx
     with pytest.raises(db.DbError, match="FOREIGN KEY"):
         d.write(lambda c: c.execute("DELETE FROM spawner_hijas"))
+
+
+def test_requested_by_migration_keeps_old_rows_readable(dbpath, monkeypatch):
+    """m004 adds who asked (spawn, stop, end of a window); rows from before read as None
+    through the same code that reads new ones."""
+    from vx11d import hijas
+
+    path = dbpath + ".old"
+    monkeypatch.setattr(db, "MIGRATIONS", [m for m in db.MIGRATIONS if m[0] < "m004"])
+    d = db.Database(path, migrate=True)
+    d.write(lambda c: _hija(c, "aaaaaaaaaa", 20001))
+    d.close()
+    monkeypatch.undo()
+    d = db.Database(path, migrate=True)
+    assert db.check(d) == []
+    old = hijas.get(d, "aaaaaaaaaa")
+    assert old["requested_by"] is None and old["stop_requested_by"] is None
+    stopped = hijas.request_stop(d, "aaaaaaaaaa", requested_by="ops", client="http:10.0.0.2")
+    assert stopped["stop_requested_by"] == "ops"
+    cols = {r[1] for r in d.query("PRAGMA table_info(activations)")}
+    assert "ended_by" in cols

@@ -10,7 +10,9 @@ it checks the gateway as a client sees it (token read from the token file).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +24,7 @@ from ..confload import parse_duration
 from ..db import Database
 from ..errors import InputError
 from ..hijas import LIVE, HijaStatus
+from . import gwclient
 from .main import emit
 from .state import open_db
 
@@ -59,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_deactivate)
 
     s = sub.add_parser("smoke", help="health, 401 sweep, a short-TTL spawn that expires")
-    s.add_argument("--url", default=None, help="gateway URL (default http://127.0.0.1:PORT)")
+    s.add_argument("--url", default=None, help="gateway URL (default: the local gateway, "
+                   "https when it has TLS)")
+    s.add_argument("--cacert", default=None, help="CA file to trust for an https --url")
     s.add_argument("--template", default="sleeper",
                    help="the template the test spawn uses (default sleeper)")
     s.add_argument("--ttl", type=float, default=2.0,
@@ -155,7 +160,7 @@ def cmd_deactivate(args: argparse.Namespace) -> int:
 # --- smoke ---------------------------------------------------------------------------
 
 def _http(method: str, url: str, token: str | None = None, body: Any = None,
-          timeout: float = 15.0) -> tuple[int, Any]:
+          timeout: float = 15.0, ctx: ssl.SSLContext | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)  # noqa: S310
     if data is not None:
@@ -163,7 +168,7 @@ def _http(method: str, url: str, token: str | None = None, body: Any = None,
     if token is not None:
         req.add_header("X-VX11-Token", token)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:  # noqa: S310
             raw, code = r.read(), r.status
     except urllib.error.HTTPError as e:
         raw, code = e.read(), e.code
@@ -188,25 +193,26 @@ def sweep_paths(doc: dict[str, Any]) -> list[tuple[str, str]]:
 
 def cmd_smoke(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    base = args.url or f"http://127.0.0.1:{cfg.gateway.listen_port}"
+    base, ctx = gwclient.endpoint(cfg.gateway, args.url, args.cacert)
+    http = functools.partial(_http, ctx=ctx)
     token = open(cfg.gateway.token_file).read().strip()  # noqa: SIM115
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, detail: Any = "") -> None:
         checks.append({"check": name, "ok": bool(ok), "detail": detail})
 
-    code, body = _http("GET", f"{base}/health")
+    code, body = http("GET", f"{base}/health")
     check("health is open and ok", code == 200 and body.get("status") == "ok", code)
-    code, doc = _http("GET", f"{base}/openapi.json", token)
+    code, doc = http("GET", f"{base}/openapi.json", token)
     check("openapi.json with token", code == 200 and isinstance(doc, dict), code)
     bad = []
     paths = sweep_paths(doc if isinstance(doc, dict) else {})
     for method, path in paths:
-        c, _ = _http(method, f"{base}{path}", None, {} if method in ("POST", "PUT") else None)
+        c, _ = http(method, f"{base}{path}", None, {} if method in ("POST", "PUT") else None)
         if c != 401:
             bad.append(f"{method} {path} -> {c}")
     check(f"401 without token on {len(paths)} paths", not bad, bad)
-    code, row = _http("POST", f"{base}/vx11/spawn", token,
+    code, row = http("POST", f"{base}/vx11/spawn", token,
                       {"template": args.template, "ttl_s": args.ttl})
     check("spawn answers 201 running",
           code == 201 and row.get("status") == HijaStatus.RUNNING,
@@ -216,7 +222,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         status = row.get("status")
         while status in LIVE and time.monotonic() < deadline:
             time.sleep(0.2)
-            _c, row = _http("GET", f"{base}/vx11/hijas/{row['id']}", token)
+            _c, row = http("GET", f"{base}/vx11/hijas/{row['id']}", token)
             status = row.get("status")
         err = (row.get("ended_at") or 0) - (row.get("expires_at") or 0)
         check("hija expired on time", status == HijaStatus.EXPIRED and abs(err) < 2.0,

@@ -35,7 +35,7 @@ from ..errors import EX_SOFTWARE, ConfigError, UsageError, Vx11Error
 
 # Modules under vx11d.ctl that add command groups, in the order --help lists them.
 COMMANDS = ["units", "opscmd", "sandbox", "configcmd", "dbcmd", "hijascmd", "reapercmd",
-            "rotatecmd", "routecmd", "modelcmd"]
+            "rotatecmd", "routecmd", "modelcmd", "tokencmd"]
 JSON_HELP = "print the result as JSON (errors too, as {\"ok\": false, ...})"
 EX_INTERRUPTED = 130
 

@@ -6,16 +6,15 @@ import argparse
 import json
 import os
 import socket
-import stat
 import subprocess
 import time
 
 from .. import config, db, hijas
 from ..errors import ConfigError, DbError, Vx11Error
-from . import hygiene
+from . import credcheck, hygiene
 from .main import emit
 from .reapercmd import scan_report
-from .units import show, unit_names
+from .units import show, systemctl, unit_names
 
 COMPONENTS = ("gateway", "madre", "reaper", "rotate", "hermes")
 
@@ -121,12 +120,14 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
     units = show(unit_names())
     failed = [u["Id"] for u in units if u.get("ActiveState") == "failed"]
     checks.append(_check("no_failed_units", not failed, ",".join(failed) or "none failed"))
-    try:
-        mode = stat.S_IMODE(os.stat(cfg.gateway.token_file).st_mode)
-        checks.append(_check("token_file_0600", mode & 0o077 == 0, f"mode {mode:o}"))
-    except OSError as e:
-        checks.append(_check("token_file_0600", False, f"{cfg.gateway.token_file}: "
-                             f"{e.strerror}"))
+    checks.append(credcheck.modes(cfg.gateway))
+    checks.append(credcheck.admins(cfg.gateway, now))
+    listen = systemctl("show", "-p", "Listen", "vx11-gateway.socket", check=False)
+    creds = systemctl("show", "-p", "LoadCredential", "vx11-gateway.service", check=False)
+    checks.append(credcheck.tls_or_loopback(
+        cfg.gateway, credcheck.listen_addresses(listen.stdout if listen.returncode == 0
+                                                else ""),
+        "tls.crt" in creds.stdout and "tls.key" in creds.stdout))
     checks += hygiene.leak_checks(cfg)
     checks.append(hygiene.audit_size(cfg))
     checks.append(hygiene.rotate_timer())

@@ -11,6 +11,7 @@ import urllib.request
 from .. import config
 from ..errors import Vx11Error
 from ..switch import Switch, SwitchRefused
+from . import gwclient
 from .main import emit
 
 
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("query", help="the question, e.g. \"2+2\"")
     p.add_argument("--via-gateway", action="store_true",
                    help="POST /vx11/route on the gateway (token from gateway.token_file)")
-    p.add_argument("--url", help="gateway base URL (default: from config)")
+    p.add_argument("--url", help="gateway base URL (default: the local gateway, https when "
+                   "it has TLS)")
+    p.add_argument("--cacert", help="CA file to trust for an https gateway")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=route)
 
@@ -37,15 +40,15 @@ def route(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     if args.via_gateway:
         g = cfg.gateway
-        any_addr = ("0.0.0.0", "::", "")  # noqa: S104 - we connect, not bind
-        host = "127.0.0.1" if g.listen_address in any_addr else g.listen_address
-        url = (args.url or f"http://{host}:{g.listen_port}").rstrip("/") + "/vx11/route"
+        base, ctx = gwclient.endpoint(g, args.url, args.cacert)
+        url = base + "/vx11/route"
         payload = json.dumps({"query": args.query}).encode()
         req = urllib.request.Request(url, data=payload,  # noqa: S310 - http(s) only
                                      headers={"Content-Type": "application/json",
                                               "X-VX11-Token": _token(g.token_file)})
         try:
-            with urllib.request.urlopen(req, timeout=g.request_timeout + 5) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=g.request_timeout + 5,  # noqa: S310
+                                        context=ctx) as resp:
                 data = json.loads(resp.read())
         except urllib.error.HTTPError as e:
             data = json.loads(e.read() or b"{}")

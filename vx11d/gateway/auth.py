@@ -1,78 +1,38 @@
-"""The API token: loaded from a systemd credential or a 0600 file, checked in constant time.
+"""Credentials at the gateway: the live set, checked in constant time, re-read on change.
 
-The token is compared as SHA-256 digests with :func:`hmac.compare_digest`, so neither
-its length nor its content leaks through timing. A header that is missing, not ASCII,
-or longer than :data:`MAX_HEADER` is simply not a valid token (401), never an error.
+Each presented secret is compared as a SHA-256 digest with :func:`hmac.compare_digest`
+against every credential's digest (no early exit), so neither its length nor which
+credential it resembles leaks through timing. A header that is missing, not ASCII, or
+longer than :data:`MAX_HEADER` is simply not a valid credential (401), never an error.
 Every credential presented must be valid (see :func:`presented_tokens`): a valid
 ``Authorization: Bearer`` beside a wrong ``X-VX11-Token`` (or the reverse) is 401.
 Clients that keep failing are refused with 429 for the rest of the window.
+
+The set (``gateway.credentials_dir`` plus the legacy token file, see
+:mod:`vx11d.credentials`) is re-read without a restart and without refusing anything:
+at most every :data:`CHECK_EVERY` seconds a request stats the files (a few ``stat``
+calls on the event loop); when they changed, one reload reads them in a thread while
+requests keep using the previous set, so a revocation is in force within about a
+second. A secret that matches nothing also triggers that check at once, so a
+credential just added works on its first request. Nothing runs while no request comes.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import hmac
-import os
-import stat
+import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 
-from ..errors import ConfigError
+from .. import credentials, journal
+from ..credentials import Credential, CredentialError
 
 MAX_HEADER = 1024
 MAX_TRACKED_CLIENTS = 10_000
-
-
-class TokenError(ConfigError):
-    """No usable token could be loaded (a config error: the daemon exits 78)."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(path, "gateway.token_file", reason)
-
-
-def load_token(credential: str, fallback_file: str) -> str:
-    """The API token: ``$CREDENTIALS_DIRECTORY/<credential>``, else a 0600 file.
-
-    The file is refused when group or others may read it, also when systemd hands the
-    token in as a credential (``LoadCredential=`` copies it from that file): a token
-    others could read is no secret, and the admin must know.
-    """
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and os.path.exists(os.path.join(cred_dir, credential)):
-        try:
-            st = os.lstat(fallback_file)
-        except OSError:
-            st = None
-        if st is not None and stat.S_ISREG(st.st_mode):
-            _check_mode(fallback_file, st.st_mode)
-        return _read(os.path.join(cred_dir, credential), check_mode=False)
-    return _read(fallback_file, check_mode=True)
-
-
-def _check_mode(path: str, mode: int) -> None:
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TokenError(path, f"token file is mode {stat.S_IMODE(mode):o}; it must be "
-                         f"0600: chmod 600 {path}")
-
-
-def _read(path: str, *, check_mode: bool) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise TokenError(path, f"token file: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        if check_mode:
-            _check_mode(path, st.st_mode)
-        raw = os.read(fd, 4096)
-    finally:
-        os.close(fd)
-    token = raw.decode("utf-8", "replace").strip()
-    if len(token) < 16:
-        raise TokenError(path, "token is shorter than 16 characters")
-    if not token.isascii() or any(c.isspace() for c in token):
-        raise TokenError(path, "token must be ASCII without spaces")
-    return token
+CHECK_EVERY = 1.0  # seconds: the staleness bound of a revocation
+log = logging.getLogger("vx11.gateway")
 
 
 def presented_tokens(x_tokens: list[str], authorizations: list[str]) -> list[str]:
@@ -87,21 +47,119 @@ def presented_tokens(x_tokens: list[str], authorizations: list[str]) -> list[str
     return out
 
 
-class TokenChecker:
-    """Constant-time token check on digests."""
+class CredentialSet:
+    """An immutable set of credentials; :meth:`match` compares against every digest."""
 
-    def __init__(self, token: str):
-        self.replace(token)
+    def __init__(self, creds: Iterable[Credential]):
+        self.creds = tuple(creds)
+        self.names = frozenset(c.name for c in self.creds)
 
-    def replace(self, token: str) -> None:
-        """Use a new token from now on (SIGHUP after the credential changed)."""
-        self._digest = hashlib.sha256(token.encode()).digest()
-
-    def valid(self, presented: str | None) -> bool:
+    def match(self, presented: str | None) -> Credential | None:
         if presented is None or len(presented) > MAX_HEADER or not presented.isascii():
-            return False
-        candidate = hashlib.sha256(presented.encode("ascii", "replace")).digest()
-        return hmac.compare_digest(candidate, self._digest)
+            return None
+        candidate = credentials.digest(presented)
+        found = None
+        for c in self.creds:  # every digest, always: the time does not depend on which
+            if hmac.compare_digest(candidate, c.digest) and found is None:
+                found = c
+        return found
+
+
+class Keyring:
+    """The gateway's live credential set, re-read when its files change."""
+
+    def __init__(self, directory: str = "", token_credential: str = "token",  # noqa: S107
+                 token_file: str = "", clock=time.monotonic):
+        self.directory, self.token_credential, self.token_file = (
+            directory, token_credential, token_file)
+        self.clock = clock
+        self.current = CredentialSet(())
+        self._fp: tuple | None = None
+        self._checked = float("-inf")
+        self._reload: asyncio.Future | None = None
+        self.reloads = 0
+        self.errors: list[CredentialError] = []
+
+    @classmethod
+    def fixed(cls, secret: str, name: str = credentials.LEGACY_NAME,
+              scopes: frozenset[str] = frozenset({"admin"})) -> Keyring:
+        """One credential that never changes (tests, tools)."""
+        return cls.of([Credential(name, scopes, credentials.digest(secret), "", "")])
+
+    @classmethod
+    def of(cls, creds: Iterable[Credential]) -> Keyring:
+        """A set that never changes (tests, tools)."""
+        k = cls()
+        k.current = CredentialSet(creds)
+        k._checked = float("inf")
+        k._fp = credentials.fingerprint("", "")
+        return k
+
+    def load(self) -> CredentialSet:
+        """Read the set now (blocking). CredentialError when no credential is usable."""
+        fp = credentials.fingerprint(self.directory, self.token_file)
+        creds, errors, legacy = credentials.load_all(self.directory, self.token_credential,
+                                                     self.token_file)
+        if legacy:
+            journal.register_secret(legacy)
+        for e in errors:
+            if e not in self.errors:
+                journal.event(log, "credential_refused", "credential refused (not valid "
+                              "until fixed): %s", e, level=logging.ERROR, path=e.path)
+        self.errors = errors
+        if not creds:
+            first = errors[0] if errors else None
+            raise CredentialError(
+                first.path if first else self.directory,
+                (first.reason + "; " if first else "")
+                + f"no usable credential: add one (vx11ctl token add NAME --scope admin) "
+                f"or install {self.token_file}")
+        self.current, self._fp = CredentialSet(creds), fp
+        self._checked = self.clock()
+        self.reloads += 1
+        return self.current
+
+    async def fresh(self, now: bool = False) -> None:
+        """Bring the set up to date when its files changed; cheap when they did not.
+
+        Checks at most every CHECK_EVERY seconds unless ``now``; one reload at a time,
+        which every caller that needs it awaits. On a failed reload (no usable
+        credential left) the previous set stays and the error is logged.
+        """
+        if self._reload is not None:
+            await asyncio.shield(self._reload)
+            return
+        t = self.clock()
+        if not now and t - self._checked < CHECK_EVERY:
+            return
+        self._checked = t
+        if credentials.fingerprint(self.directory, self.token_file) == self._fp:
+            return
+        loop = asyncio.get_running_loop()
+        self._reload = loop.run_in_executor(None, self._reload_now)
+        try:
+            await asyncio.shield(self._reload)
+        finally:
+            self._reload = None
+
+    def _reload_now(self) -> None:
+        before = self.current.names
+        try:
+            after = self.load().names
+        except CredentialError as e:
+            journal.event(log, "credentials_reload_refused", "credentials not reloaded, "
+                          "keeping the previous set: %s", e, level=logging.ERROR)
+            return
+        except Exception:  # a bug must not fail the requests waiting on this reload
+            log.exception("credentials not reloaded, keeping the previous set",
+                          extra={"VX11_EVENT": "credentials_reload_refused"})
+            return
+        for name in sorted(after - before):
+            journal.event(log, "credential_added", "credential %s is valid from now on",
+                          name, credential=name)
+        for name in sorted(before - after):
+            journal.event(log, "credential_revoked", "credential %s is refused from now on",
+                          name, credential=name, level=logging.WARNING)
 
 
 class FailureLimiter:

@@ -58,5 +58,8 @@ class GatewayContext:
 
 
 CTX: web.AppKey[GatewayContext] = web.AppKey("vx11_ctx", GatewayContext)
-# Set by the auth middleware on a request that presented a valid token.
+# Set by the auth middleware on a request that presented valid credentials: their
+# names ("a" or "a,b", for the record of who asked) and the union of their scopes.
 AUTHENTICATED: web.RequestKey[bool] = web.RequestKey("vx11_authenticated", bool)
+CREDENTIAL: web.RequestKey[str] = web.RequestKey("vx11_credential", str)
+SCOPES: web.RequestKey[frozenset] = web.RequestKey("vx11_scopes", frozenset)

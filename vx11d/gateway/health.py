@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .context import AUTHENTICATED, CTX, GatewayContext
+from .context import AUTHENTICATED, CTX, SCOPES, GatewayContext
 
 log = logging.getLogger("vx11.gateway")
 
@@ -153,10 +153,11 @@ async def _refresher(app: web.Application, stop: asyncio.Event) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Aggregate state from the cached view; with a valid token, the detail too."""
+    """Aggregate state from the cached view; with a ``read`` credential, the detail too."""
     view = request.app[VIEW]
     code = 200 if view.status == "ok" else 503
-    if not request.get(AUTHENTICATED):
+    scopes = request.get(SCOPES, frozenset())
+    if not request.get(AUTHENTICATED) or not ({"read", "admin"} & scopes):
         if request.app[THROTTLE].over(request.remote or "unknown"):
             await asyncio.sleep(TARPIT_S)
         return web.json_response(view.public(), status=code)

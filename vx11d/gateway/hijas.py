@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .. import hijas
 from ..errors import InputError
-from .context import CTX
+from .context import CREDENTIAL, CTX
 from .http import ApiError, read_json
 
 FALLBACK = 0.25  # re-read the row this often when no settle notice came
@@ -101,7 +101,8 @@ async def wait_settled(app: web.Application, row: dict[str, Any]) -> dict[str, A
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "template", "args", "ttl_s", "port", "unit", "main_pid", "status",
             "created_at", "started_at", "expires_at", "ended_at", "exit_status", "result",
-            "reason", "stop_requested_at", "memory_max", "memory_peak")
+            "reason", "stop_requested_at", "memory_max", "memory_peak", "requested_by",
+            "stop_requested_by")
     return {k: row.get(k) for k in keys}
 
 
@@ -125,7 +126,8 @@ async def spawn(request: web.Request) -> web.Response:
     try:
         row = await ctx.db_call(hijas.request_spawn, ctx.db, ctx.cfg, body.get("template"),
                                 body.get("ttl_s"), body.get("args"),
-                                requested_by=f"http:{request.remote}")
+                                requested_by=request[CREDENTIAL],
+                                client=f"http:{request.remote}")
     except InputError as e:
         raise _api_error(e) from e
     row = await wait_settled(request.app, row)
@@ -167,7 +169,8 @@ async def stop_hija(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     try:
         row = await ctx.db_call(hijas.request_stop, ctx.db, request.match_info["id"],
-                                requested_by=f"http:{request.remote}")
+                                requested_by=request[CREDENTIAL],
+                                client=f"http:{request.remote}")
     except InputError as e:
         raise _api_error(e) from e
     hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)

@@ -11,12 +11,13 @@ import time
 
 from aiohttp import web
 
-from .. import journal, metrics, runtime
+from .. import journal, metrics, runtime, textfmt
 from ..config import Config
 from ..db import Database, stale_read_only_view
 from ..errors import DbReadOnly
-from .app import CHECKER, LIMITER, build_app
-from .auth import TokenError, load_token
+from . import tls
+from .app import KEYRING, LIMITER, METRICS, TLS, build_app
+from .auth import Keyring
 from .context import GatewayContext
 from .http import BadRequestLog
 
@@ -24,14 +25,28 @@ log = logging.getLogger("vx11.gateway")
 RENEW_AFTER = 5.0  # seconds up before a stale read-only view may end this process
 
 
-def activation_socket() -> socket.socket | None:
-    """The listening socket systemd passed (vx11-gateway.socket), if any."""
+def activation_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (vx11-gateway.socket: 127.0.0.1 and ::1)."""
     from systemd.daemon import listen_fds
 
-    fds = listen_fds()  # checks LISTEN_PID and unsets the variables
-    if not fds:
-        return None
-    return socket.socket(fileno=fds[0])
+    return [socket.socket(fileno=fd) for fd in listen_fds()]  # checks LISTEN_PID
+
+
+def listening_socket(address: str, port: int) -> socket.socket:
+    """What vx11-gateway.socket makes, when not socket-activated: TCP_NODELAY on the
+    listener, so accepted connections have it from the first byte (a TLS handshake's
+    flights are not held back by Nagle's algorithm waiting for a delayed ACK)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((address, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class GatewayService:
@@ -49,21 +64,41 @@ class GatewayService:
     async def start(self) -> None:
         self.started = time.monotonic()
         cfg = self.ctx.cfg.gateway
-        token = load_token(cfg.token_credential, cfg.token_file)
-        journal.register_secret(token)
-        self.app = build_app(self.ctx, token)
+        keyring = Keyring(cfg.credentials_dir, cfg.token_credential, cfg.token_file)
+        keyring.load()  # CredentialError (exit 78) when no credential is usable
+        src = tls.source(cfg.tls_cert_file, cfg.tls_key_file)
+        state = tls.Tls.load(src) if src is not None else None  # TlsError: exit 78
+        self.app = build_app(self.ctx, keyring, tls_state=state)
         self.runner = web.AppRunner(self.app, keepalive_timeout=cfg.keepalive_timeout,
                                     access_log=None, handle_signals=False)
         await self.runner.setup()
-        sock = activation_socket()
-        if sock is not None:
-            site: web.BaseSite = web.SockSite(self.runner, sock)
-            self.where = f"socket-activated on {_addr(sock.getsockname())}"
+        ssl_ctx = state.context if state is not None else None
+        socks = activation_sockets()
+        sites: list[web.BaseSite] = [web.SockSite(self.runner, s, ssl_context=ssl_ctx)
+                                     for s in socks]
+        if socks:
+            self.where = "socket-activated on " + " ".join(_addr(s.getsockname())
+                                                            for s in socks)
         else:
-            site = web.TCPSite(self.runner, cfg.listen_address, cfg.listen_port,
-                               reuse_address=True)
-            self.where = f"listening on {cfg.listen_address}:{cfg.listen_port}"
-        await site.start()
+            sites = [web.SockSite(self.runner, listening_socket(
+                cfg.listen_address, cfg.listen_port), ssl_context=ssl_ctx)]
+            self.where = f"listening on {_addr((cfg.listen_address, cfg.listen_port))}"
+        for site in sites:
+            await site.start()
+        self.wide = [a for a in ([s.getsockname()[0] for s in socks if s.family in (
+            socket.AF_INET, socket.AF_INET6)] or [cfg.listen_address])
+            if not tls.is_loopback(a)]
+        self.where += " (TLS)" if state is not None else " (plain HTTP)"
+        if state is None and cfg.plain_http_beyond_loopback:
+            journal.event(log, "plain_http_beyond_loopback", "gateway.plain_http_beyond_"
+                          "loopback is on: peers beyond loopback are served over plain "
+                          "HTTP and send their credentials in clear; configure TLS "
+                          "(docs/security.md)", level=logging.WARNING)
+        elif state is None and self.wide:
+            journal.event(log, "plain_http_loopback_only", "listening on %s without TLS: "
+                          "peers beyond loopback are refused (403 tls_required) until TLS "
+                          "is configured (docs/security.md)", ", ".join(self.wide),
+                          level=logging.WARNING)
         self.metrics_server = metrics.serve(self.ctx.registry, cfg.metrics_address,
                                             cfg.metrics_port)
         journal.event(log, "gateway_started", "tentaculo_link %s", self.where)
@@ -89,23 +124,50 @@ class GatewayService:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def status(self) -> str:
+        where = self.where
+        cfg = self.ctx.cfg.gateway
+        state_tls = self.app.get(TLS)
+        if state_tls is None and cfg.plain_http_beyond_loopback:
+            where += "; WARNING: plain HTTP beyond loopback (credentials in clear)"
+        elif state_tls is not None:
+            left = state_tls.expiring()
+            if left is not None:
+                where += ("; TLS certificate EXPIRED " if left <= 0 else
+                          "; TLS certificate expires ") + textfmt.relative(state_tls.expires)
         state, cause, _ = self.ctx.db.health()
         if state != "ok":
-            return f"degraded: {cause.replace('_', ' ')} (writes refused, 503); {self.where}"
-        return self.where
+            return f"degraded: {cause.replace('_', ' ')} (writes refused, 503); {where}"
+        return where
 
     async def reload(self, cfg: Config) -> None:
-        """New config for route modules and a re-read token; listeners stay as they are."""
-        try:
-            token = load_token(cfg.gateway.token_credential, cfg.gateway.token_file)
-        except TokenError as e:
-            log.error("reload refused, keeping the running config and token: %s", e,
-                      extra={"VX11_EVENT": "config_reload_refused",
-                             "VX11_CONFIG_KEY": e.key})
-            return
+        """New config for route modules and the credentials re-read; listeners stay."""
         self.ctx.cfg = cfg
-        journal.register_secret(token)
-        self.app[CHECKER].replace(token)
+        keyring = self.app[KEYRING]
+        g = cfg.gateway
+        keyring.directory, keyring.token_credential, keyring.token_file = (
+            g.credentials_dir, g.token_credential, g.token_file)
+        await keyring.fresh(now=True)
+        self._reload_tls(cfg)
+
+    def _reload_tls(self, cfg: Config) -> None:
+        """A renewed certificate: checked, then used for every new connection."""
+        state = self.app.get(TLS)
+        try:
+            src = tls.source(cfg.gateway.tls_cert_file, cfg.gateway.tls_key_file)
+            if state is None or src is None:
+                if (state is None) != (src is None):
+                    log.warning("turning TLS on or off needs a restart: systemctl restart "
+                                "vx11-gateway.service (the socket stays open meanwhile)",
+                                extra={"VX11_EVENT": "tls_reload_refused"})
+                return
+            expires = state.reload(src)
+        except tls.TlsError as e:
+            log.error("TLS not reloaded, keeping the running certificate: %s", e,
+                      extra={"VX11_EVENT": "tls_reload_refused", "VX11_CONFIG_KEY": e.key})
+            return
+        self.app[METRICS]["tls_expiry"].set(expires)
+        journal.event(log, "tls_reloaded", "TLS certificate %s loaded, expires %s",
+                      src.cert, textfmt.when(expires))
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -1,4 +1,4 @@
-"""Route module: the OpenAPI 3.1 document at ``GET /openapi.json`` (token-protected).
+"""Route module: the OpenAPI 3.1 document at ``GET /openapi.json`` (scope ``read``).
 
 The document is built here and kept in the repository as ``docs/openapi.json``
 (``python -m vx11d.gateway.openapi > docs/openapi.json``); a test checks that the
@@ -27,17 +27,34 @@ def _resp(desc: str, schema: dict | None = None) -> dict[str, Any]:
 
 
 def _errors(*codes: int, schema: dict | None = None) -> dict[str, Any]:
-    text = {400: "malformed request", 401: "missing or invalid token", 404: "not found",
+    text = {400: "malformed request", 401: "missing or invalid credential",
+            403: "the credential lacks this operation's scope (x-vx11-scope)",
+            404: "not found",
             409: "conflict with the current state", 413: "body too large",
             415: "not JSON", 422: "invalid field value", 429: "too many failed token "
             "attempts", 502: "upstream failed", 503: "unavailable", 504: "deadline passed"}
-    return {str(c): _resp(text[c], schema or ERR) for c in (401, 429, *codes)}
+    return {str(c): _resp(text[c], schema or ERR) for c in (401, 403, 429, *codes)}
 
 
 def _body(schema: dict) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+# The scope each operation needs (a credential with ``admin`` may do everything). The
+# document carries it as ``x-vx11-scope``; the gateway enforces what the document says.
+SCOPE_OF = {
+    ("get", "/openapi.json"): "read",
+    ("get", "/vx11/hijas"): "read",
+    ("get", "/vx11/hijas/{id}"): "read",
+    ("get", "/vx11/policy"): "read",
+    ("get", "/vx11/hermes/metrics"): "read",
+    ("post", "/vx11/route"): "chat",
+    ("post", "/v1/chat/completions"): "chat",
+    ("get", "/v1/models"): "chat",
+    ("post", "/vx11/spawn"): "operate",
+    ("delete", "/vx11/hijas/{id}"): "operate",
+    ("post", "/vx11/policy"): "operate",
+}
 STATUSES = [s.value for s in HijaStatus]  # the hija statuses, in lifecycle order
 HIJA = {"$ref": "#/components/schemas/Hija"}
 HEALTH = {"type": "object", "required": ["status"], "properties": {
@@ -55,15 +72,18 @@ def document() -> dict[str, Any]:
     open_api: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "vx11d tentaculo_link", "version": __version__,
-                 "description": "The single token-protected entrypoint. Every path but "
-                 "GET /health needs X-VX11-Token or Authorization: Bearer; when both "
-                 "are sent, both must be valid."},
+                 "description": "The single credential-protected entrypoint. Every path "
+                 "but GET /health needs a credential in X-VX11-Token or Authorization: "
+                 "Bearer; when several are sent, every one must be valid (else 401). "
+                 "Each operation names the scope it needs (x-vx11-scope: read, chat or "
+                 "operate; admin may do everything); a valid credential without it gets "
+                 "403 forbidden naming the scope."},
         "security": [{"token": []}, {"bearer": []}],
         "paths": {
             "/health": {"get": {
-                "summary": "the set's state: without a token only status and cause (from "
-                           "a view refreshed every 2 s); with a valid token also the DB and "
-                           "each vx11 daemon's state",
+                "summary": "the set's state: without a credential only status and cause "
+                           "(from a view refreshed every 2 s); with a valid credential of "
+                           "scope read (or admin) also the DB and each vx11 daemon's state",
                 "security": [],
                 "responses": {"200": _resp("ok", HEALTH), "503": _resp("degraded", HEALTH),
                               "401": _resp("a token was presented and is not valid", ERR),
@@ -213,9 +233,43 @@ def document() -> dict[str, Any]:
                     "memory_max": {"type": ["integer", "null"],
                                    "description": "bytes the hija was allowed (at its end)"},
                     "memory_peak": {"type": ["integer", "null"],
-                                    "description": "most bytes it used (at its end)"}}}}},
+                                    "description": "most bytes it used (at its end)"},
+                    "requested_by": {"type": ["string", "null"], "description":
+                                     "who asked for the spawn: the credential's name, or "
+                                     "vx11ctl (null: recorded before vx11d kept it)"},
+                    "stop_requested_by": {"type": ["string", "null"], "description":
+                                          "who asked for the stop, likewise"}}}}},
     }
+    for (method, path), scope in SCOPE_OF.items():
+        open_api["paths"][path][method]["x-vx11-scope"] = scope
     return open_api
+
+
+def scopes(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """``{("POST", "/vx11/spawn"): "operate", ...}`` from an OpenAPI document."""
+    return {(method.upper(), path): op["x-vx11-scope"]
+            for path, ops in doc["paths"].items() for method, op in ops.items()
+            if "x-vx11-scope" in op}
+
+
+def scopes_table(doc: dict[str, Any]) -> str:
+    """The Markdown table of docs/security.md: every operation x every scope, from the
+    document's ``x-vx11-scope`` (``admin`` may do everything)."""
+    from ..credentials import SCOPES
+
+    head = "| operation | needs | " + " | ".join(f"`{s}`" for s in SCOPES) + " |"
+    rows = [head, "|" + "---|" * (len(SCOPES) + 2)]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            need = op.get("x-vx11-scope")
+            if need is None:
+                cells = ["yes, detail" if s in ("read", "admin") else "yes, status only"
+                         for s in SCOPES]
+                rows.append(f"| `{method.upper()} {path}` | none | " + " | ".join(cells) + " |")
+                continue
+            cells = ["yes" if s in (need, "admin") else "403" for s in SCOPES]
+            rows.append(f"| `{method.upper()} {path}` | `{need}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def text() -> str:
@@ -233,4 +287,9 @@ def setup(app: web.Application) -> None:
 
 
 if __name__ == "__main__":
-    print(text(), end="")
+    import sys
+
+    if sys.argv[1:] == ["--scopes-table"]:
+        print(scopes_table(json.loads(text())), end="")
+    else:
+        print(text(), end="")

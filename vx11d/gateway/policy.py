@@ -22,7 +22,7 @@ from aiohttp import web
 from .. import hijas, units
 from ..confload import parse_duration
 from ..errors import InputError, SystemdError
-from .context import CTX
+from .context import CREDENTIAL, CTX
 from .http import ApiError, read_json
 
 log = logging.getLogger("vx11.gateway")
@@ -48,7 +48,7 @@ async def post_policy(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid", f"unknown field(s): {', '.join(unknown)[:200]}")
     action = body.get("action", "activate")
     component = body.get("component")
-    by = f"http:{request.remote}"
+    by, client = request[CREDENTIAL], f"http:{request.remote}"
     try:
         if action == "activate":
             seconds: Any = body.get("ttl_s")
@@ -57,11 +57,12 @@ async def post_policy(request: web.Request) -> web.Response:
                     seconds = float(parse_duration(body["for"]))
                 except ValueError as e:
                     raise InputError(f"for: {e}") from e
-            row = await ctx.db_call(hijas.activate, ctx.db, ctx.cfg, component, seconds, by)
+            row = await ctx.db_call(hijas.activate, ctx.db, ctx.cfg, component, seconds, by,
+                                    client)
             hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
             return web.json_response({"activated": row}, status=201)
         if action == "deactivate":
-            n = await ctx.db_call(hijas.deactivate, ctx.db, component, by)
+            n = await ctx.db_call(hijas.deactivate, ctx.db, component, by, client)
             hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
             return web.json_response({"deactivated": component, "windows_ended": n})
     except hijas.NotFound as e:
