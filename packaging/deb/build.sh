@@ -122,7 +122,9 @@ grep -rlI --null "$stage$prefix" "$stage$prefix/bin" "$stage$prefix/pyvenv.cfg" 
 find "$stage$prefix" -name '__pycache__' -prune -exec rm -rf {} +
 rm -f "$stage$prefix/bin/pip"* "$stage$prefix/bin/activate"* "$stage$prefix/lib64"
 # Debug symbols of the compiled extensions are of no use on a host (dh_strip does this).
-find "$stage$prefix" -name '*.so' -exec strip --strip-unneeded {} +
+# Not the libraries wheels vendor in <pkg>.libs/: auditwheel rewrote them with patchelf,
+# and strip breaks such files ("ELF load command address/offset not page-aligned").
+find "$stage$prefix" -name '*.so' ! -path '*.libs/*' -exec strip --strip-unneeded {} +
 chmod 0755 "$stage"
 
 # The Python the package declares is the one it was built with, and nothing inside was
@@ -151,8 +153,9 @@ install -m 0644 "$repo/packaging/tmpfiles.d/vx11.conf" "$stage/usr/lib/tmpfiles.
 install -m 0640 "$repo/packaging/vx11.yml" "$stage/etc/vx11/vx11.yml"
 [ -d "$repo/packaging/prometheus" ] && cp -r "$repo/packaging/prometheus" "$stage/usr/share/vx11d/"
 [ -d "$repo/packaging/grafana" ] && cp -r "$repo/packaging/grafana" "$stage/usr/share/vx11d/"
-# the fleet's drop-ins and journal forwarding configs docs/fleet.md installs from here
-for d in fleet journal; do
+# drop-ins (fleet metrics, gateway TLS and network) and journal forwarding configs that
+# docs/fleet.md and docs/security.md install from here
+for d in fleet journal systemd; do
   [ -d "$repo/packaging/$d" ] && cp -r "$repo/packaging/$d" "$stage/usr/share/vx11d/"
 done
 cp "$repo/README.md" "$repo"/docs/*.md "$stage/usr/share/doc/vx11d/"

@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from tests.support import poll_for
 
@@ -263,8 +264,11 @@ def test_the_fleet_drop_in_admits_its_prometheus_and_drops_every_other_address(v
             run(host, "install", "-D", "-m", "0644",
                 "/usr/share/vx11d/fleet/vx11-metrics-remote.conf",
                 f"/etc/systemd/system/{u}.d/metrics-remote.conf")
-        run(host, "sed", "-i", "-e",
-            f"s|^  metrics_address: 127.0.0.1$|  metrics_address: {net['host']}|", config)
+        fleet = yaml.safe_load(saved)
+        for daemon in ("madre", "reaper"):
+            fleet.setdefault(daemon, {})["metrics_address"] = net["host"]
+        run(host, "install", "-m", "0640", "-g", "vx11", "/dev/stdin", config,
+            input=yaml.safe_dump(fleet, sort_keys=False))
         run(host, "systemctl", "daemon-reload")
         run(host, "systemctl", "restart", *units)
         poll_for(lambda: run(host, "systemctl", "is-active", *units, ok=False).stdout.split()
