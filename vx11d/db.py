@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+from . import dbfile
 from .errors import (
     DbBusy,
     DbCorrupt,
@@ -85,8 +86,12 @@ class Database:
         self._rlock = threading.RLock()
         self._state = threading.Lock()
         self._ident: tuple[int, int] | None = None
-        self._lost: DbMissing | None = None
+        self._lost: DbUnavailable | None = None
         self._rescued: str | None = None
+        # the -wal/-shm inodes our connections held, and the DB file they belong to
+        self._sidecars: set[tuple[int, int]] = set()
+        self._sidecar_owner: tuple[int, int] | None = None
+        self._rejected: tuple[int, int, int] | None = None  # an unsound file, as seen
         self.fault: DbUnavailable | None = None
         self.fault_since: float | None = None  # wall clock, for "since 12s"
         self.migrated = False
@@ -180,6 +185,11 @@ class Database:
         with self._state:
             if self._ident is None:
                 self._ident = (st.st_dev, st.st_ino)
+            if self._ident == (st.st_dev, st.st_ino):
+                if self._sidecar_owner != self._ident:
+                    self._sidecars, self._sidecar_owner = set(), self._ident
+                # remembered now: a WAL is known as ours only while we hold it open
+                self._sidecars |= dbfile.held_sidecars(self.path)
 
     def close(self) -> None:
         """Close this process's connections (a no-op if none is open).
@@ -221,7 +231,7 @@ class Database:
                 f"{self.path} was replaced by another file while open: writes are refused "
                 "until it holds a vx11 database (restored backup or `vx11ctl db migrate`)"))
 
-    def _lose(self, err: DbMissing) -> None:
+    def _lose(self, err: DbUnavailable) -> None:
         with self._state:
             if self._lost is not None:
                 raise self._lost
@@ -279,27 +289,50 @@ class Database:
         return dest
 
     def _try_adopt(self) -> None:
-        """Take the file now at the path once it holds a vx11 schema (an operator's act)."""
+        """Take the file now at the path once it holds a sound vx11 database.
+
+        Under the directory lock (see vx11d/dbfile.py): first the ``-wal``/``-shm`` our
+        connections held for the lost file are moved aside (SQLite would apply them to
+        the new file), then the file gets a ``quick_check``. A file without the vx11
+        schema is not taken (an empty file, a copy in progress); an unsound one is a
+        ``corrupt`` fault until another file is put there.
+        """
         try:
             st = os.stat(self.path)
         except OSError:
             return
-        try:
-            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=0.2)
-            try:
-                ok = probe.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
-                                   (SCHEMA_TABLE,)).fetchone() is not None
-            finally:
-                probe.close()
-        except sqlite3.Error:
+        seen = (st.st_dev, st.st_ino, st.st_mtime_ns ^ st.st_size)
+        if seen == self._rejected:
             return
-        if not ok:
+        with dbfile.dir_lock(self.path) as locked:
+            if not locked:
+                return
+            stale = self._sidecars | dbfile.held_sidecars(self.path)
+            moved = dbfile.set_aside_stale(self.path, stale, self._sidecar_owner)
+            bad = dbfile.problems(self.path, quick=True)
+        if moved:
+            log.warning("moved the write-ahead log of the lost database aside (%s): it "
+                        "belongs to the old file and would corrupt the new one",
+                        ", ".join(moved), extra={"VX11_EVENT": "db_stale_wal_moved"})
+        if bad and bad[0].startswith("not a vx11 database"):
+            return
+        if bad:
+            self._rejected = seen
+            err = DbCorrupt(f"{self.path}: the file put there is not sound ({bad[0]}); "
+                            "writes are refused: put back a sound backup with "
+                            "`vx11ctl db restore FILE`")
+            with self._state:
+                self._lost = err
+            log.error("%s", err, extra={"VX11_EVENT": "db_file_rejected",
+                                        "VX11_CAUSE": err.cause})
+            self._note(err)
             return
         with self._state:
             old = self._ident
             self._ident = (st.st_dev, st.st_ino)
             self._lost = None
             self._rescued = None
+            self._rejected = None
             self._conn = self._rconn = None  # the old ones hold the lost file
         log.warning("%s now holds a database again (inode %s, was %s): using it",
                     self.path, st.st_ino, old[1] if old else "?",

@@ -58,7 +58,7 @@ class Metrics:
                                  "running hija expires (0 when none runs)", registry=registry)
         self.reconcile = Counter("vx11_madre_reconcile_fixes", "DB/systemd disagreements "
                                  "settled by reconcile, by kind", ["kind"], registry=registry)
-        for k in ("lost", "ended", "adopted", "orphans"):
+        for k in ("lost", "ended", "adopted", "orphans", "recreated"):
             self.reconcile.labels(k)
         self.wakes = Counter("vx11_madre_wakeups", "wake datagrams received",
                              registry=registry)
