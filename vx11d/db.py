@@ -49,7 +49,10 @@ SCHEMA_TABLE = "schema_migrations"
 # Every cause a Database can report, for metric labels and documentation.
 FAULT_CAUSES = ("locked", "read_only", "disk_full", "db_missing", "db_replaced", "corrupt",
                 "io_error")
-# Below this much free space on the DB's filesystem an I/O error counts as a full disk.
+# Below this much free space on the DB's filesystem the disk counts as full: an I/O
+# error then is ``disk_full``, and the free-space probe (:func:`low_space`, run by the
+# gateway's health task every 2 s and by madre and the reaper each pass) reports
+# ``disk_full`` before any write fails; writes are refused until there is more again.
 LOW_SPACE_BYTES = 256 * 1024
 
 # SQLite primary result codes (sqlite3.h); an extended code keeps the primary in its low byte.
@@ -382,6 +385,8 @@ class Database:
             self._rescue(blocking=True)
         try:
             self._check_file()
+            if not self.readonly:
+                self._check_space()
             if self.readonly:
                 self.query("SELECT 1")
             elif not self.migrated and self._wants_migrations:
@@ -397,6 +402,14 @@ class Database:
         return None
 
     _wants_migrations = False
+
+    def _check_space(self) -> None:
+        """Raise (and record) DbFull while the filesystem has under LOW_SPACE_BYTES free:
+        a full disk is reported before a write fails on it, not after."""
+        full = low_space(self.path)
+        if full is not None:
+            self._note(full)
+            raise full
 
     def migrate_on_probe(self) -> None:
         """Apply pending migrations at the next successful :meth:`probe` (no I/O now)."""
@@ -418,6 +431,8 @@ class Database:
         """
         if self.readonly:
             raise DbError("write on a read-only database handle")
+        if isinstance(self.fault, DbFull):
+            self._check_space()  # still full: refused before it fails half-way
         deadline = time.monotonic() + self.write_deadline
         delay = 0.001
         if not self._lock.acquire(timeout=self._wait_s()):
@@ -581,6 +596,21 @@ def stale_read_only_view(path: str, mountinfo: str = "/proc/self/mountinfo") -> 
         return False
     per_mount, super_opts = best
     return "ro" in per_mount and "rw" in super_opts
+
+
+def low_space(path: str) -> DbFull | None:
+    """DbFull when the DB's filesystem has under LOW_SPACE_BYTES free (the free-space
+    probe; one statvfs), else None (also when it cannot be asked)."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        vfs = os.statvfs(d)
+    except OSError:
+        return None
+    free = vfs.f_bavail * vfs.f_frsize
+    if free >= LOW_SPACE_BYTES:
+        return None
+    return DbFull(f"{path}: the filesystem of {d} is full ({free // 1024} KiB free, under "
+                  f"the {LOW_SPACE_BYTES // 1024} KiB vx11 needs); free some space")
 
 
 def _free_bytes(path: str) -> int:

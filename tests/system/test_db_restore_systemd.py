@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import poll_for
 
-from .conftest import REPO, show, sysctl
+from .conftest import STATE_DAEMONS, show
 from .test_faults_gateway import api, health, sh
 
 pytestmark = pytest.mark.system
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.system
 PY = "/opt/vx11d/bin/python"
 STATE = "/var/lib/vx11"
 DB = f"{STATE}/vx11.db"
-DAEMONS = ("vx11-madre.service", "vx11-reaper.service", "vx11-gateway.socket")
+DAEMONS = STATE_DAEMONS
 LONG = {"template": "sleeper", "ttl_s": 120}
 # A sound copy the way an operator might have made one before vx11ctl db backup existed.
 RAW_BACKUP = ("import sqlite3,sys; s=sqlite3.connect('file:/var/lib/vx11/vx11.db?mode=ro', "
@@ -32,29 +32,6 @@ WAL_FRAMES = ("import sqlite3; c=sqlite3.connect('/var/lib/vx11/vx11.db', isolat
 IDS = ("import json,sqlite3; c=sqlite3.connect('file:/var/lib/vx11/vx11.db?mode=ro', uri=True);"
        " print(json.dumps({r[0]: r[1] for r in c.execute('SELECT id, status FROM "
        "spawner_hijas')}))")
-
-
-@pytest.fixture
-def restore_set(sandbox):
-    """madre, the reaper and the gateway on a fresh 64 MiB tmpfs state dir."""
-    sb = sandbox
-    sb.write_config((REPO / "packaging" / "sandbox" / "vx11.yml").read_text())
-    sysctl(sb, "stop", "vx11-gateway.service", *DAEMONS, check=False)
-    sysctl(sb, "reset-failed", check=False)
-    sh(sb, f"while mountpoint -q {STATE}; do umount -l {STATE}; done; "
-           f"mount -t tmpfs -o size=64m,mode=2770,gid=vx11 vx11-state {STATE} && "
-           f"systemd-tmpfiles --create {REPO}/packaging/tmpfiles.d/vx11.conf")
-    sysctl(sb, "daemon-reload")
-    sysctl(sb, "start", *DAEMONS)
-    poll_for(lambda: health(sb)["status"] == 200, timeout=30, what="gateway health")
-    try:
-        yield sb
-    finally:
-        sysctl(sb, "stop", "vx11-gateway.service", *DAEMONS, check=False)
-        sysctl(sb, "stop", "vx11-hija-*", check=False)
-        sysctl(sb, "reset-failed", check=False)
-        sh(sb, f"rm -f /root/*.db; while mountpoint -q {STATE}; do umount -l {STATE}; done; "
-               f"systemd-tmpfiles --create {REPO}/packaging/tmpfiles.d/vx11.conf", check=False)
 
 
 def py(sb, code: str, *args: str):
@@ -86,12 +63,12 @@ def sound_whenever_ok(sb) -> bool:
     return True
 
 
-def test_older_backup_put_beside_a_stale_wal_was_served_malformed_as_ok(restore_set):
+def test_older_backup_put_beside_a_stale_wal_got_the_deleted_files_wal_applied(state_set):
     """Regression (issue 21, scenario 1): after checkpoints, `rm vx11.db` and an older
     sound backup installed in its place, SQLite applied the deleted file's stale -wal
     and -shm to it: `db check` said malformed while /health said ok and spawns got 201.
     Now the daemons move the stale WAL aside before they take the file."""
-    sb = restore_set
+    sb = state_set
     before = [spawn(sb), spawn(sb)]
     py(sb, RAW_BACKUP, "/root/old.db")
     after = [spawn(sb), spawn(sb)]
@@ -120,8 +97,8 @@ def test_older_backup_put_beside_a_stale_wal_was_served_malformed_as_ok(restore_
 
 
 def test_restore_command_with_daemons_running_gives_backup_rows_plus_what_systemd_runs(
-        restore_set):
-    sb = restore_set
+        state_set):
+    sb = state_set
     before = [spawn(sb), spawn(sb)]
     r = sh(sb, "vx11ctl db backup /root/b.db --json")
     assert json.loads(r.stdout)["rows"]["spawner_hijas"] == 2
@@ -153,8 +130,8 @@ def test_restore_command_with_daemons_running_gives_backup_rows_plus_what_system
 
 
 def test_restore_refuses_an_unsound_file_and_leaves_the_live_db_and_daemons_alone(
-        restore_set):
-    sb = restore_set
+        state_set):
+    sb = state_set
     hid = spawn(sb)
     sh(sb, "vx11ctl db backup /root/good.db")
     py(sb, "d=bytearray(open('/root/good.db','rb').read()); "

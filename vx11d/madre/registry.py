@@ -244,6 +244,7 @@ class Registry:
         if status in ENDED:
             self.m.ended.labels(template, status).inc()
             self.rows.pop(held.hija_id, None)
+            memory.discard(self.ends_dir, held.hija_id)
         if self.on_settled is not None and status in SETTLED:
             self.on_settled(held.hija_id, status)
 
@@ -511,7 +512,7 @@ class Registry:
             status = HijaStatus.EXITED
         else:
             status = HijaStatus.FAILED
-        report = memory.take(self.ends_dir, tr.hija_id)
+        report = memory.read(self.ends_dir, tr.hija_id)
         if tr.stop_as is None and memory.is_oom(result, report):
             status = HijaStatus.OOM
         cols: dict[str, Any] = {"result": result or None, "exit_status": status_code}
@@ -588,7 +589,7 @@ class Registry:
                     fixed["ended"] += 1
                 if how:  # ended, or its end not logged yet (asked again next time)
                     continue
-                report = memory.take(self.ends_dir, r["id"])
+                report = memory.read(self.ends_dir, r["id"])
                 if report is not None and report.oom:
                     self._transition(r["id"], HijaStatus.OOM, only_from=STARTED,
                                      level=logging.WARNING, memory_max=report.limit,
