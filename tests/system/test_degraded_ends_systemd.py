@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 
 import pytest
@@ -86,11 +87,14 @@ def test_memory_peak_was_another_cgroups_figure_when_not_its_own(state_set):
     sb = state_set
     # the probe madre gives every hija, in a unit whose process sits in the root memory
     # cgroup (as without delegation): its own cgroup for systemd, not for memory
-    r = sb.exec(["systemd-run", "--wait", "--quiet", "-p", "MemoryMax=32M", "/bin/sh", "-c",
-                 "echo $$ > /sys/fs/cgroup/memory/cgroup.procs && exec /bin/sh -c \"$0\" "
-                 "vx11-memory-probe /run/vx11t-probe x", memory._PROBE], timeout=60)
-    assert r.returncode == 0, r.stderr
-    text = sh(sb, "cat /run/vx11t-probe/x && rm -r /run/vx11t-probe").stdout
+    script = ("echo $$ > /sys/fs/cgroup/memory/cgroup.procs || exit 3\n"
+              f"exec /bin/sh -c {shlex.quote(memory._PROBE)} vx11-memory-probe "
+              "/run/vx11t-probe x\n")
+    py(sb, "import sys; open('/run/vx11t-probe.sh', 'w').write(sys.argv[1])", script)
+    r = sb.exec(["systemd-run", "--wait", "--quiet", "-p", "MemoryMax=32M", "/bin/sh",
+                 "/run/vx11t-probe.sh"], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = sh(sb, "cat /run/vx11t-probe/x && rm -r /run/vx11t-probe /run/vx11t-probe.sh").stdout
     assert "peak \n" in text and "oom_kill \n" in text, text
     # and a real hija, whose memory cgroup is its own here, keeps its real figure
     hid = spawn(sb, {"template": "sleeper", "ttl_s": 2})
