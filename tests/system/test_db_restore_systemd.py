@@ -148,3 +148,15 @@ def test_restore_refuses_an_unsound_file_and_leaves_the_live_db_and_daemons_alon
     assert rows(sb)[hid] == "running"
     assert db_check(sb).returncode == 0
     assert health(sb)["status"] == 200
+
+
+def test_the_shipped_backup_timer_unit_writes_a_verified_backup_as_vx11(state_set):
+    sb = state_set
+    spawn(sb)
+    assert show(sb, "vx11-backup.timer", "UnitFileState")["UnitFileState"] != "enabled"
+    r = sb.exec(["systemctl", "start", "vx11-backup.service"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = sh(sb, f"stat -c '%a %G %U %n' {STATE}/backups/vx11-*.db").stdout.split()
+    assert out[:3] == ["660", "vx11", "vx11"], out
+    c = sb.exec(["vx11ctl", "db", "restore", out[3], "--json"], timeout=180)
+    assert c.returncode == 0 and json.loads(c.stdout)["check"] == ["ok"], c.stdout + c.stderr

@@ -40,7 +40,8 @@ DB_UNITS = ["vx11-madre.service", "vx11-reaper.service", "vx11-gateway.socket",
             "vx11-gateway.service", "vx11-rotate.timer", "vx11-backup.timer"]
 # Stopped in this order: the entry point first, so nothing new arrives meanwhile.
 STOP_ORDER = ["vx11-gateway.socket", "vx11-gateway.service", "vx11-rotate.timer",
-              "vx11-rotate.service", "vx11-backup.timer", "vx11-reaper.service",
+              "vx11-rotate.service", "vx11-backup.timer", "vx11-backup.service",
+              "vx11-reaper.service",
               "vx11-madre.service"]
 TABLES = ["spawner_hijas", "events", "activations", "rotations", "reaper_actions"]
 BACKUP_DIR = "backups"
