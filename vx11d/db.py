@@ -133,7 +133,10 @@ class Database:
 
     def _open(self, writer: bool) -> sqlite3.Connection:
         try:
-            if not writer:
+            if not writer and self.readonly:
+                # a reader alone (vx11ctl): also a WAL DB it may not create the -shm of
+                conn = dbfile.open_read_only(self.path, timeout=self.busy_timeout_ms / 1000)
+            elif not writer:
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                        isolation_level=None, check_same_thread=False,
                                        timeout=self.busy_timeout_ms / 1000)
@@ -576,9 +579,12 @@ def stale_read_only_view(path: str, mountinfo: str = "/proc/self/mountinfo") -> 
     mount flag after the host remounts it read-write (only the superblock flag is
     shared). The fix is a fresh mount namespace, i.e. a new process: the caller exits
     cleanly (a socket-activated gateway is started again by the next connection).
+    Where several mounts are stacked on the DB's mount point, the one on top (the one
+    no other mount there was mounted on) is the one this process sees.
     """
     d = os.path.dirname(os.path.abspath(path)) or "/"
-    best, best_len = None, -1
+    best: list[tuple[str, str, list[str], list[str]]] = []  # mounts at the deepest point
+    best_len = -1
     try:
         with open(mountinfo) as f:
             for line in f:
@@ -587,14 +593,22 @@ def stale_read_only_view(path: str, mountinfo: str = "/proc/self/mountinfo") -> 
                 if len(fields) < 6 or len(sup) < 3:
                     continue
                 point = fields[4].replace("\\040", " ")
-                if (d == point or d.startswith(point.rstrip("/") + "/")) and \
-                        len(point) > best_len:
-                    best, best_len = (fields[5].split(","), sup[2].split(",")), len(point)
+                if not (d == point or d.startswith(point.rstrip("/") + "/")):
+                    continue
+                entry = (fields[0], fields[1], fields[5].split(","), sup[2].split(","))
+                if len(point) > best_len:
+                    best, best_len = [entry], len(point)
+                elif len(point) == best_len:
+                    best.append(entry)
     except OSError:
         return False
-    if best is None:
+    # Mounts stacked on one point: the visible one is on top, i.e. no other mount at
+    # that point was mounted on it (its id is nobody's parent id there).
+    parents = {e[1] for e in best}
+    top = [e for e in best if e[0] not in parents] or best[-1:]
+    if not top:
         return False
-    per_mount, super_opts = best
+    _, _, per_mount, super_opts = top[-1]
     return "ro" in per_mount and "rw" in super_opts
 
 

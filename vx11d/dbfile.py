@@ -61,8 +61,6 @@ def open_read_only(path: str, timeout: float = 1.0) -> sqlite3.Connection:
     ``mode=ro`` (SQLite must create the index); when no ``-wal`` lies beside it either,
     every committed page is in the file itself and ``immutable=1`` reads it safely.
     """
-    if not os.path.exists(path):
-        raise sqlite3.OperationalError(f"unable to open database file: {path} is missing")
     conn = sqlite3.connect(uri(path, mode="ro"), uri=True, isolation_level=None,
                            check_same_thread=False, timeout=timeout)
     try:
@@ -70,7 +68,8 @@ def open_read_only(path: str, timeout: float = 1.0) -> sqlite3.Connection:
         return conn
     except sqlite3.OperationalError:
         conn.close()
-        if os.path.exists(path + "-wal") or os.path.exists(path + "-shm"):
+        if not os.path.exists(path) or os.path.exists(path + "-wal") or \
+                os.path.exists(path + "-shm"):
             raise
     conn = sqlite3.connect(uri(path, mode="ro", immutable="1"), uri=True,
                            isolation_level=None, check_same_thread=False, timeout=timeout)
