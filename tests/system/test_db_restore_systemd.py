@@ -160,3 +160,32 @@ def test_the_shipped_backup_timer_unit_writes_a_verified_backup_as_vx11(state_se
     assert out[:3] == ["660", "vx11", "vx11"], out
     c = sb.exec(["vx11ctl", "db", "restore", out[3], "--json"], timeout=180)
     assert c.returncode == 0 and json.loads(c.stdout)["check"] == ["ok"], c.stdout + c.stderr
+
+
+def test_an_unsound_file_put_at_the_path_is_a_corrupt_fault_not_ok(state_set):
+    """Issue 21, scenario 1: a file put at the path by hand was taken and served as ok
+    although `db check` found it malformed. Now it is `corrupt`: 503 + Retry-After,
+    metric, STATUS, until `vx11ctl db restore` puts a sound one back."""
+    sb = state_set
+    hid = spawn(sb)
+    sh(sb, "vx11ctl db backup /root/good.db")
+    py(sb, "d=bytearray(open('/root/good.db','rb').read()); "
+           "[d.__setitem__(i * 4096, 0x55) for i in range(1, len(d) // 4096)]; "
+           "open('/root/torn.db','wb').write(bytes(d))")
+    sh(sb, f"install -m 0660 -g vx11 /root/torn.db {DB}.new && mv -f {DB}.new {DB}")
+    h = poll_for(lambda: (x := health(sb))["status"] == 503
+                 and x["body"].get("cause") == "corrupt" and x, timeout=20, interval=0.5,
+                 what="/health to call the file corrupt")
+    assert h["body"] == {"status": "degraded", "cause": "corrupt"}, h
+    r = api(sb, "POST", "/vx11/spawn", LONG)
+    assert r["status"] == 503 and r["body"]["cause"] == "corrupt", r
+    assert int(r["headers"]["retry-after"]) >= 1, r
+    m = sb.exec(["curl", "-sf", "http://127.0.0.1:9711/metrics"], timeout=10).stdout
+    assert 'vx11_db_fault{cause="corrupt"} 1.0' in m
+    poll_for(lambda: "DB file corrupt" in show(sb, "vx11-madre.service",
+                                               "StatusText")["StatusText"],
+             timeout=20, interval=0.5, what="madre's STATUS")
+    r = sb.exec(["vx11ctl", "db", "restore", "/root/good.db", "--json"], timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    poll_for(lambda: sound_whenever_ok(sb), timeout=30, interval=0.5, what="/health ok")
+    assert rows(sb)[hid] == "running"

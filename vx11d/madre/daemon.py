@@ -266,8 +266,9 @@ class MadreService:
         """A deleted or replaced DB file: stop writing (the writes would go to a file
         no other daemon sees), hold the transitions, and say so loudly."""
         problem = self.dbfile.problem()
-        if problem is None or not self.health.writable:
-            return  # fine, or already known (a file that came back: _recover reopens it)
+        if problem is None or not self.health.writable or self.health.cause == "corrupt":
+            return  # fine, or already known (a file that came back: _recover reopens it;
+            # one found unsound stays `corrupt` until another is put there)
         self.health.failed(DbError(f"{self.db.path}: {CAUSES[problem]}; restore it "
                                        "or run 'vx11ctl db migrate' to re-create it"),
                                cause=problem)

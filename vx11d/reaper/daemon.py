@@ -525,7 +525,9 @@ class ReaperService:
                 # Database's job); with no record to write the try is the probe itself
                 self.health.file_back = True
             return
-        if self.health.writable and not self.health.file_back:
+        if self.health.cause == "corrupt":
+            self.health.file_back = True  # the Database judges each new file itself
+        elif self.health.writable and not self.health.file_back:
             self.health.failed(DbError(f"{self.dbfile.path}: {CAUSES[problem]}"),
                                cause=problem)
         elif problem == "db_replaced":
