@@ -87,6 +87,8 @@ def test_backup_is_a_sound_self_contained_copy_with_the_live_files_mode(tmp_path
     assert dest.read_bytes()[18:20] == b"\x01\x01"
     assert hija_ids(dest) == set(before)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".b.db")] == []
+    over = ctl(cfg, "db", "backup", str(dbp))
+    assert over.returncode == 1 and "is the live database" in over.stderr, over.stderr
 
 
 def test_backup_default_dir_keeps_the_n_newest(tmp_path):
@@ -136,11 +138,12 @@ def test_restore_refuses_an_unsound_file_and_leaves_the_live_db_untouched(tmp_pa
     torn.write_bytes(bytes(raw))
     foreign = tmp_path / "foreign.db"
     sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.commit()
-    for bad in (garbage, torn, foreign, tmp_path / "nothing-here.db"):
+    for bad in (garbage, torn, foreign, tmp_path / "nothing-here.db", dbp):
         r = ctl(cfg, "db", "restore", str(bad))
         assert r.returncode == 1, (bad, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and "refused" in lines[0] and "not touched" in lines[0], lines
+        assert len(lines) == 1 and (("refused" in lines[0] and "not touched" in lines[0])
+                                    or "is the live database" in lines[0]), lines
         assert "Traceback" not in r.stderr
         assert digest(dbp, Path(f"{dbp}-wal")) == live
     leftovers = [p.name for p in dbp.parent.iterdir() if p.name.startswith(".vx11.db.")]

@@ -77,7 +77,7 @@ def _stamp(ts: float | None = None) -> str:
 
 def backup(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    path = cfg.db.path
+    path = os.path.abspath(cfg.db.path)
     if args.keep is not None and (args.keep < 1 or args.file):
         raise RestoreRefused("--keep takes a number of at least 1 and only applies to the "
                              "default backup directory (no FILE)")
@@ -94,6 +94,9 @@ def backup(args: argparse.Namespace) -> int:
                 os.chown(bdir, -1, gid)
     if os.path.isdir(dest):
         dest = os.path.join(dest, f"vx11-{_stamp()}.db")
+    if _same_db(dest, path):
+        raise RestoreRefused(f"{dest} is the live database (or its -wal/-shm); give "
+                             "another FILE")
     t0 = time.monotonic()
     mode, gid = _live_mode(path)
     tmp = dbfile.temp_beside(dest, "backup")
@@ -124,6 +127,15 @@ def backup(args: argparse.Namespace) -> int:
          f"integrity ok, mode {mode:04o} group {dbfile.group_name(gid)}, "
          f"{textfmt.duration(took)}" + (f"; removed {len(pruned)} older" if pruned else ""))
     return 0
+
+
+def _same_db(f: str, path: str) -> bool:
+    """Is ``f`` the live DB at ``path`` or one of its sidecars (by name or by inode)?"""
+    a = os.path.abspath(f)
+    if a in (path, *(path + s for s in dbfile.SIDECARS)):
+        return True
+    ident = dbfile.identity(a)
+    return ident is not None and ident == dbfile.identity(path)
 
 
 def _live_mode(path: str) -> tuple[int, int | None]:
@@ -164,6 +176,8 @@ def restore(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     path = os.path.abspath(cfg.db.path)
     src = args.file
+    if _same_db(src, path):
+        raise RestoreRefused(f"{src} is the live database itself; give a backup file")
     known = [n for n, _ in db.MIGRATIONS]
     bad = dbfile.problems(src, known=known)
     if bad:
@@ -186,7 +200,7 @@ def restore(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"ok": False, "file": os.path.abspath(src), "path": path}
     stopped: list[str] = []
     try:
-        stopped = _stop_units()
+        _stop_units(stopped)
         report["stopped"] = stopped
         busy = dbfile.holders(path)
         if busy:
@@ -224,18 +238,17 @@ def restore(args: argparse.Namespace) -> int:
     return 0 if not checked else 1
 
 
-def _stop_units() -> list[str]:
-    """Stop the active DB units (none without a booted systemd); returns those stopped."""
+def _stop_units(stopped: list[str]) -> None:
+    """Stop the active DB units (none without a booted systemd), listed in ``stopped``
+    first, so that a stop that fails half-way still starts them all again."""
     if not os.path.isdir("/run/systemd/system"):
-        return []
-    active = []
+        return
     for u in STOP_ORDER:
         r = systemctl("is-active", "--quiet", u, check=False)
         if r.returncode == 0:
-            active.append(u)
-    if active:
-        systemctl("stop", *active)
-    return active
+            stopped.append(u)
+    if stopped:
+        systemctl("stop", *stopped)
 
 
 def _start_units(stopped: list[str]) -> list[str]:
