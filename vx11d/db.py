@@ -91,9 +91,6 @@ class Database:
         self._ident: tuple[int, int] | None = None
         self._lost: DbUnavailable | None = None
         self._rescued: str | None = None
-        # the -wal/-shm inodes our connections held, and the DB file they belong to
-        self._sidecars: set[tuple[int, int]] = set()
-        self._sidecar_owner: tuple[int, int] | None = None
         self._rejected: tuple[int, int, int] | None = None  # an unsound file, as seen
         self.fault: DbUnavailable | None = None
         self.fault_since: float | None = None  # wall clock, for "since 12s"
@@ -142,6 +139,9 @@ class Database:
                                        timeout=self.busy_timeout_ms / 1000)
             else:
                 self._create_if_allowed()
+                if self._ident is None and dbfile.SIDECAR_REGISTRY.stale(self.path):
+                    with dbfile.dir_lock(self.path):  # another handle here lost a file
+                        self._set_aside_stale()
                 conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True,
                                        isolation_level=None, check_same_thread=False,
                                        timeout=self.busy_timeout_ms / 1000)
@@ -191,11 +191,9 @@ class Database:
         with self._state:
             if self._ident is None:
                 self._ident = (st.st_dev, st.st_ino)
-            if self._ident == (st.st_dev, st.st_ino):
-                if self._sidecar_owner != self._ident:
-                    self._sidecars, self._sidecar_owner = set(), self._ident
-                # remembered now: a WAL is known as ours only while we hold it open
-                self._sidecars |= dbfile.held_sidecars(self.path)
+            bound = self._ident == (st.st_dev, st.st_ino)
+        if bound:  # which -wal/-shm belong to this file: known only while held open
+            dbfile.SIDECAR_REGISTRY.remember(self.path, (st.st_dev, st.st_ino))
 
     def close(self) -> None:
         """Close this process's connections (a no-op if none is open).
@@ -243,6 +241,8 @@ class Database:
                 raise self._lost
             self._lost = err
         log.error("%s", err, extra={"VX11_EVENT": "db_file_lost", "VX11_CAUSE": err.cause})
+        if self._ident is not None:  # the lost file's WAL may still be at the path
+            dbfile.SIDECAR_REGISTRY.pin(self.path, self._ident)
         self._note(err)
         self._rescue(blocking=False)  # a reader never waits for the writer's lock here
         raise err
@@ -313,8 +313,7 @@ class Database:
         with dbfile.dir_lock(self.path) as locked:
             if not locked:
                 return
-            stale = self._sidecars | dbfile.held_sidecars(self.path)
-            moved = dbfile.set_aside_stale(self.path, stale, self._sidecar_owner)
+            moved = self._set_aside_stale()
             bad = dbfile.problems(self.path, quick=True)
         if moved:
             log.warning("moved the write-ahead log of the lost database aside (%s): it "
@@ -343,6 +342,13 @@ class Database:
         log.warning("%s now holds a database again (inode %s, was %s): using it",
                     self.path, st.st_ino, old[1] if old else "?",
                     extra={"VX11_EVENT": "db_file_adopted"})
+
+    def _set_aside_stale(self) -> list[str]:
+        """Move aside the -wal/-shm of a lost file still at the path (hold the dir lock)."""
+        reg = dbfile.SIDECAR_REGISTRY
+        moved = dbfile.set_aside_stale(self.path, reg.stale(self.path), None)
+        reg.release(self.path)
+        return moved
 
     # --- fault state ----------------------------------------------------------------
 

@@ -7,10 +7,12 @@ So a WAL left at the path by a file that was deleted or replaced (still held ope
 running daemon) is applied to whatever file is put at the path next, and corrupts it.
 The rules here:
 
-- a daemon that lost its file remembers the inodes of the ``-wal``/``-shm`` its own
-  connections held (:func:`held_sidecars`); before it opens the file now at the path it
-  moves those aside (:func:`set_aside_stale`, to ``<db>-wal.stale-<inode>``, never
-  deleted), unless the file at the path is the very file they belong to (moved back);
+- a daemon remembers which ``-wal``/``-shm`` inodes its connections held for which DB
+  file (:class:`SidecarRegistry`, from ``/proc/self/fd``); when it finds its file lost
+  it holds those still at the path open (so their inodes cannot be reused); before it
+  opens the file now at the path it moves them aside (:func:`set_aside_stale`, to
+  ``<db>-wal.stale-<inode>``, never deleted), unless the file at the path is the very
+  file they belong to (moved back);
 - it checks the new file is sound (:func:`problems`) before writing to it;
 - both happen under :func:`dir_lock` (``flock`` on the DB's directory), which
   ``vx11ctl db restore`` takes too, so two daemons never race on the same sidecar.
@@ -27,6 +29,7 @@ import fcntl
 import grp
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -141,6 +144,70 @@ def held_sidecars(path: str, fd_dir: str = "/proc/self/fd") -> set[Ident]:
         except OSError:
             continue
     return out
+
+
+class SidecarRegistry:
+    """What this process knows of which ``-wal``/``-shm`` inode belongs to which DB file.
+
+    Shared by every handle of the process (madre and the reaper have two each), so a
+    handle that adopts a new file never takes another handle's live WAL for a stale one:
+
+    - :meth:`remember`, when a handle opens the file: the sidecars this process holds
+      now belong to it (unless already pinned as another file's);
+    - :meth:`pin`, when a handle finds its file lost: the sidecars still at the path
+      that belong to the lost file are held open here, so their inodes cannot be reused
+      by a new file's WAL while they are remembered as stale;
+    - :meth:`stale`: pinned sidecars of a file other than the one at the path now;
+    - :meth:`release`: close the pins of sidecars no longer at the path.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: dict[str, dict[Ident, Ident]] = {}
+        self._pins: dict[str, dict[Ident, int]] = {}
+
+    def remember(self, path: str, owner: Ident) -> None:
+        held = held_sidecars(path)
+        key = os.path.abspath(path)
+        with self._lock:
+            known, pins = self._owner.setdefault(key, {}), self._pins.get(key, {})
+            for side in held:
+                if side not in pins:
+                    known[side] = owner
+
+    def pin(self, path: str, owner: Ident) -> None:
+        key = os.path.abspath(path)
+        for s in SIDECARS:
+            try:
+                fd = os.open(path + s, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            side = (st.st_dev, st.st_ino)
+            with self._lock:
+                pins = self._pins.setdefault(key, {})
+                if self._owner.get(key, {}).get(side) == owner and side not in pins:
+                    pins[side] = fd
+                    continue
+            os.close(fd)
+
+    def stale(self, path: str) -> set[Ident]:
+        key, now = os.path.abspath(path), identity(path)
+        with self._lock:
+            owners = self._owner.get(key, {})
+            return {side for side in self._pins.get(key, {}) if owners.get(side) != now}
+
+    def release(self, path: str) -> None:
+        key = os.path.abspath(path)
+        here = {identity(path + s) for s in SIDECARS}
+        with self._lock:
+            pins = self._pins.get(key, {})
+            for side in [x for x in pins if x not in here]:
+                os.close(pins.pop(side))
+                self._owner.get(key, {}).pop(side, None)
+
+
+SIDECAR_REGISTRY = SidecarRegistry()
 
 
 def set_aside_stale(path: str, stale: set[Ident], owner: Ident | None) -> list[str]:

@@ -283,3 +283,57 @@ def test_a_read_only_wal_db_without_its_shm_is_readable(tmp_path):
         import shutil
 
         shutil.rmtree(d)
+
+
+def _copy_of(dbpath: str, dest: Path) -> None:
+    src = sqlite3.connect(dbpath)
+    out = sqlite3.connect(dest)
+    src.backup(out)
+    out.close()
+    src.close()
+
+
+def test_a_file_moved_away_and_back_keeps_its_own_wal(dbpath):
+    """Never throw away a WAL that belongs to the file: `mv vx11.db x; mv x vx11.db`
+    brings back the very file the WAL belongs to, with committed frames only there."""
+    dbp = Path(dbpath)
+    d = db.Database(dbpath)
+    d.conn.execute("PRAGMA wal_autocheckpoint=0")
+    for i in range(50):
+        d.event("test", "in-the-wal", subject=str(i))
+    assert Path(f"{dbpath}-wal").stat().st_size > 0
+    os.rename(dbp, f"{dbpath}.away")
+    with pytest.raises(db.DbMissing):
+        d.query("SELECT 1")
+    os.rename(f"{dbpath}.away", dbp)
+    assert d.query("SELECT count(*) FROM events WHERE event = 'in-the-wal'")[0][0] == 50
+    assert [p.name for p in dbp.parent.iterdir() if ".stale-" in p.name] == []
+    assert db.check(d) == []
+
+
+def test_a_second_handle_adopting_later_leaves_the_new_files_wal_alone(dbpath):
+    """madre and the reaper have two handles each: the one that adopts second must not
+    take the WAL the first one started for the new file for a stale one."""
+    dbp = Path(dbpath)
+    first, second = db.Database(dbpath), db.Database(dbpath, readonly=True)
+    first.event("test", "base")
+    assert second.query("SELECT count(*) FROM events")[0][0] >= 1
+    backup = dbp.parent / "b.db"
+    _copy_of(dbpath, backup)
+    first.conn.execute("PRAGMA wal_autocheckpoint=0")
+    for i in range(200):
+        first.event("test", "after-backup", subject=str(i))
+    os.unlink(dbp)
+    for h in (first, second):
+        with pytest.raises(db.DbMissing):
+            h.query("SELECT 1")
+    os.link(backup, dbp)
+    first.conn.execute("PRAGMA wal_autocheckpoint=0")  # adopts, moves the stale WAL aside
+    for i in range(30):
+        first.event("test", "into-the-new-wal", subject=str(i))
+    new_wal = Path(f"{dbpath}-wal").stat().st_ino
+    got = second.query("SELECT count(*) FROM events WHERE event = 'into-the-new-wal'")
+    assert got[0][0] == 30
+    assert Path(f"{dbpath}-wal").stat().st_ino == new_wal
+    assert second.query("SELECT count(*) FROM events WHERE event = 'after-backup'")[0][0] == 0
+    assert len([p for p in dbp.parent.iterdir() if ".stale-" in p.name]) == 2
