@@ -297,9 +297,10 @@ class Database:
     def _try_adopt(self) -> None:
         """Take the file now at the path once it holds a sound vx11 database.
 
-        Under the directory lock (see vx11d/dbfile.py): first the ``-wal``/``-shm`` our
-        connections held for the lost file are moved aside (SQLite would apply them to
-        the new file), then the file gets a ``quick_check``. A file without the vx11
+        Under the directory lock (see vx11d/dbfile.py): first the ``-wal``/``-shm`` this
+        process's connections held for the lost file, if still at the path, are moved
+        aside (SQLite would apply them to the new file), then the file gets a
+        ``quick_check``. A file without the vx11
         schema is not taken (an empty file, a copy in progress); an unsound one is a
         ``corrupt`` fault until another file is put there.
         """
