@@ -188,11 +188,15 @@ def restore(args: argparse.Namespace) -> int:
                         f"check db.path in {cfg.path}")
     mode, gid = _live_mode(path)
     tmp = dbfile.temp_beside(path, "restore")
-    s = dbfile.open_read_only(src)
     try:
-        bad = dbfile.write_copy(s, tmp, mode=mode, gid=gid)
-    finally:
-        s.close()
+        s = dbfile.open_read_only(src)
+        try:
+            bad = dbfile.write_copy(s, tmp, mode=mode, gid=gid)
+        finally:
+            s.close()
+    except sqlite3.Error as e:
+        raise RestoreRefused(f"{src}: could not copy it beside {path} ({e}); the live "
+                             "database was not touched") from e
     if bad:
         dbfile.remove_quietly(tmp)
         raise RestoreRefused(f"{src}: its copy is not sound ({bad[0]}); the live database "
