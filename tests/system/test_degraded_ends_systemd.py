@@ -73,7 +73,8 @@ def test_held_end_lost_its_memory_peak_across_madres_exit_69_restart(state_set):
                    timeout=60, interval=0.5, what="the end recorded")
     assert got["status"] == "expired", got
     assert got["memory_peak"] is not None and 0 < got["memory_peak"] <= got["memory_max"], got
-    assert int(show(sb, "vx11-madre.service", "NRestarts")["NRestarts"]) == 1
+    restarts = show(sb, "vx11-madre.service", "NRestarts")["NRestarts"]
+    assert int(restarts) >= 1, f"madre did not restart (the case of the bug): {restarts}"
 
 
 def _row(sb, hid: str):
