@@ -59,7 +59,7 @@ def test_held_end_lost_its_memory_peak_across_madres_exit_69_restart(state_set):
     """Item 4: an end held through a read-only spell, then re-read from the journal after
     madre's one exit-69 restart (fresh mount namespace), was recorded with no peak."""
     sb = state_set
-    hid = spawn(sb, {"template": "sleeper", "ttl_s": 6})
+    hid = spawn(sb, {"template": "sleeper", "ttl_s": 12})  # ends while madre is read-only
     sysctl(sb, "stop", "vx11-gateway.socket", "vx11-gateway.service", "vx11-reaper.service",
            "vx11-madre.service")  # no writer left: the filesystem can be remounted ro
     sh(sb, f"mount -o remount,ro {STATE}")
