@@ -14,17 +14,22 @@ sandbox config plus an audit root, and runs this file inside it (``--inside``):
 - kills: ``SIGKILL`` to the main process of madre, the gateway or the reaper (chosen at
   random, at most 3 kills of one unit per 10 s so the test does not itself drive a unit
   into its start limit), each after a random pause once the last one has recovered.
-- faults, a few times: fill the state disk (``dd`` until ENOSPC) and free it; flip the
-  state dir read-only (the daemons are killed first: a remount needs no writer) and back.
+- faults, a few times, in turn: fill the state disk (``dd`` until ENOSPC) and free it;
+  flip the state dir read-only (the daemons are killed first: a remount needs no writer)
+  and back; ``vx11ctl db restore`` of a backup taken earlier in the run (``vx11ctl db
+  backup``, under the same load), then a fresh backup for the next restore.
 - recovery time: from the kill (or the fault's removal) until the unit is active again
   and serving (madre and the reaper: active with a new main PID and, after a fault, no
   "degraded" in madre's STATUS; the gateway: ``/health`` answers).
 
+After each restore, ``vx11ctl db check`` (``restore_malformed`` counts the failures).
 Then, with the load stopped and every hija past its TTL: ``integrity_check`` and
-``foreign_key_check`` (``integrity_ok``); every acknowledged spawn has a row
-(``lost_records``) whose status agrees with what systemd logged for its unit
-(``status_mismatches``: a ``lost`` row, a live row without an active unit, an ended row
-whose result disagrees with the unit's logged result); no hija unit was ever seen
+``foreign_key_check`` (``integrity_ok``); every acknowledged spawn has a row, or was
+listed by a restore's report as not in its backup (``lost_records`` counts the others;
+``restore_not_in_backup`` the listed ones), and a row's status agrees with what systemd
+logged for its unit (``status_mismatches``: a ``lost`` row, a live row without an
+active unit, an ended row whose result disagrees with the unit's logged result); no
+hija unit was ever seen
 active past its TTL + grace (``overdue_hijas``, sampled all along); every audit dir
 created is still there or in its archive with all its files (``audit_dirs_lost``);
 ``units_failed_at_end`` counts the daemon units (and the socket) left failed.
@@ -303,6 +308,32 @@ def read_only_flip(hold: float, load: Load, health: Client) -> tuple[bool, float
     return ok, wait_recovered(["madre", "gateway", "reaper"], {}, health, after_fault=True)
 
 
+BACKUP = "/root/chaos-backup.db"
+VX11CTL = "/opt/vx11d/bin/vx11ctl"
+
+
+def take_backup() -> bool:
+    return sh(VX11CTL, "db", "backup", BACKUP, timeout=120).returncode == 0
+
+
+def restore(health: Client) -> tuple[list[str] | None, bool, float, float]:
+    """Put the backup back under load: (hija ids its report lists as not in the backup,
+    or None if refused; `db check` ok after it; seconds it took; recovery seconds)."""
+    t0 = time.monotonic()
+    r = sh(VX11CTL, "db", "restore", BACKUP, "--json", timeout=300)
+    took = time.monotonic() - t0
+    listed = None
+    try:
+        rep = json.loads(r.stdout)
+        if r.returncode == 0 and isinstance(rep, dict):
+            listed = list(rep.get("not_in_backup", {}).get("spawner_hijas", []))
+    except ValueError:
+        pass
+    sound = sh(VX11CTL, "db", "check", timeout=120).returncode == 0
+    rec = wait_recovered(["madre", "gateway", "reaper"], {}, health, after_fault=True)
+    return listed, sound, took, rec
+
+
 def unit_results() -> dict[str, str]:
     """unit -> the result systemd logged for its end (success, timeout, ...)."""
     out: dict[str, str] = {}
@@ -334,7 +365,7 @@ def agrees(status: str, result: str | None, active: bool) -> bool:
                                                                                  False)
 
 
-def check_db(acked: dict[str, float]) -> dict:
+def check_db(acked: dict[str, float], listed: set[str]) -> dict:
     c = sqlite3.connect(f"file:{DB}?mode=ro", uri=True, timeout=30)
     c.row_factory = sqlite3.Row
     integrity = [r[0] for r in c.execute("PRAGMA integrity_check")]
@@ -345,7 +376,7 @@ def check_db(acked: dict[str, float]) -> dict:
     r = sh("systemctl", "list-units", "--plain", "--no-legend", "--state=active",
            "vx11-hija-*")
     active = {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
-    lost = [h for h in acked if h not in rows]
+    lost = [h for h in acked if h not in rows and h not in listed]
     mismatched = []
     for hid in acked:
         row = rows.get(hid)
@@ -356,6 +387,7 @@ def check_db(acked: dict[str, float]) -> dict:
                                "systemd": results.get(row["unit"]),
                                "active": row["unit"] in active})
     return {"integrity_ok": integrity == ["ok"] and not fk, "lost_records": len(lost),
+            "restore_not_in_backup": len([h for h in acked if h not in rows and h in listed]),
             "lost_ids": lost[:20], "status_mismatches": len(mismatched),
             "mismatch_examples": mismatched[:10], "rows": len(rows)}
 
@@ -377,6 +409,11 @@ def inside(kills_goal: int, faults_goal: int, seed: int) -> dict:
     fault_every = max(1, kills_goal // (faults_goal + 1)) if faults_goal else 0
     next_rotation = time.monotonic()
     t_start = time.monotonic()
+    listed: set[str] = set()
+    restores = restore_malformed = 0
+    restore_took: list[float] = []
+    time.sleep(1.0)  # some load first: the backup is taken under it
+    have_backup = take_backup()
     while kills < kills_goal:
         now = time.monotonic()
         if now >= next_rotation:
@@ -384,8 +421,24 @@ def inside(kills_goal: int, faults_goal: int, seed: int) -> dict:
             sh("systemctl", "start", "--no-block", "vx11-rotate.service")
             next_rotation = now + 6.0
         if fault_every and kills and kills % fault_every == 0 and faults < faults_goal:
-            kind = "disk_full" if faults % 2 == 0 else "read_only"
-            if kind == "disk_full":
+            kind = ("disk_full", "read_only", "restore")[faults % 3]
+            if kind == "restore" and not have_backup:
+                have_backup = take_backup()
+                kind = "restore_skipped"
+                faults += 1
+            elif kind == "restore":
+                ids, sound, took, rec = restore(health)
+                if ids is None:
+                    kind = "restore_refused"
+                else:
+                    listed.update(ids)
+                    restores += 1
+                    restore_took.append(took)
+                    recoveries.append(rec)
+                restore_malformed += 0 if sound else 1
+                faults += 1
+                have_backup = take_backup()
+            elif kind == "disk_full":
                 recoveries.append(fill_and_free(2.0, health))
                 faults += 1
             else:
@@ -421,7 +474,7 @@ def inside(kills_goal: int, faults_goal: int, seed: int) -> dict:
     over.join(10)
     over.sample()
     sh("systemctl", "start", "vx11-rotate.service", timeout=300)  # one last, undisturbed
-    db = check_db(load.acked)
+    db = check_db(load.acked, listed)
     failed = [u for u in WATCHED if show(u, "ActiveState").get("ActiveState") == "failed"]
     rot_failed = show("vx11-rotate.service", "ActiveState").get("ActiveState") == "failed"
     rot_why = sh("journalctl", "-u", "vx11-rotate.service", "-n", "6", "-o", "cat",
@@ -440,6 +493,9 @@ def inside(kills_goal: int, faults_goal: int, seed: int) -> dict:
             "rotate_failed_at_end": rot_failed, "rotate_last_lines": rot_why,
             "recovery_s_p50": round(statistics.median(recoveries), 3) if recoveries else 0,
             "recovery_s_p99": round(p99, 3), "recovery_s_max": round(max(recoveries or [0]), 3),
+            "restores": restores, "restore_malformed": restore_malformed,
+            "restore_not_in_backup": db["restore_not_in_backup"],
+            "restore_s_max": round(max(restore_took or [0]), 3),
             "chaos_s": round(chaos_s, 1)}
 
 
@@ -498,7 +554,7 @@ def run(quick: bool, kills: int | None, seed: int, keep: bool, name: str | None)
 
 
 GOALS = {"lost_records": 0, "status_mismatches": 0, "overdue_hijas": 0,
-         "audit_dirs_lost": 0, "units_failed_at_end": 0}
+         "audit_dirs_lost": 0, "units_failed_at_end": 0, "restore_malformed": 0}
 
 
 def main() -> int:
@@ -523,6 +579,10 @@ def main() -> int:
             ("hijas alive past TTL + grace (goal 0)", res["overdue_hijas"]),
             ("audit dirs lost (goal 0)", f"{res['audit_dirs_lost']} of {res['audit_dirs']}"),
             ("integrity_check + foreign_key_check", "ok" if res["integrity_ok"] else "FAIL"),
+            ("restores under load / malformed after one (goal 0)",
+             f"{res['restores']} / {res['restore_malformed']} (slowest "
+             f"{res['restore_s_max']} s; {res['restore_not_in_backup']} acked spawns listed "
+             "as not in the backup)"),
             ("units failed at end (goal 0)", f"{res['units_failed_at_end']} "
              f"{res['failed_units'] or ''}"),
             ("recovery p50 / p99 / max (s) (goal p99 <= 5)",

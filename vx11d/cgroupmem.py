@@ -56,8 +56,8 @@ def parse(text: str) -> MemoryReport:
     return MemoryReport(_int(vals.get("oom_kill")), _int(vals.get("peak")), limit)
 
 
-def take(directory: str, name: str) -> MemoryReport | None:
-    """Read and remove a probe's report (None: there is none)."""
+def read(directory: str, name: str) -> MemoryReport | None:
+    """A probe's report, left in place (None: there is none)."""
     path = Path(directory) / name
     try:
         text = path.read_text()
@@ -66,9 +66,21 @@ def take(directory: str, name: str) -> MemoryReport | None:
     except OSError as e:
         log.warning("memory report %s unreadable: %s", path, e)
         return None
-    with contextlib.suppress(OSError):
-        path.unlink()
     return parse(text)
+
+
+def discard(directory: str, name: str) -> None:
+    """Remove a report once what it says is recorded."""
+    with contextlib.suppress(OSError):
+        (Path(directory) / name).unlink()
+
+
+def take(directory: str, name: str) -> MemoryReport | None:
+    """Read and remove a probe's report (None: there is none)."""
+    rep = read(directory, name)
+    if rep is not None:
+        discard(directory, name)
+    return rep
 
 
 def _read(path: Path) -> str:
@@ -81,12 +93,20 @@ def _read(path: Path) -> str:
 def measure(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> str:
     """The report text for the calling process's memory cgroup (v1 or v2)."""
     v1 = v2 = None
+    mem = unified = named = None
     for line in _read(Path(proc_cgroup)).splitlines():
         hid, ctls, path = line.split(":", 2)
         if "memory" in ctls.split(","):
-            v1 = Path(root, ctls, path.lstrip("/"))
+            v1, mem = Path(root, ctls, path.lstrip("/")), path
         elif hid == "0" and not ctls:
-            v2 = Path(root, path.lstrip("/"))
+            v2, unified = Path(root, path.lstrip("/")), path
+        elif ctls == "name=systemd":
+            named = path
+    own = named if named is not None else unified  # the unit's own cgroup
+    if v1 is not None and mem != own:
+        # the memory controller does not account this unit on its own (not delegated,
+        # or no memory cgroup of its own): its figures are a parent's, not the unit's
+        v1 = v2 = None
     if v1 is not None:
         events, peak, limit = (_read(v1 / "memory.oom_control"),
                                _read(v1 / "memory.max_usage_in_bytes"),

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+from . import dbfile
 from .errors import (
     DbBusy,
     DbCorrupt,
@@ -48,7 +49,10 @@ SCHEMA_TABLE = "schema_migrations"
 # Every cause a Database can report, for metric labels and documentation.
 FAULT_CAUSES = ("locked", "read_only", "disk_full", "db_missing", "db_replaced", "corrupt",
                 "io_error")
-# Below this much free space on the DB's filesystem an I/O error counts as a full disk.
+# Below this much free space on the DB's filesystem the disk counts as full: an I/O
+# error then is ``disk_full``, and the free-space probe (:func:`low_space`, run by the
+# gateway's health task every 2 s and by madre and the reaper each pass) reports
+# ``disk_full`` before any write fails; writes are refused until there is more again.
 LOW_SPACE_BYTES = 256 * 1024
 
 # SQLite primary result codes (sqlite3.h); an extended code keeps the primary in its low byte.
@@ -85,8 +89,9 @@ class Database:
         self._rlock = threading.RLock()
         self._state = threading.Lock()
         self._ident: tuple[int, int] | None = None
-        self._lost: DbMissing | None = None
+        self._lost: DbUnavailable | None = None
         self._rescued: str | None = None
+        self._rejected: tuple[int, int, int] | None = None  # an unsound file, as seen
         self.fault: DbUnavailable | None = None
         self.fault_since: float | None = None  # wall clock, for "since 12s"
         self.migrated = False
@@ -125,12 +130,18 @@ class Database:
 
     def _open(self, writer: bool) -> sqlite3.Connection:
         try:
-            if not writer:
+            if not writer and self.readonly:
+                # a reader alone (vx11ctl): also a WAL DB it may not create the -shm of
+                conn = dbfile.open_read_only(self.path, timeout=self.busy_timeout_ms / 1000)
+            elif not writer:
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                        isolation_level=None, check_same_thread=False,
                                        timeout=self.busy_timeout_ms / 1000)
             else:
                 self._create_if_allowed()
+                if self._ident is None and dbfile.SIDECAR_REGISTRY.stale(self.path):
+                    with dbfile.dir_lock(self.path):  # another handle here lost a file
+                        self._set_aside_stale()
                 conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True,
                                        isolation_level=None, check_same_thread=False,
                                        timeout=self.busy_timeout_ms / 1000)
@@ -180,6 +191,9 @@ class Database:
         with self._state:
             if self._ident is None:
                 self._ident = (st.st_dev, st.st_ino)
+            bound = self._ident == (st.st_dev, st.st_ino)
+        if bound:  # which -wal/-shm belong to this file: known only while held open
+            dbfile.SIDECAR_REGISTRY.remember(self.path, (st.st_dev, st.st_ino))
 
     def close(self) -> None:
         """Close this process's connections (a no-op if none is open).
@@ -221,12 +235,14 @@ class Database:
                 f"{self.path} was replaced by another file while open: writes are refused "
                 "until it holds a vx11 database (restored backup or `vx11ctl db migrate`)"))
 
-    def _lose(self, err: DbMissing) -> None:
+    def _lose(self, err: DbUnavailable) -> None:
         with self._state:
             if self._lost is not None:
                 raise self._lost
             self._lost = err
         log.error("%s", err, extra={"VX11_EVENT": "db_file_lost", "VX11_CAUSE": err.cause})
+        if self._ident is not None:  # the lost file's WAL may still be at the path
+            dbfile.SIDECAR_REGISTRY.pin(self.path, self._ident)
         self._note(err)
         self._rescue(blocking=False)  # a reader never waits for the writer's lock here
         raise err
@@ -279,31 +295,61 @@ class Database:
         return dest
 
     def _try_adopt(self) -> None:
-        """Take the file now at the path once it holds a vx11 schema (an operator's act)."""
+        """Take the file now at the path once it holds a sound vx11 database.
+
+        Under the directory lock (see vx11d/dbfile.py): first the ``-wal``/``-shm`` this
+        process's connections held for the lost file, if still at the path, are moved
+        aside (SQLite would apply them to the new file), then the file gets a
+        ``quick_check``. A file without the vx11
+        schema is not taken (an empty file, a copy in progress); an unsound one is a
+        ``corrupt`` fault until another file is put there.
+        """
         try:
             st = os.stat(self.path)
         except OSError:
             return
-        try:
-            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=0.2)
-            try:
-                ok = probe.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
-                                   (SCHEMA_TABLE,)).fetchone() is not None
-            finally:
-                probe.close()
-        except sqlite3.Error:
+        seen = (st.st_dev, st.st_ino, st.st_mtime_ns ^ st.st_size)
+        if seen == self._rejected:
             return
-        if not ok:
+        with dbfile.dir_lock(self.path) as locked:
+            if not locked:
+                return
+            moved = self._set_aside_stale()
+            bad = dbfile.problems(self.path, quick=True)
+        if moved:
+            log.warning("moved the write-ahead log of the lost database aside (%s): it "
+                        "belongs to the old file and would corrupt the new one",
+                        ", ".join(moved), extra={"VX11_EVENT": "db_stale_wal_moved"})
+        if bad and bad[0].startswith("not a vx11 database"):
+            return
+        if bad:
+            self._rejected = seen
+            err = DbCorrupt(f"{self.path}: the file put there is not sound ({bad[0]}); "
+                            "writes are refused: put back a sound backup with "
+                            "`vx11ctl db restore FILE`")
+            with self._state:
+                self._lost = err
+            log.error("%s", err, extra={"VX11_EVENT": "db_file_rejected",
+                                        "VX11_CAUSE": err.cause})
+            self._note(err)
             return
         with self._state:
             old = self._ident
             self._ident = (st.st_dev, st.st_ino)
             self._lost = None
             self._rescued = None
+            self._rejected = None
             self._conn = self._rconn = None  # the old ones hold the lost file
         log.warning("%s now holds a database again (inode %s, was %s): using it",
                     self.path, st.st_ino, old[1] if old else "?",
                     extra={"VX11_EVENT": "db_file_adopted"})
+
+    def _set_aside_stale(self) -> list[str]:
+        """Move aside the -wal/-shm of a lost file still at the path (hold the dir lock)."""
+        reg = dbfile.SIDECAR_REGISTRY
+        moved = dbfile.set_aside_stale(self.path, reg.stale(self.path), None)
+        reg.release(self.path)
+        return moved
 
     # --- fault state ----------------------------------------------------------------
 
@@ -349,6 +395,8 @@ class Database:
             self._rescue(blocking=True)
         try:
             self._check_file()
+            if not self.readonly:
+                self._check_space()
             if self.readonly:
                 self.query("SELECT 1")
             elif not self.migrated and self._wants_migrations:
@@ -364,6 +412,14 @@ class Database:
         return None
 
     _wants_migrations = False
+
+    def _check_space(self) -> None:
+        """Raise (and record) DbFull while the filesystem has under LOW_SPACE_BYTES free:
+        a full disk is reported before a write fails on it, not after."""
+        full = low_space(self.path)
+        if full is not None:
+            self._note(full)
+            raise full
 
     def migrate_on_probe(self) -> None:
         """Apply pending migrations at the next successful :meth:`probe` (no I/O now)."""
@@ -385,6 +441,8 @@ class Database:
         """
         if self.readonly:
             raise DbError("write on a read-only database handle")
+        if isinstance(self.fault, DbFull):
+            self._check_space()  # still full: refused before it fails half-way
         deadline = time.monotonic() + self.write_deadline
         delay = 0.001
         if not self._lock.acquire(timeout=self._wait_s()):
@@ -528,9 +586,12 @@ def stale_read_only_view(path: str, mountinfo: str = "/proc/self/mountinfo") -> 
     mount flag after the host remounts it read-write (only the superblock flag is
     shared). The fix is a fresh mount namespace, i.e. a new process: the caller exits
     cleanly (a socket-activated gateway is started again by the next connection).
+    Where several mounts are stacked on the DB's mount point, the one on top (the one
+    no other mount there was mounted on) is the one this process sees.
     """
     d = os.path.dirname(os.path.abspath(path)) or "/"
-    best, best_len = None, -1
+    best: list[tuple[str, str, list[str], list[str]]] = []  # mounts at the deepest point
+    best_len = -1
     try:
         with open(mountinfo) as f:
             for line in f:
@@ -539,15 +600,38 @@ def stale_read_only_view(path: str, mountinfo: str = "/proc/self/mountinfo") -> 
                 if len(fields) < 6 or len(sup) < 3:
                     continue
                 point = fields[4].replace("\\040", " ")
-                if (d == point or d.startswith(point.rstrip("/") + "/")) and \
-                        len(point) > best_len:
-                    best, best_len = (fields[5].split(","), sup[2].split(",")), len(point)
+                if not (d == point or d.startswith(point.rstrip("/") + "/")):
+                    continue
+                entry = (fields[0], fields[1], fields[5].split(","), sup[2].split(","))
+                if len(point) > best_len:
+                    best, best_len = [entry], len(point)
+                elif len(point) == best_len:
+                    best.append(entry)
     except OSError:
         return False
-    if best is None:
+    # Mounts stacked on one point: the visible one is on top, i.e. no other mount at
+    # that point was mounted on it (its id is nobody's parent id there).
+    parents = {e[1] for e in best}
+    top = [e for e in best if e[0] not in parents] or best[-1:]
+    if not top:
         return False
-    per_mount, super_opts = best
+    _, _, per_mount, super_opts = top[-1]
     return "ro" in per_mount and "rw" in super_opts
+
+
+def low_space(path: str) -> DbFull | None:
+    """DbFull when the DB's filesystem has under LOW_SPACE_BYTES free (the free-space
+    probe; one statvfs), else None (also when it cannot be asked)."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        vfs = os.statvfs(d)
+    except OSError:
+        return None
+    free = vfs.f_bavail * vfs.f_frsize
+    if free >= LOW_SPACE_BYTES:
+        return None
+    return DbFull(f"{path}: the filesystem of {d} is full ({free // 1024} KiB free, under "
+                  f"the {LOW_SPACE_BYTES // 1024} KiB vx11 needs); free some space")
 
 
 def _free_bytes(path: str) -> int:

@@ -103,8 +103,9 @@ class WriteHealth:
         self.degraded_gauge = Gauge(f"vx11_{component}_degraded", "1 while this daemon "
                                     "cannot write the shared DB, by cause", ["cause"],
                                     registry=registry)
-        self.failures = Counter(f"vx11_{component}_db_write_failures", "DB writes that "
-                                "failed (the data is held and retried), by cause",
+        self.failures = Counter(f"vx11_{component}_db_write_failures", "DB write tries "
+                                "that failed (the data is held and retried on the backoff "
+                                "schedule: 0.5 s doubling to 5 s), by cause",
                                 ["cause"], registry=registry)
         for c in CAUSES:
             self.degraded_gauge.labels(c).set(0)
@@ -127,9 +128,12 @@ class WriteHealth:
     def failed(self, e: BaseException, cause: str | None = None) -> str:
         """Record a failed write; returns its cause code. Logs when the cause changes."""
         code = cause or cause_of(e, self.path)
-        self.failures.labels(code).inc()
         self.file_back = False
         now = self.clock()
+        if self.cause != code or now >= self.next_try:
+            # a try: the first failure of a cause, or a scheduled retry (reads failing in
+            # between are not tries: the counter follows the documented backoff)
+            self.failures.labels(code).inc()
         if self.cause != code:
             if self.cause is not None:
                 self.degraded_gauge.labels(self.cause).set(0)

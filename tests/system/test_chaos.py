@@ -35,6 +35,7 @@ def test_quick_chaos_soak_loses_nothing_and_every_daemon_comes_back():
     chaos = load_chaos()
     res = chaos.run(quick=True, kills=None, seed=1, keep=False, name=None)
     assert res["kills"] == 50 and res["faults_injected"] >= 3, res
+    assert res["restores"] >= 1, res
     assert res["spawns_acked"] > 50, res
     assert res["integrity_ok"], res
     for key, goal in chaos.GOALS.items():

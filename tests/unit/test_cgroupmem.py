@@ -43,3 +43,17 @@ def test_reports_are_written_whole_and_taken_once(tmp_path):
     assert (rep.oom_kills, rep.peak, rep.limit) == (2, 5, None)
     assert cgroupmem.take(str(tmp_path / "run"), "last-end") is None
     assert [p.name for p in (tmp_path / "run").iterdir()] == []
+
+
+def test_a_memory_cgroup_not_the_units_own_gives_no_figures(tmp_path):
+    """Regression (issue 21, item 5): with the v1 memory controller not delegated the
+    probe read the parent's memory.max_usage_in_bytes (1.3 GB for `sleep infinity`
+    under a 512 MiB limit). A figure not measured for the unit itself is absent."""
+    proc, root = _tree(tmp_path, {
+        "memory/memory.oom_control": "oom_kill 4\n",
+        "memory/memory.max_usage_in_bytes": "1306693632\n",
+        "memory/memory.limit_in_bytes": "9223372036854771712\n"},
+        "9:name=systemd:/vx11-hijas.slice/vx11-hija-abc.service\n"
+        "4:memory:/\n0::/vx11-hijas.slice/vx11-hija-abc.service\n")
+    rep = cgroupmem.parse(cgroupmem.measure(proc, root))
+    assert (rep.oom_kills, rep.peak, rep.limit) == (None, None, None)

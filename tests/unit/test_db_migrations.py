@@ -195,3 +195,29 @@ def test_requested_by_migration_keeps_old_rows_readable(dbpath, monkeypatch):
     assert stopped["stop_requested_by"] == "ops"
     cols = {r[1] for r in d.query("PRAGMA table_info(activations)")}
     assert "ended_by" in cols
+
+
+def _mountinfo(tmp_path, *lines: str) -> str:
+    p = tmp_path / "mountinfo"
+    p.write_text("".join(f"{ln}\n" for ln in lines))
+    return str(p)
+
+
+ROOT = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw"
+LOWER = "36 22 0:32 / /var/lib/vx11 rw,relatime shared:5 - tmpfs tmpfs rw"
+UPPER_STALE = "41 36 0:40 / /var/lib/vx11 ro,relatime - tmpfs vx11-state rw"
+UPPER_RW = "41 36 0:40 / /var/lib/vx11 rw,relatime - tmpfs vx11-state rw"
+LOWER_STALE = "36 22 0:32 / /var/lib/vx11 ro,relatime shared:5 - tmpfs tmpfs rw"
+
+
+def test_stale_read_only_view_reads_the_top_of_stacked_mounts(tmp_path):
+    """Issue 21 (faults list): with mounts stacked on the state dir (a tmpfs mounted over
+    another), the first one listed was taken, not the one this process sees."""
+    path = "/var/lib/vx11/vx11.db"
+    assert db.stale_read_only_view(path, _mountinfo(tmp_path, ROOT, LOWER, UPPER_STALE))
+    assert not db.stale_read_only_view(path, _mountinfo(tmp_path, ROOT, LOWER_STALE,
+                                                        UPPER_RW))
+    # listed out of order, the parent ids still say which is on top
+    assert db.stale_read_only_view(path, _mountinfo(tmp_path, ROOT, UPPER_STALE, LOWER))
+    assert not db.stale_read_only_view(path, _mountinfo(tmp_path, ROOT, LOWER))
+    assert db.stale_read_only_view(path, _mountinfo(tmp_path, ROOT, LOWER_STALE))

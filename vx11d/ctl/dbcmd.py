@@ -1,4 +1,4 @@
-"""``vx11ctl db check|schema|migrate``."""
+"""``vx11ctl db check|schema|migrate|backup|restore``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import argparse
 import os
 
 from .. import config, db
+from . import dbbackup
 from .main import emit
 from .state import open_db
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("db", help="check, describe or create the shared database")
+    p = sub.add_parser("db", help="check, describe, create, back up or restore the shared "
+                       "database")
     s = p.add_subparsers(dest="db_command", metavar="ACTION")
     c = s.add_parser("check", help="integrity_check and foreign_key_check (exit 1 on problems)")
     c.add_argument("--json", action="store_true")
@@ -24,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "pending migrations (the only command that creates it or changes its "
                      "schema)")
     g.set_defaults(func=migrate)
+    dbbackup.add(s)
 
 
 def _open(args: argparse.Namespace, readonly: bool, create: bool | None = None

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .. import hijas, journal, textfmt
 from ..config import Config
-from ..db import Database, apply_migrations, stale_read_only_view
+from ..db import Database, apply_migrations, low_space, stale_read_only_view
 from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
 from ..errors import DbError, StaleMountNamespace, SystemdError
 from ..hijas import ENDED, SETTLED
@@ -58,7 +58,7 @@ class Metrics:
                                  "running hija expires (0 when none runs)", registry=registry)
         self.reconcile = Counter("vx11_madre_reconcile_fixes", "DB/systemd disagreements "
                                  "settled by reconcile, by kind", ["kind"], registry=registry)
-        for k in ("lost", "ended", "adopted", "orphans"):
+        for k in ("lost", "ended", "adopted", "orphans", "recreated"):
             self.reconcile.labels(k)
         self.wakes = Counter("vx11_madre_wakeups", "wake datagrams received",
                              registry=registry)
@@ -242,6 +242,7 @@ class MadreService:
 
     async def tick(self) -> None:
         self._check_file()
+        self._check_space()
         if self.health.degraded or self.reg.held:
             self._recover()
         self._work()  # requests a lost wake-up missed
@@ -252,12 +253,22 @@ class MadreService:
             self._reconcile()
         self._refresh()
 
+    def _check_space(self) -> None:
+        """The free-space probe: a state filesystem under db.LOW_SPACE_BYTES free is
+        ``disk_full`` now, before a write fails on it (tried again on the backoff)."""
+        if self.health.cause not in (None, "disk_full") or not self.health.due():
+            return
+        full = low_space(self.db.path)
+        if full is not None:
+            self.health.failed(full, cause="disk_full")
+
     def _check_file(self) -> None:
         """A deleted or replaced DB file: stop writing (the writes would go to a file
         no other daemon sees), hold the transitions, and say so loudly."""
         problem = self.dbfile.problem()
-        if problem is None or not self.health.writable:
-            return  # fine, or already known (a file that came back: _recover reopens it)
+        if problem is None or not self.health.writable or self.health.cause == "corrupt":
+            return  # fine, or already known (a file that came back: _recover reopens it;
+            # one found unsound stays `corrupt` until another is put there)
         self.health.failed(DbError(f"{self.db.path}: {CAUSES[problem]}; restore it "
                                        "or run 'vx11ctl db migrate' to re-create it"),
                                cause=problem)
@@ -275,8 +286,9 @@ class MadreService:
                 "from the journal)")
         restore = False
         if self.health.cause in ("db_missing", "db_replaced"):
-            if self.dbfile.problem() == "db_missing":
-                self.health.next_try = time.monotonic() + 1.0
+            if self.dbfile.problem() == "db_missing":  # still gone: next try on the backoff
+                self.health.failed(DbError(f"{self.db.path}: {CAUSES['db_missing']}"),
+                                   cause="db_missing")
                 return
             self.db.close()  # the file at the path is back (or new): open that one
             self.migrated = False

@@ -13,8 +13,11 @@ in the unit's cgroup after the main process is gone and before the cgroup is rem
 * v2: ``memory.events`` (``oom_kill N``), ``memory.peak`` (kernel >= 5.19),
   ``memory.max``;
 
-and writes them to ``<ends dir>/<hija id>``, which madre reads (and removes) when it
-records the end. A hija ended by an OOM kill (``oom_kill`` > 0, or ``Result=oom-kill``)
+and writes them to ``<ends dir>/<hija id>``, which madre reads when it sees the end
+and removes once the end is recorded (a held end re-read after a restart keeps them).
+Figures are read from the unit's own memory cgroup only: where the v1 memory cgroup is
+not the unit's (the controller not delegated), peak and limit are left out, never
+taken from a parent. A hija ended by an OOM kill (``oom_kill`` > 0, or ``Result=oom-kill``)
 is recorded as ``oom`` with its limit and peak usage. The report format and its reader
 are shared (``vx11d/cgroupmem.py``); this probe is a shell one-liner, so a hija's end
 costs no interpreter start.
@@ -41,12 +44,18 @@ STALE_AFTER = 600.0  # reports nobody read (madre was down and the row was settl
 # fork per hija end, not ten: a burst of ends must not queue behind their probes);
 # written in place: madre reads it only once the unit is inactive, i.e. after the probe.
 _PROBE = "; ".join((
-    "k=; p=; l=; m=; u=",
+    "k=; p=; l=; m=; u=; s=",
     "while IFS=: read -r id ctl path",
     "do case \",$ctl,\" in *,memory,*) m=$path;; esac",
+    "test \"$ctl\" = name=systemd && s=$path",
     "test \"$id\" = 0 && test -z \"$ctl\" && u=$path",
     "done < /proc/self/cgroup",
-    "if test -n \"$m\"",
+    "test -n \"$s\" || s=$u",
+    # v1 memory cgroup other than the unit's own (controller not delegated, or the unit
+    # has no memory cgroup): its figures are a parent's, so none are reported
+    "if test -n \"$m\" && test \"$m\" != \"$s\"",
+    "then e=/dev/null",
+    "elif test -n \"$m\"",
     "then d=/sys/fs/cgroup/memory$m; e=$d/memory.oom_control",
     "read -r p < $d/memory.max_usage_in_bytes; read -r l < $d/memory.limit_in_bytes",
     "else d=/sys/fs/cgroup$u; e=$d/memory.events",
@@ -71,9 +80,15 @@ def probe_property(directory: str, hija_id: str) -> tuple[str, list]:
                                [f.encode() for f in flags])]
 
 
-def take(directory: str, hija_id: str) -> MemoryReport | None:
-    """Read and remove the probe's report for a hija (None: there is none)."""
-    return cgroupmem.take(directory, hija_id)
+def read(directory: str, hija_id: str) -> MemoryReport | None:
+    """The probe's report for a hija, left in place until its end is recorded (an end
+    held through a DB fault and re-read after a madre restart keeps its figures)."""
+    return cgroupmem.read(directory, hija_id)
+
+
+def discard(directory: str, hija_id: str) -> None:
+    """Remove a hija's report once its end is recorded."""
+    cgroupmem.discard(directory, hija_id)
 
 
 def sweep(directory: str, now: float | None = None) -> int:

@@ -88,9 +88,12 @@ class Held:
 
 
 def unit_properties(cfg: Config, tpl: HijaTemplate, hija_id: str, argv: list[str],
-                    ttl: float, port: int | None) -> dict[str, Any]:
+                    ttl: float, port: int | None, template: str = "") -> dict[str, Any]:
     """The transient unit's properties, by their D-Bus names."""
+    # the id and template in the unit let reconcile re-create a row a restored DB lacks
     env = [f"VX11_HIJA_ID={hija_id}".encode()]
+    if template:
+        env.append(f"VX11_HIJA_TEMPLATE={template}".encode())
     if port is not None:
         env.append(f"PORT={port}".encode())
     props: dict[str, Any] = {
@@ -241,6 +244,7 @@ class Registry:
         if status in ENDED:
             self.m.ended.labels(template, status).inc()
             self.rows.pop(held.hija_id, None)
+            memory.discard(self.ends_dir, held.hija_id)
         if self.on_settled is not None and status in SETTLED:
             self.on_settled(held.hija_id, status)
 
@@ -355,7 +359,8 @@ class Registry:
         journal.event(log, "hija_spawned", "hija %s starting as %s (template %s, ttl %s%s)",
                       hid, unit, r["template"], textfmt.duration(ttl),
                       f", port {port}" if port is not None else "", hija_id=hid)
-        props = unit_properties(self.cfg, tpl, hid, build_argv(tpl, args, port), ttl, port)
+        props = unit_properties(self.cfg, tpl, hid, build_argv(tpl, args, port), ttl, port,
+                                r["template"])
         tr = Tracked(hid, ttl, t0)
         self.tracked[unit] = tr
         try:
@@ -507,7 +512,7 @@ class Registry:
             status = HijaStatus.EXITED
         else:
             status = HijaStatus.FAILED
-        report = memory.take(self.ends_dir, tr.hija_id)
+        report = memory.read(self.ends_dir, tr.hija_id)
         if tr.stop_as is None and memory.is_oom(result, report):
             status = HijaStatus.OOM
         cols: dict[str, Any] = {"result": result or None, "exit_status": status_code}
@@ -561,7 +566,7 @@ class Registry:
 
     def reconcile(self) -> dict[str, int]:
         """Make the DB and systemd agree: settle rows without units, stop units without rows."""
-        fixed = {"lost": 0, "ended": 0, "adopted": 0, "orphans": 0}
+        fixed = {"lost": 0, "ended": 0, "adopted": 0, "orphans": 0, "recreated": 0}
         rows = self.db.query("SELECT * FROM spawner_hijas WHERE "
                              "status IN (?, ?)", STARTED)
         live_units = set()
@@ -584,7 +589,7 @@ class Registry:
                     fixed["ended"] += 1
                 if how:  # ended, or its end not logged yet (asked again next time)
                     continue
-                report = memory.take(self.ends_dir, r["id"])
+                report = memory.read(self.ends_dir, r["id"])
                 if report is not None and report.oom:
                     self._transition(r["id"], HijaStatus.OOM, only_from=STARTED,
                                      level=logging.WARNING, memory_max=report.limit,
@@ -612,6 +617,9 @@ class Registry:
             if name in live_units or active not in ("active", "activating", "reloading"):
                 continue
             hid = name.removeprefix("vx11-hija-").removesuffix(".service")
+            if self._recreate(name, hid):
+                fixed["recreated"] += 1
+                continue
             self._stop_unit(name)
             try:
                 self.db.event("madre", "hija_orphan_stopped", subject=hid, unit=name)
@@ -625,6 +633,48 @@ class Registry:
             log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in fixed.items()),
                      extra={"VX11_EVENT": "hija_reconcile"})
         return fixed
+
+    def _recreate(self, unit: str, hija_id: str) -> bool:
+        """A running hija unit whose row the DB lacks altogether (the DB was restored
+        from a backup older than the hija): re-create its row from what systemd knows
+        (the id and template madre put in its environment, its TTL, start time, port,
+        main PID, memory limit) and track it. False for a unit madre did not start or
+        whose id has a row (an ended one: that unit is an orphan)."""
+        p = self.sd.properties(unit)
+        if not p or p.get("ActiveState") not in ("active", "activating", "reloading"):
+            return False
+        env = dict(str(e).partition("=")[::2] for e in p.get("Environment") or [])
+        if env.get("VX11_HIJA_ID") != hija_id:
+            return False
+        if self.db.query("SELECT 1 FROM spawner_hijas WHERE id = ?", (hija_id,)):
+            return False
+        ttl = (_int_or_none(p.get("RuntimeMaxUSec")) or 0) / 1e6
+        if ttl <= 0 or ttl > 1e9:
+            return False  # no TTL: not a hija madre started
+        started = (_int_or_none(p.get("ActiveEnterTimestamp")) or 0) / 1e6 or self.clock()
+        mem = _int_or_none(p.get("MemoryMax"))
+        row = {"id": hija_id, "template": env.get("VX11_HIJA_TEMPLATE") or "unknown",
+               "ttl_s": ttl, "port": _int_or_none(env.get("PORT")), "unit": unit,
+               "main_pid": _int_or_none(p.get("MainPID")) or None,
+               "status": HijaStatus.RUNNING, "created_at": started, "started_at": started,
+               "expires_at": started + ttl,
+               "memory_max": mem if mem is not None and mem < 2**63 - 1 else None,
+               "reason": "re-created from systemd at reconcile (the DB had no row)"}
+
+        def fn(c: sqlite3.Connection) -> bool:
+            try:
+                return _insert_missing(c, row)
+            except sqlite3.IntegrityError:  # its port is held by a row of the backup
+                return _insert_missing(c, {**row, "port": None})
+
+        if not self.db.write(fn):
+            return False
+        self.rows[hija_id] = row
+        tr = self.tracked[unit] = Tracked(hija_id, ttl, time.monotonic() -
+                                          max(0.0, self.clock() - started), running=True)
+        tr.props.update(p)
+        tr.seen_active = True
+        return True
 
     def _settle_gone(self, r: sqlite3.Row) -> str:
         """A live row whose unit systemd has collected (it ended while madre was down or

@@ -11,8 +11,8 @@ from typing import Any
 
 from .. import journal
 from ..config import Config
-from ..db import Database, apply_migrations, record_event, stale_read_only_view
-from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
+from ..db import Database, apply_migrations, low_space, record_event, stale_read_only_view
+from ..degraded import CAUSES, DB_FAULTS, FILE_CAUSES, DbFileWatch, WriteHealth
 from ..errors import DbError, StaleMountNamespace
 from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
@@ -100,6 +100,7 @@ class ReaperService:
         self.tracker: Tracker | None = None
         self.next_probe = 0.0
         self._next_flush = 0.0
+        self._lookup_failing = False
         self._configure(cfg)
 
     def _configure(self, cfg: Config) -> None:
@@ -310,8 +311,14 @@ class ReaperService:
             m.matched.labels(rule).set(n)
         if rep.hija_lookup_failed and self.evaluator.hija_lookup is not None:
             m.hija_lookup_failures.inc()
-            journal.event(log, "hija_lookup_failed", "could not read hija records; hija "
-                          "processes left alone this scan", level=logging.WARNING)
+            if not self._lookup_failing:  # once per spell, not every scan (the metric counts)
+                journal.event(log, "hija_lookup_failed", "could not read hija records; hija "
+                              "processes left alone until they can be read again",
+                              level=logging.WARNING)
+            self._lookup_failing = True
+        elif self._lookup_failing and self.evaluator.hija_lookup is not None:
+            self._lookup_failing = False
+            journal.event(log, "hija_lookup_recovered", "hija records readable again")
 
     def _tripped(self, t: Trip) -> None:
         """Enforcement stops: say so everywhere, and abandon terminations in progress."""
@@ -459,6 +466,10 @@ class ReaperService:
             self._rows.clear()
             return
         self._check_file()
+        if self.health.cause in (None, "disk_full") and self.health.due():
+            full = low_space(self.db.path)  # the free-space probe: full before a write fails
+            if full is not None:
+                self.health.failed(full, cause="disk_full")
         if not self.health.due() or not self.health.writable:
             self._bound_held()
             return
@@ -509,8 +520,14 @@ class ReaperService:
             return
         problem = self.dbfile.problem()
         if problem is None:
+            if self.health.cause in FILE_CAUSES and not self.health.file_back:
+                # the file at the path is the one reopened: try it (adopting it is the
+                # Database's job); with no record to write the try is the probe itself
+                self.health.file_back = True
             return
-        if self.health.writable and not self.health.file_back:
+        if self.health.cause == "corrupt":
+            self.health.file_back = True  # the Database judges each new file itself
+        elif self.health.writable and not self.health.file_back:
             self.health.failed(DbError(f"{self.dbfile.path}: {CAUSES[problem]}"),
                                cause=problem)
         elif problem == "db_replaced":

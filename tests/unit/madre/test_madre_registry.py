@@ -235,7 +235,7 @@ def test_reconcile_lost_rows_adopted_units_and_orphans(env):
     sd.units["vx11-hija-orphan0000.service"] = {"ActiveState": "active", "SubState": "running"}
     fresh = Registry(cfg, db, sd, Metrics(CollectorRegistry()), clock=clock)  # a restart
     fixed = fresh.reconcile()
-    assert fixed == {"lost": 1, "ended": 0, "adopted": 1, "orphans": 1}
+    assert fixed == {"lost": 1, "ended": 0, "adopted": 1, "orphans": 1, "recreated": 0}
     assert hijas.get(db, gone["id"])["status"] == "lost"
     assert "vx11-hija-orphan0000.service" not in sd.units
     assert db.query("SELECT count(*) FROM events WHERE event = 'hija_orphan_stopped'")[0][0] == 1
@@ -432,3 +432,24 @@ def test_reconcile_settles_a_unit_gone_while_madre_was_down_as_oom_from_its_repo
     reg.reconcile()
     row = hijas.get(db, row["id"])
     assert row["status"] == "oom" and "2 OOM kills" in row["reason"]
+
+
+def test_reconcile_recreates_the_row_of_a_running_hija_a_restored_db_lacks(env):
+    """Issue 21: after `vx11ctl db restore` of a backup older than a hija, madre's
+    restart stopped the hija as an orphan; now its row is re-created from systemd."""
+    cfg, db, sd, reg, clock, _m = env
+    row = spawn(cfg, db, reg, sd, template="web", ttl=30)
+    sd.units[row["unit"]]["ActiveEnterTimestamp"] = int(clock.t * 1e6)
+    db.write(lambda c: (c.execute("PRAGMA foreign_keys=OFF"),
+                        c.execute("DELETE FROM spawner_hijas")))  # the backup lacks it
+    fresh = Registry(cfg, db, sd, Metrics(CollectorRegistry()), clock=clock)
+    fixed = fresh.reconcile()
+    assert fixed["recreated"] == 1 and fixed["orphans"] == 0, fixed
+    got = hijas.get(db, row["id"])
+    assert got["status"] == "running" and got["template"] == "web"
+    assert got["port"] == row["port"] and got["ttl_s"] == 30
+    assert got["expires_at"] == pytest.approx(clock.t + 30)
+    assert row["unit"] in sd.units
+    sd.end(row["unit"], "timeout")
+    fresh.on_changes(sd.drain())
+    assert hijas.get(db, row["id"])["status"] == "expired"
