@@ -54,12 +54,15 @@ class FakeSystemd:
         self._emit(name, ActiveState="active", SubState="running", MainPID=self._pid)
 
     def end(self, name: str, result: str = "timeout", status: int = 15, *,
-            collect: bool = True) -> None:
-        """Test helper: the unit ends the way systemd would report it."""
+            collect: bool = True, code: int = 2, exit_at: float | None = None) -> None:
+        """Test helper: the unit ends the way systemd would report it (``code``: how the
+        main process ended, 1 exited / 2 killed; ``exit_at``: when, epoch seconds)."""
         u = self.units[name]
         u.update(ActiveState="failed" if result != "success" else "inactive",
                  SubState="dead", Result=result, ExecMainStatus=status, MainPID=0)
-        self._emit(name, Result=result, ExecMainStatus=status, ExecMainCode=2, MainPID=0)
+        when = {"ExecMainExitTimestamp": int(exit_at * 1e6)} if exit_at else {}
+        self._emit(name, Result=result, ExecMainStatus=status, ExecMainCode=code, MainPID=0,
+                   **when)
         self._emit(name, ActiveState=u["ActiveState"], SubState="dead",
                    InactiveEnterTimestamp=0)
         if collect:

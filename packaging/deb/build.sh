@@ -3,6 +3,7 @@
 # /opt/vx11d, the units, sysusers/tmpfiles, the sample config (a conffile), Prometheus
 # rules, dashboard, docs.
 #   packaging/deb/build.sh [OUTDIR] [--release bookworm|trixie] [--with-hermes]
+#   packaging/deb/build.sh --lintian DEB [--release R]   (that release's lintian on DEB)
 # OUTDIR defaults to dist/; the release to the build machine's own (bookworm elsewhere).
 # Prints the path of vx11d_<version>~deb<N>u<R>_<arch>.deb, e.g. 0.2.0~deb13u1 for
 # Debian 13: one file per release, ordered as Debian orders its backports
@@ -18,13 +19,14 @@
 # Needs on the build machine: bash, mmdebstrap, systemd-container (systemd-nspawn),
 # root, and network to the Debian mirror and PyPI. Everything else is installed in the
 # build root: python3, python3-venv, python3-dev, build-essential, pkg-config,
-# libsystemd-dev, dpkg-dev, binutils, cmake, ca-certificates.
+# libsystemd-dev, dpkg-dev, binutils, cmake, ca-certificates (and lintian, for --lintian).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-out="" release="" extras=""
+out="" release="" extras="" lint=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --with-hermes) extras="[hermes]" ;;
+    --lintian) lint=$(realpath "${2:?--lintian needs a .deb}"); shift ;;
     --release) release=${2:?--release needs bookworm or trixie}; shift ;;
     --release=*) release=${1#--release=} ;;
     -*) echo "build.sh: unknown option $1" >&2; exit 2 ;;
@@ -44,7 +46,7 @@ version=${VX11_DEB_VERSION:-$base~deb${debian}u${VX11_DEB_REVISION:-1}}
 
 # --- outside: the build root of the release, then this script again inside it --------
 if [ "${VX11_BUILD_INSIDE:-}" != 1 ]; then
-  prereqs="python3,python3-venv,python3-dev,build-essential,pkg-config,libsystemd-dev,dpkg-dev,binutils,cmake,ca-certificates"
+  prereqs="python3,python3-venv,python3-dev,build-essential,pkg-config,libsystemd-dev,dpkg-dev,binutils,cmake,ca-certificates,lintian"
   recipe=1
   cache=${VX11_BUILD_CACHE:-/var/cache/vx11-build}
   key=$(printf '%s\n%s\n%s\n' "$release" "$prereqs" "$recipe" | sha256sum | cut -c1-12)
@@ -70,6 +72,14 @@ if [ "${VX11_BUILD_INSIDE:-}" != 1 ]; then
     done
   fi
   flock -u 9
+  if [ -n "$lint" ]; then
+    systemd-nspawn --quiet --register=no --keep-unit --volatile=overlay --console=pipe \
+      -D "$root" --bind-ro="$lint:/pkg/$(basename "$lint")" --chdir=/ \
+      /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root \
+      lintian --fail-on error,warning --no-tag-display-limit "/pkg/$(basename "$lint")" \
+      </dev/null
+    exit $?
+  fi
   binds=(--bind-ro="$repo:/src" --bind="$out:/out" --bind="$cache/pip-$release:/pipcache")
   envs=(VX11_BUILD_INSIDE=1 "VX11_DEB_VERSION=$version" PIP_CACHE_DIR=/pipcache
         PIP_DISABLE_PIP_VERSION_CHECK=1 "CMAKE_ARGS=${CMAKE_ARGS:-}"
@@ -125,6 +135,10 @@ rm -f "$stage$prefix/bin/pip"* "$stage$prefix/bin/activate"* "$stage$prefix/lib6
 # Not the libraries wheels vendor in <pkg>.libs/: auditwheel rewrote them with patchelf,
 # and strip breaks such files ("ELF load command address/offset not page-aligned").
 find "$stage$prefix" -name '*.so' ! -path '*.libs/*' -exec strip --strip-unneeded {} +
+# Nothing under site-packages is run as a program, and libraries need no x bit; the
+# venv's own .gitignore (Python >= 3.13 writes one) is not for a package.
+find "$stage$prefix/lib" -type f -perm /111 -exec chmod a-x {} +
+rm -f "$stage$prefix/.gitignore"
 chmod 0755 "$stage"
 
 # The Python the package declares is the one it was built with, and nothing inside was

@@ -94,6 +94,8 @@ def test_upgrade_with_a_hija_running_keeps_it_and_restarts_the_set(vx11_guest):
 
 def test_apt_remove_stops_everything_and_keeps_config_and_state(vx11_guest):
     host = vx11_guest
+    host.history = sorted(h["id"] for h in json.loads(run(
+        host, "vx11ctl", "hijas", "list", "--limit", "500", "--json").stdout))
     run(host, "apt-get", "remove", "-y", "vx11d", timeout=600)
     out = run(host, "systemctl", "list-units", "--plain", "--no-legend", "--state=active",
               "vx11*", ok=False).stdout
@@ -115,6 +117,7 @@ def test_install_after_remove_keeps_config_token_and_history(vx11_guest):
     assert run(host, "sha256sum", "/etc/vx11/vx11.yml").stdout == config
     history = json.loads(run(host, "vx11ctl", "hijas", "list", "--limit", "500",
                              "--json").stdout)
+    assert sorted(h["id"] for h in history) == host.history
     assert {"oom", "expired", "exited"} <= {h["status"] for h in history}, history
     poll_for(lambda: run(host, "systemctl", "is-active", "vx11.target", *DAEMONS[:2],
                          ok=False).stdout.split() == ["active"] * 3, 120, interval=1,
@@ -128,7 +131,7 @@ def test_apt_purge_leaves_exactly_what_the_docs_list(vx11_guest):
     left = run(host, "sh", "-c", "find /etc /opt /run /usr /var -xdev \\( -name '*vx11*' "
                "-o -group vx11 -o -user vx11 -o -user vx11-hija \\) -print 2>/dev/null; "
                "getent passwd vx11 vx11-hija | cut -d: -f1 | sed 's/^/user /'",
-               ok=False).stdout.split()
+               ok=False).stdout.splitlines()
     assert sorted(left) == documented_purge_leftovers(), left
     for args in (["list-units", "--all"], ["list-unit-files"]):
         out = run(host, "systemctl", *args, "--plain", "--no-legend", "vx11*", ok=False).stdout

@@ -71,9 +71,12 @@ class Tracked:
     stop_as: str | None = None  # status to record when madre itself stopped it
 
 
+CLD_EXITED, CLD_KILLED = 1, 2  # ExecMainCode: how the main process ended (waitid)
+
+
 def _killed_by_sigterm(props: dict[str, Any]) -> bool:
     """The main process ended by SIGTERM (ExecMainCode CLD_KILLED, status 15)."""
-    return props.get("ExecMainCode") == 2 and props.get("ExecMainStatus") == 15
+    return props.get("ExecMainCode") == CLD_KILLED and props.get("ExecMainStatus") == 15
 
 
 @dataclass
@@ -500,8 +503,21 @@ class Registry:
         self.tracked.pop(unit, None)
         result = str(tr.props.get("Result") or "")
         status_code = tr.props.get("ExecMainStatus")
+        # When the hija's own process ended; its stop commands (the memory probe) run
+        # after it, so the unit goes inactive a little later (seconds on a slow host).
+        ended = int(tr.props.get("ExecMainExitTimestamp") or 0) \
+            or int(tr.props.get("InactiveEnterTimestamp") or 0)
+        expires = (self.rows.get(tr.hija_id) or {}).get("expires_at")
+        stop_timed_out = (result == "timeout" and tr.props.get("ExecMainCode") == CLD_EXITED
+                          and bool(ended) and expires is not None
+                          and ended / 1e6 < float(expires) - 1.0)
         if tr.stop_as is not None:
             status = tr.stop_as
+        elif stop_timed_out:
+            # Result=timeout, but not RuntimeMaxSec=: the process exited by itself well
+            # before its expiry and a stop command (TimeoutStopSec=) ran out of time.
+            status = HijaStatus.EXITED if status_code == 0 else HijaStatus.FAILED
+            note = note or "its stop commands ran past madre.stop_timeout"
         elif result == "timeout":
             status = HijaStatus.EXPIRED
         elif result == "success" and _killed_by_sigterm(tr.props):
@@ -516,7 +532,6 @@ class Registry:
         if tr.stop_as is None and memory.is_oom(result, report):
             status = HijaStatus.OOM
         cols: dict[str, Any] = {"result": result or None, "exit_status": status_code}
-        ended = int(tr.props.get("InactiveEnterTimestamp") or 0)
         if ended:
             cols["ended_at"] = ended / 1e6
         if status == HijaStatus.STOPPED and tr.stop_as is None:

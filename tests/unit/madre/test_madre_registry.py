@@ -95,6 +95,25 @@ def test_end_reasons(env, result, code, status):
     assert (row["status"], row["exit_status"]) == (status, code)
 
 
+def test_a_stop_command_timing_out_after_an_early_exit_is_exited_not_expired(env):
+    """Regression (the real-kernel tier, Debian 13 under emulation): a hija that exited 0
+    50 s before its TTL got Result=timeout because its memory probe (ExecStopPost) ran
+    past TimeoutStopSec, and madre recorded it expired."""
+    cfg, db, sd, reg, clock, _m = env
+    early = spawn(cfg, db, reg, sd, ttl=60)
+    sd.end(early["unit"], "timeout", 0, code=1, exit_at=clock.t + 10)
+    reg.on_changes(sd.drain())
+    row = hijas.get(db, early["id"])
+    assert (row["status"], row["exit_status"]) == ("exited", 0), row
+    assert "stop commands ran past madre.stop_timeout" in row["reason"]
+    assert row["ended_at"] == pytest.approx(clock.t + 10)
+    # a hija that handles SIGTERM and exits 0 at its TTL did expire
+    graceful = spawn(cfg, db, reg, sd, ttl=60)
+    sd.end(graceful["unit"], "timeout", 0, code=1, exit_at=clock.t + 60)
+    reg.on_changes(sd.drain())
+    assert hijas.get(db, graceful["id"])["status"] == "expired"
+
+
 def test_unit_removed_on_daemon_reload_is_not_an_end_upgrade_killed_hija(env):
     """Regression: the package upgrade's daemon-reload made systemd send UnitRemoved for a
     running hija; madre recorded it "exited" and the reaper then killed its process."""
