@@ -216,8 +216,8 @@ Description: keeps an AI services host clean, bounded and observable
  MemoryMax, sharing one SQLite database and exposing Prometheus metrics.
 CONTROL
 echo "/etc/vx11/vx11.yml" > "$stage/DEBIAN/conffiles"
-install -m 0755 "$repo/packaging/deb/postinst" "$repo/packaging/deb/prerm" \
-  "$repo/packaging/deb/postrm" "$stage/DEBIAN/"
+install -m 0755 "$repo/packaging/deb/preinst" "$repo/packaging/deb/postinst" \
+  "$repo/packaging/deb/prerm" "$repo/packaging/deb/postrm" "$stage/DEBIAN/"
 (cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z \
   | xargs -0 md5sum > DEBIAN/md5sums)
 mkdir -p "$out"

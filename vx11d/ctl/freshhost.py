@@ -82,10 +82,11 @@ VM_HOOKS = (
     '2>/dev/null || true',
     'chroot "$1" systemctl mask e2scrub_reap.service',
     'printf "UseDNS no\\nPermitRootLogin prohibit-password\\nPasswordAuthentication no\\n"'
-    ' > "$1/etc/ssh/sshd_config.d/vx11-test.conf"',
+    ' > "$1/etc/ssh/sshd_config.d/test-guest.conf"',
 )
 def image_name(packages: Iterable[str], suite: str = SUITE, vm: bool = False) -> str:
-    recipe = f"{RECIPE}-vm{len(VM_HOOKS)}" if vm else RECIPE
+    hooks = hashlib.sha256("\n".join(VM_HOOKS).encode()).hexdigest()[:8]
+    recipe = f"{RECIPE}-vm-{hooks}" if vm else RECIPE
     key = hashlib.sha256(f"{suite}\n{recipe}\n{' '.join(sorted(packages))}".encode())
     return f"{suite}{'-vm' if vm else ''}-{key.hexdigest()[:12]}"
 
