@@ -346,7 +346,10 @@ class HermesConfig:
                                 lo=1, hi=7 * 86400)
     rss_limit: Size = opt(Size(int(5.5 * 1024**3)), "RSS guard: above it, finish and restart",
                           lo=16 * 1024**2)
-    queue_max: int = opt(8, "requests waiting beyond the running one before 503", lo=0,
+    parallel: int = opt(0, "requests decoded together in one batch (continuous batching); "
+                        "they share the n_ctx cells of the KV cache. 0: one per 1024 cells "
+                        "of n_ctx, at most 2 per core and 4", lo=0, hi=64)
+    queue_max: int = opt(8, "requests waiting beyond the running ones before 503", lo=0,
                          hi=10_000)
     request_timeout: Duration = opt(Duration(120), "per-request deadline", lo=0.1, hi=3600)
     chat_format: str = opt("", "llama-cpp-python chat format; empty: the chat template "
