@@ -119,3 +119,21 @@ def test_requests_joining_mid_generation_and_a_cancelled_one_change_nothing(work
     poll_for(lambda: _metrics(worker)['vx11_hermes_requests_total{outcome="cancelled"}']
              == before + 1, 10, what="the closed stream counted as cancelled")
     assert worker.health()["running"] == 0
+
+
+def test_llama_server_style_metrics_pass_promtool_and_add_up(worker):
+    import subprocess
+
+    status, body = worker.get("/metrics")
+    assert status == 200
+    r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = _metrics(worker)
+    assert m["vx11_hermes_prompt_tokens_total"] > 0 and m["vx11_hermes_prompt_seconds_total"] > 0
+    assert m["vx11_hermes_generated_tokens_total"] > 0
+    assert m["vx11_hermes_generated_seconds_total"] > 0
+    assert m["vx11_hermes_prompt_cached_tokens_total"] > 0  # the same prompts came again
+    assert m["vx11_hermes_parallel_sequences"] == 4
+    assert m["vx11_hermes_kv_cache_cells"] == 2048
+    assert 0 < m["vx11_hermes_kv_cache_used_cells"] <= 2048
+    assert m["vx11_hermes_requests_running"] == 0 and m["vx11_hermes_queue_depth"] == 0
