@@ -22,7 +22,7 @@ PROMPTS = ["What is the capital of France? Answer in one word.", "What is 17 tim
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, real_model):
     w = WorkerProc(str(tmp_path_factory.mktemp("hermes-batch")), real_model,
-                   model_sha256=DEFAULT.sha256, n_ctx=2048, n_threads=2, max_tokens=256,
+                   model_sha256=DEFAULT.sha256, n_ctx=4096, n_threads=2, max_tokens=256,
                    parallel=4, queue_max=8)
     yield w
     assert w.stop() == 0, w.output()
@@ -38,9 +38,11 @@ def _metrics(w: WorkerProc) -> dict[str, float]:
 
 
 async def _ask(s: aiohttp.ClientSession, prompt: str, max_tokens: int = 48,
-               stream: bool = False, close_after: int = 0) -> tuple[str, int | None]:
+               stream: bool = False, close_after: int = 0, system: str = ""
+               ) -> tuple[str, int | None]:
     """(text, completion tokens); with ``close_after``, go away after that many chunks."""
-    body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0,
+    msgs = [{"role": "system", "content": system}] if system else []
+    body = {"messages": [*msgs, {"role": "user", "content": prompt}], "temperature": 0,
             "max_tokens": max_tokens, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -134,6 +136,26 @@ def test_llama_server_style_metrics_pass_promtool_and_add_up(worker):
     assert m["vx11_hermes_generated_seconds_total"] > 0
     assert m["vx11_hermes_prompt_cached_tokens_total"] > 0  # the same prompts came again
     assert m["vx11_hermes_parallel_sequences"] == 4
-    assert m["vx11_hermes_kv_cache_cells"] == 2048
-    assert 0 < m["vx11_hermes_kv_cache_used_cells"] <= 2048
+    assert m["vx11_hermes_kv_cache_cells"] == 4096
+    assert 0 < m["vx11_hermes_kv_cache_used_cells"] <= 4096
     assert m["vx11_hermes_requests_running"] == 0 and m["vx11_hermes_queue_depth"] == 0
+
+
+def test_a_long_conversation_alone_and_with_another_joining_gives_the_same_tokens(worker):
+    """Past 256 tokens a lone sequence would switch llama.cpp to its split-KV attention
+    kernel, and back when another joins: the pad row keeps it on one kernel, so the
+    answers are the same token for token."""
+    system = " ".join(f"Rule {i}: keep unit {i} bounded, observable and restartable."
+                      for i in range(1, 26))  # ~300 tokens
+    qs = ["Which rule is about unit 7?", "Summarise the rules in one sentence."]
+
+    async def go():
+        async with _session(worker) as s:
+            alone = [await _ask(s, q, max_tokens=96, system=system) for q in qs]
+            first = asyncio.ensure_future(_ask(s, qs[0], max_tokens=96, system=system))
+            await asyncio.sleep(0.3)  # the second joins while the first generates
+            second = await _ask(s, qs[1], max_tokens=96, system=system)
+            return alone, [await first, second]
+
+    alone, together = asyncio.run(go())
+    assert together == alone

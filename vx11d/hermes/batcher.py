@@ -24,8 +24,9 @@ threads) and sums over a sequence's cells in cell order; each choice rounds diff
 and now and then that changes a token. So: a KV stream per sequence (its cells start at
 0 and stay in position order, whatever the others do); a prompt is read in decodes of its
 own, chunked as it is alone; a generation step holds one row per sequence id from the
-lowest generating one to the highest, at least two, an idle slot in between or beside a
-lone sequence getting a pad token that is removed after the step. That keeps every
+lowest generating one to the highest, an idle slot in between getting a pad token that
+is removed after the step, and a lone sequence past 256 tokens getting one beside it (at
+least two rows: no split kernel). That keeps every
 generating row on the per-row kernel alone and together, and the rows in one ubatch
 (llama.cpp splits a batch of separate streams at every gap in the ids). Tested in
 tests/integration/test_hermes_batching.py; the bench reports
@@ -50,6 +51,10 @@ from .textout import TextOut
 log = logging.getLogger("vx11.hermes")
 
 
+SPLIT_WINDOW = 512  # llama.cpp CPU flash attention: one query row over >= 512 cells splits
+TILE_ROWS = 64  # ... and >= 64 query rows take its tiled kernel
+
+
 class Cancelled(Exception):
     """Generation stopped because its request was cancelled or timed out."""
 
@@ -58,6 +63,7 @@ class Cancelled(Exception):
 class Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    exact: int = 0  # the first ones, read as a prompt is read fresh (reusable)
     busy: bool = False
     last_used: float = 0.0
 
@@ -175,16 +181,18 @@ class Batcher:
         if not free:  # the worker admits at most `parallel`: cannot happen
             seq.done(RuntimeError("no free sequence slot"))
             return
-        slot = max(free, key=lambda s: (common_prefix(s.cached, toks), -s.last_used))
-        n = common_prefix(slot.cached, toks)
+        slot = max(free, key=lambda s: (common_prefix(s.cached[:s.exact], toks),
+                                        -s.last_used))
+        n = common_prefix(slot.cached[:slot.exact], toks)
         if self.cache is not None:
             n = self._from_cache(slot, toks, n)
-        n = min(n, len(toks) - 1)  # the last prompt token is decoded again for its logits
+        n = self._resume_at(min(n, len(toks) - 1), len(toks))
         if n < len(slot.cached) and not self.L.llama_memory_seq_rm(self.mem, slot.seq_id,
                                                                   n, -1):
             self.L.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             n = 0
         del slot.cached[n:]
+        slot.exact = n
         slot.busy = True
         seq.slot = slot
         seq.pending = toks[n:]
@@ -194,23 +202,38 @@ class Batcher:
         self.m["prompt_cached_tokens"].inc(n)
         self.active.append(seq)
 
+    def _resume_at(self, n: int, total: int) -> int:
+        """Where to start reading a prompt of ``total`` tokens whose first ``n`` are
+        cached, so that every row is read as in a fresh read (chunks of ``n_batch`` from
+        position 0; a chunk of >= 64 rows takes the tiled attention kernel, a smaller
+        one the per-row kernel): a resumed chunk smaller than the fresh one must still
+        be tiled when the fresh one was, so it starts up to 64 rows earlier."""
+        b = self.n_batch
+        start = n - n % b
+        end = min(total, start + b)
+        if end - start >= TILE_ROWS and end - n < TILE_ROWS:
+            return max(start, end - TILE_ROWS)
+        return n
+
     def _from_cache(self, slot: Slot, toks: list[int], n: int) -> int:
         """Swap a saved state in when it shares more of the prompt than the slot does;
         save the slot's own state first if the new prompt would cut much of it away."""
         key, m = self.cache.best(toks)
-        cut = len(slot.cached) - n
-        if ((key is not None and m > n + 16) or cut >= 64) and len(slot.cached) >= 64 \
-                and tuple(slot.cached) not in self.cache:
-            self.cache.put(tuple(slot.cached), self._save(slot))
+        own = tuple(slot.cached[:slot.exact])
+        if ((key is not None and m > n + 16) or len(own) - n >= 64) and len(own) >= 64 \
+                and own not in self.cache:
+            self.cache.put(own, self._save(slot))
         if key is None or m <= n + 16:
             return n
         data = self.cache.get(key)
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if self.L.llama_state_seq_set_data(self.ctx, buf, len(data), slot.seq_id) == 0:
             self.L.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-            slot.cached = []
+            slot.cached, slot.exact = [], 0
             return 0
-        slot.cached = list(key)
+        # the state may hold the answer after its prompt: only the prompt is kept
+        self.L.llama_memory_seq_rm(self.mem, slot.seq_id, len(key), -1)
+        slot.cached, slot.exact = list(key), len(key)
         return m
 
     def _save(self, slot: Slot) -> bytes:
@@ -243,14 +266,15 @@ class Batcher:
         reading = next((s for s in self.active if s.pending), None)
         if reading is not None:
             s = reading
-            take = min(len(s.pending), self.n_batch)
             base = len(s.slot.cached)
+            take = min(len(s.pending), self.n_batch - base % self.n_batch)  # fresh chunks
             for i in range(take):
                 self._add(i, s.pending[i], base + i, s.slot.seq_id, False)
             last = take == len(s.pending)
             self._logits[take - 1] = last
             if self._decode(take, take, 1):
                 s.slot.cached.extend(s.pending[:take])
+                s.slot.exact = len(s.slot.cached)
                 del s.pending[:take]
                 if last:
                     self._token(s, self.L.llama_sampler_sample(s.sampler, self.ctx,
@@ -265,7 +289,7 @@ class Batcher:
         lone sequence gets the kernel of a batched step."""
         by_id = {s.slot.seq_id: s for s in gen}
         lo, hi = gen[0].slot.seq_id, gen[-1].slot.seq_id
-        if lo == hi and len(self.slots) > 1:
+        if lo == hi and len(self.slots) > 1 and self._split_kernel(gen[0]):
             lo, hi = (lo, lo + 1) if lo + 1 < len(self.slots) else (lo - 1, lo)
         pads = []
         for i, sid in enumerate(range(lo, hi + 1)):
@@ -278,9 +302,16 @@ class Batcher:
             if len(slot.cached) >= self.n_ctx_seq - 1:  # room for the pad's cell
                 self.L.llama_memory_seq_rm(self.mem, sid, len(slot.cached) - 1, -1)
                 slot.cached.pop()
+                slot.exact = min(slot.exact, len(slot.cached))
             self._add(i, gen[0].next_tok, len(slot.cached), sid, False)
             pads.append(slot)
         return hi - lo + 1, pads
+
+    def _split_kernel(self, s: Seq) -> bool:
+        """Would a lone row of ``s`` get the split kernel? llama.cpp pads a stream's
+        window to a multiple of 256 cells and splits a single row's attention from 512
+        cells on; below that the lone row already gets the per-row kernel."""
+        return len(s.slot.cached) + 1 > SPLIT_WINDOW // 2 and self.n_ctx_seq >= SPLIT_WINDOW
 
     def _decode(self, n: int, n_prompt: int, n_seqs: int) -> bool:
         """llama_decode of the first ``n`` batch entries; False when the KV cache was
@@ -358,10 +389,10 @@ class Batcher:
         if idle:
             for slot in idle:
                 self.L.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-                slot.cached = []
+                slot.cached, slot.exact = [], 0
             return
         victim = max(self.active, key=lambda s: len(s.slot.cached))
         self.L.llama_memory_seq_rm(self.mem, victim.slot.seq_id, -1, -1)
-        victim.slot.cached = []
+        victim.slot.cached, victim.slot.exact = [], 0
         victim.finish = "length"
         self._end(victim, None)
