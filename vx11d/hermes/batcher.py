@@ -43,8 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .prompt import Prepared, build_sampler
 from .textout import TextOut
 
@@ -102,7 +100,9 @@ class Batcher:
     def __init__(self, llm: Any, ctx: Any, parallel: int, n_batch: int, metrics: dict,
                  cache: Any = None) -> None:
         import llama_cpp
+        import numpy as np  # with the model: the idle worker stays small
 
+        self._np = np
         self.L = llama_cpp
         self.llm = llm
         self.ctx = ctx  # a llama_context_p
@@ -343,6 +343,7 @@ class Batcher:
     def _token(self, s: Seq, tok: int) -> None:
         s.n_gen += 1
         stop_ids = s.prep.stop_check
+        np = self._np
         if self.L.llama_vocab_is_eog(self.vocab, tok) or (
                 stop_ids is not None and stop_ids(np.array([tok], dtype=np.intc), None)):
             s.n_gen -= 1  # the end-of-generation token is not part of the answer
