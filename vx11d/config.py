@@ -358,10 +358,19 @@ class HermesConfig:
                              "several conversations each reuse their evaluated prefix "
                              "(0: only the last prompt's prefix is reused)", lo=0,
                              hi=64 * 1024**3)
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = opt(
+        "f16", "type of the KV cache's keys and values: q8_0 halves its memory (needs "
+        "flash_attn), for a model without grouped-query attention at a long n_ctx")
     flash_attn: bool = opt(True, "llama.cpp's fused attention kernel (measured ~14 % "
                            "faster generation on CPU); off if a model's answers go wrong "
                            "with it")
     window: Duration = opt(Duration(7200), "default activation window", lo=60, hi=30 * 86400)
+
+    def validate(self) -> str | None:
+        if self.kv_cache_type != "f16" and not self.flash_attn:
+            return f"kv_cache_type {self.kv_cache_type} needs flash_attn: true (llama.cpp " \
+                   "quantizes the V cache only with flash attention)"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -222,7 +222,9 @@ class Batcher:
         own = tuple(slot.cached[:slot.exact])
         if ((key is not None and m > n + 16) or len(own) - n >= 64) and len(own) >= 64 \
                 and own not in self.cache:
-            self.cache.put(own, self._save(slot))
+            state = self._save(slot)
+            if state is not None:
+                self.cache.put(own, state)
         if key is None or m <= n + 16:
             return n
         data = self.cache.get(key)
@@ -236,8 +238,12 @@ class Batcher:
         slot.cached, slot.exact = list(key), len(key)
         return m
 
-    def _save(self, slot: Slot) -> bytes:
+    def _save(self, slot: Slot) -> bytes | None:
+        """The slot's sequence state, or None when it would not fit the cache at all
+        (a 7B model's 2,000-token state is ~1 GiB: never copied only to be dropped)."""
         size = int(self.L.llama_state_seq_get_size(self.ctx, slot.seq_id))
+        if size > self.cache.capacity:
+            return None
         buf = bytearray(size)
         n = int(self.L.llama_state_seq_get_data(
             self.ctx, (ctypes.c_uint8 * size).from_buffer(buf), size, slot.seq_id))

@@ -32,6 +32,7 @@ from .promptcache import SeqStateCache
 log = logging.getLogger("vx11.hermes")
 
 
+KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type
 N_BATCH = 512  # tokens per decode step (prompt chunks and every sequence's next token)
 __all__ = ["Cancelled", "Engine", "rss_bytes"]
 
@@ -144,6 +145,7 @@ class Engine:
             params.n_batch = params.n_ubatch = N_BATCH
             params.n_seq_max = self.parallel
             params.kv_unified = False  # a KV stream per sequence (see batcher)
+            params.type_k = params.type_v = KV_TYPES[cfg.kv_cache_type]
             ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
             if not ctx:
                 raise ValueError(f"llama.cpp cannot make a context of {cfg.n_ctx} cells "
