@@ -179,17 +179,25 @@ def inside() -> dict:
     else:
         ev = dict(ln.split() for ln in _read(cg + "/memory.events").splitlines())
         res["oom_kills"] = int(ev.get("oom_kill", 0))
+    deadline = time.monotonic() + 180
+
+    def health() -> dict:
+        try:
+            return json.loads(_get("/health")[1])
+        except (OSError, ValueError):
+            return {}
+
+    while health().get("model") != "unloaded" and time.monotonic() < deadline:
+        time.sleep(1)
+    res["unloaded"] = health().get("model") == "unloaded"
     res["restarts"] = int(_sh("systemctl", "show", "-p", "NRestarts", "--value", UNIT))
     res["rss_guard_exits"] = len(_sh("journalctl", "-o", "cat",
                                      "VX11_EVENT=hermes_rss_guard").splitlines())
-    deadline = time.monotonic() + 120
-    while json.loads(_get("/health")[1]).get("model") != "unloaded":
-        if time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    res["unloaded"] = json.loads(_get("/health")[1]).get("model") == "unloaded"
-    p = _proc(pid)
-    res["rss_bytes_after_unload"] = p["VmRSS"]
+    res["unit_log_tail"] = _sh("journalctl", "-u", UNIT, "-n", "15", "-o", "cat")
+    new_pid = int(_sh("systemctl", "show", "-p", "MainPID", "--value", UNIT) or 0)
+    res["same_process"] = new_pid == pid
+    if new_pid:
+        res["rss_bytes_after_unload"] = _proc(new_pid)["VmRSS"]
     res["cgroup_bytes_after_unload"] = int(_read(cg + ("/memory.usage_in_bytes"
                                                        if version == "v1"
                                                        else "/memory.current")))
@@ -248,9 +256,9 @@ def host(args: argparse.Namespace) -> int:
                                     f"{res['cgroup_rss_bytes'] / gib:.2f} GiB"),
         ("OOM kills, restarts, RSS-guard exits",
          f"{res['oom_kills']}, {res['restarts']}, {res['rss_guard_exits']}"),
-        ("after the idle unload: RSS / cgroup",
-         f"{res['rss_bytes_after_unload'] / 2**20:.0f} MiB / "
-         f"{res['cgroup_bytes_after_unload'] / 2**20:.0f} MiB"),
+        ("after the idle unload: RSS / cgroup (same process)",
+         f"{res.get('rss_bytes_after_unload', 0) / 2**20:.0f} MiB / "
+         f"{res['cgroup_bytes_after_unload'] / 2**20:.0f} MiB ({res['same_process']})"),
         ("limits enforced (measured)", str(res["limits_enforced"])),
         ("total (s)", str(res["seconds"]))])
     print(json.dumps(res, sort_keys=True))
