@@ -127,7 +127,8 @@ def inside() -> dict:
     bias = {str(k): v for k, v in high_byte_bias().items()}
     bias["2"] = -100.0  # no end of sequence: exactly OUT_TOKENS come out
     words = " ".join(f"unit {i % 97} is bounded" for i in range(400))
-    body = {"messages": [{"role": "user", "content": words[:PROMPT_TOKENS - 40]}],
+    # random-weight vocabulary: ~1.44 tokens a character with the llama-2 template
+    body = {"messages": [{"role": "user", "content": words[:int(PROMPT_TOKENS / 1.44)]}],
             "max_tokens": OUT_TOKENS, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}, "logit_bias": bias}
     c = UnixConn("h", timeout=3600)

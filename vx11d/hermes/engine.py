@@ -136,6 +136,7 @@ class Engine:
         # None: the GGUF's tokenizer.chat_template, checked before the load); its own
         # one-sequence context is made tiny and replaced by the batch's context.
         llm = Llama(model_path=cfg.model_path, n_ctx=64, n_batch=64, n_ubatch=64,
+                    use_mmap=cfg.mmap,
                     n_threads=cfg.n_threads or None, chat_format=cfg.chat_format or None,
                     flash_attn=cfg.flash_attn, verbose=False)
         try:
