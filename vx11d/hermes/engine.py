@@ -48,6 +48,17 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _drop_page_cache(path: str) -> None:
+    """The model was read into the worker's own memory: its file's pages in the page cache
+    (charged to the unit's cgroup, ~the file's size) are of no further use."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def parallel_for(cfg) -> int:
     """``hermes.parallel``, or when 0 the automatic choice: one sequence per 1024 cells
     of context, at most two per core and at most 4."""
@@ -155,6 +166,8 @@ class Engine:
             llm.close()
             raise
         self._ctx = ctx
+        if not cfg.mmap:
+            _drop_page_cache(cfg.model_path)
         self.handler = chat_handler(llm)
         cache = SeqStateCache(int(cfg.prompt_cache)) if int(cfg.prompt_cache) > 0 else None
         self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache)
