@@ -20,6 +20,7 @@ SANDBOX_UP = true
 endif
 
 .PHONY: help demo test lint unit bench deps apt model clean up-core up-full-test down smoke \
+	llama-server \
 	status logs audit-rotate audit-rotate-do
 
 help: ## list the targets
@@ -107,9 +108,28 @@ unit: deps ## unit and integration tests only (no containers)
 demo: deps ## boot a sandbox systemd and walk through the daemon set
 	$(VENV)/bin/python -m vx11d.ctl.demo
 
-bench: deps ## every bench/*.py --quick
-	for b in bench/[!_]*.py; do VX11_WHEELS=$(LLAMA_WHEELS) $(VENV)/bin/python $$b --quick \
-		|| exit 1; done
+bench: deps llama-server ## every bench/*.py --quick
+	for b in bench/[!_]*.py; do VX11_LLAMA_SERVER_DIR=$(LLAMA_WHEELS) \
+		VX11_WHEELS=$(LLAMA_WHEELS) $(VENV)/bin/python $$b --quick || exit 1; done
+
+# llama.cpp's own llama-server, bench/hermes.py's peer: built once, beside the wheel it
+# matches, from the very source the installed llama-cpp-python vendors (its sdist's
+# vendor/llama.cpp) with the same flags; no network at build time (no prebuilt web UI).
+llama-server: deps ## llama.cpp's llama-server for the bench (built once, cached beside the wheel)
+	@ver=$$($(VENV)/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)') && \
+	bin=$(LLAMA_WHEELS)/llama-server-$$ver && \
+	if [ -x $$bin ]; then exit 0; fi && \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	echo "building $$bin (once; several minutes)" && \
+	$(VENV)/bin/pip download -q --no-deps --no-binary :all: -d $$tmp \
+		llama-cpp-python==$$ver && \
+	tar -xzf $$tmp/llama_cpp_python-$$ver.tar.gz -C $$tmp && \
+	nice cmake -S $$tmp/llama_cpp_python-$$ver/vendor/llama.cpp -B $$tmp/build \
+		-DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) -DBUILD_SHARED_LIBS=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+		-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF >/dev/null && \
+	nice cmake --build $$tmp/build --target llama-server -j $$(nproc) >/dev/null && \
+	install -m 0755 $$tmp/build/bin/llama-server $$bin.tmp && mv $$bin.tmp $$bin
 
 clean: ## take the sandbox down and remove the virtualenv and caches
 	-$(VENV)/bin/vx11ctl sandbox down

@@ -1,5 +1,6 @@
 """Hermes bench on the real default model: the gateway vs llama-cpp-python in-process vs
-``python -m llama_cpp.server`` (what a user would run instead), in the same run.
+``python -m llama_cpp.server`` vs llama.cpp's own ``llama-server`` (what users run
+instead), in the same run.
 
 Same model file (SmolLM2-135M-Instruct Q4_1, fetched like ``vx11ctl model fetch``), same
 ``n_threads``, same prompts, temperature 0, end-of-sequence suppressed (every run makes
@@ -10,12 +11,17 @@ exactly ``max_tokens``), interleaved runs, medians:
   the ratios taken per run (median of the paired ratios and differences, so a slow spell
   of a noisy machine cancels out): the real gateway (``vx11d gateway``, a child process)
   on loopback proxying to the real worker (``vx11d hermes``, another) on its UNIX socket;
-  the same calls on a ``Llama`` in this process; ``llama_cpp.server`` over HTTP;
+  the same calls on a ``Llama`` in this process; ``llama_cpp.server`` over HTTP (keys
+  ``*_llama_server``); llama.cpp's ``llama-server`` over HTTP (keys
+  ``*_llama_cpp_server``), built by ``make llama-server`` from the source the installed
+  llama-cpp-python vendors, with the same flags, ``-np`` = Hermes's ``parallel``;
 - prompt reuse: a ~500-token system prompt; conversation A turn 1 (cold), conversation B
   turn 1, then A turn 2 resending A's history: its prefix comes back from the saved state
   (llama_cpp.server, without a cache, evaluates it again);
-- 4 concurrent clients: aggregate tokens/s through the gateway and through llama_cpp.server,
-  and the gateway's queue wait (p99, from the worker's X-VX11-Queue-Wait-Ms header);
+- 4 concurrent clients: aggregate tokens/s through the gateway, llama_cpp.server and
+  llama-server, the gateway's queue wait (p99, from the worker's X-VX11-Queue-Wait-Ms
+  header), and whether each client's answer is the one its prompt gets alone
+  (``concurrent_answers_identical``);
 - the worker's RSS loaded and after the idle unload; Switch latency; the damaged-GGUF
   corpus against a live worker.
 
@@ -51,7 +57,8 @@ from vx11d.switch import Switch, SwitchRefused
 
 TOKEN = "bench-token-0123456789abcdef"
 THREADS = 2
-N_CTX = 2048
+N_CTX = 4096  # 1024 per sequence with 4 (llama-server's -c / -np split, and Hermes's)
+PARALLEL = 4
 PROMPT = [{"role": "user", "content": "Tell me about lighthouses and their keepers."}]
 EOG_BIAS = {"0": -100.0, "2": -100.0}  # <|endoftext|>, <|im_end|>: never stop early
 SYSTEM = " ".join(f"Rule {i}: keep unit {i} bounded, observable and restartable, and "
@@ -63,7 +70,7 @@ def worker_config(tmp: str, model: str, **extra) -> str:
     path = os.path.join(tmp, "hermes.yml")
     h = {"socket": os.path.join(tmp, "run", "hermes.sock"), "model_path": model,
          "model_sha256": "", "metrics_port": 0, "n_ctx": N_CTX, "n_threads": THREADS,
-         "max_tokens": 4096, "request_timeout": 300, **extra}
+         "parallel": PARALLEL, "max_tokens": 4096, "request_timeout": 300, **extra}
     with open(path + ".tmp", "w") as f:
         json.dump({"db": {"path": os.path.join(tmp, "vx11.db")}, "hermes": h}, f)
     os.replace(path + ".tmp", path)
@@ -290,22 +297,87 @@ def start_llama_server(model: str, tmp: str) -> tuple[subprocess.Popen, dict]:
                   "headers": {"Authorization": f"Bearer {REMOTE_KEY}"}}
 
 
-async def concurrent(peer: dict, clients: int, tokens: int) -> tuple[float, list[float]]:
-    """Aggregate tokens/s of ``clients`` simultaneous requests, and their queue waits."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
-        async def one(i: int) -> tuple[int, float]:
-            msgs = [{"role": "user", "content": f"Client {i}: tell me about lighthouses."}]
-            async with s.post(peer["url"], json=chat(msgs, tokens, False, peer["model"]),
-                              headers=peer["headers"]) as r:
-                data = await r.json()
-                assert r.status == 200, data
-                return (data["usage"]["completion_tokens"],
-                        float(r.headers.get("X-VX11-Queue-Wait-Ms", "nan")))
+def find_llama_cpp_server() -> str:
+    """The ``llama-server`` that ``make llama-server`` built for the installed
+    llama-cpp-python (beside its wheel in the cache)."""
+    import glob
 
+    import llama_cpp
+
+    name = f"llama-server-{llama_cpp.__version__}"
+    where = os.environ.get("VX11_LLAMA_SERVER_DIR")
+    if where:
+        found = [os.path.join(where, name)]
+    else:
+        cache = "/var/cache/vx11d/wheels" if os.geteuid() == 0 else \
+            os.path.expanduser("~/.cache/vx11d/wheels")
+        found = sorted(glob.glob(os.path.join(cache, "llama-*", name)))
+    for path in found:
+        if os.access(path, os.X_OK):
+            return path
+    raise SystemExit(f"{name} not found (looked in {where or 'the wheel cache'}): "
+                     "run `make llama-server` first (make bench does)")
+
+
+def start_llama_cpp_server(binary: str, model: str, tmp: str
+                           ) -> tuple[subprocess.Popen, dict]:
+    """llama.cpp's own server: same model, threads and context, ``-np`` = Hermes's
+    parallel; otherwise its defaults (what a user runs)."""
+    port = free_port()
+    log = open(os.path.join(tmp, "llama_cpp_server.log"), "wb")  # noqa: SIM115
+    proc = subprocess.Popen([binary, "-m", model, "--host", "127.0.0.1", "--port", str(port),
+                             "-t", str(THREADS), "-tb", str(THREADS), "-c", str(N_CTX),
+                             "-np", str(PARALLEL), "--api-key", REMOTE_KEY, "-a", "smollm2"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        with contextlib.suppress(OSError):
+            import urllib.request
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"llama-server did not start; see {tmp}/llama_cpp_server.log")
+        time.sleep(0.1)
+    return proc, {"name": "llama_cpp_server", "model": "smollm2",
+                  "url": url + "/v1/chat/completions",
+                  "headers": {"Authorization": f"Bearer {REMOTE_KEY}"}}
+
+
+def client_messages(i: int) -> list:
+    return [{"role": "user", "content": f"Client {i}: tell me about lighthouses."}]
+
+
+async def answer(s: aiohttp.ClientSession, peer: dict, msgs: list, tokens: int
+                 ) -> tuple[int, float, str]:
+    """(completion tokens, the worker's queue wait in ms, the text) of one request."""
+    async with s.post(peer["url"], json=chat(msgs, tokens, False, peer["model"]),
+                      headers=peer["headers"]) as r:
+        data = await r.json()
+        assert r.status == 200, data
+        return (data["usage"]["completion_tokens"],
+                float(r.headers.get("X-VX11-Queue-Wait-Ms", "nan")),
+                data["choices"][0]["message"]["content"])
+
+
+async def concurrent(peer: dict, clients: int, tokens: int
+                     ) -> tuple[float, list[float], list[str]]:
+    """Aggregate tokens/s of ``clients`` simultaneous requests, their queue waits and
+    their answers."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         t0 = time.perf_counter()
-        out = await asyncio.gather(*(one(i) for i in range(clients)))
+        out = await asyncio.gather(*(answer(s, peer, client_messages(i), tokens)
+                                     for i in range(clients)))
         wall = time.perf_counter() - t0
-    return sum(n for n, _ in out) / wall, [w for _, w in out]
+    return sum(n for n, _, _ in out) / wall, [w for _, w, _ in out], [t for _, _, t in out]
+
+
+async def alone(peer: dict, clients: int, tokens: int) -> list[str]:
+    """The same requests as :func:`concurrent`, one after the other."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+        return [(await answer(s, peer, client_messages(i), tokens))[2]
+                for i in range(clients)]
 
 
 async def prompt_reuse(peer: dict, run: int, cold_turn: bool = True
@@ -353,7 +425,7 @@ def main() -> int:
         laps[name] = round(now - t_lap[0], 1)
         t_lap[0] = now
     tmp = tempfile.mkdtemp(prefix="vx11-bench-hermes-")
-    srv = proc = gw = None
+    srv = cpp = proc = gw = None
     try:
         model = fetch(DEFAULT, os.path.join(tmp, "models"), default_cache()).path
         from llama_cpp import Llama
@@ -369,7 +441,8 @@ def main() -> int:
         gpeer = {"name": "gateway", "model": "hermes", "url": gw.url,
                  "headers": {"X-VX11-Token": TOKEN}}
         srv, speer = start_llama_server(model, tmp)
-        peers = (gpeer, speer)
+        cpp, cpeer = start_llama_cpp_server(find_llama_cpp_server(), model, tmp)
+        peers = (gpeer, speer, cpeer)
 
         async def with_session(fn, *args):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
@@ -378,12 +451,12 @@ def main() -> int:
         for p in peers:  # load the model in the worker (checks included), warm the server
             asyncio.run(with_session(http_throughput, p, 4))
         ip_throughput(llm, 4)
-        tps = {"gateway": [], "inprocess": [], "llama_server": []}
-        ft = {"gateway": [], "inprocess": [], "llama_server": []}
-        order = ["gateway", "llama_server", "inprocess"]
+        order = ["gateway", "llama_server", "inprocess", "llama_cpp_server"]
+        tps = {name: [] for name in order}
+        ft = {name: [] for name in order}
         by_name = {p["name"]: p for p in peers}
         for i in range(runs):  # interleaved, the order rotated each run
-            run_order = order[i % 3:] + order[:i % 3]
+            run_order = order[i % 4:] + order[:i % 4]
             for name in run_order:
                 tps[name].append(ip_throughput(llm, tokens) if name == "inprocess" else
                                  asyncio.run(with_session(http_throughput, by_name[name],
@@ -404,11 +477,14 @@ def main() -> int:
                 srv_warm.append(asyncio.run(prompt_reuse(speer, 100 + run,
                                                          cold_turn=not a.quick))[1])
         lap("reuse")
-        agg, waits = asyncio.run(concurrent(gpeer, clients, conc_tokens))
-        agg_srv, _ = asyncio.run(concurrent(speer, clients, conc_tokens))
-        srv.terminate()
-        srv.wait(30)
-        srv = None
+        solo = asyncio.run(alone(gpeer, clients, conc_tokens))
+        agg, waits, together = asyncio.run(concurrent(gpeer, clients, conc_tokens))
+        agg_srv, _, _ = asyncio.run(concurrent(speer, clients, conc_tokens))
+        agg_cpp, _, _ = asyncio.run(concurrent(cpeer, clients, conc_tokens))
+        for p in (srv, cpp):
+            p.terminate()
+            p.wait(30)
+        srv = cpp = None
         gw.close()
         gw = None
         lap("concurrent")
@@ -429,7 +505,7 @@ def main() -> int:
         cases, refused, crashes = corpus_run(tmp)
         lap("corpus")
     finally:
-        for p in (srv, proc):
+        for p in (srv, cpp, proc):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait(10)
@@ -460,6 +536,12 @@ def main() -> int:
         "first_token_ms_llama_server": round(med(ft["llama_server"]) * 1000, 2),
         "first_token_overhead_ms": round(med(g - i for g, i in zip(
             ft["gateway"], ft["inprocess"], strict=True)) * 1000, 2),
+        "parallel": PARALLEL,
+        "tokens_per_s_llama_cpp_server": round(med(tps["llama_cpp_server"]), 1),
+        "ratio_vs_llama_cpp_server": round(paired("gateway", "llama_cpp_server"), 3),
+        "first_token_ms_llama_cpp_server": round(med(ft["llama_cpp_server"]) * 1000, 2),
+        "first_token_overhead_vs_llama_cpp_server_ms": round(med(g - c for g, c in zip(
+            ft["gateway"], ft["llama_cpp_server"], strict=True)) * 1000, 2),
         "system_prompt_tokens": sys_tokens,
         "cold_first_token_ms": round(med(cold) * 1000, 1),
         "cached_prefix_first_token_ms": round(med(warm) * 1000, 1),
@@ -469,6 +551,9 @@ def main() -> int:
         "aggregate_tokens_per_s": round(agg, 1),
         "aggregate_tokens_per_s_llama_server": round(agg_srv, 1),
         "aggregate_ratio_vs_llama_server": round(agg / agg_srv, 3),
+        "aggregate_tokens_per_s_llama_cpp_server": round(agg_cpp, 1),
+        "aggregate_ratio_vs_llama_cpp_server": round(agg / agg_cpp, 3),
+        "concurrent_answers_identical": solo == together,
         "queue_wait_ms_p99": round(waits[min(len(waits) - 1, int(len(waits) * 0.99))], 1),
         "rss_mb_loaded": round(loaded_rss / 2**20, 1),
         "idle_rss_mb_after_unload": round(idle_rss / 2**20, 1),
@@ -484,19 +569,27 @@ def main() -> int:
     }
     print(f"model {r['model']} ({r['model_mb']} MB), {runs} interleaved runs of {tokens} "
           f"tokens, {THREADS} threads, temperature 0")
-    print(f"{'':30}{'gateway':>12}{'in-process':>12}{'llama_server':>14}")
+    print(f"{'':30}{'gateway':>12}{'in-process':>12}{'llama_server':>14}"
+          f"{'llama-server':>14}")
     print(f"{'tokens/s (median)':30}{r['tokens_per_s_gateway']:>12}"
-          f"{r['tokens_per_s_inprocess']:>12}{r['tokens_per_s_llama_server']:>14}")
+          f"{r['tokens_per_s_inprocess']:>12}{r['tokens_per_s_llama_server']:>14}"
+          f"{r['tokens_per_s_llama_cpp_server']:>14}")
     print(f"{'first token ms (median)':30}{r['first_token_ms_gateway']:>12}"
-          f"{r['first_token_ms_inprocess']:>12}{r['first_token_ms_llama_server']:>14}")
+          f"{r['first_token_ms_inprocess']:>12}{r['first_token_ms_llama_server']:>14}"
+          f"{r['first_token_ms_llama_cpp_server']:>14}")
     print(f"{'2nd turn first token ms':30}{r['cached_prefix_first_token_ms']:>12}"
           f"{'':>12}{r['cached_prefix_first_token_ms_llama_server']:>14}")
-    print(f"{'4 clients aggregate tokens/s':30}{r['aggregate_tokens_per_s']:>12}"
-          f"{'':>12}{r['aggregate_tokens_per_s_llama_server']:>14}")
+    print(f"{f'{clients} clients aggregate tokens/s':30}{r['aggregate_tokens_per_s']:>12}"
+          f"{'':>12}{r['aggregate_tokens_per_s_llama_server']:>14}"
+          f"{r['aggregate_tokens_per_s_llama_cpp_server']:>14}")
     print(f"ratios: vs in-process {r['ratio_vs_inprocess']}, vs llama_server "
-          f"{r['ratio_vs_llama_server']}, aggregate vs llama_server "
-          f"{r['aggregate_ratio_vs_llama_server']}; first-token overhead "
-          f"{r['first_token_overhead_ms']} ms")
+          f"{r['ratio_vs_llama_server']}, vs llama-server -np {PARALLEL} "
+          f"{r['ratio_vs_llama_cpp_server']}; aggregate vs llama_server "
+          f"{r['aggregate_ratio_vs_llama_server']}, vs llama-server "
+          f"{r['aggregate_ratio_vs_llama_cpp_server']}; first-token overhead "
+          f"{r['first_token_overhead_ms']} ms (vs llama-server "
+          f"{r['first_token_overhead_vs_llama_cpp_server_ms']} ms); concurrent answers "
+          f"identical to alone: {r['concurrent_answers_identical']}")
     print(f"prompt reuse ({sys_tokens}-token system prompt): cold {r['cold_first_token_ms']} "
           f"ms, 2nd turn after another conversation {r['cached_prefix_first_token_ms']} ms "
           f"(x{r['cached_prefix_ratio']}); queue wait p99 {r['queue_wait_ms_p99']} ms")

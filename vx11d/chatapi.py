@@ -2,13 +2,16 @@
 
 One parser for a ``POST /v1/chat/completions`` body (:func:`parse_chat`) and one error
 shape (:func:`error_body`), so a client sees the same answer for the same mistake
-wherever it is caught. Parameters vx11d does not implement (``n`` > 1, ``tools``,
+wherever it is caught. ``response_format`` (JSON mode: ``json_object`` or ``json_schema``)
+is checked for shape here; whether llama.cpp can compile the schema is Hermes's to say
+(a 400 too). Parameters vx11d does not implement (``n`` > 1, ``tools``,
 ``logprobs``, ...) and parameters it does not know are refused with a 400 that names the
 parameter, as OpenAI does — never silently ignored.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,6 @@ UNSUPPORTED = {
     "function_call": lambda v: v not in (None, "none"),
     "logprobs": lambda v: bool(v),
     "top_logprobs": lambda v: v is not None,
-    "response_format": lambda v: v is not None and v != {"type": "text"},
     "audio": lambda v: v is not None,
     "modalities": lambda v: v not in (None, ["text"]),
     "prediction": lambda v: v is not None,
@@ -37,10 +39,11 @@ UNSUPPORTED = {
     "web_search_options": lambda v: v is not None,
 }
 KNOWN = {"messages", "model", "stream", "stream_options", "max_tokens",
-         "max_completion_tokens", "stop", "logit_bias", *FLOATS, *INTS, *IGNORED,
+         "max_completion_tokens", "stop", "logit_bias", "response_format", *FLOATS, *INTS, *IGNORED,
          *UNSUPPORTED}
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4
+MAX_SCHEMA_BYTES = 64 * 1024
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "invalid_request_error",
                413: "invalid_request_error", 415: "invalid_request_error",
@@ -88,6 +91,42 @@ def _number(body: dict, key: str, lo: float, hi: float, kind: type) -> Any:
     if not lo <= v <= hi:
         raise _bad(f"{key} must be between {lo:g} and {hi:g}; got {v}", key)
     return kind(v)
+
+
+def _response_format(v: Any) -> dict | None:
+    """OpenAI's ``response_format``: None for plain text, else ``{"type": "json_object"}``
+    or ``{"type": "json_schema", "json_schema": {"name", "schema"}}`` (JSON mode)."""
+    param = "response_format"
+    if v is None:
+        return None
+    if not isinstance(v, dict) or v.get("type") not in ("text", "json_object",
+                                                          "json_schema"):
+        raise _bad("response_format must be an object whose type is text, json_object "
+                   "or json_schema", param)
+    kind = v["type"]
+    allowed = {"type", "json_schema"} if kind == "json_schema" else {"type"}
+    extra = set(v) - allowed
+    if extra:
+        raise _bad(f"response_format.{sorted(extra)[0]} is not allowed with type {kind}",
+                   param)
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    js = v.get("json_schema")
+    if not isinstance(js, dict) or not isinstance(js.get("name"), str) or not js["name"]:
+        raise _bad("response_format.json_schema must be an object with a name (a string) "
+                   "and a schema", param)
+    extra = set(js) - {"name", "description", "schema", "strict"}
+    if extra:
+        raise _bad(f"response_format.json_schema.{sorted(extra)[0]} is not supported", param)
+    schema = js.get("schema", {"type": "object"})
+    if not isinstance(schema, dict):
+        raise _bad("response_format.json_schema.schema must be a JSON Schema object", param)
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise _bad(f"response_format.json_schema.schema is larger than "
+                   f"{MAX_SCHEMA_BYTES // 1024} KiB", param)
+    return {"type": "json_schema", "json_schema": {"name": js["name"], "schema": schema}}
 
 
 def parse_chat(body: Any, max_tokens_cap: int | None = None) -> ChatRequest:
@@ -165,6 +204,9 @@ def parse_chat(body: Any, max_tokens_cap: int | None = None) -> ChatRequest:
             raise _bad(f"stop must be a non-empty string or a list of up to {MAX_STOP}",
                        "stop")
         req.kwargs["stop"] = stop
+    fmt = _response_format(body.get("response_format"))
+    if fmt is not None:
+        req.kwargs["response_format"] = fmt
     bias = body.get("logit_bias")
     if bias is not None:
         if not isinstance(bias, dict) or len(bias) > 4096:

@@ -360,7 +360,10 @@ class HermesConfig:
                                 lo=1, hi=7 * 86400)
     rss_limit: Size = opt(Size(int(5.5 * 1024**3)), "RSS guard: above it, finish and restart",
                           lo=16 * 1024**2)
-    queue_max: int = opt(8, "requests waiting beyond the running one before 503", lo=0,
+    parallel: int = opt(0, "requests decoded together in one batch (continuous batching); "
+                        "they share the n_ctx cells of the KV cache. 0: one per 1024 cells "
+                        "of n_ctx, at most 2 per core and 4", lo=0, hi=64)
+    queue_max: int = opt(8, "requests waiting beyond the running ones before 503", lo=0,
                          hi=10_000)
     request_timeout: Duration = opt(Duration(120), "per-request deadline", lo=0.1, hi=3600)
     chat_format: str = opt("", "llama-cpp-python chat format; empty: the chat template "
@@ -369,10 +372,23 @@ class HermesConfig:
                              "several conversations each reuse their evaluated prefix "
                              "(0: only the last prompt's prefix is reused)", lo=0,
                              hi=64 * 1024**3)
+    mmap: bool = opt(False, "map the model file instead of reading it. Off: llama.cpp "
+                     "repacks most int4 weights for the CPU into memory of its own, and "
+                     "with the file mapped too a 7B model's RSS counted both during the "
+                     "load (measured: +1.2 GiB, a false RSS-guard exit under 6G)")
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = opt(
+        "f16", "type of the KV cache's keys and values: q8_0 halves its memory (needs "
+        "flash_attn), for a model without grouped-query attention at a long n_ctx")
     flash_attn: bool = opt(True, "llama.cpp's fused attention kernel (measured ~14 % "
                            "faster generation on CPU); off if a model's answers go wrong "
                            "with it")
     window: Duration = opt(Duration(7200), "default activation window", lo=60, hi=30 * 86400)
+
+    def validate(self) -> str | None:
+        if self.kv_cache_type != "f16" and not self.flash_attn:
+            return f"kv_cache_type {self.kv_cache_type} needs flash_attn: true (llama.cpp " \
+                   "quantizes the V cache only with flash attention)"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -97,6 +97,20 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]]] = [
         ("Queue depth", "timeseries",
          [(f"max by (instance) (vx11_hermes_queue_depth{{{SEL}}})", "{{instance}}")],
          "none"),
+        ("Generation and prompt tokens/s", "timeseries",
+         [(f"sum by (instance) (rate(vx11_hermes_generated_tokens_total{{{SEL}}}[5m])) / "
+           f"sum by (instance) (rate(vx11_hermes_generated_seconds_total{{{SEL}}}[5m]))",
+           "{{instance}} generation"),
+          (f"sum by (instance) (rate(vx11_hermes_prompt_tokens_total{{{SEL}}}[5m])) / "
+           f"sum by (instance) (rate(vx11_hermes_prompt_seconds_total{{{SEL}}}[5m]))",
+           "{{instance}} prompt")], "none"),
+        ("Requests running", "timeseries",
+         [(f"max by (instance) (vx11_hermes_requests_running{{{SEL}}})", "{{instance}}")],
+         "none"),
+        ("KV cache cells used", "timeseries",
+         [(f"max by (instance) (vx11_hermes_kv_cache_used_cells{{{SEL}}}) / "
+           f"max by (instance) (vx11_hermes_kv_cache_cells{{{SEL}}})", "{{instance}}")],
+         "percentunit"),
     ]),
     ("Pressure (cgroup v2 PSI)", [
         ("Stalled on memory (share of time, all tasks)", "timeseries",

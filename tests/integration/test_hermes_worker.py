@@ -116,7 +116,7 @@ def test_damaged_models_are_refused_and_the_worker_survives(spawn, models, tmp_p
 
 
 def test_queue_full_is_503_with_retry_after_and_timeouts_are_504(spawn, models):
-    w = spawn(models["medium"], n_ctx=2048, max_tokens=2000, queue_max=1,
+    w = spawn(models["medium"], n_ctx=2048, max_tokens=2000, queue_max=1, parallel=1,
               request_timeout=1.5)
     # The first request loads the model, which may not fit in 1.5 s on a loaded machine
     # (504, the load goes on): ask again until the loaded model answers.

@@ -28,8 +28,18 @@ def test_honoured_parameters_become_llama_kwargs():
 @pytest.mark.parametrize(("extra", "param"), [
     ({"n": 2}, "n"), ({"tools": [{"type": "function"}]}, "tools"),
     ({"tool_choice": "auto"}, "tool_choice"), ({"logprobs": True}, "logprobs"),
-    ({"top_logprobs": 2}, "top_logprobs"), ({"response_format": {"type": "json_object"}},
+    ({"top_logprobs": 2}, "top_logprobs"), ({"response_format": {"type": "yaml"}},
                                             "response_format"),
+    ({"response_format": "json"}, "response_format"),
+    ({"response_format": {"type": "json_object", "schema": {}}}, "response_format"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+     "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                                                                 "schema": []}}},
+     "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"enum": ["y" * 70_000]}}}}, "response_format"),
     ({"functions": [{"name": "f"}]}, "functions"), ({"frobnicate": 1}, "frobnicate"),
     ({"temperature": 3}, "temperature"), ({"temperature": "hot"}, "temperature"),
     ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": True}, "max_tokens"),
@@ -64,6 +74,18 @@ def test_bad_messages_name_the_message(body, param):
 def test_no_op_values_of_unsupported_parameters_pass():
     parse_chat({"messages": MSG, "n": 1, "logprobs": False, "tools": [],
                 "tool_choice": "none", "response_format": {"type": "text"}})
+
+
+def test_json_mode_formats_are_kept_in_one_shape():
+    assert "response_format" not in parse_chat({"messages": MSG, "response_format": {
+        "type": "text"}}).kwargs
+    assert parse_chat({"messages": MSG, "response_format": {"type": "json_object"}}
+                      ).kwargs["response_format"] == {"type": "json_object"}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    got = parse_chat({"messages": MSG, "response_format": {"type": "json_schema",
+                      "json_schema": {"name": "t", "strict": True, "schema": schema}}})
+    assert got.kwargs["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "t", "schema": schema}}
 
 
 def test_error_body_is_openais_shape():

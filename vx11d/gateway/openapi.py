@@ -166,8 +166,11 @@ def document() -> dict[str, Any]:
                 "description": "Honoured: max_tokens (max_completion_tokens), temperature, "
                                "top_p, stop, seed, presence_penalty, frequency_penalty, "
                                "logit_bias, stream, stream_options.include_usage, top_k, "
-                               "min_p, repeat_penalty. Any other parameter, or n > 1, "
-                               "tools, logprobs, ..., is a 400 naming it (param).",
+                               "min_p, repeat_penalty, response_format (JSON mode: "
+                               "json_object, or json_schema with a name and a schema; "
+                               "grammar-constrained; a schema llama.cpp cannot use is a "
+                               "400 with code invalid_schema). Any other parameter, or "
+                               "n > 1, tools, logprobs, ..., is a 400 naming it (param).",
                 "requestBody": _body({"type": "object", "required": ["messages"],
                                       "properties": {
                                           "messages": {"type": "array", "minItems": 1,
@@ -182,6 +185,14 @@ def document() -> dict[str, Any]:
                                           "stop": {"oneOf": [{"type": "string"}, {
                                               "type": "array", "maxItems": 4,
                                               "items": {"type": "string"}}]},
+                                          "response_format": {"type": "object",
+                                                              "required": ["type"],
+                                                              "properties": {"type": {
+                                                                  "enum": ["text",
+                                                                           "json_object",
+                                                                           "json_schema"]},
+                                                                  "json_schema": {
+                                                                      "type": "object"}}},
                                           "model": {"type": "string"}}}),
                 "responses": {"200": {"description": "a chat completion, or with stream: "
                                       "server-sent events of chunks", "content": {

@@ -1,11 +1,11 @@
-"""The model and its one inference slot: check, load, generate, unload.
+"""The model and its batch: check, load, generate, unload.
 
-Every llama.cpp call (load, generate, close) runs on ONE worker thread, so the asyncio
-loop never blocks (its progress is what pings the watchdog) and calls never overlap.
-Generation streams chunks back to the loop through ``call_soon_threadsafe``; a cancel
-flag is checked before every sampled token (in a logits processor, which llama-cpp-python
-calls once per token, and which then forces end-of-sequence) and between chunks, so a
-timeout or a client that went away stops generation within one token.
+Every llama.cpp call on the context (load, the batch loop, close) runs on ONE worker
+thread, so the asyncio loop never blocks (its progress is what pings the watchdog) and
+calls never overlap. Requests join the batch loop (:mod:`batcher`) and get their text
+back through ``call_soon_threadsafe``; each request's cancel flag is checked before
+every decode step, so a timeout or a client that went away stops it within one token
+while the others go on.
 """
 
 from __future__ import annotations
@@ -23,13 +23,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import journal
+from ..chatapi import ChatError
+from .batcher import Batcher, Cancelled, Seq
 from .check import CheckResult, inspect_model
+from .prompt import Prepared, chat_handler, prepare
+from .promptcache import SeqStateCache
 
 log = logging.getLogger("vx11.hermes")
 
 
-class Cancelled(Exception):
-    """Generation stopped because its request was cancelled or timed out."""
+KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type
+N_BATCH = 512  # tokens per decode step (prompt chunks and every sequence's next token)
+__all__ = ["Cancelled", "Engine", "rss_bytes"]
 
 
 def rss_bytes(proc: str = "/proc") -> int:
@@ -43,23 +48,23 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _record_samples(llm: Any) -> None:
-    """Remember the last sampled token on ``llm`` (for exact usage counts)."""
-    sample = llm.sample
-
-    def recording(*args: Any, **kwargs: Any) -> int:
-        token = sample(*args, **kwargs)
-        llm._vx11_last_token = token
-        return token
-
-    llm.sample = recording
-    llm._vx11_last_token = None
+def _drop_page_cache(path: str) -> None:
+    """The model was read into the worker's own memory: its file's pages in the page cache
+    (charged to the unit's cgroup, ~the file's size) are of no further use."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
-def _is_eog(llm: Any, token: int) -> bool:
-    import llama_cpp
-
-    return bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, token))
+def parallel_for(cfg) -> int:
+    """``hermes.parallel``, or when 0 the automatic choice: one sequence per 1024 cells
+    of context, at most two per core and at most 4."""
+    if cfg.parallel:
+        return int(cfg.parallel)
+    return max(1, min(4, 2 * (os.cpu_count() or 1), int(cfg.n_ctx) // 1024))
 
 
 class Engine:
@@ -76,7 +81,14 @@ class Engine:
         self.last_use = time.monotonic()
         self._refused_stat: tuple | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hermes-infer")
+        self._ctx: Any = None
+        self.batcher: Batcher | None = None
+        self.handler: Any = None
         self._load_lock = asyncio.Lock()
+
+    @property
+    def parallel(self) -> int:
+        return parallel_for(self.cfg)
 
     @property
     def model_id(self) -> str:
@@ -127,22 +139,40 @@ class Engine:
                           self.model_id, took, model=self.model_id, load_seconds=round(took, 3))
 
     def _load(self) -> Any:
+        import llama_cpp
         from llama_cpp import Llama
 
         cfg = self.cfg
-        # chat_format None: the GGUF's own tokenizer.chat_template (checked before the
-        # load), with its EOS token as the stop token
-        llm = Llama(model_path=cfg.model_path, n_ctx=cfg.n_ctx,
+        # The Llama object gives the model, its tokenizer and its chat handler (chat_format
+        # None: the GGUF's tokenizer.chat_template, checked before the load); its own
+        # one-sequence context is made tiny and replaced by the batch's context.
+        llm = Llama(model_path=cfg.model_path, n_ctx=64, n_batch=64, n_ubatch=64,
+                    use_mmap=cfg.mmap,
                     n_threads=cfg.n_threads or None, chat_format=cfg.chat_format or None,
                     flash_attn=cfg.flash_attn, verbose=False)
-        if int(cfg.prompt_cache) > 0:
-            from .promptcache import PromptCache, lean_state_io
-
-            # llama.cpp keeps the KV of the LAST prompt (a shared prefix is not evaluated
-            # again); this keeps the states of earlier conversations too, LRU, bounded
-            llm.set_cache(PromptCache(capacity_bytes=int(cfg.prompt_cache)))
-            lean_state_io(llm)
-        _record_samples(llm)
+        try:
+            llm._ctx.close()
+            params = type(llm.context_params).from_buffer_copy(llm.context_params)
+            params.n_ctx = cfg.n_ctx
+            params.n_batch = params.n_ubatch = N_BATCH
+            params.n_seq_max = self.parallel
+            params.kv_unified = False  # a KV stream per sequence (see batcher)
+            params.type_k = params.type_v = KV_TYPES[cfg.kv_cache_type]
+            ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+            if not ctx:
+                raise ValueError(f"llama.cpp cannot make a context of {cfg.n_ctx} cells "
+                                 f"for {self.parallel} sequences")
+        except BaseException:
+            llm.close()
+            raise
+        self._ctx = ctx
+        if not cfg.mmap:
+            _drop_page_cache(cfg.model_path)
+        self.handler = chat_handler(llm)
+        cache = SeqStateCache(int(cfg.prompt_cache)) if int(cfg.prompt_cache) > 0 else None
+        self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache)
+        self.m["kv_total"].set(int(llama_cpp.llama_n_ctx(ctx)))
+        self.m["kv_used"].set(0)
         return llm
 
     def _refuse(self, reason: str) -> None:
@@ -167,14 +197,21 @@ class Engine:
                           reason, before >> 20, rss_bytes() >> 20, reason=reason)
 
     def _close(self) -> None:
+        import llama_cpp
+
         llm, self.llm = self.llm, None
-        for wrapper in ("sample", "save_state", "load_state"):
-            llm.__dict__.pop(wrapper, None)  # each wrapper's cycle back to llm
-        llm.cache = None  # the saved prompt states go now, not at some later gc
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)  # before its model
+            self._ctx = None
+        self.handler = None
         llm.close()
         del llm
         gc.collect()
         _malloc_trim()
+        self.m["kv_used"].set(0)
 
     def forget_refusal(self) -> None:
         """After a config reload: check the model again on next use."""
@@ -182,95 +219,58 @@ class Engine:
             self.state, self.reason, self._refused_stat = "unloaded", "", None
             self.m["refused"].set(0)
 
-    async def generate(self, kwargs: dict, cancel: threading.Event,
-                       on_chunk: Callable[[dict], None], *, on_loop: bool = True) -> dict:
-        """Stream a chat completion on the worker thread; ``on_chunk`` runs on the loop
-        (or, with ``on_loop=False``, on the worker thread: it must then be thread-safe,
-        e.g. a list append — no loop wake-up per token).
+    async def prepare(self, kwargs: dict) -> Prepared:
+        """The request's prompt tokens, stop strings, sampler settings and grammar (off
+        the loop, beside the batch); :class:`ChatError` (400) when it cannot run."""
+        llm, handler = self.llm, self.handler
+        if llm is None:
+            raise RuntimeError("model is not loaded")
+        p = await asyncio.to_thread(prepare, llm, handler, kwargs)
+        n_ctx = self.batcher.n_ctx_seq if self.batcher is not None else self.cfg.n_ctx
+        if len(p.tokens) >= n_ctx - 1:
+            raise ChatError(400, f"the prompt is {len(p.tokens)} tokens; a request's context "
+                            f"holds {n_ctx} (hermes.n_ctx / hermes.parallel)",
+                            param="messages", code="context_length_exceeded")
+        return p
+
+    async def generate(self, prep: Prepared, cancel: threading.Event,
+                       on_text: Callable[[str], None], *, on_loop: bool = True) -> dict:
+        """Join the batch and generate; ``on_text`` gets each piece of the answer, on the
+        loop (or, with ``on_loop=False``, on the engine thread: it must then be
+        thread-safe, e.g. a list append — no loop wake-up per token).
 
         Returns ``{"prompt_tokens", "completion_tokens", "finish_reason"}``; raises
         Cancelled when ``cancel`` was set.
         """
         loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
         self.last_use = time.monotonic()
 
-        def emit(chunk: dict) -> None:
-            loop.call_soon_threadsafe(on_chunk, chunk)
+        def settle(result: Any) -> None:
+            if fut.done():
+                return
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
 
-        if not on_loop:
-            emit = on_chunk
+        def done(result: Any) -> None:
+            loop.call_soon_threadsafe(settle, result)
 
+        emit = on_text
+        if on_loop:
+            def emit(text: str) -> None:
+                loop.call_soon_threadsafe(on_text, text)
+
+        batcher = self.batcher
+        if batcher is None:
+            raise RuntimeError("model is not loaded")
+        if batcher.submit(Seq(prep=prep, cancel=cancel, emit=emit, done=done)):
+            self._pool.submit(batcher.run)
         try:
-            return await loop.run_in_executor(self._pool, self._run, kwargs, cancel, emit)
+            return await fut
         finally:
             self.last_use = time.monotonic()
-
-    def _run(self, kwargs: dict, cancel: threading.Event, emit: Callable) -> dict:
-        import numpy as np
-        from llama_cpp import LogitsProcessorList
-
-        llm = self.llm
-        if llm is None:
-            raise RuntimeError("model is not loaded")
-        counts = {"prompt_tokens": 0, "completion_tokens": 0, "finish_reason": None}
-        llm._vx11_last_token = None
-        # llama-cpp-python 0.3.x drops every logits processor when logit_bias is also
-        # given (``logits_processor = logits_processor.extend(...)`` is None), so the
-        # bias is applied here instead of being passed through.
-        bias = kwargs.pop("logit_bias", None) or {}
-        bias_ids = np.fromiter(bias.keys(), dtype=np.intp, count=len(bias))
-        bias_vals = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
-
-        # llama-cpp-python 0.3.x also overruns max_tokens while the text so far ends in an
-        # incomplete UTF-8 sequence (it keeps sampling until the context is full, then
-        # llama_decode fails): past the budget, or near the end of the context, only the
-        # end-of-sequence token may be sampled.
-        max_tokens = kwargs.get("max_tokens") or 1 << 30
-        n_ctx = llm.n_ctx()
-        eos = llm.token_eos()
-
-        # This runs inside a ctypes sampler callback: an exception raised here is printed
-        # and IGNORED by ctypes (generation goes on), so a cancel is honoured the same way
-        # as the budget: by forcing end-of-sequence, which ends generation at this token.
-        def watch(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-            if not counts["prompt_tokens"]:
-                counts["prompt_tokens"] = len(input_ids)
-            counts["completion_tokens"] += 1
-            if cancel.is_set() or counts["completion_tokens"] > max_tokens \
-                    or len(input_ids) >= n_ctx - 2:
-                counts["forced_stop"] = True
-                scores = np.full_like(scores, -np.inf)
-                scores[eos] = 0.0
-                return scores
-            if bias:
-                ok = bias_ids < scores.shape[-1]
-                scores = scores.copy()
-                scores[bias_ids[ok]] += bias_vals[ok]
-            return scores
-
-        it = llm.create_chat_completion(**kwargs, stream=True,
-                                        logits_processor=LogitsProcessorList([watch]))
-        try:
-            for chunk in it:
-                if cancel.is_set():
-                    raise Cancelled()
-                fr = chunk["choices"][0].get("finish_reason") if chunk.get("choices") else None
-                if fr:
-                    counts["finish_reason"] = fr
-                emit(chunk)
-        finally:
-            with contextlib.suppress(Exception):
-                it.close()
-        if cancel.is_set():
-            raise Cancelled()
-        # Every sampled token was counted; one that ends generation (end-of-sequence,
-        # natural or forced for the budget) is not part of the answer.
-        last = llm._vx11_last_token
-        if last is not None and counts["completion_tokens"] and _is_eog(llm, last):
-            counts["completion_tokens"] -= 1
-        if counts.pop("forced_stop", False):
-            counts["finish_reason"] = "length"
-        return counts
 
     def shutdown(self) -> None:
         if self.llm is not None:

@@ -153,8 +153,10 @@ class HermesService:
             obj.cfg = cfg.hermes
         self.m["rss_limit"].set(int(cfg.hermes.rss_limit))
         self.engine.forget_refusal()
-        if (old.model_path, old.model_sha256, old.n_ctx) != (
-                cfg.hermes.model_path, cfg.hermes.model_sha256, cfg.hermes.n_ctx) \
+        self.worker.resize()
+        if (old.model_path, old.model_sha256, old.n_ctx, old.parallel) != (
+                cfg.hermes.model_path, cfg.hermes.model_sha256, cfg.hermes.n_ctx,
+                cfg.hermes.parallel) \
                 and not self.worker.busy():
             await self.engine.unload("reload")
 

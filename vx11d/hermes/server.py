@@ -1,8 +1,10 @@
 """Hermes's HTTP API on its UNIX socket: /health, /v1/chat/completions, /v1/models, /metrics.
 
 Only the gateway reaches this socket (the unit has no network), so there is no token
-here; the socket is mode 0660, group vx11. One request generates at a time; up to
-``queue_max`` wait behind it; more get 503 with Retry-After.
+here; the socket is mode 0660, group vx11. Up to ``parallel`` requests generate at once,
+decoded together (:mod:`batcher`); up to ``queue_max`` wait behind them; more get 503
+with Retry-After. /health is a readiness probe like llama-server's: 503 ``loading`` (with
+Retry-After) while the model loads or ``draining`` before an RSS-guard restart, else 200.
 """
 
 from __future__ import annotations
@@ -38,10 +40,27 @@ def new_metrics(registry) -> dict:
                               "duration (queue wait included)", registry=registry,
                               buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60,
                                        120, 300)),
-        "prompt_tokens": Counter("vx11_hermes_prompt_tokens", "prompt tokens processed",
-                                 registry=registry),
+        "prompt_tokens": Counter("vx11_hermes_prompt_tokens", "prompt tokens evaluated "
+                                 "(cached ones not counted)", registry=registry),
+        "prompt_cached_tokens": Counter("vx11_hermes_prompt_cached_tokens", "prompt "
+                                        "tokens reused from the KV cache or a saved state",
+                                        registry=registry),
+        "prompt_seconds": Counter("vx11_hermes_prompt_seconds", "decode time spent on "
+                                  "prompt tokens (a mixed batch is shared by token count)",
+                                  registry=registry),
         "generated_tokens": Counter("vx11_hermes_generated_tokens", "tokens generated",
                                     registry=registry),
+        "generated_seconds": Counter("vx11_hermes_generated_seconds", "decode time spent "
+                                     "on generated tokens", registry=registry),
+        "batch_size": Histogram("vx11_hermes_batch_sequences", "sequences in each decode "
+                                "step (continuous batching)", registry=registry,
+                                buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64)),
+        "kv_used": Gauge("vx11_hermes_kv_cache_used_cells", "KV cache cells holding "
+                         "tokens (running and cached sequences)", registry=registry),
+        "kv_total": Gauge("vx11_hermes_kv_cache_cells", "KV cache cells of the loaded "
+                          "model's context (hermes.n_ctx)", registry=registry),
+        "parallel": Gauge("vx11_hermes_parallel_sequences", "requests decoded together at "
+                          "most (hermes.parallel)", registry=registry),
         "tps": Gauge("vx11_hermes_tokens_per_second", "generation speed of the last "
                      "completed request", registry=registry),
         "loaded": Gauge("vx11_hermes_model_loaded", "1 when the model is in memory",
@@ -50,8 +69,8 @@ def new_metrics(registry) -> dict:
                          "refused by the pre-load checks", registry=registry),
         "load_seconds": Gauge("vx11_hermes_model_load_duration_seconds", "duration of the "
                               "last model load (checks included)", registry=registry),
-        "queue": Gauge("vx11_hermes_queue_depth", "requests waiting for the inference slot",
-                       registry=registry),
+        "queue": Gauge("vx11_hermes_queue_depth", "requests waiting for a free sequence "
+                       "slot", registry=registry),
         "running": Gauge("vx11_hermes_requests_running", "requests generating now",
                          registry=registry),
         "rss": Gauge("vx11_hermes_rss_bytes", "resident memory of the worker",
@@ -81,14 +100,15 @@ def _err(status: int, code: str, message: str, headers: dict | None = None, *,
 
 
 class Worker:
-    """The request side: queue, deadline, cancellation, draining for the RSS guard."""
+    """The request side: slots, queue, deadline, cancellation, draining for the RSS guard."""
 
     def __init__(self, cfg, engine: Engine, metrics: dict, registry) -> None:
         self.cfg = cfg
         self.engine = engine
         self.m = metrics
         self.registry = registry
-        self.slot = asyncio.Lock()
+        self.slots = asyncio.Semaphore(engine.parallel)
+        self.m["parallel"].set(engine.parallel)
         self.waiting = 0
         self.running = 0
         self.draining = False
@@ -97,13 +117,27 @@ class Worker:
     def busy(self) -> bool:
         return self.running > 0 or self.waiting > 0
 
+    def resize(self) -> None:
+        """After a reload: a new ``parallel`` takes effect when nothing runs."""
+        n = self.engine.parallel
+        if not self.busy() and self.slots._value != n:
+            self.slots = asyncio.Semaphore(n)
+            self.m["parallel"].set(n)
+
     async def health(self, request: web.Request) -> web.Response:
         e = self.engine
+        status, code, headers = "ok", 200, None
+        if self.draining:
+            status, code, headers = "draining", 503, {"Retry-After": "5"}
+        elif e.state == "loading":
+            status, code, headers = "loading", 503, {"Retry-After": "5"}
         return web.json_response({
-            "status": "draining" if self.draining else "ok", "component": "hermes",
+            "status": status, "component": "hermes",
             "model": e.state, "reason": e.reason, "model_id": e.model_id,
-            "queue": self.waiting, "running": self.running, "rss_bytes": rss_bytes(),
-            "idle_seconds": round(time.monotonic() - e.last_use, 1)})
+            "queue": self.waiting, "running": self.running, "parallel": e.parallel,
+            "rss_bytes": rss_bytes(),
+            "idle_seconds": round(time.monotonic() - e.last_use, 1)}, status=code,
+            headers=headers)
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.m["rss"].set(rss_bytes())
@@ -139,16 +173,17 @@ class Worker:
         retry = {"Retry-After": "5"}
         if self.draining:
             return _err(503, "draining", "worker is restarting (RSS guard)", retry), "draining"
-        if self.slot.locked() and self.waiting >= self.cfg.queue_max:
-            return _err(503, "queue_full", f"{self.waiting} requests already waiting",
-                        retry), "busy"
+        if self.slots.locked() and self.waiting >= self.cfg.queue_max:
+            return _err(503, "queue_full", f"{self.running} requests generating and "
+                        f"{self.waiting} waiting", retry), "busy"
         deadline = time.monotonic() + self.cfg.request_timeout
         self.waiting += 1
         self.m["queue"].set(self.waiting)
+        slots = self.slots
         acquired = False
         try:
             async with asyncio.timeout(self.cfg.request_timeout):
-                await self.slot.acquire()
+                await slots.acquire()
                 acquired = True
         except TimeoutError:
             return _err(504, "timeout", "request timed out waiting in the queue"), "timeout"
@@ -167,20 +202,23 @@ class Worker:
                 await self.engine.ensure_loaded()
             except RuntimeError as e:
                 return _err(503, "model_refused", str(e), {"Retry-After": "60"}), "refused"
+            try:
+                prep = await self.engine.prepare(kwargs)
+            except ChatError as e:
+                return _err(e.status, e.code or "invalid_request", e.message,
+                            param=e.param), "error"
             if stream:
-                return await self._stream(request, kwargs, deadline, req.include_usage,
+                return await self._stream(request, prep, deadline, req.include_usage,
                                           waited)
-            return await self._complete(request, kwargs, deadline, waited)
+            return await self._complete(request, prep, deadline, waited)
         finally:
             if acquired:
                 self.running = max(0, self.running - 1)
                 self.m["running"].set(self.running)
-                self.slot.release()
+                slots.release()
 
     def _account(self, counts: dict, started: float) -> None:
         gen = counts["completion_tokens"]
-        self.m["prompt_tokens"].inc(counts["prompt_tokens"])
-        self.m["generated_tokens"].inc(gen)
         took = time.monotonic() - started
         if gen and took > 0:
             self.m["tps"].set(gen / took)
@@ -190,18 +228,18 @@ class Worker:
         for ev in list(self.active):
             ev.set()
 
-    async def _run(self, request, kwargs, deadline, on_chunk, cancel=None, on_loop=True):
+    async def _run(self, request, prep, deadline, on_text, cancel=None, on_loop=True):
         """Generate until done, deadline, or the client going away (or ``cancel``)."""
         cancel = cancel or threading.Event()
         self.active.add(cancel)
         try:
-            return await self._generate(request, kwargs, deadline, on_chunk, cancel, on_loop)
+            return await self._generate(request, prep, deadline, on_text, cancel, on_loop)
         finally:
             self.active.discard(cancel)
 
-    async def _generate(self, request, kwargs, deadline, on_chunk, cancel, on_loop):
+    async def _generate(self, request, prep, deadline, on_text, cancel, on_loop):
         started = time.monotonic()
-        task = asyncio.ensure_future(self.engine.generate(kwargs, cancel, on_chunk,
+        task = asyncio.ensure_future(self.engine.generate(prep, cancel, on_text,
                                                           on_loop=on_loop))
         outcome = "ok"
         try:
@@ -231,18 +269,11 @@ class Worker:
         self._account(counts, started)
         return counts, outcome
 
-    async def _complete(self, request, kwargs, deadline, headers=None
+    async def _complete(self, request, prep, deadline, headers=None
                         ) -> tuple[web.StreamResponse, str]:
         parts: list[str] = []
-        role = "assistant"
-
-        def on_chunk(chunk: dict) -> None:
-            delta = chunk["choices"][0].get("delta", {}) if chunk.get("choices") else {}
-            if delta.get("content"):
-                parts.append(delta["content"])
-
         try:
-            counts, outcome = await self._run(request, kwargs, deadline, on_chunk,
+            counts, outcome = await self._run(request, prep, deadline, parts.append,
                                               on_loop=False)  # list.append: thread-safe
         except Exception as e:
             log.exception("generation failed")
@@ -255,21 +286,28 @@ class Worker:
         return web.json_response({
             "id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion",
             "created": int(time.time()), "model": self.engine.model_id,
-            "choices": [{"index": 0, "message": {"role": role, "content": "".join(parts)},
+            "choices": [{"index": 0, "message": {"role": "assistant",
+                                                 "content": "".join(parts)},
                          "finish_reason": counts["finish_reason"] or "stop"}],
             "usage": _usage(counts)}, headers=headers), "ok"
 
-    async def _stream(self, request, kwargs, deadline, include_usage: bool = False,
+    async def _stream(self, request, prep, deadline, include_usage: bool = False,
                       headers=None) -> tuple[web.StreamResponse, str]:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache", **(headers or {})})
         await resp.prepare(request)
         out: asyncio.Queue = asyncio.Queue()
-        model = self.engine.model_id
+        cid = "chatcmpl-" + uuid.uuid4().hex
+        head = json.dumps({"id": cid, "object": "chat.completion.chunk",
+                           "created": int(time.time()), "model": self.engine.model_id})[:-1]
 
-        def on_chunk(chunk: dict) -> None:
-            chunk["model"] = model
-            out.put_nowait(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        def chunk(delta: dict | str, finish: str | None = None) -> bytes:
+            d = json.dumps(delta if isinstance(delta, dict) else {"content": delta})
+            return (f'data: {head}, "choices": [{{"index": 0, "delta": {d}, '
+                    f'"finish_reason": {json.dumps(finish)}}}]}}\n\n').encode()
+
+        def on_text(text: str) -> None:
+            out.put_nowait(chunk(text))
 
         broken = False
         cancel = threading.Event()
@@ -288,10 +326,11 @@ class Worker:
                     broken = True
                     cancel.set()  # the client went away: stop generating
 
+        out.put_nowait(chunk({"role": "assistant"}))
         pumper = asyncio.ensure_future(pump())
         counts = None
         try:
-            counts, outcome = await self._run(request, kwargs, deadline, on_chunk, cancel)
+            counts, outcome = await self._run(request, prep, deadline, on_text, cancel)
         except Exception as e:
             log.exception("generation failed")
             outcome = "error"
@@ -303,10 +342,12 @@ class Worker:
                 "code": "timeout"}}).encode() + b"\n\n")
         if broken:
             outcome = "cancelled"
+        if counts is not None:
+            out.put_nowait(chunk({}, counts["finish_reason"] or "stop"))
         if include_usage and counts is not None:
             out.put_nowait(b"data: " + json.dumps({
-                "id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model, "choices": [],
+                "id": cid, "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": self.engine.model_id, "choices": [],
                 "usage": _usage(counts)}).encode() + b"\n\n")
         out.put_nowait(b"data: [DONE]\n\n")
         out.put_nowait(None)

@@ -96,6 +96,94 @@ def write_model(path: str, shape: Shape = TINY_SHAPE, *, seed: int = 11, f16: bo
     return path
 
 
+@dataclass(frozen=True)
+class BigShape:
+    """A full-size shape; the default is LLaMA-2-7B's (no grouped-query attention)."""
+
+    layers: int = 32
+    embd: int = 4096
+    heads: int = 32
+    kv_heads: int = 32
+    ff: int = 11008
+    vocab: int = 32000
+    ctx: int = 4096
+
+
+Q4_0_BLOCK, Q4_0_BYTES = 32, 18  # 32 weights: an f16 scale and 16 bytes of nibbles
+
+
+def q4_0_bytes(shape: BigShape) -> int:
+    """The weights' size of :func:`write_q4_0_model` (what the file holds, +metadata)."""
+    e, kv = shape.embd, shape.embd // shape.heads * shape.kv_heads
+    per_layer = 2 * e * e + 2 * e * kv + 3 * e * shape.ff
+    n = 2 * shape.vocab * e + shape.layers * per_layer
+    return n // Q4_0_BLOCK * Q4_0_BYTES
+
+
+def write_q4_0_model(path: str, shape: BigShape = BigShape(), *, seed: int = 7) -> str:
+    """A random-weight LLaMA GGUF with Q4_0 matrices, written block by block (no f16
+    copy in memory or on disk: a 7B shape is ~3.8 GB, written tensor by tensor). Its
+    vocabulary: the special and byte tokens, then one-word pieces ``▁w<n>``, so a prompt
+    of n such words is ~n tokens."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    words = shape.vocab - FIRST_BYTE - N_BYTE
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(N_BYTE)] + \
+        [f"▁w{i}" for i in range(words)]
+    types = [2, 3, 3] + [6] * N_BYTE + [1] * words
+    scores = [0.0] * (FIRST_BYTE + N_BYTE) + [-float(i) for i in range(words)]
+    e, kv = shape.embd, shape.embd // shape.heads * shape.kv_heads
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_context_length(shape.ctx)
+    w.add_embedding_length(e)
+    w.add_block_count(shape.layers)
+    w.add_feed_forward_length(shape.ff)
+    w.add_head_count(shape.heads)
+    w.add_head_count_kv(shape.kv_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(e // shape.heads)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    mats: list[tuple[str, int, int]] = [("token_embd.weight", shape.vocab, e)]
+    norms = ["output_norm.weight"]
+    for i in range(shape.layers):
+        p = f"blk.{i}."
+        norms += [p + "attn_norm.weight", p + "ffn_norm.weight"]
+        mats += [(p + "attn_q.weight", e, e), (p + "attn_k.weight", kv, e),
+                 (p + "attn_v.weight", kv, e), (p + "attn_output.weight", e, e),
+                 (p + "ffn_gate.weight", shape.ff, e), (p + "ffn_up.weight", shape.ff, e),
+                 (p + "ffn_down.weight", e, shape.ff)]
+    mats.append(("output.weight", shape.vocab, e))
+    for name in norms:
+        w.add_tensor_info(name, (e,), np.dtype(np.float32), e * 4)
+    q4 = gguf.GGMLQuantizationType.Q4_0
+    for name, rows, cols in mats:
+        nbytes = rows * cols // Q4_0_BLOCK * Q4_0_BYTES
+        w.add_tensor_info(name, (rows, cols // Q4_0_BLOCK * Q4_0_BYTES), np.dtype(np.uint8),
+                          nbytes, raw_dtype=q4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    ones = np.ones(e, dtype=np.float32)
+    for _ in norms:
+        w.write_tensor_data(ones)
+    scale = np.frombuffer(np.float16(0.004).tobytes(), dtype=np.uint8)
+    for _, rows, cols in mats:
+        blocks = rng.integers(0, 256, size=(rows, cols // Q4_0_BLOCK, Q4_0_BYTES),
+                              dtype=np.uint8)
+        blocks[:, :, :2] = scale
+        w.write_tensor_data(blocks.reshape(rows, -1))
+        del blocks
+    w.close()
+    return path
+
+
 INJECTION = ("{{ ''.__class__.__mro__[1].__subclasses__() }}"
              "{% for m in messages %}{{ m.content }}{% endfor %}")
 INJECTION_ATTR = ("{{ messages|attr('__class__')|attr('__mro__') }}"
@@ -140,8 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--bench", action="store_true", help="the bigger bench shape")
     p.add_argument("--corpus", action="store_true", help="write the damaged corpus into OUT")
+    p.add_argument("--7b", dest="big", action="store_true",
+                   help="a LLaMA-2-7B-shaped Q4_0 model (~3.8 GB)")
     a = p.parse_args(argv)
-    if a.corpus:
+    if a.big:
+        print(write_q4_0_model(a.out))
+    elif a.corpus:
         for path in write_corpus(a.out):
             print(path)
     else:
