@@ -102,18 +102,18 @@ class Keyring:
                                                      self.token_file)
         if legacy:
             journal.register_secret(legacy)
-        for e in errors:
-            if e not in self.errors:
-                journal.event(log, "credential_refused", "credential refused (not valid "
-                              "until fixed): %s", e, level=logging.ERROR, path=e.path)
-        self.errors = errors
-        if not creds:
+        if not creds:  # one line says it all: the start fails (exit 78) on it
             first = errors[0] if errors else None
             raise CredentialError(
                 first.path if first else self.directory,
                 (first.reason + "; " if first else "")
                 + f"no usable credential: add one (vx11ctl token add NAME --scope admin) "
                 f"or install {self.token_file}")
+        for e in errors:
+            if e not in self.errors:
+                journal.event(log, "credential_refused", "credential refused (not valid "
+                              "until fixed): %s", e, level=logging.ERROR, path=e.path)
+        self.errors = errors
         self.current, self._fp = CredentialSet(creds), fp
         self._checked = self.clock()
         self.reloads += 1

@@ -23,6 +23,8 @@ from .http import BadRequestLog
 
 log = logging.getLogger("vx11.gateway")
 RENEW_AFTER = 5.0  # seconds up before a stale read-only view may end this process
+# At a stop: how long connections accepted just before may take to send their request
+DRAIN_GRACE = 0.5
 
 
 def activation_sockets() -> list[socket.socket]:
@@ -171,6 +173,18 @@ class GatewayService:
 
     async def stop(self) -> None:
         if self.runner is not None:
+            # Stop accepting first (the socket unit keeps :8000: the next process takes
+            # what queues meanwhile). A connection accepted just before may still be in
+            # its TLS handshake or sending its request, and aiohttp's shutdown closes
+            # such a connection at once (the client sees a reset): give those a short
+            # grace to become requests, which the shutdown then waits for.
+            for site in list(self.runner.sites):
+                await site.stop()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DRAIN_GRACE
+            server = self.runner.server
+            while server is not None and server.connections and loop.time() < deadline:
+                await asyncio.sleep(0.02)
             await self.runner.cleanup()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
