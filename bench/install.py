@@ -80,11 +80,15 @@ def active_since_kernel(host, units: list[str]) -> float:
     return max(int(v.split("=")[1]) for v in r.stdout.split()) / 1e6
 
 
-def cpu_loop_s(argv_prefix: list[str], runs: int = 3) -> float:
+def cpu_loop_s(host=None, runs: int = 3) -> float:
+    """Median seconds of the same pure-Python loop here, or in ``host`` when given."""
     times = []
     for _ in range(runs):
-        r = subprocess.run([*argv_prefix, "python3", "-c", CPU_LOOP], capture_output=True,
-                           text=True, timeout=300, check=True)
+        if host is None:
+            r = subprocess.run(["python3", "-c", CPU_LOOP], capture_output=True, text=True,
+                               timeout=300, check=True)
+        else:
+            r = run(host, "python3", "-c", CPU_LOOP, timeout=300)
         times.append(float(r.stdout.split()[-1]))
     return statistics.median(times)
 
@@ -113,7 +117,7 @@ def oom_detect_s(host) -> float:
     raise SystemExit(f"hija {hid}: no OOM kill or no hija_oom_killed event in 120 s")
 
 
-def bench_release(release: str, boots: int, hogs: int) -> dict:
+def bench_release(release: str, boots: int, hogs: int, show: bool = False) -> dict:
     t_start = time.monotonic()
     deb = build_current(release, hermes=True)
     image = freshhost.ensure_image(freshhost.image_packages([deb]), suite=release, vm=True)
@@ -131,12 +135,12 @@ def bench_release(release: str, boots: int, hogs: int) -> dict:
             == "cgroup2fs" else "v1"
         kernel = run(host, "uname", "-r").stdout.strip()
         systemd = run(host, "systemctl", "--version").stdout.split()[1]
-        guest_cpu = cpu_loop_s(["ssh", "-F", str(host.ssh_config), "vm", "--"])
-        host_cpu = cpu_loop_s([])
+        guest_cpu = cpu_loop_s(host)
+        host_cpu = cpu_loop_s()
         # 1. install to smoke
         t0 = time.monotonic()
-        run(host, "sh", "-c", f"cd /root && apt-get install -y --no-install-recommends "
-            f"./{deb.name}")
+        said = run(host, "sh", "-c", f"cd /root && apt-get install -y --no-install-recommends "
+                   f"./{deb.name}")
         install_s = time.monotonic() - t0
         run(host, "sed", "-i", *ADMIN_TEMPLATE_SED, "/etc/vx11/vx11.yml")
         run(host, "systemctl", "try-reload-or-restart", "vx11-madre.service",
@@ -155,6 +159,18 @@ def bench_release(release: str, boots: int, hogs: int) -> dict:
                 raise SystemExit("madre did not reload the hog template in 60 s")
             time.sleep(0.5)
         oom = [oom_detect_s(host) for _ in range(hogs)]
+        if show:
+            print(f"--- {release}: what a sysadmin sees ---")
+            print(f"# apt-get install -y ./{deb.name}   (last lines)")
+            print("\n".join(said.stdout.splitlines()[-4:]))
+            print("# vx11ctl smoke")
+            print(smoke.stdout.rstrip())
+            print("# vx11ctl hijas list")
+            print(run(host, "vx11ctl", "hijas", "list").stdout.rstrip())
+            print("# systemctl status 'vx11-*' --no-pager")
+            print(host.exec(["systemctl", "status", "vx11-*", "--no-pager", "-n", "0"],
+                            timeout=60).stdout.rstrip())
+            sys.stdout.flush()
         # 2. boots: both the set and the floor unit are enabled; each boot gives a pair
         set_s, floor_s = [], []
         for _ in range(boots):
@@ -193,11 +209,14 @@ def main() -> int:
     ap.add_argument("--boots", type=int, default=None, help="reboots per release (default 3)")
     ap.add_argument("--release", choices=RELEASES, action="append",
                     help="only this release (repeatable; default both)")
+    ap.add_argument("--show", action="store_true",
+                    help="print what a sysadmin sees: install, smoke, hijas list, status")
     args = ap.parse_args()
     boots = args.boots or (1 if args.quick else 3)
     hogs = 3 if args.quick else 7
     clean_stale("vx11b-")
-    out = {"releases": {r: bench_release(r, boots, hogs) for r in args.release or RELEASES},
+    out = {"releases": {r: bench_release(r, boots, hogs, args.show)
+                        for r in args.release or RELEASES},
            "boots_per_release": boots, "oom_kills_per_release": hogs}
     print(f"{'measure':<28}" + "".join(f"{r:>16}" for r in out["releases"]))
     rows = [("install (s)", "install_s"), ("install to smoke (s)", "install_to_smoke_s"),
