@@ -31,7 +31,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from vx11d.ctl.freshhost import HOST_PATH, HOSTS, destroy_dir
+from vx11d.ctl.freshhost import HOST_PATH, HOSTS, destroy_dir, make_copy
 from vx11d.ctl.sandbox import term_on_parent_death
 from vx11d.errors import SandboxError
 
@@ -94,23 +94,7 @@ class QemuHost:
 
     def create(self) -> QemuHost:
         """This host's root: an overlay on the image (a copy where overlayfs fails)."""
-        if self.dir.exists():
-            destroy_dir(self.dir)
-        self.dir.mkdir(parents=True)
-        (self.dir / "image").write_text(str(self.image))
-        (self.dir / "owner").write_text(str(os.getpid()))
-        self.root.mkdir()
-        for sub in ("upper", "work"):
-            (self.dir / sub).mkdir()
-        r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                            f"lowerdir={self.image},upperdir={self.dir / 'upper'},"
-                            f"workdir={self.dir / 'work'}", str(self.root)],
-                           capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            cp = subprocess.run(["cp", "-a", "--reflink=auto", f"{self.image}/.",
-                                 str(self.root)], capture_output=True, text=True, check=False)
-            if cp.returncode != 0:
-                raise SandboxError(f"cannot copy {self.image}: {cp.stderr.strip()}")
+        make_copy(self.dir, self.image)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.name,
                         "-f", str(self.key)], check=True)
         ssh_dir = self.root / "root" / ".ssh"

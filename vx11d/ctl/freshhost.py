@@ -185,23 +185,7 @@ class FreshHost:
 
     def create(self) -> FreshHost:
         """Make this host's root: an overlay on the image, else a reflink/plain copy."""
-        if self.dir.exists():
-            destroy_dir(self.dir)
-        self.dir.mkdir(parents=True)
-        (self.dir / "image").write_text(str(self.image))
-        (self.dir / "owner").write_text(str(os.getpid()))
-        self.root.mkdir()
-        upper, work = self.dir / "upper", self.dir / "work"
-        upper.mkdir()
-        work.mkdir()
-        r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                            f"lowerdir={self.image},upperdir={upper},workdir={work}",
-                            str(self.root)], capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            cp = subprocess.run(["cp", "-a", "--reflink=auto", f"{self.image}/.",
-                                 str(self.root)], capture_output=True, text=True, check=False)
-            if cp.returncode != 0:
-                raise SandboxError(f"cannot copy {self.image}: {cp.stderr.strip()}")
+        make_copy(self.dir, self.image)
         return self
 
     def put(self, src: Path | str, dest: str, mode: int = 0o644) -> str:
@@ -358,6 +342,28 @@ class FreshHost:
                "env", f"PATH={HOST_PATH}", "DEBIAN_FRONTEND=noninteractive", *argv]
         return subprocess.run(cmd, text=True, capture_output=True, timeout=timeout,
                               check=False, stdin=subprocess.DEVNULL)
+
+
+def make_copy(d: Path, image: Path) -> Path:
+    """A fresh host dir ``d`` whose ``root`` is an overlay on ``image`` (a reflink/plain
+    copy where overlayfs is not available), owned by this process; returns the root."""
+    if d.exists():
+        destroy_dir(d)
+    d.mkdir(parents=True)
+    (d / "image").write_text(str(image))
+    (d / "owner").write_text(str(os.getpid()))
+    root, upper, work = d / "root", d / "upper", d / "work"
+    for sub in (root, upper, work):
+        sub.mkdir()
+    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={image},upperdir={upper},workdir={work}", str(root)],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        cp = subprocess.run(["cp", "-a", "--reflink=auto", f"{image}/.", str(root)],
+                            capture_output=True, text=True, check=False)
+        if cp.returncode != 0:
+            raise SandboxError(f"cannot copy {image}: {cp.stderr.strip()}")
+    return root
 
 
 def destroy_dir(d: Path) -> None:
