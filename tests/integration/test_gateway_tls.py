@@ -187,6 +187,34 @@ def test_renewed_certificate_is_served_after_sighup_without_a_refused_connection
         assert "tls_reloaded" in log.read_text()
 
 
+def test_stop_serves_a_connection_accepted_mid_handshake(tmp_path, pki):
+    """Regression (CI, a restart with a client looping): a connection the gateway had
+    accepted but whose TLS handshake had not begun when SIGTERM came was closed at once
+    (aiohttp knows a connection only after its handshake); the stop now lets it finish
+    its handshake and request, and is answered."""
+    import psutil
+
+    cert, key = pki.issue("gw")
+    with run_gateway(tmp_path, tls_yaml(cert, key), ca=pki.ca) as (url, _s, log, proc):
+        port = port_of(url)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            mine = raw.getsockname()[1]
+            poll_for(lambda: any(c.raddr and c.raddr.port == mine for c in
+                                 psutil.Process(proc.pid).net_connections("tcp")),
+                     timeout=10, what="the gateway to accept the connection")
+            proc.send_signal(signal.SIGTERM)
+            ctx = ssl.create_default_context(cafile=pki.ca)
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls_sock:
+                tls_sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Connection: close\r\n\r\n")
+                head = tls_sock.recv(64)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert proc.wait(timeout=30) == 0, log.read_text()
+        finally:
+            raw.close()
+
+
 def _own_address() -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:

@@ -23,8 +23,9 @@ from .http import BadRequestLog
 
 log = logging.getLogger("vx11.gateway")
 RENEW_AFTER = 5.0  # seconds up before a stale read-only view may end this process
-# At a stop: how long connections accepted just before may take to send their request
-DRAIN_GRACE = 0.5
+# At a stop: how long connections accepted just before may take to finish their TLS
+# handshake and send their request (a stop ends sooner once none is left)
+DRAIN_GRACE = 3.0
 
 
 def activation_sockets() -> list[socket.socket]:
@@ -175,19 +176,43 @@ class GatewayService:
         if self.runner is not None:
             # Stop accepting first (the socket unit keeps :8000: the next process takes
             # what queues meanwhile). A connection accepted just before may still be in
-            # its TLS handshake or sending its request, and aiohttp's shutdown closes
-            # such a connection at once (the client sees a reset): give those a short
-            # grace to become requests, which the shutdown then waits for.
+            # its TLS handshake (aiohttp does not know it yet) or sending its request,
+            # and aiohttp's shutdown closes those at once (the client sees a reset):
+            # let them become requests, which the shutdown then waits for.
+            listeners = [site._server for site in self.runner.sites
+                         if getattr(site, "_server", None) is not None]
             for site in list(self.runner.sites):
                 await site.stop()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + DRAIN_GRACE
-            server = self.runner.server
-            while server is not None and server.connections and loop.time() < deadline:
-                await asyncio.sleep(0.02)
+            await _drain(self.runner.server, listeners)
             await self.runner.cleanup()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+
+
+async def _drain(server, listeners: list) -> None:
+    """Wait (at most DRAIN_GRACE) until every connection the closed listeners accepted
+    is either gone or an idle keep-alive connection that has served its request.
+
+    ``asyncio.Server`` counts its live transports (handshakes included); aiohttp knows
+    the connections past their handshake, and which of those wait for a next request.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_GRACE
+    while loop.time() < deadline:
+        live = sum(getattr(s, "_active_count", 0) for s in listeners)
+        conns = list(server.connections) if server is not None else []
+        idle = sum(1 for c in conns if _idle_keepalive(c))
+        if live <= idle:
+            return
+        await asyncio.sleep(0.02)
+
+
+def _idle_keepalive(conn) -> bool:
+    """A connection that served its requests and waits for a next one: closing it is
+    the ordinary keep-alive close a client expects (aiohttp's RequestHandler state)."""
+    return (getattr(conn, "_request_count", 0) > 0
+            and not getattr(conn, "_request_in_progress", False)
+            and not getattr(conn, "_messages", None))
 
 
 def _addr(name: object) -> str:
