@@ -508,9 +508,22 @@ def _replace_path(cfg: Config, path: str) -> Config:
 
 
 def sample() -> str:
-    """The documented sample config: every key, its default and what it means."""
-    head = ["# vx11d configuration (/etc/vx11/vx11.yml). Every key is optional; the values",
-            "# below are the defaults. Durations: 30s, 5m, 2h, 7d or seconds. Sizes: 512M,",
-            "# 6G or bytes. Unknown keys and bad values stop the daemons with exit 78.", ""]
+    """The documented sample config (the shipped /etc/vx11/vx11.yml): every key with its
+    default, commented out (``#key: value``), so a conffile the admin edited sets only
+    what the admin set and a new release's defaults still apply. A line that is a key or
+    a list item right after ``#`` is a default: delete the ``#`` to set it."""
+    head = ["# vx11d configuration (/etc/vx11/vx11.yml). Every key is optional and shown",
+            "# with its default, commented out: '#key: value' is a default (delete the '#'",
+            "# to set it, with the section line above it), '# text' says what the key below",
+            "# it means. Durations: 30s, 5m, 2h, 7d or seconds. Sizes: 512M, 6G or bytes.",
+            "# Unknown keys, bad values and a key given twice stop the daemons with exit 78.",
+            ""]
     body = [ln for ln in describe(Config) if not ln.startswith(("path:", "# (set by"))]
-    return "\n".join(head + body) + "\n"
+    return "\n".join(head + [_commented(ln) for ln in body]) + "\n"
+
+
+def _commented(line: str) -> str:
+    """``  key: v`` -> ``  #key: v`` (deleting the ``#`` gives the line back); comment
+    lines stay as they are."""
+    text = line.lstrip(" ")
+    return line if text.startswith("#") else line[:len(line) - len(text)] + "#" + text

@@ -130,10 +130,13 @@ def build_argv(tpl: HijaTemplate, args: dict[str, str], port: int | None) -> lis
 
 
 def check_ttl(tpl: HijaTemplate, ttl: Any, min_ttl: float) -> float:
-    """The requested TTL in seconds: required, at least ``min_ttl`` (madre.min_ttl), at
-    most the template's max."""
+    """The requested TTL in seconds: the template's ``default_ttl`` when none is given,
+    at least ``min_ttl`` (madre.min_ttl), at most the template's max."""
     if ttl is None:
-        raise InputError("ttl_s is required: every hija has a TTL")
+        ttl = float(tpl.default_ttl)
+        if ttl < min_ttl:
+            raise InputError(f"this template's default_ttl {ttl:g}s is below madre.min_ttl "
+                             f"{min_ttl:g}s: give ttl_s")
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise InputError("ttl_s must be a number of seconds")
     if not ttl == ttl or ttl <= 0:

@@ -96,7 +96,6 @@ def test_served_openapi_equals_the_file_and_documents_every_route(gw):
 
 
 @pytest.mark.parametrize(("body", "code"), [
-    ({"template": "sleeper"}, 422),                       # TTL missing
     ({"template": "sleeper", "ttl_s": 61}, 422),          # above max_ttl
     ({"template": "sleeper", "ttl_s": 0}, 422),
     ({"template": "sleeper", "ttl_s": "10"}, 422),
@@ -124,6 +123,13 @@ def test_spawn_bad_bodies(gw):
     big = b'{"a":"' + b"x" * 2_000_000 + b'"}'
     assert call("POST", "/vx11/spawn", raw=big, headers={**H, "Content-Type":
                                                          "application/json"})[0] == 413
+
+
+def test_spawn_default_ttl_honoured_when_ttl_s_not_given(gw):
+    """Regression: the template's default_ttl did nothing (422 ttl_s is required)."""
+    call, _, _ctx = gw
+    status, row = call("POST", "/vx11/spawn", {"template": "sleeper"})
+    assert status == 202 and row["ttl_s"] == 60, row  # default_ttl 60, max_ttl 60s
 
 
 def test_spawn_without_madre_is_accepted_as_202_then_listed_and_stoppable(gw):

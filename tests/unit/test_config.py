@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from vx11d import config
+from vx11d import config, confload
 from vx11d.confload import parse_duration, parse_size
 from vx11d.errors import ConfigError
 
@@ -46,6 +50,33 @@ def test_sample_file_is_current_and_valid():
     shipped = (REPO / "packaging" / "vx11.yml").read_text()
     assert shipped == config.sample(), "regenerate: vx11ctl config sample > packaging/vx11.yml"
     assert config.parse(shipped, "packaging/vx11.yml") == config.parse("", "packaging/vx11.yml")
+
+
+def _defaults(cls) -> dict:
+    """Every key of ``cls`` with its default, from the dataclasses themselves (the schema
+    the daemons parse with), as YAML would load it."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "path" and cls is config.Config:
+            continue  # set by the loader, not a key of the file
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out[f.name] = _defaults(tp)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out[f.name] = confload._plain(default)
+    return out
+
+
+def test_shipped_config_has_every_key_commented_out_with_its_real_default():
+    """The shipped conffile sets nothing: every key is there as '#key: default', so an
+    edited /etc/vx11/vx11.yml no longer pins old defaults across upgrades (the 0.1.0 ->
+    0.1.1 trap). Deleting every such '#' gives exactly the schema's defaults."""
+    shipped = (REPO / "packaging" / "vx11.yml").read_text()
+    assert yaml.safe_load(shipped) is None  # nothing set
+    uncommented = re.sub(r"(?m)^( *)#(?=[^\s#])", r"\1", shipped)
+    assert yaml.safe_load(uncommented) == _defaults(config.Config)
+    assert config.parse(uncommented, "x.yml") == config.parse("", "x.yml")
 
 
 @pytest.mark.parametrize("text,key,reason", [

@@ -102,6 +102,22 @@ def test_last_rotation_recent_or_not():
     assert not hygiene.last_rotation(None, now)["ok"]
 
 
+def test_scorecard_rotation_not_yet_due_on_a_fresh_install():
+    """Regression: vx11ctl scorecard exited 1 on every fresh install (FAIL rotation_recent:
+    no successful rotation recorded) before the daily timer had a chance to fire."""
+    now = 1_800_000_000.0
+    fresh = hygiene.last_rotation(None, now, since=now - 600)
+    assert fresh["ok"] and fresh["due"] is False, fresh
+    assert fresh["detail"].startswith("not yet due: no rotation since the database was "
+                                      "made"), fresh
+    assert "10m ago" in fresh["detail"], fresh
+    # past the limit with still no rotation: a failure again
+    late = hygiene.last_rotation(None, now, since=now - 40 * 3600)
+    assert not late["ok"] and "no successful rotation" in late["detail"], late
+    # a rotation that ran and is old is never "not yet due"
+    assert not hygiene.last_rotation(now - 48 * 3600, now, since=now - 600)["ok"]
+
+
 def test_cgroup_hierarchy_names_unified_hybrid_and_legacy_hosts(tmp_path):
     from vx11d.ctl.hygiene import cgroup_hierarchy
 

@@ -38,9 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
-    sp = hs.add_parser("spawn", help="spawn a hija from a template (TTL required)")
+    sp = hs.add_parser("spawn", help="spawn a hija from a template, with a TTL")
     sp.add_argument("template", help="a template name from madre.templates")
-    sp.add_argument("--ttl", required=True, help="time to live, e.g. 30s, 5m")
+    sp.add_argument("--ttl", default=None,
+                    help="time to live, e.g. 30s, 5m (default: the template's default_ttl, "
+                         "at most its max_ttl)")
     sp.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
                     help="a template argument (repeat for several)")
     sp.add_argument("--wait", type=float, default=10.0, help="seconds to wait for running")
@@ -111,7 +113,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_spawn(args: argparse.Namespace) -> int:
     cfg, db = _db(args)
-    ttl = _seconds("--ttl", args.ttl)
+    ttl = None if args.ttl is None else _seconds("--ttl", args.ttl)
     given: dict[str, str] = {}
     for item in args.arg:
         name, sep, value = item.partition("=")

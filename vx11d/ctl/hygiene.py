@@ -143,13 +143,23 @@ def rotate_timer(systemctl=None) -> dict[str, object]:
 
 
 def last_rotation(last_ok: float | None, now: float | None = None,
-                  max_age_h: float = 36) -> dict[str, object]:
-    """The last successful (not dry) rotation within ``max_age_h`` hours."""
+                  max_age_h: float = 36, since: float | None = None) -> dict[str, object]:
+    """The last successful (not dry) rotation within ``max_age_h`` hours.
+
+    ``since`` is when the database was made (its first migration): a fresh install that
+    has had no rotation yet is "not yet due" (ok, ``due`` false) until ``max_age_h`` after
+    it, so the first scorecard after an install does not fail on a timer that has not
+    fired yet."""
     now = time.time() if now is None else now
+    limit = f"(limit {max_age_h:g} h)"
+    if last_ok is None and since is not None and now - since < max_age_h * 3600:
+        return {**_check("rotation_recent", True, f"not yet due: no rotation since the "
+                         f"database was made {textfmt.when(since, now)} {limit}"),
+                "due": False}
     fresh = last_ok is not None and now - last_ok < max_age_h * 3600
     detail = ("no successful rotation recorded in the rotations table" if last_ok is None
               else f"last successful rotation {textfmt.when(last_ok, now)}")
-    return _check("rotation_recent", fresh, detail + f" (limit {max_age_h:g} h)")
+    return _check("rotation_recent", fresh, f"{detail} {limit}")
 
 
 def cgroup_hierarchy(mountinfo: str = "/proc/self/mountinfo") -> dict[str, object]:

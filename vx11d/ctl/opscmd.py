@@ -99,8 +99,9 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
             overdue = d.query("SELECT id FROM spawner_hijas WHERE status = ? AND "
                               "expires_at < ?", (hijas.HijaStatus.RUNNING.value, now - grace))
             checks.append(_check("no_overdue_hijas", not overdue,
-                                 f"{len(overdue)} running past expiry + {grace:g}s: "
-                                 + ",".join(r[0] for r in overdue[:10])))
+                                 f"{len(overdue)} running past expiry + {grace:g}s"
+                                 + (": " + ", ".join(r[0] for r in overdue[:10])
+                                    if overdue else "")))
             long_windows = d.query("SELECT count(*) FROM activations WHERE ended_at IS NULL "
                                    "AND expires_at - created_at > ?",
                                    (cfg.madre.max_activation + 1,))[0][0]
@@ -110,7 +111,8 @@ def run_checks(config_path: str | None) -> list[dict[str, object]]:
             if cfg.rotate.roots:
                 last = d.query("SELECT max(finished_at) FROM rotations WHERE errors = 0 "
                                "AND dry_run = 0")[0][0]
-                checks.append(hygiene.last_rotation(last, now))
+                made = d.query("SELECT min(applied_at) FROM schema_migrations")[0][0]
+                checks.append(hygiene.last_rotation(last, now, since=made))
         except DbError as e:
             checks.append(_check("db_integrity", False, str(e)))
         finally:
@@ -170,7 +172,8 @@ def scorecard(args: argparse.Namespace) -> int:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    text = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}"
+    text = "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}"
+                     + (f": {c['detail']}" if c["detail"] else "")
                      for c in checks) + f"\nwrote {path}"
     emit(args, card, text)
     return 0 if card["ok"] else 1

@@ -93,14 +93,16 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _resp("the OpenAPI document", {"type": "object"}),
                               **_errors()}}},
             "/vx11/spawn": {"post": {
-                "summary": "spawn a hija from a template, with a mandatory TTL",
-                "requestBody": _body({"type": "object", "required": ["template", "ttl_s"],
+                "summary": "spawn a hija from a template, with a TTL (the template's "
+                           "default_ttl when ttl_s is not given)",
+                "requestBody": _body({"type": "object", "required": ["template"],
                                       "additionalProperties": False, "properties": {
                                           "template": {"type": "string"},
                                           "ttl_s": {"type": "number", "exclusiveMinimum": 0,
                                                     "description": "at least madre.min_ttl "
                                                     "(1 s by default), at most the "
-                                                    "template's max_ttl"},
+                                                    "template's max_ttl; default: the "
+                                                    "template's default_ttl"},
                                           "args": {"type": "object"}}}),
                 "responses": {"201": _resp("running (or already ended: see status)", HIJA),
                               "202": _resp("accepted, still starting", HIJA),

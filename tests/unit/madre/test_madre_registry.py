@@ -167,9 +167,15 @@ def test_args_are_validated_and_substituted_never_a_shell(env):
             hijas.check_args(tpl, bad)
 
 
-def test_ttl_is_required_and_bounded(env):
+def test_ttl_defaults_to_the_templates_default_ttl_and_is_bounded(env):
+    """Regression: the template's default_ttl did nothing (ttl_s is required)."""
     cfg, db, _sd, _reg, _clock, _m = env
-    for ttl in (None, 0, -1, 61, "10", True, float("nan")):
+    assert hijas.request_spawn(db, cfg, "sleeper", None, {}, "t")["ttl_s"] == 60
+    low = config.parse("madre:\n  min_ttl: 2m\n  templates:\n    s: {command: [/bin/true], "
+                       "default_ttl: 30s}\n", "t.yml")
+    with pytest.raises(hijas.InputError, match=r"default_ttl 30s is below madre\.min_ttl"):
+        hijas.request_spawn(db, low, "s", None, {}, "t")
+    for ttl in (0, -1, 61, "10", True, float("nan")):
         with pytest.raises(hijas.InputError):
             hijas.request_spawn(db, cfg, "sleeper", ttl, {}, "t")
     with pytest.raises(hijas.NotFound):
