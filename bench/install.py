@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.host.packages import ADMIN_TEMPLATE_SED, build_current  # noqa: E402
+from tests.host.packages import ADMIN_CONFIG_SH, build_current  # noqa: E402
 from tests.vm.qemuhost import QemuHost, clean_stale  # noqa: E402
 from vx11d.ctl import freshhost  # noqa: E402
 
@@ -142,7 +142,7 @@ def bench_release(release: str, boots: int, hogs: int, show: bool = False) -> di
         said = run(host, "sh", "-c", f"cd /root && apt-get install -y --no-install-recommends "
                    f"./{deb.name}")
         install_s = time.monotonic() - t0
-        run(host, "sed", "-i", *ADMIN_TEMPLATE_SED, "/etc/vx11/vx11.yml")
+        run(host, "sh", "-c", ADMIN_CONFIG_SH)
         run(host, "systemctl", "try-reload-or-restart", "vx11-madre.service",
             "vx11-gateway.service")
         smoke = run(host, "vx11ctl", "smoke", "--ttl", "1")

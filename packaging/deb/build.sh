@@ -166,7 +166,11 @@ install -m 0644 "$repo/packaging/sysusers.d/vx11.conf" "$stage/usr/lib/sysusers.
 install -m 0644 "$repo/packaging/tmpfiles.d/vx11.conf" "$stage/usr/lib/tmpfiles.d/vx11.conf"
 install -m 0640 "$repo/packaging/vx11.yml" "$stage/etc/vx11/vx11.yml"
 [ -d "$repo/packaging/prometheus" ] && cp -r "$repo/packaging/prometheus" "$stage/usr/share/vx11d/"
-[ -d "$repo/packaging/grafana" ] && cp -r "$repo/packaging/grafana" "$stage/usr/share/vx11d/"
+# the dashboard, and Grafana's provisioning file pointing at it (a conffile)
+install -d "$stage/usr/share/vx11d/grafana" "$stage/etc/grafana/provisioning/dashboards"
+install -m 0644 "$repo/packaging/grafana/vx11.json" "$stage/usr/share/vx11d/grafana/vx11.json"
+install -m 0644 "$repo/packaging/grafana/provisioning/vx11d.yaml" \
+  "$stage/etc/grafana/provisioning/dashboards/vx11d.yaml"
 # drop-ins (fleet metrics, gateway TLS and network) and journal forwarding configs that
 # docs/fleet.md and docs/security.md install from here
 for d in fleet journal systemd; do
@@ -206,6 +210,7 @@ Maintainer: $maintainer
 Installed-Size: $size
 Depends: $depends
 Recommends: prometheus-node-exporter
+Suggests: grafana
 Section: admin
 Priority: optional
 Homepage: https://example.org/vx11d
@@ -215,7 +220,8 @@ Description: keeps an AI services host clean, bounded and observable
  orphan reaper, an audit rotator on a timer and a local LLM worker under
  MemoryMax, sharing one SQLite database and exposing Prometheus metrics.
 CONTROL
-echo "/etc/vx11/vx11.yml" > "$stage/DEBIAN/conffiles"
+printf '%s\n' /etc/vx11/vx11.yml /etc/grafana/provisioning/dashboards/vx11d.yaml \
+  > "$stage/DEBIAN/conffiles"
 install -m 0755 "$repo/packaging/deb/preinst" "$repo/packaging/deb/postinst" \
   "$repo/packaging/deb/prerm" "$repo/packaging/deb/postrm" "$stage/DEBIAN/"
 (cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z \

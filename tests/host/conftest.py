@@ -17,7 +17,7 @@ import pytest
 from vx11d.ctl import freshhost
 
 from .packages import (  # noqa: F401 (re-exported for the test modules)
-    ADMIN_TEMPLATE_SED,
+    ADMIN_CONFIG_SH,
     PREVIOUS_COMMIT,
     PREVIOUS_VERSION,
     build_current,

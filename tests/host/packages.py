@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests import docblocks
 from vx11d.ctl import freshhost
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,10 +23,9 @@ DEB_CACHE = freshhost.CACHE / "debs"
 KEEP_TREE_BUILDS = 8  # two releases, with and without Hermes
 # What packaging/deb/build.sh puts into the package (a change elsewhere reuses the cache).
 PACKAGED = ["pyproject.toml", "README.md", "vx11d", "units", "packaging", "docs"]
-# The admin's first edit after install (docs/install.md): a template to spawn.
-ADMIN_TEMPLATE_SED = [
-    "-e", r"s|^  templates: {}|  templates:\n    sleeper:\n      command: [/usr/bin/sleep, "
-          r"infinity]\n      default_ttl: 30s\n      max_ttl: 30m|"]
+# The admin's first edit after install: docs/install.md's sample config (a template to
+# spawn, an audit root), appended by the shell command the page shows.
+ADMIN_CONFIG_SH = docblocks.block("install", "config")
 
 
 def _tree_key() -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import docblocks
 from tests.host.conftest import journal, run, show, sql  # noqa: F401 (re-exported)
 from tests.host.packages import build_current
 from tests.support import poll_for
@@ -91,12 +92,14 @@ def next_version(deb: Path, workdir: Path) -> tuple[str, Path]:
 
 
 def documented_purge_leftovers() -> list[str]:
-    """What docs/install.md says a purge leaves, as the trixie test lists it: the code
-    block under the line that says so."""
-    text = (REPO / "docs" / "install.md").read_text()
-    m = re.search(r"what a purge leaves.*?```[a-z]*\n(.*?)```", text, re.S | re.I)
-    assert m, "docs/install.md lists no purge leftovers"
-    return sorted(line.strip() for line in m.group(1).splitlines() if line.strip())
+    """What docs/install.md says a purge leaves: its block marked purge-leftovers."""
+    return sorted(docblocks.lines(docblocks.block("install", "purge-leftovers")))
+
+
+def purge_leftovers_command() -> str:
+    """The commands docs/install.md lists the leftovers with, as one script."""
+    return "\n".join(docblocks.commands(docblocks.block("install",
+                                                        "purge-leftovers-command")))
 
 
 def sandbox_config() -> str:

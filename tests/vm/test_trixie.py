@@ -11,7 +11,15 @@ import pytest
 
 from tests.support import poll_for
 
-from .conftest import DAEMONS, documented_purge_leftovers, install, run, show, sql
+from .conftest import (
+    DAEMONS,
+    documented_purge_leftovers,
+    install,
+    purge_leftovers_command,
+    run,
+    show,
+    sql,
+)
 
 RELEASE = "trixie"
 # the upgrade step installs the tree's package again as the next version
@@ -128,10 +136,7 @@ def test_install_after_remove_keeps_config_token_and_history(vx11_guest):
 def test_apt_purge_leaves_exactly_what_the_docs_list(vx11_guest):
     host = vx11_guest
     run(host, "apt-get", "purge", "-y", "vx11d", timeout=600)
-    left = run(host, "sh", "-c", "find /etc /opt /run /usr /var -xdev \\( -name '*vx11*' "
-               "-o -group vx11 -o -user vx11 -o -user vx11-hija \\) -print 2>/dev/null; "
-               "getent passwd vx11 vx11-hija | cut -d: -f1 | sed 's/^/user /'",
-               ok=False).stdout.splitlines()
+    left = run(host, "sh", "-c", purge_leftovers_command(), ok=False).stdout.splitlines()
     assert sorted(left) == documented_purge_leftovers(), left
     for args in (["list-units", "--all"], ["list-unit-files"]):
         out = run(host, "systemctl", *args, "--plain", "--no-legend", "vx11*", ok=False).stdout
