@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.host.packages import ADMIN_CONFIG_SH, build_current  # noqa: E402
+from tests.infra import freshhost  # noqa: E402
 from tests.vm.qemuhost import QemuHost, clean_stale  # noqa: E402
-from vx11d.ctl import freshhost  # noqa: E402
 
 RELEASES = ("bookworm", "trixie")
 SET = ["vx11.target", "vx11-madre.service", "vx11-reaper.service", "vx11-gateway.socket"]

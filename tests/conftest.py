@@ -26,7 +26,8 @@ def dbpath(tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def sandbox():
     """A real systemd booted in systemd-nspawn for this test session; powered off at the end."""
-    from vx11d.ctl.sandbox import Sandbox, down_orphans
+    from tests.infra.orphans import down_orphans
+    from vx11d.ctl.sandbox import Sandbox
 
     down_orphans("vx11t-")  # left by test sessions that were killed: containers, cgroups
     sb = Sandbox(f"vx11t-{os.getpid()}", die_with_caller=True)

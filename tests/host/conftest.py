@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vx11d.ctl import freshhost
+from tests.infra import freshhost
 
 from .packages import (  # noqa: F401 (re-exported for the test modules)
     ADMIN_CONFIG_SH,

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from tests import docblocks
-from vx11d.ctl import freshhost
+from tests.infra import freshhost
 
 REPO = Path(__file__).resolve().parents[2]
 # The previous release the upgrade test starts from: main at the time the host tier was

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from tests.infra import freshhost
 from tests.support import poll_for
-from vx11d.ctl import freshhost
 
 from .conftest import run, show
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra.orphans import down_orphans, running_names
 from tests.support import poll_for
 from vx11d.ctl import cgroups
-from vx11d.ctl.sandbox import Sandbox, down_orphans, running_names
+from vx11d.ctl.sandbox import Sandbox
 from vx11d.errors import SandboxError
 
 from .conftest import REPO, journal

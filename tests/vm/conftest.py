@@ -25,8 +25,8 @@ import yaml
 from tests import docblocks
 from tests.host.conftest import journal, run, show, sql  # noqa: F401 (re-exported)
 from tests.host.packages import build_current
+from tests.infra import freshhost
 from tests.support import poll_for
-from vx11d.ctl import freshhost
 
 from .qemuhost import QemuHost, clean_stale
 

@@ -4,7 +4,7 @@ booted by qemu, with systemd as PID 1 on pure cgroup v2.
 The life of one host (:class:`QemuHost`):
 
 * ``create()`` makes its root (an overlay on the cached image root) and ``put()`` copies
-  files into it, before the first boot, as :class:`vx11d.ctl.freshhost.FreshHost` does;
+  files into it, before the first boot, as :class:`tests.infra.freshhost.FreshHost` does;
 * the first ``boot()`` turns that root into the host's disk (``mkfs.ext4 -d``, ~2 s, no
   loop mount) and boots the image's own kernel from it on an emulated NVMe disk (built
   into Debian's cloud kernel: no initrd); later boots reuse the disk, so a poweroff and a
@@ -31,7 +31,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from vx11d.ctl.freshhost import HOST_PATH, HOSTS, destroy_dir, make_copy
+from tests.infra.freshhost import HOST_PATH, HOSTS, destroy_dir, make_copy
 from vx11d.ctl.sandbox import term_on_parent_death
 from vx11d.errors import SandboxError
 

@@ -17,6 +17,10 @@ enforcing none of them. The recipe (measured, see docs/sandbox.md):
 Whether it worked is measured, never assumed: :func:`probe` starts a transient unit
 with limits inside the container and reads the limits back from the kernel's files.
 
+Why it is in the package and not under tests/: ``vx11ctl sandbox up`` (the Makefile's
+``demo``, ``up-core`` and ``smoke`` targets) delegates and probes with it; the test
+fixtures (tests/infra/freshhost.py, the sandbox fixture) use the same code.
+
 Usage by any container fixture::
 
     d = cgroups.delegate("my-box")

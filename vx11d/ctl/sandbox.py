@@ -16,6 +16,12 @@ the caller made, as the fleet test does to join several on one bridge) and these
   ``up`` measures that with a probe unit and refuses a sandbox that would not.
 
 Nothing of the host's own systemd is used or touched, booted with systemd or not.
+
+Why it is in the package and not under tests/: ``vx11ctl sandbox up|exec|down|status``
+is the command the Makefile's ``demo``, ``up-core``, ``up-full-test`` and ``smoke``
+targets run from a checkout, and ``vx11ctl demo`` walks through it. The test fixtures
+use the same class; what only they need (taking down the sandboxes of killed test
+sessions) is in tests/infra/orphans.py.
 """
 
 from __future__ import annotations
@@ -83,12 +89,12 @@ class Sandbox:
             pid = int((self.state / "nspawn.pid").read_text())
         except (OSError, ValueError):
             pid = None
-        if pid is not None and _is_nspawn_of(pid, self.name):
+        if pid is not None and is_nspawn_of(pid, self.name):
             return pid
         # No (or a stale) pid file: find it by its command line, so a sandbox whose
         # state dir was lost can still be found and taken down.
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and _is_nspawn_of(int(entry), self.name):
+            if entry.isdigit() and is_nspawn_of(int(entry), self.name):
                 return int(entry)
         return None
 
@@ -306,7 +312,7 @@ class Sandbox:
 
     def _gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while _is_nspawn_of(pid, self.name):
+        while is_nspawn_of(pid, self.name):
             _reap(pid)
             if time.monotonic() > deadline:
                 return False
@@ -355,42 +361,7 @@ def systemd_child(pid: int) -> int | None:
     return None
 
 
-def running_names(prefix: str = "") -> list[str]:
-    """Names of the sandboxes whose nspawn runs now (optionally only those with a prefix)."""
-    names = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline and cmdline[0].endswith(b"systemd-nspawn") and b"-M" in cmdline:
-            i = cmdline.index(b"-M")
-            if i + 1 < len(cmdline):
-                name = cmdline[i + 1].decode(errors="replace")
-                if name.startswith(prefix) and _is_nspawn_of(int(entry), name):
-                    names.append(name)
-    return sorted(set(names))
-
-
-def down_orphans(prefix: str) -> list[str]:
-    """Take down the sandboxes named ``<prefix><owner pid>`` whose owner is dead (a test
-    session that was killed): container, state dir and cgroups. The names taken down."""
-    names = set(running_names(prefix))
-    if STATE_ROOT.exists():
-        names |= {p.name for p in STATE_ROOT.glob(f"{prefix}*")}
-    names |= {p.name[len(cgroups.PREFIX):].rpartition(".")[0] for p in cgroups.find_all()}
-    done = []
-    for name in sorted(names):
-        owner = name.removeprefix(prefix)
-        if name.startswith(prefix) and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
-            Sandbox(name).down()
-            done.append(name)
-    return done
-
-
-def _is_nspawn_of(pid: int, name: str) -> bool:
+def is_nspawn_of(pid: int, name: str) -> bool:
     """Is ``pid`` a live (not zombie) systemd-nspawn running the machine ``name``?"""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -28,9 +28,9 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..errors import SandboxError
-from . import cgroups
-from .sandbox import systemd_child, term_on_parent_death
+from vx11d.ctl import cgroups
+from vx11d.ctl.sandbox import systemd_child, term_on_parent_death
+from vx11d.errors import SandboxError
 
 CACHE = Path(os.environ.get("VX11_HOST_CACHE", "/var/cache/vx11-test"))
 HOSTS = Path(os.environ.get("VX11_HOSTS_DIR", "/var/tmp/vx11-hosts"))
