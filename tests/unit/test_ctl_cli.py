@@ -156,3 +156,17 @@ def test_an_unexpected_exception_is_one_line_exit_70(tmp_path, monkeypatch, caps
     assert ctl.main(["--config", str(cfg), "route", "2+2", "--json"]) == 70
     out = json.loads(capsys.readouterr().out)
     assert out["error"] == "internal" and out["exit_code"] == 70
+
+
+def test_hijas_spawn_without_ttl_asks_for_the_templates_default_ttl(tmp_path):
+    """Regression: the CLI required --ttl although the template has a default_ttl."""
+    dbfile = tmp_path / "vx11.db"
+    cfg = tmp_path / "vx11.yml"
+    cfg.write_text(f"db:\n  path: {dbfile}\ngateway:\n  madre_wake_socket: {tmp_path}/m.sock\n"
+                   "madre:\n  templates:\n    sleeper:\n      command: [/usr/bin/sleep, "
+                   "infinity]\n      default_ttl: 30s\n      max_ttl: 30m\n")
+    assert run("--config", str(cfg), "db", "migrate").returncode == 0
+    r = run("--config", str(cfg), "hijas", "spawn", "sleeper", "--wait", "0", "--json")
+    # no madre here: the request stays "requested" (exit 1), with the template's TTL
+    row = json.loads(r.stdout)
+    assert row["status"] == "requested" and row["ttl_s"] == 30, row
