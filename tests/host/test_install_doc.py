@@ -18,7 +18,7 @@ import yaml
 from tests import docblocks
 from tests.support import poll_for
 
-from .conftest import run, vx11_processes
+from .conftest import journal, run, vx11_processes
 
 # the first test of a session may build both packages and the image (minutes)
 pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
@@ -132,6 +132,11 @@ def test_the_first_five_commands_exit_0(fresh_host):
     assert re.search(r"^ok +rotation_recent: not yet due", card, re.M), card
     assert not re.search(r":\s*$", card, re.M), card  # no dangling colon
     assert "FAIL" not in card, card
+    # the one reload reached the gateway too (PropagatesReloadTo=): the smoke's spawn
+    # through the API found the new template
+    reloaded = {e.get("_SYSTEMD_UNIT") for e in journal(fresh_host,
+                                                         "VX11_EVENT=config_reloaded")}
+    assert {"vx11-madre.service", "vx11-gateway.service"} <= reloaded, reloaded
     _steps.append("first-five")
 
 
