@@ -47,12 +47,13 @@ def test_reinstall_over_a_broken_conffile_says_so_and_restarts_nothing(unbooted_
     host = unbooted_host
     assert host.is_up(), "needs the previous step's booted host"
     pid = show(host, "vx11-madre.service", "MainPID")["MainPID"]
-    run(host, "sed", "-i", "s/^  tick: 1$/  tick: soon/", "/etc/vx11/vx11.yml")
+    run(host, "cp", "-p", "/etc/vx11/vx11.yml", "/root/vx11.yml.good")
+    run(host, "sh", "-c", "printf 'madre:\\n  tick: soon\\n' >> /etc/vx11/vx11.yml")
     r = run(host, "apt-get", "install", "-y", "--reinstall", f"/root/{debs['current'].name}")
     said = r.stdout + r.stderr
     assert "/etc/vx11/vx11.yml" in said and "madre.tick" in said, said[-2000:]
     assert "systemctl restart vx11.target" in said  # what to do next
     p = show(host, "vx11-madre.service", "MainPID", "ActiveState")
     assert p == {"MainPID": pid, "ActiveState": "active"}, p  # not restarted into a failure
-    run(host, "sed", "-i", "s/^  tick: soon$/  tick: 1/", "/etc/vx11/vx11.yml")
+    run(host, "cp", "-p", "/root/vx11.yml.good", "/etc/vx11/vx11.yml")
     run(host, "vx11ctl", "config", "check")
