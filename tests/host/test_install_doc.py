@@ -149,6 +149,17 @@ def test_a_spawn_without_ttl_gets_the_templates_default_ttl(fresh_host):
     assert json.loads(r.stdout)["ttl_s"] == 30, r.stdout  # the page's default_ttl: 30s
 
 
+def test_gateway_status_line_is_the_one_gateway_md_shows(fresh_host):
+    """Regression: docs/gateway.md showed a status line with ('::', 8000, 0, 0) in it."""
+    step_after("first-five")
+    text = " ".join((REPO / "docs" / "gateway.md").read_text().split())
+    m = re.search(r'`systemctl status vx11-gateway`: `Status: "([^"]+)"`', text)
+    assert m, "docs/gateway.md shows no gateway status line"
+    seen = run(fresh_host, "systemctl", "show", "-p", "StatusText", "--value",
+               "vx11-gateway.service").stdout.strip()
+    assert seen == m.group(1), (seen, m.group(1))
+
+
 def test_reboot_brings_the_set_back(fresh_host):
     step_after("first-five")
     host = fresh_host
