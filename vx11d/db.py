@@ -82,6 +82,10 @@ class Database:
         self.write_deadline = write_deadline
         # None: create the file only where no DB ever was (no marker, see _marker_path).
         self.create = create
+        # How loud this handle logs a host fault and its end (db_degraded, db_recovered,
+        # db_file_lost). A daemon whose WriteHealth says it in its own words (madre, the
+        # reaper) turns it down to DEBUG, so one fault is one journal line.
+        self.fault_log_level = logging.WARNING
         self._conn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._pid = self._rpid = -1
@@ -240,7 +244,9 @@ class Database:
             if self._lost is not None:
                 raise self._lost
             self._lost = err
-        log.error("%s", err, extra={"VX11_EVENT": "db_file_lost", "VX11_CAUSE": err.cause})
+        log.log(logging.ERROR if self.fault_log_level >= logging.WARNING
+                else self.fault_log_level, "%s", err,
+                extra={"VX11_EVENT": "db_file_lost", "VX11_CAUSE": err.cause})
         if self._ident is not None:  # the lost file's WAL may still be at the path
             dbfile.SIDECAR_REGISTRY.pin(self.path, self._ident)
         self._note(err)
@@ -260,23 +266,28 @@ class Database:
             return ""
         try:
             if self._rescued is None:
-                self._rescued = self._rescue_locked()
+                self._rescued, wrote = self._rescue_locked()
                 if self._rescued and self._lost is not None:
                     self._lost.args = (f"{self._lost.args[0]}; its last content was saved "
                                        f"to {self._rescued}",)
+                if wrote:  # the others found it there: theirs is not news
                     log.warning("saved the lost database's content to %s", self._rescued,
                                 extra={"VX11_EVENT": "db_rescued"})
+                elif self._rescued:
+                    log.debug("the lost database's content is already saved at %s",
+                              self._rescued)
             return self._rescued
         finally:
             self._lock.release()
 
-    def _rescue_locked(self) -> str:
+    def _rescue_locked(self) -> tuple[str, bool]:
+        """(the rescued copy's path or "", whether this process wrote it)."""
         conn = self._conn if self._pid == os.getpid() else None
         if conn is None or self._ident is None:
-            return ""
+            return "", False
         dest = f"{self.path}.rescued-{self._ident[1]}"
         if os.path.exists(dest):
-            return dest
+            return dest, False
         tmp = f"{dest}.tmp-{os.getpid()}"
         try:
             _create_shared(tmp)  # 0660: every daemon can take it once it is put back
@@ -285,14 +296,18 @@ class Database:
                 conn.backup(out)
             finally:
                 out.close()
-            os.replace(tmp, dest)
+            try:
+                os.link(tmp, dest)  # not replace: of several daemons, one puts it there
+            except FileExistsError:
+                return dest, False
         except (sqlite3.Error, OSError) as e:
             log.error("could not save the lost database's content to %s: %s", dest, e,
                       extra={"VX11_EVENT": "db_rescue_failed"})
+            return "", False
+        finally:
             with suppress(OSError):
                 os.unlink(tmp)
-            return ""
-        return dest
+        return dest, True
 
     def _try_adopt(self) -> None:
         """Take the file now at the path once it holds a sound vx11 database.
@@ -363,8 +378,8 @@ class Database:
             if self.fault_since is None:
                 self.fault_since = time.time()
         if changed and not isinstance(err, DbMissing):  # lost files log in _lose
-            log.warning("database degraded (%s): %s", err.cause, err,
-                        extra={"VX11_EVENT": "db_degraded", "VX11_CAUSE": err.cause})
+            log.log(self.fault_log_level, "database degraded (%s): %s", err.cause, err,
+                    extra={"VX11_EVENT": "db_degraded", "VX11_CAUSE": err.cause})
 
     def _ok(self) -> None:
         """A write went through: any fault is over."""
@@ -375,8 +390,9 @@ class Database:
             self.fault = self.fault_since = None
         if old is not None:
             took = f" after {time.time() - since:.0f}s" if since else ""
-            log.info("database writable again (was %s%s)", old.cause, took,
-                     extra={"VX11_EVENT": "db_recovered", "VX11_CAUSE": old.cause})
+            log.log(min(self.fault_log_level, logging.INFO),
+                    "database writable again (was %s%s)", old.cause, took,
+                    extra={"VX11_EVENT": "db_recovered", "VX11_CAUSE": old.cause})
 
     def health(self) -> tuple[str, str, str]:
         """``("ok", "", "")`` or ``("degraded", cause, message)`` from what was last seen."""
@@ -556,8 +572,8 @@ def classify(e: sqlite3.Error, path: str, deadline: float | None = None) -> DbEr
     if primary == SQLITE_IOERR:
         return _ro_or_full(path, d) or DbIoError(f"{path}: I/O error ({e}); check the disk")
     if primary in (SQLITE_CORRUPT, SQLITE_NOTADB):
-        return DbCorrupt(f"{path}: not a sound database ({e}); run `vx11ctl db check` and "
-                         "restore a backup")
+        return DbCorrupt(f"{path}: not a sound database ({e}); put a backup back "
+                         "(vx11ctl db restore FILE)")
     return DbError(f"{path}: {e}")
 
 

@@ -198,6 +198,15 @@ class DbFileWatch:
         """The connection was (re)opened on the file now at the path."""
         self.identity = file_identity(self.path)
 
+    def error(self, problem: str) -> DbError:
+        """The fault for :meth:`problem`'s answer, saying what to do (madre does not
+        re-create a lost DB: that is the operator's choice)."""
+        if problem == "db_missing":
+            return DbError(f"{self.path} is gone; put a backup back (vx11ctl db restore "
+                           "FILE) or start an empty one (vx11ctl db migrate)")
+        return DbError(f"{self.path} names another file than the one opened; it is used "
+                       "once it holds a sound vx11 database")
+
     def problem(self) -> str | None:
         """``db_missing``, ``db_replaced`` or None (the file at the path is ours)."""
         now = file_identity(self.path)

@@ -12,8 +12,8 @@ from typing import Any
 from .. import journal
 from ..config import Config
 from ..db import Database, apply_migrations, low_space, record_event, stale_read_only_view
-from ..degraded import CAUSES, DB_FAULTS, FILE_CAUSES, DbFileWatch, WriteHealth
-from ..errors import DbError, StaleMountNamespace
+from ..degraded import DB_FAULTS, FILE_CAUSES, DbFileWatch, WriteHealth
+from ..errors import StaleMountNamespace
 from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
@@ -87,6 +87,8 @@ class ReaperService:
         self.health = health or WriteHealth("reaper", metrics.registry, log, clock=clock,
                                             path=db.path if db is not None else None)
         self.dbfile = DbFileWatch(db.path) if db is not None else None
+        if db is not None:
+            db.fault_log_level = logging.DEBUG  # self.health tells each fault and its end
         self.migrated = db is None
         self.clock = clock
         self.term = Terminator(clock)
@@ -528,8 +530,7 @@ class ReaperService:
         if self.health.cause == "corrupt":
             self.health.file_back = True  # the Database judges each new file itself
         elif self.health.writable and not self.health.file_back:
-            self.health.failed(DbError(f"{self.dbfile.path}: {CAUSES[problem]}"),
-                               cause=problem)
+            self.health.failed(self.dbfile.error(problem), cause=problem)
         elif problem == "db_replaced":
             self.db.close()
             self.migrated = False
