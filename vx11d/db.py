@@ -669,6 +669,12 @@ def _os_error(e: OSError, path: str) -> DbError:
     return DbIoError(f"{path}: {e.strerror}")
 
 
+def existed_here(path: str) -> bool:
+    """True when a vx11 database was created at ``path`` before (its marker is there),
+    so a missing file is a lost one, which no daemon re-creates."""
+    return os.path.exists(_marker_path(path))
+
+
 def _marker_path(path: str) -> str:
     """A dotfile beside the DB saying a DB was created here (``rm vx11.db*`` spares it)."""
     d, base = os.path.split(path)
