@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import hijas, units
+from .. import hijas, textfmt, units
 from ..confload import parse_duration
 from ..errors import InputError, SystemdError
 from .context import CREDENTIAL, CTX
@@ -72,6 +72,15 @@ async def post_policy(request: web.Request) -> web.Response:
     raise ApiError(422, "invalid", "action must be activate or deactivate")
 
 
+def timer_status(props: dict[str, Any]) -> str:
+    """A timer's line: ``next 2026-12-08T03:00:00Z, last 2026-12-07T03:00:04Z`` (times
+    ISO 8601 UTC; ``not scheduled``, ``never``)."""
+    nxt = int(props.get("NextElapseUSecRealtime") or 0)
+    last = int(props.get("LastTriggerUSec") or 0)
+    return (f"next {textfmt.iso(nxt / 1e6) if nxt else 'not scheduled'}, "
+            f"last {textfmt.iso(last / 1e6) if last else 'never'}")
+
+
 def _unit_states() -> dict[str, dict[str, str]]:
     """Each daemon unit's ActiveState and STATUS line, from the core reader."""
     out: dict[str, dict[str, str]] = {}
@@ -86,7 +95,8 @@ def _unit_states() -> dict[str, dict[str, str]]:
             if props is None:
                 out[unit] = {"active_state": "inactive", "status": "not loaded"}
                 continue
-            status = str(props.get("StatusText", "")) if unit.endswith(".service") else ""
+            status = str(props.get("StatusText", "")) if unit.endswith(".service") \
+                else timer_status(props)
             out[unit] = {"active_state": str(props.get("ActiveState", "unknown")),
                          "status": status}
     finally:
