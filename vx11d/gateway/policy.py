@@ -36,7 +36,8 @@ async def get_policy(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     return web.json_response({"profile": ctx.cfg.madre.profile,
                               "components": list(hijas.COMPONENTS),
-                              "windows": await ctx.db_call(hijas.live_windows, ctx.db)})
+                              "windows": [textfmt.with_times(w) for w in await ctx.db_call(
+                                  hijas.live_windows, ctx.db)]})
 
 
 async def post_policy(request: web.Request) -> web.Response:
@@ -60,7 +61,7 @@ async def post_policy(request: web.Request) -> web.Response:
             row = await ctx.db_call(hijas.activate, ctx.db, ctx.cfg, component, seconds, by,
                                     client)
             hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
-            return web.json_response({"activated": row}, status=201)
+            return web.json_response({"activated": textfmt.with_times(row)}, status=201)
         if action == "deactivate":
             n = await ctx.db_call(hijas.deactivate, ctx.db, component, by, client)
             hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
