@@ -40,6 +40,14 @@ def text(v: Any) -> Any:
     return v
 
 
+def usec_time(v: Any) -> float | None:
+    """A ``...USec`` wall-clock property (microseconds since the epoch) in epoch seconds;
+    None for "never"/"not scheduled" (systemd gives 0 or UINT64_MAX)."""
+    if not isinstance(v, int) or v <= 0 or v >= 2**63:
+        return None
+    return v / 1e6
+
+
 def decode(d: dict) -> dict[str, Any]:
     """A ``GetAll`` answer (or a ``PropertiesChanged`` body) with names and values as text."""
     return {text(k): text(v) for k, v in d.items()}

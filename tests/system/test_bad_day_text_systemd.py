@@ -114,5 +114,13 @@ def test_a_bad_day_leaves_only_true_lines(state_set):
     report = "\n".join(f"$ {c}\n" + "\n".join(ls) for c, ls in day.read)
     report += "\n# STATUS\n" + "\n".join(statuses) + "\n# journal\n" + "\n".join(
         f"{e.source} {e.text}" for e in logged)
+    # the items the generic rules cannot see: the smoke's own probes are no attack
+    # (item 10), one daemon says it saved the lost DB's content (item 12)
+    found += [f"smoke probe logged as an attack: {e.text}" for e in logged
+              if "rejected missing credential" in e.text]
+    saved = [e for e in logged if "saved the lost database's content" in e.text]
+    if len(saved) > 1:
+        found.append("saved the lost DB's content, said by " + ", ".join(
+            e.source for e in saved))
     assert len(logged) >= 20, report
     assert not found, "\n".join(found) + "\n\n" + report

@@ -76,10 +76,10 @@ async def post_policy(request: web.Request) -> web.Response:
 def timer_status(props: dict[str, Any]) -> str:
     """A timer's line: ``next 2026-12-08T03:00:00Z, last 2026-12-07T03:00:04Z`` (times
     ISO 8601 UTC; ``not scheduled``, ``never``)."""
-    nxt = int(props.get("NextElapseUSecRealtime") or 0)
-    last = int(props.get("LastTriggerUSec") or 0)
-    return (f"next {textfmt.iso(nxt / 1e6) if nxt else 'not scheduled'}, "
-            f"last {textfmt.iso(last / 1e6) if last else 'never'}")
+    nxt = units.usec_time(props.get("NextElapseUSecRealtime"))
+    last = units.usec_time(props.get("LastTriggerUSec"))
+    return (f"next {textfmt.iso(nxt) if nxt else 'not scheduled'}, "
+            f"last {textfmt.iso(last) if last else 'never'}")
 
 
 def _unit_states() -> dict[str, dict[str, str]]:
