@@ -92,6 +92,11 @@ def counts(d: Mapping[str, Any], empty: str = "none") -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(d.items())) or empty
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 hija``, ``2 hijas``, ``0 events``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def size(n: float) -> str:
     """``512 B``, ``3.2 KiB``, ``1.5 GiB``."""
     n = float(n)

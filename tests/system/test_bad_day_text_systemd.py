@@ -99,7 +99,7 @@ def test_a_bad_day_leaves_only_true_lines(state_set):
     day.run("vx11ctl hijas list")
     day.run("vx11ctl scorecard", ok=None)
     statuses = [f"{u}: {day.status_of(u)}" for u in UNITS]
-    entries = [e for e in journal(sb, f"--since=@{since:.0f}", "-n", "200",
+    entries = [e for e in journal(sb, f"--since=@{int(since) - 1}", "-n", "200",
                                   *(f"_SYSTEMD_UNIT={u}" for u in UNITS))]
     logged = [tc.Entry(str(e.get("_SYSTEMD_UNIT", "")),
                        int(e["__REALTIME_TIMESTAMP"]) / 1e6, str(e.get("MESSAGE", "")))
@@ -122,5 +122,6 @@ def test_a_bad_day_leaves_only_true_lines(state_set):
     if len(saved) > 1:
         found.append("saved the lost DB's content, said by " + ", ".join(
             e.source for e in saved))
+    print(report)  # what was read (pytest -s shows it)
     assert len(logged) >= 20, report
     assert not found, "\n".join(found) + "\n\n" + report

@@ -71,3 +71,16 @@ def test_snapshot_combines_the_rules():
     assert tc.snapshot("vx11ctl status", ["ok", "all good"]) == []
     got = tc.snapshot("vx11ctl status", ["x None", "at 1765090412.5"])
     assert len(got) == 2
+
+
+def test_counts_said_to_lag_are_no_contradiction_paths_no_doubled_phrase():
+    assert not tc.contradictions(
+        ["vx11-madre.service  active/running  0 hijas running; degraded: DB locked, "
+         "2 transitions pending",
+         "db /var/lib/vx11/vx11.db: hijas 2 running as last recorded (madre holds newer "
+         "ones, see above); 11 events"])
+    assert not tc.doubled_in_line(
+        ["degraded: DB locked (/var/lib/vx11/vx11.db: still locked; `fuser "
+         "/var/lib/vx11/vx11.db` shows who)",
+         "stopped vx11-gateway.socket, vx11-madre.service; started again: "
+         "vx11-madre.service, vx11-gateway.socket"])
