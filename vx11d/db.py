@@ -910,6 +910,14 @@ def m004_requested_by(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE activations ADD COLUMN ended_by TEXT")
 
 
+@migration
+def m005_hijas_template_ended_index(conn: sqlite3.Connection) -> None:
+    """An index on (template, ended_at): the failed-streak gauge (madre/streaks.py) reads
+    each template's last ends every scrape; without it that is a scan of every hija row."""
+    conn.execute("CREATE INDEX IF NOT EXISTS spawner_hijas_template_ended ON "
+                 "spawner_hijas(template, ended_at)")
+
+
 # Which daemon writes which table (DB_MAP).
 TABLE_OWNERS = {
     "spawner_hijas": ("madre", "rows requested by the gateway and vx11ctl; every later "

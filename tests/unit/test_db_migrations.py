@@ -197,6 +197,24 @@ def test_requested_by_migration_keeps_old_rows_readable(dbpath, monkeypatch):
     assert "ended_by" in cols
 
 
+def test_template_ended_index_serves_the_failed_streak_query(dbpath, monkeypatch):
+    """m005 (issue 24): the failed-streak gauge's query by template, newest end first,
+    uses an index instead of scanning every hija; an older DB gets it on migrate."""
+    from vx11d.madre import streaks
+
+    path = dbpath + ".old"
+    monkeypatch.setattr(db, "MIGRATIONS", [m for m in db.MIGRATIONS if m[0] < "m005"])
+    d = db.Database(path, migrate=True)
+    d.write(lambda c: _hija(c, "aaaaaaaaaa", 20001, status="failed"))
+    d.close()
+    monkeypatch.undo()
+    d = db.Database(path, migrate=True)
+    assert db.check(d) == []
+    plan = " ".join(str(r[3]) for r in d.query("EXPLAIN QUERY PLAN " + streaks.SQL, ("t",)))
+    assert "spawner_hijas_template_ended" in plan, plan
+    assert [r[0] for r in d.query(streaks.SQL, ("t",))] == ["failed"]
+
+
 def _mountinfo(tmp_path, *lines: str) -> str:
     p = tmp_path / "mountinfo"
     p.write_text("".join(f"{ln}\n" for ln in lines))
