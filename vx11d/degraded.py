@@ -15,10 +15,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import journal
+from .db import apply_migrations
 from .errors import DbError
 
 # cause code -> what a sysadmin reads in STATUS ("degraded: state disk full")
@@ -184,6 +186,19 @@ def _ago(seconds: float) -> str:
     if s < 7200:
         return f"{s // 60}m"
     return f"{s // 3600}h"
+
+
+def migrate(db: Any, health: WriteHealth, dbfile: DbFileWatch | None) -> bool:
+    """Apply pending migrations for a daemon that must not fail its start on a DB
+    fault: True when done; else the fault is reported to ``health`` (retried later)."""
+    try:
+        apply_migrations(db)
+    except DB_FAULTS as e:
+        health.failed(e)
+        return False
+    if dbfile is not None:
+        dbfile.opened()
+    return True
 
 
 class DbFileWatch:

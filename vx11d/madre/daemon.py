@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .. import hijas, journal, textfmt
 from ..config import Config
-from ..db import Database, apply_migrations, low_space, stale_read_only_view
-from ..degraded import DB_FAULTS, DbFileWatch, WriteHealth
+from ..db import Database, low_space, stale_read_only_view
+from ..degraded import DB_FAULTS, DbFileWatch, WriteHealth, migrate
 from ..errors import DbError, StaleMountNamespace, SystemdError
 from ..hijas import ENDED, SETTLED
 from .registry import Registry
@@ -144,15 +144,8 @@ class MadreService:
     def _migrate(self) -> None:
         """Apply pending migrations; a DB that cannot take them leaves madre degraded
         (it supervises what runs and retries), never a start that fails."""
-        if self.migrated:
-            return
-        try:
-            apply_migrations(self.db)
-        except DB_FAULTS as e:
-            self.health.failed(e)
-            return
-        self.migrated = True
-        self.dbfile.opened()
+        if not self.migrated:
+            self.migrated = migrate(self.db, self.health, self.dbfile)
 
     def _reconcile(self) -> dict[str, int] | None:
         """Reconcile now if the DB can be read (counts by kind), else None (retried)."""

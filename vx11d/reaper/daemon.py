@@ -11,8 +11,8 @@ from typing import Any
 
 from .. import journal
 from ..config import Config
-from ..db import Database, apply_migrations, low_space, record_event, stale_read_only_view
-from ..degraded import DB_FAULTS, FILE_CAUSES, DbFileWatch, WriteHealth
+from ..db import Database, low_space, record_event, stale_read_only_view
+from ..degraded import DB_FAULTS, FILE_CAUSES, DbFileWatch, WriteHealth, migrate
 from ..errors import StaleMountNamespace
 from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
@@ -170,16 +170,8 @@ class ReaperService:
         return max(0.01, nxt - now)
 
     def _migrate(self) -> None:
-        if self.migrated or self.db is None:
-            return
-        try:
-            apply_migrations(self.db)
-        except DB_FAULTS as e:
-            self.health.failed(e)
-            return
-        self.migrated = True
-        if self.dbfile is not None:
-            self.dbfile.opened()
+        if not self.migrated and self.db is not None:
+            self.migrated = migrate(self.db, self.health, self.dbfile)
 
     def start(self) -> None:
         self._migrate()
