@@ -53,7 +53,7 @@ def test_hijas_list_with_a_missing_db_creates_nothing(nodb):
     r = run("--config", str(cfg), "hijas", "list")
     assert r.returncode == 69, r.stdout + r.stderr
     assert r.stdout == "" and len(r.stderr.splitlines()) == 1
-    assert r.stderr.startswith(f"vx11ctl: {dbfile}: not created yet")
+    assert r.stderr.startswith(f"vx11ctl: {dbfile}: missing, not created yet")
     assert not dbfile.parent.exists()
     j = run("--config", str(cfg), "hijas", "list", "--json")
     assert j.returncode == 69 and j.stderr == ""

@@ -19,8 +19,8 @@ def missing(cfg: config.Config) -> str:
     """What a missing database at ``cfg.db.path`` means, and what to do about it."""
     path = cfg.db.path
     if not db.existed_here(path):
-        return (f"{path}: not created yet (vx11-madre creates it when it first starts; "
-                f"check db.path in {cfg.path} if it runs)")
+        return (f"{path}: missing, not created yet (vx11-madre creates it when it first "
+                f"starts; check db.path in {cfg.path} if it runs)")
     rescued = sorted(glob.glob(glob.escape(path) + ".rescued-*"))
     copy = f", or the copy a daemon saved: {rescued[-1]}" if rescued else ""
     return (f"{path}: missing, though a vx11 database was there (no daemon re-creates "
