@@ -119,10 +119,14 @@ class MadreService:
         self.interval = float(cfg.madre.tick)
         self._last_reconcile = 0.0
         self._status = "starting"
-        # set by the runtime: tells the loop the status changed (STATUS= sent at once,
-        # so it never lags the DB that `vx11ctl status` reads beside it)
-        self.on_status: Callable[[], None] | None = None
+        self._poke: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach_waker(self, poke: Callable[[], None]) -> None:
+        """The runtime's: makes the loop look again at once. Called when the status
+        changes between ticks (a hija's end seen on the bus), so STATUS= is sent then and
+        never lags the DB that `vx11ctl status` prints beside it."""
+        self._poke = poke
 
     async def start(self) -> None:
         self._migrate()
@@ -317,8 +321,8 @@ class MadreService:
         if self.health.degraded or self.reg.held:
             text += "; " + (self.health.text(len(self.reg.held))
                             or f"{len(self.reg.held)} transitions pending")
-        if text != self._status and self.on_status is not None:
-            self.on_status()
+        if text != self._status:
+            self._poke()
         self._status = text
 
     def status(self) -> str:
