@@ -2,11 +2,11 @@
 
 A scripted bad day on the sandbox's real systemd (madre, the reaper and the
 socket-activated gateway on a tmpfs state dir of their own): the smoke check, a full
-state disk, a write lock held past the write deadline, the DB file deleted and a
-backup put back. Then every line of ``vx11ctl status``, ``hijas list``, ``smoke``,
-``scorecard``, the units' STATUS lines and the last 200 journal lines is read with
-the rules of tests/textcheck.py: no epoch float, no Python repr, no doubled phrase,
-no contradiction, no command telling you to run itself.
+state disk, a write lock held past the write deadline, a read-only state dir, the DB
+file deleted and a backup put back. Then every line of ``vx11ctl status``, ``hijas
+list``, ``smoke``, ``scorecard``, the units' STATUS lines and the last 200 journal lines
+is read with the rules of tests/textcheck.py: no epoch float, no Python repr, no
+doubled phrase, no contradiction, no command telling you to run itself.
 """
 
 from __future__ import annotations
@@ -85,6 +85,19 @@ def test_a_bad_day_leaves_only_true_lines(state_set):
     day.run("vx11ctl status")
     holder.join(60)
     _madre_clean(day)
+    # a read-only state dir: every writer stopped (so it can be remounted), then started
+    day.run("systemctl stop vx11-gateway.socket vx11-gateway.service vx11-reaper.service "
+            "vx11-madre.service")
+    day.run(f"mount -o remount,ro {STATE}")
+    try:
+        day.run("systemctl start vx11-madre.service vx11-reaper.service "
+                "vx11-gateway.socket")
+        _madre_says(day, "degraded: state read-only")
+        day.run("vx11ctl status")
+        day.run("vx11ctl hijas list", ok=None)
+    finally:
+        day.run(f"mount -o remount,rw {STATE}")
+    _madre_clean(day)
     # the DB file deleted (madre refuses to re-create it), then the backup put back
     day.run("vx11ctl hijas spawn sleeper --ttl 300s")
     day.run(f"rm -f {DB}")
@@ -101,7 +114,7 @@ def test_a_bad_day_leaves_only_true_lines(state_set):
     statuses = [f"{u}: {day.status_of(u)}" for u in UNITS]
     entries = [e for e in journal(sb, f"--since=@{int(since) - 1}", "-n", "200",
                                   *(f"_SYSTEMD_UNIT={u}" for u in UNITS))]
-    logged = [tc.Entry(str(e.get("_SYSTEMD_UNIT", "")),
+    logged = [tc.Entry(f"{e.get('_SYSTEMD_UNIT', '')}[{e.get('_PID', '')}]",
                        int(e["__REALTIME_TIMESTAMP"]) / 1e6, str(e.get("MESSAGE", "")))
               for e in entries]
 

@@ -9,7 +9,7 @@ import signal
 import time
 from typing import Any
 
-from .. import journal
+from .. import journal, textfmt
 from ..config import Config
 from ..db import Database, low_space, record_event, stale_read_only_view
 from ..degraded import DB_FAULTS, FILE_CAUSES, DbFileWatch, WriteHealth, migrate
@@ -504,8 +504,8 @@ class ReaperService:
             self.health.failed(e)
             self._bound_held()
             return
-        self.health.recovered(f"{len(rows)} held record{'s' if len(rows) != 1 else ''} "
-                              "written" if self.health.degraded else "")
+        self.health.recovered(f"{textfmt.plural(len(rows), 'held record')} written"
+                              if self.health.degraded and rows else "")
 
     def _check_file(self) -> None:
         """The DB file deleted or replaced: hold the records (a write would land in a
