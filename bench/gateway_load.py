@@ -254,50 +254,33 @@ def tls_rows(quick: bool, route_lua: str, d: str) -> dict[str, float]:
 
 def rotation_row(d: str) -> dict[str, float]:
     """Credential rotation under wrk load against the socket-activated gateway."""
-    import urllib.error
-    import urllib.request
+    from rotation_load import present, result, route_status, start_wrk
 
     from vx11d import config, credentials
     from vx11d.errors import InputError
 
     g = config.load("/etc/vx11/vx11.yml").gateway
-
-    def status(secret: str) -> int:
-        req = urllib.request.Request(f"{URL}/vx11/route", data=b'{"query": "2+2"}',
-                                     headers={"X-VX11-Token": secret,
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-
     for name in ("bench-a", "bench-b"):
         with contextlib.suppress(InputError):  # left by an interrupted run
             credentials.revoke(g.credentials_dir, name, g.token_file)
     a = credentials.add(g.credentials_dir, "bench-a", frozenset({"chat"}), g.token_file)
     current = Path(d, "current")
-    current.write_text(f"A {a}\n")
-    lua = str(Path(__file__).with_name("rotation.lua"))
-    p = subprocess.Popen(["wrk", "-t2", "-c2", "-d8s", "-s", lua, URL], text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         env={"VX11_TOKEN_FILE": str(current), "PATH": "/usr/bin"})
+    present(current, "A", a)
+    p = start_wrk(URL, current, 8)
     time.sleep(2)
     b = credentials.add(g.credentials_dir, "bench-b", frozenset({"chat"}), g.token_file)
-    Path(d, "current.tmp").write_text(f"B {b}\n")
-    os.replace(Path(d, "current.tmp"), current)
+    present(current, "B", b)
     time.sleep(1.5)
     credentials.revoke(g.credentials_dir, "bench-a", g.token_file)
     t0 = time.monotonic()
-    while status(a) != 401 and time.monotonic() - t0 < 30:
+    while route_status(URL, a) != 401 and time.monotonic() - t0 < 30:
         time.sleep(0.02)
     refused = time.monotonic() - t0
     out, _ = p.communicate(timeout=60)
     credentials.revoke(g.credentials_dir, "bench-b", g.token_file)
-    line = next((x for x in out.splitlines() if x.startswith("ROTATION ")), None)
-    if line is None:
+    got = result(out)
+    if got is None:
         raise RuntimeError(f"wrk printed no ROTATION line:\n{out}")
-    got = json.loads(line.removeprefix("ROTATION "))
     return {"rotation_answers": float(got["answers"]),
             "rotation_non_2xx_valid": float(sum(got["bad"].values())
                                             + got["socket_errors"]),

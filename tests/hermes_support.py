@@ -195,23 +195,62 @@ def now() -> float:
 
 
 @contextlib.contextmanager
-def remote_llama(model_path: str, d, key: str):
-    """llama_cpp.server on loopback serving ``model_path`` with API key ``key``; yields
-    the gateway's ``remote:`` config for it."""
+def llama_server(model_path: str, d, key: str, alias: str, *args: str, wait: float = 60,
+                 timeout: float = 30):
+    """``python -m llama_cpp.server`` on loopback serving ``model_path`` as ``alias``
+    with API key ``key`` (``args``: more server flags); yields (the gateway's
+    ``remote:`` config for it, the server process)."""
     port = free_port()
     log = open(d / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model",
                              model_path, "--host", "127.0.0.1", "--port", str(port),
-                             "--api_key", key, "--n_ctx", "1024", "--chat_format",
-                             "chatml", "--model_alias", "remote-tiny", "--verbose", "False"],
-                            stdout=log, stderr=subprocess.STDOUT)
+                             "--api_key", key, "--model_alias", alias, "--verbose", "False",
+                             *args], stdout=log, stderr=subprocess.STDOUT)
     keyfile = d / "key"
     keyfile.write_text(key + "\n")
     keyfile.chmod(0o600)
     try:
-        wait_port(port, 60)
+        wait_port(port, wait)
         yield {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_file": str(keyfile),
-               "model": "remote-tiny", "timeout": 30}
+               "model": alias, "timeout": timeout}, proc
     finally:
         stop(proc)
         log.close()
+
+
+@contextlib.contextmanager
+def remote_llama(model_path: str, d, key: str):
+    """:func:`llama_server` for a generated model (chatml, 1024 tokens); yields its
+    ``remote:`` config."""
+    with llama_server(model_path, d, key, "remote-tiny", "--n_ctx", "1024",
+                      "--chat_format", "chatml") as (remote, _proc):
+        yield remote
+
+
+@contextlib.contextmanager
+def running_worker(d: str, model_path: str, **kw):
+    """A :class:`WorkerProc` for a test module; it must end cleanly (exit 0)."""
+    w = WorkerProc(d, model_path, **kw)
+    try:
+        yield w
+    finally:
+        assert w.stop() == 0, w.output()
+
+
+def chain_gateway(dbpath: str, worker: WorkerProc, remote: dict | None = None,
+                  **hermes) -> tuple[AppThread, object]:
+    """The gateway app with the route chain, in a thread, in front of ``worker``;
+    returns (the thread, its GatewayContext)."""
+    from prometheus_client import CollectorRegistry
+
+    from vx11d import config
+    from vx11d.db import Database
+    from vx11d.gateway.app import build_app
+    from vx11d.gateway.context import GatewayContext
+
+    cfg = config.parse(json.dumps({
+        "db": {"path": dbpath},
+        "hermes": {"socket": worker.socket, "model_path": worker.model_path, **hermes},
+        "remote": remote or {}}), "gw.yml")
+    ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
+    return AppThread(lambda: build_app(ctx, TOKEN, modules=["vx11d.gateway.chain"])), ctx

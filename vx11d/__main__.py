@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load()
     except ConfigError as e:
         log = journal.setup(name)
-        log.error("refusing to start: config %s", e,
+        log.error("refusing to start: %s %s", e.noun, e,
                   extra={"VX11_EVENT": "config_invalid", "VX11_CONFIG_KEY": e.key})
         return EX_CONFIG
     log = journal.setup(name, cfg.log_level)
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         if wd is not None:  # half of WatchdogSec: the unit in force, drop-ins included
             config.check_db_fits_watchdog(cfg, 2 * wd)
     except ConfigError as e:
-        log.error("refusing to start: config %s", e,
+        log.error("refusing to start: %s %s", e.noun, e,
                   extra={"VX11_EVENT": "config_invalid", "VX11_CONFIG_KEY": e.key})
         return EX_CONFIG
     module = importlib.import_module(DAEMONS[name])
     try:
         return int(module.main(cfg, rest) or 0)
     except ConfigError as e:
-        log.error("refusing to start: config %s", e,
+        log.error("refusing to start: %s %s", e.noun, e,
                   extra={"VX11_EVENT": "config_invalid", "VX11_CONFIG_KEY": e.key})
         return EX_CONFIG
     except Vx11Error as e:

@@ -47,6 +47,8 @@ MIN_SECRET = 16
 class CredentialError(ConfigError):
     """A credential file that cannot be used (that credential is not valid)."""
 
+    noun = "credential"  # the token file is not "config"
+
     def __init__(self, path: str, reason: str, key: str = "gateway.credentials_dir"):
         super().__init__(path, key, reason)
 

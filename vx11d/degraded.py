@@ -15,10 +15,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import journal
+from .db import apply_migrations
 from .errors import DbError
 
 # cause code -> what a sysadmin reads in STATUS ("degraded: state disk full")
@@ -186,6 +188,19 @@ def _ago(seconds: float) -> str:
     return f"{s // 3600}h"
 
 
+def migrate(db: Any, health: WriteHealth, dbfile: DbFileWatch | None) -> bool:
+    """Apply pending migrations for a daemon that must not fail its start on a DB
+    fault: True when done; else the fault is reported to ``health`` (retried later)."""
+    try:
+        apply_migrations(db)
+    except DB_FAULTS as e:
+        health.failed(e)
+        return False
+    if dbfile is not None:
+        dbfile.opened()
+    return True
+
+
 class DbFileWatch:
     """Notices the DB file deleted or replaced under an open connection (the open
     handle keeps working on the old inode, which no other process sees any more)."""
@@ -197,6 +212,15 @@ class DbFileWatch:
     def opened(self) -> None:
         """The connection was (re)opened on the file now at the path."""
         self.identity = file_identity(self.path)
+
+    def error(self, problem: str) -> DbError:
+        """The fault for :meth:`problem`'s answer, saying what to do (madre does not
+        re-create a lost DB: that is the operator's choice)."""
+        if problem == "db_missing":
+            return DbError(f"{self.path} is gone; put a backup back (vx11ctl db restore "
+                           "FILE) or start an empty one (vx11ctl db migrate)")
+        return DbError(f"{self.path} names another file than the one opened; it is used "
+                       "once it holds a sound vx11 database")
 
     def problem(self) -> str | None:
         """``db_missing``, ``db_replaced`` or None (the file at the path is ours)."""

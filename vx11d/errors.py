@@ -20,6 +20,7 @@ class ConfigError(Vx11Error):
     """A config file is unreadable or a key in it is wrong."""
 
     exit_code = EX_CONFIG
+    noun = "config"  # what a person is told is wrong: "config /etc/vx11/vx11.yml: ..."
 
     def __init__(self, path: str, key: str, reason: str):
         self.path, self.key, self.reason = path, key, reason

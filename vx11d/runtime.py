@@ -258,6 +258,8 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
     loop.add_signal_handler(signal.SIGTERM, on_signal, "stop")
     loop.add_signal_handler(signal.SIGINT, on_signal, "stop")
     loop.add_signal_handler(signal.SIGHUP, on_signal, "reload")
+    if hasattr(service, "attach_waker"):
+        service.attach_waker(wake.set)
     await service.start()
     life.started(service.status())
     next_tick = life.clock()

@@ -19,6 +19,25 @@ def iso(ts: float | None) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def api_time(ts: float | None) -> str | None:
+    """The API's time: ISO 8601 UTC to the millisecond, ``2026-12-01T00:41:07.250Z``;
+    None stays None (JSON null). See docs/gateway.md, "Times"."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def with_times(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` plus, for each ``X_at`` (epoch seconds), ``X`` as :func:`api_time`: the
+    epoch fields keep their meaning for existing clients (deprecated)."""
+    out = dict(row)
+    for k, v in row.items():
+        if k.endswith("_at") and (v is None or isinstance(v, int | float)):
+            out[k[:-3]] = api_time(v)
+    return out
+
+
 def duration(seconds: float) -> str:
     """``950ms``, ``12s``, ``3m 20s``, ``2h 5m``, ``3d 4h`` (two units at most)."""
     s = abs(float(seconds))
@@ -71,6 +90,11 @@ def fields(cols: Mapping[str, Any], now: float | None = None) -> str:
 def counts(d: Mapping[str, Any], empty: str = "none") -> str:
     """``1 expired, 2 running``: a count mapping as words, sorted by key."""
     return ", ".join(f"{v} {k}" for k, v in sorted(d.items())) or empty
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 hija``, ``2 hijas``, ``0 events``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def size(n: float) -> str:

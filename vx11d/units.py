@@ -21,8 +21,12 @@ PATH = b"/org/freedesktop/systemd1"
 MANAGER = b"org.freedesktop.systemd1.Manager"
 UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
+TIMER_IFACE = b"org.freedesktop.systemd1.Timer"
 PROPS_IFACE = b"org.freedesktop.DBus.Properties"
 UNIT_PREFIX = b"/org/freedesktop/systemd1/unit"
+
+
+_KIND_IFACE = {"service": (SERVICE_IFACE,), "timer": (TIMER_IFACE,)}
 
 
 def text(v: Any) -> Any:
@@ -34,6 +38,14 @@ def text(v: Any) -> Any:
     if isinstance(v, tuple):
         return tuple(text(x) for x in v)
     return v
+
+
+def usec_time(v: Any) -> float | None:
+    """A ``...USec`` wall-clock property (microseconds since the epoch) in epoch seconds;
+    None for "never"/"not scheduled" (systemd gives 0 or UINT64_MAX)."""
+    if not isinstance(v, int) or v <= 0 or v >= 2**63:
+        return None
+    return v / 1e6
 
 
 def decode(d: dict) -> dict[str, Any]:
@@ -61,7 +73,7 @@ def open_bus() -> Any:
 
 
 def read(bus: Any, name: str, *, load: bool = False) -> dict[str, Any] | None:
-    """The properties of unit ``name`` (Unit, plus Service for a service).
+    """The properties of unit ``name`` (Unit, plus Service or Timer for one).
 
     ``load=False``: only a unit systemd has loaded (``GetUnit``, then ``GetAll`` per
     interface); None when it is not loaded or was collected meanwhile.
@@ -86,7 +98,7 @@ def read(bus: Any, name: str, *, load: bool = False) -> dict[str, Any] | None:
     except Exception as e:
         raise SystemdError(f"GetUnit {name}: {e}") from e
     out: dict[str, Any] = {}
-    for iface in (UNIT_IFACE, SERVICE_IFACE) if name.endswith(".service") else (UNIT_IFACE,):
+    for iface in (UNIT_IFACE, *_KIND_IFACE.get(name.rpartition(".")[2], ())):
         try:
             body = bus.call_method(DEST, path, PROPS_IFACE, b"GetAll",
                                    apply_signature(b"s", [iface])).body

@@ -190,7 +190,7 @@ def test_alerts_fire_from_real_failures_and_resolve_after_the_fix(fleet: Fleet):
         Scenario(("VX11MadreDown",), b, lambda: b.systemctl("stop", "vx11-madre.service"),
                  madre_fix),
         Scenario(("VX11HijasFailing",), a, hijas_cause, lambda: spawn(a, 0)),
-        Scenario(("Vx11RotateErrors", "Vx11RotateNoRecentSuccess"), a, rotate_cause,
+        Scenario(("VX11RotateErrors", "VX11RotateNoRecentSuccess"), a, rotate_cause,
                  rotate_fix),
         Scenario(("VX11ReaperCircuitBreakerOpen",), a, runaway_cause,
                  lambda: a.systemctl("stop", "fleet-runaway.service", check=False)),

@@ -27,3 +27,16 @@ def test_rules_check_and_tests_pass(rules):
     r = subprocess.run(["promtool", "test", "rules", tests.name], cwd=RULES,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_alert_has_the_one_prefix_and_a_runbook_section():
+    """Issue 24: alert names were spelled Vx11… and VX11…; one prefix now, the old names
+    listed in docs/alerts.md for existing silences."""
+    import re
+
+    names = [m for f in RULE_FILES for m in re.findall(r"^\s*- alert: (\S+)", f.read_text(),
+                                                        re.M)]
+    assert names and all(n.startswith("VX11") for n in names), names
+    doc = (RULES.parents[1] / "docs" / "alerts.md").read_text()
+    assert all(f"## {n}\n" in doc for n in names), [n for n in names if f"## {n}\n" not in doc]
+    assert "`Vx11GatewayDown` | `VX11GatewayDown`" in doc

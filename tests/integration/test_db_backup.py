@@ -187,11 +187,7 @@ def test_a_handle_adopting_a_restored_file_moves_the_stale_wal_aside(dbpath):
     d = db.Database(dbpath)
     d.event("test", "base")
     backup = dbp.parent / "b.db"
-    src = sqlite3.connect(dbpath)
-    out = sqlite3.connect(backup)
-    src.backup(out)
-    out.close()
-    src.close()
+    _copy_of(dbpath, backup)
     d.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     other = subprocess.Popen([sys.executable, "-c", HOLD, dbpath, "1000"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -225,16 +221,14 @@ def test_a_handle_refuses_an_unsound_file_put_at_the_path_as_corrupt(dbpath):
     d = db.Database(dbpath)
     d.event("test", "base")
     good = dbp.parent / "good.db"
-    src = sqlite3.connect(dbpath)
+    _copy_of(dbpath, good)
     out = sqlite3.connect(good)
-    src.backup(out)
     out.execute("PRAGMA journal_mode=DELETE")
     for _ in range(200):
         out.execute("INSERT INTO events (ts, component, event, data) VALUES (0, 'c', 'e', ?)",
                     ("q" * 500,))
     out.commit()
     out.close()
-    src.close()
     raw = bytearray(good.read_bytes())
     for page in range(1, len(raw) // 4096):
         raw[page * 4096] = 0x55  # no valid b-tree page type

@@ -365,3 +365,37 @@ def test_operate_requests_are_journaled_with_the_credential_name(dbpath, caplog)
     rec = [r for r in caplog.records if getattr(r, "VX11_EVENT", "") == "api_request"]
     assert len(rec) == 1 and rec[0].VX11_CREDENTIAL == "operate" and rec[0].VX11_STATUS == "404"
     assert "operate-secret" not in caplog.text
+
+
+def test_smokes_missing_token_probes_read_as_an_attack_now_debug_and_not_counted(
+        client_factory, caplog):
+    """Regression (issue 24 item 10): `vx11ctl smoke`'s own 401 sweep left 16
+    warning-level "rejected missing credential" lines and counted them as auth
+    failures. Its requests now carry X-VX11-Probe with a credential of its own; from
+    loopback with a valid one they are still refused (401) but logged at debug and not
+    counted. A probe header that proves nothing is a failed guess."""
+    make, loop = client_factory
+    c, ctx = make()
+
+    async def go():
+        with caplog.at_level("DEBUG", logger="vx11.gateway"):
+            for path in ("/vx11/hijas", "/nope"):
+                r = await c.get(path, headers={"X-VX11-Probe": TOKEN})
+                assert r.status == 401 and (await r.json())["error"] == "unauthorized"
+        text = generate_latest(ctx.registry).decode()
+        assert 'vx11_gateway_auth_failures_total{reason="missing"} 0.0' in text, text
+        assert 'vx11_gateway_auth_failures_total{reason="invalid"} 0.0' in text, text
+        assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+        assert [r for r in caplog.records if getattr(r, "VX11_EVENT", "") == "auth_probe"]
+        caplog.clear()
+        r = await c.get("/vx11/hijas", headers={"X-VX11-Probe": "not-the-token-0123"})
+        assert r.status == 401
+        text = generate_latest(ctx.registry).decode()
+        assert 'vx11_gateway_auth_failures_total{reason="invalid"} 1.0' in text, text
+        assert [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+        # with a valid token beside it the probe header changes nothing
+        r = await c.post("/echo", json={"a": 1},
+                         headers={"X-VX11-Probe": TOKEN, "X-VX11-Token": TOKEN})
+        assert r.status == 200
+
+    run(loop, go())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -176,6 +178,27 @@ def test_spawn_answers_201_once_madre_marked_it_running(gw):
     assert status == 201 and row["status"] == "running" and row["main_pid"] == 42
 
 
+def test_api_mixed_epoch_floats_and_iso_now_every_time_has_an_iso_field(gw):
+    """Regression (issue 24 item 13): hija and window JSON gave epoch floats
+    (created_at, ended_at) while /health gave ISO 8601. Each time now has an ISO 8601
+    UTC field (created, expires, ended, ...); the epoch X_at fields keep their meaning."""
+    call, _, _ = gw
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    _, row = call("POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": 5})
+    _, stopped = call("DELETE", f"/vx11/hijas/{row['id']}")
+    _, win = call("POST", "/vx11/policy", {"component": "hermes", "for": "2h"})
+    _, pol = call("GET", "/vx11/policy")
+    for obj in (row, stopped, win["activated"], *pol["windows"]):
+        for k in [k for k in obj if k.endswith("_at")]:
+            new, old = obj[k[:-3]], obj[k]
+            if old is None:
+                assert new is None, (k, obj)
+                continue
+            assert isinstance(old, float | int) and iso.match(new), (k, obj)
+            assert abs(datetime.fromisoformat(new).timestamp() - old) < 0.001, (k, obj)
+    assert stopped["stop_requested"] and row["created"] and win["activated"]["expires"]
+
+
 def test_policy_activate_list_deactivate(gw):
     call, _, _ = gw
     status, body = call("POST", "/vx11/policy", {"component": "hermes", "for": "2h"})
@@ -216,7 +239,7 @@ def test_health_without_a_token_tells_strangers_only_the_aggregate(gw):
     assert body == {"status": "degraded", "cause": "db_missing"}
     status, body = call("GET", "/health")
     assert status == 503 and body["db"]["cause"] == "db_missing"
-    assert ctx.db.path in body["db"]["message"] and body["db"]["since"].endswith("+00:00")
+    assert ctx.db.path in body["db"]["message"] and body["db"]["since"].endswith("Z")
     assert call("GET", "/health", headers={"X-VX11-Token": "wrong"})[0] == 401
 
 

@@ -11,7 +11,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.hermes_support import WorkerProc
+from tests.hermes_support import WorkerProc, running_worker
 from vx11d.ctl.modelfetch import DEFAULT
 
 PROMPTS = ["What is the capital of France? Answer in one word.", "What is 17 times 3?",
@@ -21,11 +21,10 @@ PROMPTS = ["What is the capital of France? Answer in one word.", "What is 17 tim
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, real_model):
-    w = WorkerProc(str(tmp_path_factory.mktemp("hermes-batch")), real_model,
-                   model_sha256=DEFAULT.sha256, n_ctx=4096, n_threads=2, max_tokens=256,
-                   parallel=4, queue_max=8)
-    yield w
-    assert w.stop() == 0, w.output()
+    with running_worker(str(tmp_path_factory.mktemp("hermes-batch")), real_model,
+                        model_sha256=DEFAULT.sha256, n_ctx=4096, n_threads=2,
+                        max_tokens=256, parallel=4, queue_max=8) as w:
+        yield w
 
 
 def _metrics(w: WorkerProc) -> dict[str, float]:

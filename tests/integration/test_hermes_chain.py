@@ -14,10 +14,12 @@ from tests.hermes_support import (
     TOKEN,
     AppThread,
     WorkerProc,
+    chain_gateway,
     err_code,
     http,
     model,
     remote_llama,
+    running_worker,
 )
 from tests.support import poll_for
 from vx11d import config
@@ -38,9 +40,8 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, models):
-    w = WorkerProc(str(tmp_path_factory.mktemp("hermes")), models["tiny"])
-    yield w
-    assert w.stop() == 0, w.output()
+    with running_worker(str(tmp_path_factory.mktemp("hermes")), models["tiny"]) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +56,7 @@ def gateway(dbpath, worker):
     made = []
 
     def make(remote: dict | None = None, **hermes):
-        cfg = config.parse(json.dumps({
-            "db": {"path": dbpath},
-            "hermes": {"socket": worker.socket, "model_path": worker.model_path,
-                       "max_tokens": 16, **hermes},
-            "remote": remote or {}}), "gw.yml")
-        ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
-        gw = AppThread(lambda: build_app(ctx, TOKEN, modules=["vx11d.gateway.chain"]))
+        gw, ctx = chain_gateway(dbpath, worker, remote, **{"max_tokens": 16, **hermes})
         made.append(gw)
         return gw, ctx
 

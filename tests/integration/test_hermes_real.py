@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 
 import aiohttp
 import openai
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.hermes_support import TOKEN, AppThread, WorkerProc, free_port, http, wait_port
-from tests.support import stop
+from tests.hermes_support import TOKEN, chain_gateway, http, llama_server, running_worker
 from vx11d import config
 from vx11d.ctl.modelfetch import DEFAULT
 from vx11d.db import Database
-from vx11d.gateway.app import build_app
-from vx11d.gateway.context import GatewayContext
 from vx11d.hijas import activate, deactivate
 
 # (this 135M model is fragile: without "Answer in one word." AVX2 and AVX-512 builds of
@@ -33,11 +28,10 @@ REMOTE_KEY = "remote-key-for-real-tests-0123456789"
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, real_model):
-    w = WorkerProc(str(tmp_path_factory.mktemp("hermes-real")), real_model,
-                   model_sha256=DEFAULT.sha256, n_ctx=2048, n_threads=2, max_tokens=256,
-                   queue_max=0, parallel=1)
-    yield w
-    assert w.stop() == 0, w.output()
+    with running_worker(str(tmp_path_factory.mktemp("hermes-real")), real_model,
+                        model_sha256=DEFAULT.sha256, n_ctx=2048, n_threads=2,
+                        max_tokens=256, queue_max=0, parallel=1) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +42,9 @@ def gateway(tmp_path_factory, worker):
         d = tmp_path_factory.mktemp("gw")
         dbpath = str(d / "vx11.db")
         Database(dbpath, migrate=True).close()
-        cfg = config.parse(json.dumps({
-            "db": {"path": dbpath},
-            "hermes": {"socket": worker.socket, "model_path": worker.model_path,
-                       "max_tokens": 64},
-            "remote": remote or {}}), "gw.yml")
-        ctx = GatewayContext(cfg=cfg, db=Database(dbpath), registry=CollectorRegistry())
+        gw, ctx = chain_gateway(dbpath, worker, remote, max_tokens=64)
         if active:
             activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
-        gw = AppThread(lambda: build_app(ctx, TOKEN, modules=["vx11d.gateway.chain"]))
         made.append(gw)
         return gw, ctx
 
@@ -176,24 +164,10 @@ def test_sdk_raises_the_right_exception_classes(gateway, client, worker):
 @pytest.fixture(scope="module")
 def remote_server(tmp_path_factory, real_model):
     """``python -m llama_cpp.server`` on the same model file: the remote API."""
-    port = free_port()
-    d = tmp_path_factory.mktemp("remote")
-    log = open(d / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", real_model,
-                             "--host", "127.0.0.1", "--port", str(port), "--api_key",
-                             REMOTE_KEY, "--n_ctx", "2048", "--n_threads", "2",
-                             "--model_alias", "remote-smollm2", "--verbose", "False"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    keyfile = d / "key"
-    keyfile.write_text(REMOTE_KEY + "\n")
-    keyfile.chmod(0o600)
-    try:
-        wait_port(port, 120)
-        yield {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_file": str(keyfile),
-               "model": "remote-smollm2", "timeout": 60}, proc
-    finally:
-        stop(proc)
-        log.close()
+    with llama_server(real_model, tmp_path_factory.mktemp("remote"), REMOTE_KEY,
+                      "remote-smollm2", "--n_ctx", "2048", "--n_threads", "2", wait=120,
+                      timeout=60) as (remote, proc):
+        yield remote, proc
 
 
 def test_decision_tree_on_real_inputs(gateway, remote_server):

@@ -54,6 +54,15 @@ def db_check(sb):
     return sb.exec(["vx11ctl", "db", "check"], timeout=60)
 
 
+def torn_backup(sb) -> None:
+    """/root/good.db, a sound backup, and /root/torn.db, the same with every page's
+    b-tree type byte overwritten (unsound)."""
+    sh(sb, "vx11ctl db backup /root/good.db")
+    py(sb, "d=bytearray(open('/root/good.db','rb').read()); "
+           "[d.__setitem__(i * 4096, 0x55) for i in range(1, len(d) // 4096)]; "
+           "open('/root/torn.db','wb').write(bytes(d))")
+
+
 def sound_whenever_ok(sb) -> bool:
     """/health ok (checked together with `db check`: ok must never mean malformed)."""
     if health(sb)["status"] != 200:
@@ -133,10 +142,7 @@ def test_restore_refuses_an_unsound_file_and_leaves_the_live_db_and_daemons_alon
         state_set):
     sb = state_set
     hid = spawn(sb)
-    sh(sb, "vx11ctl db backup /root/good.db")
-    py(sb, "d=bytearray(open('/root/good.db','rb').read()); "
-           "[d.__setitem__(i * 4096, 0x55) for i in range(1, len(d) // 4096)]; "
-           "open('/root/torn.db','wb').write(bytes(d))")
+    torn_backup(sb)
     ino = sh(sb, f"stat -c %i {DB}").stdout
     madre_inv = show(sb, "vx11-madre.service", "InvocationID")["InvocationID"]
     r = sb.exec(["vx11ctl", "db", "restore", "/root/torn.db"], timeout=120)
@@ -168,10 +174,7 @@ def test_an_unsound_file_put_at_the_path_is_a_corrupt_fault_not_ok(state_set):
     metric, STATUS, until `vx11ctl db restore` puts a sound one back."""
     sb = state_set
     hid = spawn(sb)
-    sh(sb, "vx11ctl db backup /root/good.db")
-    py(sb, "d=bytearray(open('/root/good.db','rb').read()); "
-           "[d.__setitem__(i * 4096, 0x55) for i in range(1, len(d) // 4096)]; "
-           "open('/root/torn.db','wb').write(bytes(d))")
+    torn_backup(sb)
     sh(sb, f"install -m 0660 -g vx11 /root/torn.db {DB}.new && mv -f {DB}.new {DB}")
     h = poll_for(lambda: (x := health(sb))["status"] == 503
                  and x["body"].get("cause") == "corrupt" and x, timeout=20, interval=0.5,

@@ -1,7 +1,7 @@
 """The two faults Debian's own Prometheus and node_exporter showed on a live set.
 
 1. The gateway is socket-activated on :8000; its /metrics (:9711) answered nothing until a
-   first client came, so after a boot with no traffic `up` was 0 and Vx11GatewayDown fired
+   first client came, so after a boot with no traffic `up` was 0 and VX11GatewayDown fired
    for a healthy set. vx11.target now starts the service itself.
 2. The rotator's vx11_rotate.prom was 0660 vx11:vx11 (the unit's UMask=0007); Debian's
    node_exporter runs as user prometheus and reported node_textfile_scrape_error 1.

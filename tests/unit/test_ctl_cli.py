@@ -32,12 +32,28 @@ def nodb(tmp_path: Path) -> tuple[Path, Path]:
     return cfg, dbfile
 
 
+def test_deleted_db_said_madre_creates_it_now_says_restore_or_migrate(nodb):
+    """Regression (issue 24 item 11): for a deleted DB, `hijas list` said "vx11-madre
+    creates it when it starts" and `status` "not created yet"; madre refuses to
+    re-create a lost DB, by design."""
+    cfg, dbfile = nodb
+    dbfile.parent.mkdir(parents=True)
+    (dbfile.parent / f".{dbfile.name}.created").touch()  # a DB was made here before
+    (dbfile.parent / f"{dbfile.name}.rescued-42").touch()
+    for argv in (["hijas", "list"], ["status"]):
+        r = run("--config", str(cfg), *argv)
+        out = r.stdout + r.stderr
+        assert "not created yet" not in out and "madre creates it" not in out, out
+        assert "missing, though a vx11 database was there" in out, out
+        assert "vx11ctl db restore FILE" in out and f"{dbfile}.rescued-42" in out, out
+
+
 def test_hijas_list_with_a_missing_db_creates_nothing(nodb):
     cfg, dbfile = nodb
     r = run("--config", str(cfg), "hijas", "list")
     assert r.returncode == 69, r.stdout + r.stderr
     assert r.stdout == "" and len(r.stderr.splitlines()) == 1
-    assert r.stderr.startswith(f"vx11ctl: {dbfile}: no database there")
+    assert r.stderr.startswith(f"vx11ctl: {dbfile}: missing, not created yet")
     assert not dbfile.parent.exists()
     j = run("--config", str(cfg), "hijas", "list", "--json")
     assert j.returncode == 69 and j.stderr == ""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vx11d import db
+from vx11d import db, migrations
 
 
 def test_fresh_db_has_schema_v1_and_pragmas(dbpath):
@@ -20,14 +20,14 @@ def test_fresh_db_has_schema_v1_and_pragmas(dbpath):
     assert d.query("PRAGMA synchronous")[0][0] == 1  # NORMAL
     assert d.query("PRAGMA busy_timeout")[0][0] == 1000
     assert [r[0] for r in d.query("SELECT name FROM schema_migrations")] == \
-        [n for n, _ in db.MIGRATIONS]
+        [n for n, _ in migrations.MIGRATIONS]
     assert db.check(d) == []
 
 
 def test_migrations_apply_once(dbpath):
     d = db.Database(dbpath)
     assert db.apply_migrations(d) == []
-    assert len(d.query("SELECT * FROM schema_migrations")) == len(db.MIGRATIONS)
+    assert len(d.query("SELECT * FROM schema_migrations")) == len(migrations.MIGRATIONS)
 
 
 def test_failed_migration_rolls_back_with_its_record(dbpath, monkeypatch):
@@ -35,7 +35,8 @@ def test_failed_migration_rolls_back_with_its_record(dbpath, monkeypatch):
         conn.execute("CREATE TABLE half_done (x)")
         raise sqlite3.OperationalError("boom")
 
-    monkeypatch.setattr(db, "MIGRATIONS", [*db.MIGRATIONS, ("m999_broken", m999_broken)])
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        [*migrations.MIGRATIONS, ("m999_broken", m999_broken)])
     d = db.Database(dbpath)
     with pytest.raises(db.DbError, match="boom"):
         db.apply_migrations(d)
@@ -150,8 +151,8 @@ def test_oom_migration_keeps_rows_and_references(dbpath, monkeypatch):
     """m003 rebuilds spawner_hijas (a CHECK cannot change in place): rows, the reaper's
     references to them and both indexes survive; ``oom`` and the memory columns exist."""
     path = dbpath + ".old"
-    upto = [m for m in db.MIGRATIONS if m[0] < "m003"]
-    monkeypatch.setattr(db, "MIGRATIONS", upto)
+    upto = [m for m in migrations.MIGRATIONS if m[0] < "m003"]
+    monkeypatch.setattr(migrations, "MIGRATIONS", upto)
     d = db.Database(path, migrate=True)
     d.write(lambda c: _hija(c, "aaaaaaaaaa", 20001))
     d.write(lambda c: c.execute(
@@ -182,7 +183,8 @@ def test_requested_by_migration_keeps_old_rows_readable(dbpath, monkeypatch):
     from vx11d import hijas
 
     path = dbpath + ".old"
-    monkeypatch.setattr(db, "MIGRATIONS", [m for m in db.MIGRATIONS if m[0] < "m004"])
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        [m for m in migrations.MIGRATIONS if m[0] < "m004"])
     d = db.Database(path, migrate=True)
     d.write(lambda c: _hija(c, "aaaaaaaaaa", 20001))
     d.close()
@@ -195,6 +197,25 @@ def test_requested_by_migration_keeps_old_rows_readable(dbpath, monkeypatch):
     assert stopped["stop_requested_by"] == "ops"
     cols = {r[1] for r in d.query("PRAGMA table_info(activations)")}
     assert "ended_by" in cols
+
+
+def test_template_ended_index_serves_the_failed_streak_query(dbpath, monkeypatch):
+    """m005 (issue 24): the failed-streak gauge's query by template, newest end first,
+    uses an index instead of scanning every hija; an older DB gets it on migrate."""
+    from vx11d.madre import streaks
+
+    path = dbpath + ".old"
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        [m for m in migrations.MIGRATIONS if m[0] < "m005"])
+    d = db.Database(path, migrate=True)
+    d.write(lambda c: _hija(c, "aaaaaaaaaa", 20001, status="failed"))
+    d.close()
+    monkeypatch.undo()
+    d = db.Database(path, migrate=True)
+    assert db.check(d) == []
+    plan = " ".join(str(r[3]) for r in d.query("EXPLAIN QUERY PLAN " + streaks.SQL, ("t",)))
+    assert "spawner_hijas_template_ended" in plan, plan
+    assert [r[0] for r in d.query(streaks.SQL, ("t",))] == ["failed"]
 
 
 def _mountinfo(tmp_path, *lines: str) -> str:

@@ -40,3 +40,12 @@ def test_unit_files_and_dropins_are_read_when_systemd_is_not_running(tmp_path):
     assert got == {"MemoryHigh": None, "MemoryMax": 2 * 1024**3}
     assert hermeslimits.unit_memory((str(tmp_path / "none"),), ask_systemd=False) is None
     assert hermeslimits.from_unit_text("MemoryMax=1.5G\n")["MemoryMax"] == int(1.5 * 1024**3)
+
+
+def test_limits_read_from_dbus_properties_not_systemctl_show():
+    """The unit's properties as D-Bus gives them (vx11d.units): bytes, infinity as
+    UINT64_MAX."""
+    got = hermeslimits.from_properties({"MemoryHigh": 5800 * 1024**2,
+                                        "MemoryMax": 2**64 - 1, "LoadState": "loaded"})
+    assert got == {"MemoryHigh": 5800 * 1024**2, "MemoryMax": None}
+    assert hermeslimits.from_properties({}) == {"MemoryHigh": None, "MemoryMax": None}

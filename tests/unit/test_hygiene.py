@@ -84,14 +84,16 @@ def test_audit_size_against_budget(tmp_path):
 
 
 def test_rotate_timer_enabled_and_scheduled():
-    def fake(state, active):
-        return lambda *a: (f"UnitFileState={state}\nActiveState={active}\n"
-                           "NextElapseUSecRealtime=Wed 2026-12-02 00:13:00 UTC\n"
-                           "LastTriggerUSec=n/a\n")
-    ok = hygiene.rotate_timer(fake("enabled", "active"))
-    assert ok["ok"] and "next Wed 2026-12-02 00:13:00 UTC" in ok["detail"]
-    bad = hygiene.rotate_timer(fake("disabled", "inactive"))
-    assert not bad["ok"] and "vx11-rotate.timer disabled, inactive" in bad["detail"]
+    """Its properties as D-Bus gives them (vx11d.units), not `systemctl show` text."""
+    def props(state, active, nxt=1_796_602_380 * 10**6, last=0):
+        return {"UnitFileState": state, "ActiveState": active,
+                "NextElapseUSecRealtime": nxt, "LastTriggerUSec": last}
+    ok = hygiene.rotate_timer(props("enabled", "active"))
+    assert ok["ok"] and "next 2026-12-07T00:13:00Z (" in ok["detail"], ok
+    assert "last triggered never" in ok["detail"]
+    bad = hygiene.rotate_timer(props("disabled", "inactive", nxt=2**64 - 1))
+    assert not bad["ok"] and "vx11-rotate.timer disabled, inactive; next not scheduled" \
+        in bad["detail"], bad
 
 
 def test_last_rotation_recent_or_not():

@@ -224,3 +224,45 @@ def test_run_async_reloads_and_stops_on_real_signals(tmp_path):
     assert svc.events == ["start", ("reload", 9.0), "stop"]
     assert n.sent[0].startswith("READY=1") and n.sent[-1].startswith("STOPPING=1")
     assert "RELOADING=1" in n.sent
+
+
+def test_status_changed_between_ticks_lagged_until_the_next_tick_now_sent_at_once():
+    """Regression (issue 24 item 8): madre saw a hija's end on the bus and recorded it,
+    but STATUS= went out only after its next tick, so `vx11ctl status` printed "1 hija
+    running" beside the DB's "1 expired". A service's poke (attach_waker) now makes the
+    loop send the new STATUS at once."""
+    import asyncio
+
+    n = FakeNotifier()
+
+    class Svc:
+        component, interval = "t", 60.0  # no tick would come for a minute
+
+        def __init__(self):
+            self.text, self.poke = "1 hija running", None
+
+        def attach_waker(self, poke):
+            self.poke = poke
+
+        async def start(self):
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, self.ended)
+            loop.call_later(0.3, os.kill, os.getpid(), signal.SIGTERM)
+
+        def ended(self):  # an event callback between two ticks
+            self.text = "0 hijas running"
+            self.poke()
+
+        async def tick(self):
+            pass
+
+        def status(self):
+            return self.text
+
+        async def stop(self):
+            pass
+
+    svc = Svc()
+    assert asyncio.run(runtime.run_async(svc, notifier=n)) == 0
+    assert "STATUS=0 hijas running" in n.sent, n.sent
+    assert n.sent.index("STATUS=0 hijas running") < len(n.sent) - 1  # before STOPPING

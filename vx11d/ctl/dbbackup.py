@@ -123,7 +123,8 @@ def backup(args: argparse.Namespace) -> int:
                 "mode": f"{mode:04o}", "group": dbfile.group_name(gid), "seconds": round(took, 3),
                 "pruned": pruned},
          f"backup {dest}: {textfmt.size(os.path.getsize(dest))}, "
-         f"{rows.get('spawner_hijas', 0)} hijas, {rows.get('events', 0)} events, "
+         f"{textfmt.plural(rows.get('spawner_hijas', 0), 'hija')}, "
+         f"{textfmt.plural(rows.get('events', 0), 'event')}, "
          f"integrity ok, mode {mode:04o} group {dbfile.group_name(gid)}, "
          f"{textfmt.duration(took)}" + (f"; removed {len(pruned)} older" if pruned else ""))
     return 0

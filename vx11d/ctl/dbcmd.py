@@ -8,7 +8,7 @@ import os
 from .. import config, db
 from . import dbbackup
 from .main import emit
-from .state import open_db
+from .state import missing, open_db
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +38,9 @@ def _open(args: argparse.Namespace, readonly: bool, create: bool | None = None
 def check(args: argparse.Namespace) -> int:
     d = _open(args, readonly=True)
     if not os.path.exists(d.path):
-        emit(args, {"path": d.path, "ok": False, "problems": ["database file missing"]},
-             f"{d.path}: database file missing")
+        said = missing(config.load(args.config))
+        emit(args, {"path": d.path, "ok": False, "problems": ["database file missing"],
+                    "message": said}, said)
         return 1
     problems = db.check(d)
     emit(args, {"path": d.path, "ok": not problems, "problems": problems},

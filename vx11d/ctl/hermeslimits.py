@@ -9,12 +9,15 @@ mid-answer. ``vx11ctl config check`` refuses a config that breaks that order.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
+from typing import Any
 
+from .. import units
 from ..confload import format_size
+from ..errors import SystemdError
 
 UNIT = "vx11-hermes.service"
+UINT64_MAX = 2**64 - 1  # "infinity" in a unit's D-Bus memory properties
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system",
              "/lib/systemd/system")
 
@@ -40,21 +43,28 @@ def from_unit_text(text: str) -> dict[str, int | None]:
     return out
 
 
+def from_properties(props: dict[str, Any]) -> dict[str, int | None]:
+    """MemoryHigh/MemoryMax from the unit's D-Bus properties (bytes; ``infinity`` is
+    UINT64_MAX there)."""
+    out: dict[str, int | None] = {}
+    for k in ("MemoryHigh", "MemoryMax"):
+        v = props.get(k)
+        out[k] = v if isinstance(v, int) and 0 < v < UINT64_MAX else None
+    return out
+
+
 def unit_memory(unit_dirs: tuple[str, ...] = UNIT_DIRS, *, ask_systemd: bool = True
                 ) -> dict[str, int | None] | None:
-    """The installed unit's limits: from systemd if it runs (drop-ins included), else
-    from the first unit file found and its drop-ins; None when Hermes is not installed."""
-    r = None
-    try:
-        if ask_systemd:
-            r = subprocess.run(["systemctl", "show", "-p", "MemoryHigh,MemoryMax,LoadState",
-                                UNIT], capture_output=True, text=True, timeout=10,
-                               check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        r = None
-    if r is not None and r.returncode == 0 and "LoadState=loaded" in r.stdout:
-        props = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
-        return {k: _bytes(props.get(k, "")) for k in ("MemoryHigh", "MemoryMax")}
+    """The installed unit's limits: from systemd over D-Bus if it runs (drop-ins
+    included), else from the first unit file found and its drop-ins; None when Hermes
+    is not installed."""
+    if ask_systemd:
+        try:
+            props = units.read_all([UNIT], load=True)[UNIT] or {}
+        except SystemdError:
+            props = {}  # no systemd here (a build host, a container): read the files
+        if props.get("LoadState") == "loaded":
+            return from_properties(props)
     for d in unit_dirs:
         f = Path(d) / UNIT
         if f.is_file():

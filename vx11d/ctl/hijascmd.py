@@ -81,19 +81,24 @@ def _db(args: argparse.Namespace, write: bool = True) -> tuple[config.Config, Da
     return cfg, open_db(cfg, write=write)
 
 
+LIST_HEADER = f"{'ID':<10}  {'TEMPLATE':<10} {'STATUS':<9} {'PORT':<6} {'WHEN':<17} WHY"
+
+
 def _fmt_row(r: dict[str, Any]) -> str:
+    """One hija: id, template, status, port, when it expires or ended, why it ended."""
     now = time.time()
     when = ""
     if r["status"] == HijaStatus.RUNNING and r.get("expires_at"):
         when = f"expires {textfmt.relative(max(now, r['expires_at']), now)}"
     elif r.get("ended_at"):
         when = f"ended {textfmt.relative(min(now, r['ended_at']), now)}"
-    port = f"port {r['port']}" if r.get("port") else "no port"
-    line = f"{r['id']}  {r['template']:<10} {r['status']:<9} {port:<10} {when}"
+    port = str(r["port"]) if r.get("port") else "-"
+    why = r.get("reason") or ""
     if r["status"] == HijaStatus.OOM:
-        line += (f"  killed for memory: peak {size(r.get('memory_peak'))} of "
-                 f"{size(r.get('memory_max'))}")
-    return line
+        why = (f"killed for memory: peak {size(r.get('memory_peak'))} of "
+               f"{size(r.get('memory_max'))}")
+    return f"{r['id']:<10}  {r['template']:<10} {r['status']:<9} {port:<6} {when:<17} " \
+           f"{why}".rstrip()
 
 
 def _seconds(flag: str, text: str) -> float:
@@ -107,7 +112,7 @@ def _seconds(flag: str, text: str) -> float:
 def cmd_list(args: argparse.Namespace) -> int:
     _cfg, db = _db(args, write=False)
     rows = hijas.listing(db, args.status, args.limit)
-    emit(args, rows, "\n".join(_fmt_row(r) for r in rows) or "no hijas")
+    emit(args, rows, "\n".join([LIST_HEADER, *map(_fmt_row, rows)]) if rows else "no hijas")
     return 0
 
 
@@ -161,14 +166,20 @@ def cmd_deactivate(args: argparse.Namespace) -> int:
 
 # --- smoke ---------------------------------------------------------------------------
 
+PROBE_HEADER = "X-VX11-Probe"  # vx11d.gateway.app.PROBE_HEADER
+
+
 def _http(method: str, url: str, token: str | None = None, body: Any = None,
-          timeout: float = 15.0, ctx: ssl.SSLContext | None = None) -> tuple[int, Any]:
+          timeout: float = 15.0, ctx: ssl.SSLContext | None = None,
+          probe: str | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)  # noqa: S310
     if data is not None:
         req.add_header("Content-Type", "application/json")
     if token is not None:
         req.add_header("X-VX11-Token", token)
+    if probe is not None:  # a request that must be refused, marked as the operator's
+        req.add_header(PROBE_HEADER, probe)
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:  # noqa: S310
             raw, code = r.read(), r.status
@@ -210,7 +221,8 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     bad = []
     paths = sweep_paths(doc if isinstance(doc, dict) else {})
     for method, path in paths:
-        c, _ = http(method, f"{base}{path}", None, {} if method in ("POST", "PUT") else None)
+        c, _ = http(method, f"{base}{path}", None, {} if method in ("POST", "PUT") else None,
+                    probe=token)
         if c != 401:
             bad.append(f"{method} {path} -> {c}")
     check(f"401 without token on {len(paths)} paths", not bad, bad)

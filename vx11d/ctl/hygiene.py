@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
-from .. import config, textfmt
+from .. import config, textfmt, units
+from ..errors import SystemdError
 
 CHUNK = 1 << 20
 ETC_DIR = "/etc/vx11"
+ROTATE_TIMER = "vx11-rotate.timer"
 # Compressed archives are skipped by the leak scan: a plain search cannot see into them.
 SKIP_SUFFIXES = (".gz", ".xz", ".zst", ".bz2")
 
@@ -127,19 +129,22 @@ def audit_size(cfg: config.Config) -> dict[str, object]:
                   + ", ".join(per))
 
 
-def rotate_timer(systemctl=None) -> dict[str, object]:
-    """vx11-rotate.timer enabled and scheduled."""
-    run = systemctl or _systemctl
-    out = run("show", "-p", "UnitFileState,ActiveState,NextElapseUSecRealtime,LastTriggerUSec",
-              "vx11-rotate.timer")
-    p = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    enabled = p.get("UnitFileState") == "enabled"
-    active = p.get("ActiveState") == "active"
-    nxt = p.get("NextElapseUSecRealtime") or "not scheduled"
-    last = p.get("LastTriggerUSec") or "never"
-    return _check("rotate_timer_enabled", enabled and active,
-                  f"vx11-rotate.timer {p.get('UnitFileState', 'unknown')}, "
-                  f"{p.get('ActiveState', 'unknown')}; next {nxt}; last triggered {last}")
+def rotate_timer(props: dict[str, Any] | None = None) -> dict[str, object]:
+    """vx11-rotate.timer enabled and scheduled (its properties read over D-Bus, as
+    :mod:`vx11d.units` reads every unit; ``props`` for tests)."""
+    if props is None:
+        try:
+            props = units.read_all([ROTATE_TIMER], load=True)[ROTATE_TIMER] or {}
+        except SystemdError as e:
+            return _check("rotate_timer_enabled", False, f"{ROTATE_TIMER}: {e}")
+    state = str(props.get("UnitFileState") or "unknown")
+    active = str(props.get("ActiveState") or "unknown")
+    nxt = units.usec_time(props.get("NextElapseUSecRealtime"))
+    last = units.usec_time(props.get("LastTriggerUSec"))
+    return _check("rotate_timer_enabled", state == "enabled" and active == "active",
+                  f"{ROTATE_TIMER} {state}, {active}; next "
+                  f"{textfmt.when(nxt) if nxt else 'not scheduled'}; last triggered "
+                  f"{textfmt.when(last) if last else 'never'}")
 
 
 def last_rotation(last_ok: float | None, now: float | None = None,
@@ -185,9 +190,3 @@ def cgroup_hierarchy(mountinfo: str = "/proc/self/mountinfo") -> dict[str, objec
                       f"controllers: {listed}")
     return _check("cgroup_hierarchy", True, f"hybrid (legacy v1 controllers, v2 at {root} "
                   f"with: {listed}): OOM kills told by the memory probe; no MemoryHigh=")
-
-
-def _systemctl(*args: str) -> str:
-    r = subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False,
-                       env={**os.environ, "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"})
-    return r.stdout

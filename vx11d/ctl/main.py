@@ -103,7 +103,7 @@ def child_config_error(stderr: str, what: str) -> ConfigError:
     """The ConfigError for a ``vx11d`` child that exited 78: its last stderr line, without
     the journal fields its log line carries when not under journald."""
     lines = stderr.strip().splitlines() or [f"{what}: the config does not load"]
-    why = lines[-1].split("refusing to start: config ", 1)[-1]
+    why = re.split(r"refusing to start: (?:config|credential) ", lines[-1], maxsplit=1)[-1]
     err = ConfigError(what, "", "the config does not load")
     err.args = (re.split(r" (?:config_key|event)=", why, maxsplit=1)[0],)
     return err
@@ -138,7 +138,7 @@ def report(e: BaseException, as_json: bool, code: int) -> int:
     """Print ``e`` the one way vx11ctl prints errors; returns ``code``."""
     text = message(e)
     if isinstance(e, ConfigError):
-        text = f"config {text}"
+        text = f"{e.noun} {text}"
     if as_json:
         print(json.dumps({"ok": False, "error": kind(e), "message": text,
                           "exit_code": code}, sort_keys=True))

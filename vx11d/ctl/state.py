@@ -8,17 +8,28 @@ it only reads, and a missing file is a one-line error (exit 69), not a fresh emp
 
 from __future__ import annotations
 
+import glob
 import os
 
 from .. import config, db
 from ..errors import DbMissing
 
 
+def missing(cfg: config.Config) -> str:
+    """What a missing database at ``cfg.db.path`` means, and what to do about it."""
+    path = cfg.db.path
+    if not db.existed_here(path):
+        return (f"{path}: missing, not created yet (vx11-madre creates it when it first "
+                f"starts; check db.path in {cfg.path} if it runs)")
+    rescued = sorted(glob.glob(glob.escape(path) + ".rescued-*"))
+    copy = f", or the copy a daemon saved: {rescued[-1]}" if rescued else ""
+    return (f"{path}: missing, though a vx11 database was there (no daemon re-creates "
+            f"it): put a backup back with `vx11ctl db restore FILE`{copy}; or start an "
+            "empty one with `vx11ctl db migrate`")
+
+
 def open_db(cfg: config.Config, *, write: bool = False) -> db.Database:
     """The existing database of ``cfg``, read-only unless ``write``; DbMissing if absent."""
-    path = cfg.db.path
-    if not os.path.exists(path):
-        raise DbMissing(f"{path}: no database there (vx11-madre creates it when it "
-                        f"starts; `vx11ctl db migrate` creates it by hand); check db.path "
-                        f"in {cfg.path}")
+    if not os.path.exists(cfg.db.path):
+        raise DbMissing(missing(cfg))
     return db.Database.from_config(cfg, readonly=not write)

@@ -9,6 +9,7 @@ import time
 
 from .. import config, db, textfmt, units
 from ..errors import SystemdError
+from . import state
 from .main import emit
 
 TARGET = "vx11.target"
@@ -121,13 +122,17 @@ def status(args: argparse.Namespace) -> int:
     if summary.get("exists"):
         wins = ", ".join(f"{a['component']} until {textfmt.when(a['expires_at'])}"
                          for a in summary["activations"]) or "none"
-        lines.append(f"db {summary['path']}: hijas {textfmt.counts(summary['hijas'])}; "
+        # madre holding transitions the DB refused: the rows lag behind; say so
+        held = any(u["Id"] == "vx11-madre.service" and "pending" in u.get("StatusText", "")
+                   for u in shown)
+        lag = " as last recorded (madre holds newer ones, see above)" if held else ""
+        lines.append(f"db {summary['path']}: hijas {textfmt.counts(summary['hijas'])}{lag}; "
                      f"{summary['events']} events; activation windows {wins}")
         rot = summary.get("last_rotation")
         if rot:
             lines.append(f"last rotation {textfmt.relative(rot['finished_at'])}: "
                          f"{rot['archived']} archived, {rot['errors']} errors")
     else:
-        lines.append(f"db {summary['path']}: not created yet")
+        lines.append(f"db {state.missing(cfg)}")
     emit(args, {"units": shown, "db": summary}, "\n".join(lines))
     return 0

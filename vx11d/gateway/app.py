@@ -151,6 +151,28 @@ async def clear_mw(request: web.Request, handler: Handler) -> web.StreamResponse
                      "(docs/security.md), or use it from this host")
 
 
+# ``vx11ctl smoke`` sends its no-credential requests (which must answer 401) with this
+# header holding a credential of its own: from loopback, with a valid one, the 401 is
+# logged at debug and not counted as an auth failure, so the operator's check does not
+# read as an attack. Anyone else gains nothing: without a valid credential the header
+# counts as a failed guess; with one, the client could have authenticated anyway.
+PROBE_HEADER = "X-VX11-Probe"
+
+
+def _prober(keyring: Keyring, values: list[str], client: str) -> str | None:
+    """The credential a loopback probe proves, or None."""
+    if len(values) != 1 or not is_loopback(client):
+        return None
+    cred = keyring.current.match(values[0])
+    return cred.name if cred is not None else None
+
+
+def _unauthorized(request: web.Request) -> web.StreamResponse:
+    return error_for(request, 401, "unauthorized", "a valid X-VX11-Token or Authorization: "
+                     "Bearer credential is required",
+                     headers={"WWW-Authenticate": 'Bearer realm="vx11"'})
+
+
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     tokens = presented_tokens(request.headers.getall("X-VX11-Token", []),
@@ -174,6 +196,15 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         creds = [keyring.current.match(t) for t in tokens]
     names = ",".join(sorted({c.name for c in creds if c is not None})) or "none"
     if not tokens or None in creds:
+        probe = request.headers.getall(PROBE_HEADER, [])
+        if not tokens and probe:
+            prober = _prober(keyring, probe, client)
+            if prober is not None:  # the operator's own check (vx11ctl smoke)
+                log.debug("probe by credential %s from %s: %s %s without a credential "
+                          "answered 401", prober, client, request.method,
+                          _route_label(request), extra={"VX11_EVENT": "auth_probe"})
+                return _unauthorized(request)
+            tokens = probe  # a probe header that proves nothing is a guess like a token
         if tokens:  # only a presented token is a guess; a missing one is not
             limiter.failed(client)
         reason = "invalid" if tokens else "missing"
@@ -181,9 +212,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         journal.event(log, "auth_failed", "rejected %s credential from %s on %s %s",
                       reason, client, request.method, _route_label(request),
                       level=logging.WARNING, client=client, reason=reason, credential=names)
-        return error_for(request, 401, "unauthorized", "a valid X-VX11-Token or Authorization: "
-                          "Bearer credential is required",
-                          headers={"WWW-Authenticate": 'Bearer realm="vx11"'})
+        return _unauthorized(request)
     scopes = frozenset().union(*(c.scopes for c in creds if c is not None))
     scope = required_scope(request)
     if scope is not None and "admin" not in scopes and scope not in scopes:

@@ -27,11 +27,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from .. import textfmt
 from .context import AUTHENTICATED, CTX, SCOPES, GatewayContext
 
 log = logging.getLogger("vx11.gateway")
@@ -101,7 +101,7 @@ def db_state(ctx: GatewayContext) -> dict[str, Any]:
         out["cause"], out["message"] = cause, message
         since = ctx.db.fault_since
         if since:
-            out["since"] = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+            out["since"] = textfmt.api_time(since)
     return out
 
 
@@ -164,8 +164,7 @@ async def health(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body: dict[str, Any] = {**view.public(), "component": "gateway", "db": db_state(ctx)}
     if view.checked:
-        body["checked"] = datetime.fromtimestamp(view.checked, UTC).isoformat(
-            timespec="seconds")
+        body["checked"] = textfmt.api_time(view.checked)
     body.update(await contributions(request.app))
     return web.json_response(body, status=code)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import hijas
+from .. import hijas, textfmt
 from ..errors import InputError
 from .context import CREDENTIAL, CTX
 from .http import ApiError, read_json
@@ -103,7 +103,7 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
             "created_at", "started_at", "expires_at", "ended_at", "exit_status", "result",
             "reason", "stop_requested_at", "memory_max", "memory_peak", "requested_by",
             "stop_requested_by")
-    return {k: row.get(k) for k in keys}
+    return textfmt.with_times({k: row.get(k) for k in keys})
 
 
 def _api_error(e: InputError) -> ApiError:

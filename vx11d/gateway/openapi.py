@@ -61,8 +61,30 @@ HEALTH = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["ok", "degraded"]},
     "cause": {"type": "string", "description": "why degraded: read_only, disk_full, "
               "db_missing, db_replaced, locked, corrupt, io_error, madre_failed"},
-    "component": {"type": "string"}, "db": {"type": "object"}, "checked": {"type": "string"},
+    "component": {"type": "string"}, "db": {"type": "object"},
+    "checked": {"type": "string", "format": "date-time",
+                "description": "when the view was last refreshed (see Times)"},
     "daemons": {}, "hermes": {}}}
+TIMES = ("Times: every time in the vx11 API (/vx11/*, /health) is an ISO 8601 UTC string "
+         "to the millisecond, 2026-12-07T06:13:32.250Z, in a field named for the event "
+         "(created, expires, ended). The epoch-seconds fields named X_at (created_at, "
+         "expires_at, ...) keep their meaning for existing clients and are deprecated. "
+         "The OpenAI-compatible /v1/* endpoints follow OpenAI's format (created in epoch "
+         "seconds).")
+
+
+def _time(what: str, nullable: bool = True) -> dict[str, Any]:
+    """A time field and its deprecated epoch twin: ``{"X": ..., "X_at": ...}``."""
+    kind = ["string", "null"] if nullable else "string"
+    num = ["number", "null"] if nullable else "number"
+    return {what: {"type": kind, "format": "date-time", "description": "ISO 8601 UTC"},
+            f"{what}_at": {"type": num, "deprecated": True,
+                           "description": f"{what}, in epoch seconds: use {what}"}}
+
+
+WINDOW = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "component": {"type": "string"},
+    **_time("created", False), **_time("expires", False), **_time("ended")}}
 ID_PARAM = {"name": "id", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": "^[a-z0-9]{10}$"}}
 
@@ -77,7 +99,7 @@ def document() -> dict[str, Any]:
                  "Bearer; when several are sent, every one must be valid (else 401). "
                  "Each operation names the scope it needs (x-vx11-scope: read, chat or "
                  "operate; admin may do everything); a valid credential without it gets "
-                 "403 forbidden naming the scope."},
+                 "403 forbidden naming the scope. " + TIMES},
         "security": [{"token": []}, {"bearer": []}],
         "paths": {
             "/health": {"get": {
@@ -130,7 +152,7 @@ def document() -> dict[str, Any]:
                         "responses": {"200": _resp("policy", {"type": "object", "properties": {
                             "profile": {"type": "string"},
                             "components": {"type": "array", "items": {"type": "string"}},
-                            "windows": {"type": "array", "items": {"type": "object"}}}}),
+                            "windows": {"type": "array", "items": WINDOW}}}),
                             **_errors(503)}},
                 "post": {"summary": "activate a component for a TTL, or deactivate it",
                          "requestBody": _body({"type": "object", "required": ["component"],
@@ -146,7 +168,8 @@ def document() -> dict[str, Any]:
                                                              "default)"},
                                                    "for": {"type": "string",
                                                            "examples": ["2h"]}}}),
-                         "responses": {"201": _resp("window opened", {"type": "object"}),
+                         "responses": {"201": _resp("window opened", {
+                             "type": "object", "properties": {"activated": WINDOW}}),
                                        "200": _resp("deactivated", {"type": "object"}),
                                        **_errors(400, 404, 413, 415, 422, 503)}}},
             "/vx11/route": {"post": {
@@ -235,14 +258,12 @@ def document() -> dict[str, Any]:
                     "port": {"type": ["integer", "null"]}, "unit": {"type": "string"},
                     "main_pid": {"type": ["integer", "null"]},
                     "status": {"type": "string", "enum": STATUSES},
-                    "created_at": {"type": "number"},
-                    "started_at": {"type": ["number", "null"]},
-                    "expires_at": {"type": ["number", "null"]},
-                    "ended_at": {"type": ["number", "null"]},
+                    **_time("created", False), **_time("started"), **_time("expires"),
+                    **_time("ended"),
                     "exit_status": {"type": ["integer", "null"]},
                     "result": {"type": ["string", "null"]},
                     "reason": {"type": ["string", "null"]},
-                    "stop_requested_at": {"type": ["number", "null"]},
+                    **_time("stop_requested"),
                     "memory_max": {"type": ["integer", "null"],
                                    "description": "bytes the hija was allowed (at its end)"},
                     "memory_peak": {"type": ["integer", "null"],

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import hijas, units
+from .. import hijas, textfmt, units
 from ..confload import parse_duration
 from ..errors import InputError, SystemdError
 from .context import CREDENTIAL, CTX
@@ -36,7 +36,8 @@ async def get_policy(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     return web.json_response({"profile": ctx.cfg.madre.profile,
                               "components": list(hijas.COMPONENTS),
-                              "windows": await ctx.db_call(hijas.live_windows, ctx.db)})
+                              "windows": [textfmt.with_times(w) for w in await ctx.db_call(
+                                  hijas.live_windows, ctx.db)]})
 
 
 async def post_policy(request: web.Request) -> web.Response:
@@ -60,7 +61,7 @@ async def post_policy(request: web.Request) -> web.Response:
             row = await ctx.db_call(hijas.activate, ctx.db, ctx.cfg, component, seconds, by,
                                     client)
             hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
-            return web.json_response({"activated": row}, status=201)
+            return web.json_response({"activated": textfmt.with_times(row)}, status=201)
         if action == "deactivate":
             n = await ctx.db_call(hijas.deactivate, ctx.db, component, by, client)
             hijas.wake_madre(ctx.cfg.gateway.madre_wake_socket)
@@ -70,6 +71,15 @@ async def post_policy(request: web.Request) -> web.Response:
     except InputError as e:
         raise ApiError(422, "invalid", str(e)) from e
     raise ApiError(422, "invalid", "action must be activate or deactivate")
+
+
+def timer_status(props: dict[str, Any]) -> str:
+    """A timer's line: ``next 2026-12-08T03:00:00Z, last 2026-12-07T03:00:04Z`` (times
+    ISO 8601 UTC; ``not scheduled``, ``never``)."""
+    nxt = units.usec_time(props.get("NextElapseUSecRealtime"))
+    last = units.usec_time(props.get("LastTriggerUSec"))
+    return (f"next {textfmt.iso(nxt) if nxt else 'not scheduled'}, "
+            f"last {textfmt.iso(last) if last else 'never'}")
 
 
 def _unit_states() -> dict[str, dict[str, str]]:
@@ -86,7 +96,8 @@ def _unit_states() -> dict[str, dict[str, str]]:
             if props is None:
                 out[unit] = {"active_state": "inactive", "status": "not loaded"}
                 continue
-            status = str(props.get("StatusText", "")) if unit.endswith(".service") else ""
+            status = str(props.get("StatusText", "")) if unit.endswith(".service") \
+                else timer_status(props)
             out[unit] = {"active_state": str(props.get("ActiveState", "unknown")),
                          "status": status}
     finally:

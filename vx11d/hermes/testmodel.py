@@ -14,6 +14,7 @@ import os
 import random
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,31 +42,44 @@ def high_byte_bias() -> dict[int, float]:
     return {FIRST_BYTE + b: -100.0 for b in range(0x80, 0x100)}
 
 
-def write_model(path: str, shape: Shape = TINY_SHAPE, *, seed: int = 11, f16: bool = True,
-                chat_template: str | None = None, poison: float | None = None) -> str:
-    """Write a random-weight LLaMA GGUF to ``path``; ``poison`` puts that value in a weight."""
+def _vocabulary(pieces: list[str]) -> list[str]:
+    """The special tokens, the 256 byte tokens, then ``pieces``."""
+    return ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(N_BYTE)] + pieces
+
+
+def _llama_writer(path: str, tokens: list[str], *, ctx: int, embd: int, layers: int,
+                  ff: int, heads: int, kv_heads: int) -> Any:
+    """A ``gguf.GGUFWriter`` for a LLaMA model of that shape, its tokenizer (from
+    :func:`_vocabulary`: normal pieces scored by rank) written in; tensors to add."""
     import gguf
 
-    rng = np.random.default_rng(seed)
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(N_BYTE)] + PIECES
-    types = [2, 3, 3] + [6] * N_BYTE + [1] * len(PIECES)
-    scores = [0.0] * (FIRST_BYTE + N_BYTE) + [-float(i) for i in range(len(PIECES))]
+    pieces = len(tokens) - FIRST_BYTE - N_BYTE
     w = gguf.GGUFWriter(path, "llama")
-    w.add_context_length(shape.ctx)
-    w.add_embedding_length(shape.embd)
-    w.add_block_count(shape.layers)
-    w.add_feed_forward_length(shape.ff)
-    w.add_head_count(shape.heads)
-    w.add_head_count_kv(shape.heads)
+    w.add_context_length(ctx)
+    w.add_embedding_length(embd)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(shape.embd // shape.heads)
+    w.add_rope_dimension_count(embd // heads)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_scores(scores)
+    w.add_token_types([2, 3, 3] + [6] * N_BYTE + [1] * pieces)
+    w.add_token_scores([0.0] * (FIRST_BYTE + N_BYTE) + [-float(i) for i in range(pieces)])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    return w
+
+
+def write_model(path: str, shape: Shape = TINY_SHAPE, *, seed: int = 11, f16: bool = True,
+                chat_template: str | None = None, poison: float | None = None) -> str:
+    """Write a random-weight LLaMA GGUF to ``path``; ``poison`` puts that value in a weight."""
+    rng = np.random.default_rng(seed)
+    tokens = _vocabulary(PIECES)
+    w = _llama_writer(path, tokens, ctx=shape.ctx, embd=shape.embd, layers=shape.layers,
+                      ff=shape.ff, heads=shape.heads, kv_heads=shape.heads)
     if chat_template is not None:
         w.add_chat_template(chat_template)
     dt = np.float16 if f16 else np.float32
@@ -129,27 +143,10 @@ def write_q4_0_model(path: str, shape: BigShape = BigShape(), *, seed: int = 7) 
 
     rng = np.random.default_rng(seed)
     words = shape.vocab - FIRST_BYTE - N_BYTE
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(N_BYTE)] + \
-        [f"▁w{i}" for i in range(words)]
-    types = [2, 3, 3] + [6] * N_BYTE + [1] * words
-    scores = [0.0] * (FIRST_BYTE + N_BYTE) + [-float(i) for i in range(words)]
     e, kv = shape.embd, shape.embd // shape.heads * shape.kv_heads
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_context_length(shape.ctx)
-    w.add_embedding_length(e)
-    w.add_block_count(shape.layers)
-    w.add_feed_forward_length(shape.ff)
-    w.add_head_count(shape.heads)
-    w.add_head_count_kv(shape.kv_heads)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(e // shape.heads)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_scores(scores)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    w = _llama_writer(path, _vocabulary([f"▁w{i}" for i in range(words)]), ctx=shape.ctx,
+                      embd=e, layers=shape.layers, ff=shape.ff, heads=shape.heads,
+                      kv_heads=shape.kv_heads)
     mats: list[tuple[str, int, int]] = [("token_embd.weight", shape.vocab, e)]
     norms = ["output_norm.weight"]
     for i in range(shape.layers):

@@ -13,16 +13,18 @@ import asyncio
 import contextlib
 import grp
 import logging
+import math
 import os
 import socket
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .. import hijas, journal, textfmt
 from ..config import Config
-from ..db import Database, apply_migrations, low_space, stale_read_only_view
-from ..degraded import CAUSES, DB_FAULTS, DbFileWatch, WriteHealth
+from ..db import Database, low_space, stale_read_only_view
+from ..degraded import DB_FAULTS, DbFileWatch, WriteHealth, migrate
 from ..errors import DbError, StaleMountNamespace, SystemdError
 from ..hijas import ENDED, SETTLED
 from .registry import Registry
@@ -102,6 +104,7 @@ class MadreService:
         self.m = Metrics(registry)
         self.m.known_templates(cfg)
         self.health = WriteHealth("madre", registry, log, path=db.path)
+        db.fault_log_level = logging.DEBUG  # self.health tells each fault and its end
         self.reg = Registry(cfg, db, sd, self.m, health=self.health)
         self.dbfile = DbFileWatch(db.path)
         self.migrated = False
@@ -116,7 +119,14 @@ class MadreService:
         self.interval = float(cfg.madre.tick)
         self._last_reconcile = 0.0
         self._status = "starting"
+        self._poke: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach_waker(self, poke: Callable[[], None]) -> None:
+        """The runtime's: makes the loop look again at once. Called when the status
+        changes between ticks (a hija's end seen on the bus), so STATUS= is sent then and
+        never lags the DB that `vx11ctl status` prints beside it."""
+        self._poke = poke
 
     async def start(self) -> None:
         self._migrate()
@@ -138,15 +148,8 @@ class MadreService:
     def _migrate(self) -> None:
         """Apply pending migrations; a DB that cannot take them leaves madre degraded
         (it supervises what runs and retries), never a start that fails."""
-        if self.migrated:
-            return
-        try:
-            apply_migrations(self.db)
-        except DB_FAULTS as e:
-            self.health.failed(e)
-            return
-        self.migrated = True
-        self.dbfile.opened()
+        if not self.migrated:
+            self.migrated = migrate(self.db, self.health, self.dbfile)
 
     def _reconcile(self) -> dict[str, int] | None:
         """Reconcile now if the DB can be read (counts by kind), else None (retried)."""
@@ -269,9 +272,7 @@ class MadreService:
         if problem is None or not self.health.writable or self.health.cause == "corrupt":
             return  # fine, or already known (a file that came back: _recover reopens it;
             # one found unsound stays `corrupt` until another is put there)
-        self.health.failed(DbError(f"{self.db.path}: {CAUSES[problem]}; restore it "
-                                       "or run 'vx11ctl db migrate' to re-create it"),
-                               cause=problem)
+        self.health.failed(self.dbfile.error(problem), cause=problem)
 
     def _recover(self) -> None:
         """Retry (on the backoff schedule) what the DB refused: migrations, the held
@@ -287,8 +288,7 @@ class MadreService:
         restore = False
         if self.health.cause in ("db_missing", "db_replaced"):
             if self.dbfile.problem() == "db_missing":  # still gone: next try on the backoff
-                self.health.failed(DbError(f"{self.db.path}: {CAUSES['db_missing']}"),
-                                   cause="db_missing")
+                self.health.failed(self.dbfile.error("db_missing"), cause="db_missing")
                 return
             self.db.close()  # the file at the path is back (or new): open that one
             self.migrated = False
@@ -311,7 +311,8 @@ class MadreService:
             self.m.next_expiry.set(nxt or 0)
             text = f"{running} hija{'s' if running != 1 else ''} running"
             if nxt is not None:
-                text += f", next expiry in {int(nxt + 0.999)}s"
+                text += (f", next expiry in {textfmt.duration(math.ceil(nxt))}" if nxt >= 1
+                         else ", next expiry due now")
         else:
             text = "hija records unreadable"
         extra = self.win.summary()
@@ -320,6 +321,8 @@ class MadreService:
         if self.health.degraded or self.reg.held:
             text += "; " + (self.health.text(len(self.reg.held))
                             or f"{len(self.reg.held)} transitions pending")
+        if text != self._status:
+            self._poke()
         self._status = text
 
     def status(self) -> str:

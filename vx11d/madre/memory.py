@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 
 from .. import cgroupmem
@@ -113,13 +114,20 @@ def is_oom(result: str, report: MemoryReport | None) -> bool:
                                                              "exit-code")
 
 
+_SIGNALS = {int(s): s.name for s in signal.Signals}
+
+
 def oom_reason(report: MemoryReport | None, limit: int | None, result: str,
                status: object) -> str:
     """The row's reason for an OOM kill: the limit, the peak and what systemd said."""
     peak = report.peak if report else None
     kills = report.oom_kills if report else None
-    how = "systemd result oom-kill" if result == "oom-kill" else \
-        f"systemd result {result or 'unknown'}, status {status}"
+    if result == "oom-kill":
+        how = "systemd result oom-kill"
+    elif result == "signal" and isinstance(status, int) and status in _SIGNALS:
+        how = f"systemd result signal, {_SIGNALS[status]}"  # the signal, not an exit status
+    else:
+        how = f"systemd result {result or 'unknown'}, status {status}"
     return (f"killed by the kernel: out of memory (peak {size(peak)} of its "
             f"{size(limit)} limit; {kills or 1} OOM kill{'s' if (kills or 1) > 1 else ''}; "
             f"{how})")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -71,12 +72,32 @@ class Tracked:
     stop_as: str | None = None  # status to record when madre itself stopped it
 
 
-CLD_EXITED, CLD_KILLED = 1, 2  # ExecMainCode: how the main process ended (waitid)
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3  # ExecMainCode: how the main process ended
 
 
 def _killed_by_sigterm(props: dict[str, Any]) -> bool:
     """The main process ended by SIGTERM (ExecMainCode CLD_KILLED, status 15)."""
     return props.get("ExecMainCode") == CLD_KILLED and props.get("ExecMainStatus") == 15
+
+
+def how_it_ended(props: dict[str, Any]) -> str:
+    """How the main process ended, in words: ``exited with status 1``, ``stopped with
+    SIGTERM``, ``killed by SIGKILL``; "" when systemd did not say. (ExecMainStatus is
+    an exit status only for CLD_EXITED; for a signal it is the signal's number.)"""
+    code, st = props.get("ExecMainCode"), props.get("ExecMainStatus")
+    if not isinstance(st, int):
+        return ""
+    if code == CLD_EXITED:
+        return f"exited with status {st}"
+    if code in (CLD_KILLED, CLD_DUMPED):
+        try:
+            name = signal.Signals(st).name
+        except ValueError:
+            name = f"signal {st}"
+        if code == CLD_DUMPED:
+            return f"killed by {name} (core dumped)"
+        return f"stopped with {name}" if st == signal.SIGTERM else f"killed by {name}"
+    return ""
 
 
 @dataclass
@@ -226,15 +247,16 @@ class Registry:
 
     def _log(self, held: Held, level: int, suffix: str, template: str) -> None:
         status, cols = held.status, held.cols
-        if status == HijaStatus.OOM:  # the reason says it all, in a sysadmin's words
+        said = status == HijaStatus.OOM or (status in ENDED and cols.get("reason"))
+        if said:  # the reason says it all, in a sysadmin's words
             detail = str(cols.get("reason"))
         else:
             detail = textfmt.fields({k: v for k, v in cols.items()
                                      if k not in ("ended_at", "memory_max", "memory_peak")},
                                     self.clock())
-        journal.event(log, EVENT_OF[status], ("hija %s %s: %s" if status == HijaStatus.OOM else
+        journal.event(log, EVENT_OF[status], ("hija %s %s: %s" if said else
                                               "hija %s %s%s") + suffix, held.hija_id, status,
-                      detail if status == HijaStatus.OOM else (f" ({detail})" if detail else ""),
+                      detail if said else (f" ({detail})" if detail else ""),
                       level=level, hija_id=held.hija_id,
                       pid=cols.get("main_pid"), template=template or None,
                       memory_max=cols.get("memory_max"), memory_peak=cols.get("memory_peak"))
@@ -542,12 +564,17 @@ class Registry:
             cols["memory_max"] = limit
         if report is not None and report.peak is not None:
             cols["memory_peak"] = report.peak
+        how = how_it_ended(tr.props)
         if status == HijaStatus.EXPIRED and tr.stop_as:
             cols["reason"] = "stopped by madre's backstop after expiry"
+        elif status == HijaStatus.EXPIRED:
+            cols["reason"] = "reached its TTL" + (f", {how}" if how else "")
         elif status == HijaStatus.OOM:
             cols["reason"] = memory.oom_reason(report, limit, result, status_code)
         elif status == HijaStatus.FAILED:
-            cols["reason"] = f"systemd result {result or 'unknown'}, exit status {status_code}"
+            cols["reason"] = f"{how or 'ended'} (systemd result {result or 'unknown'})"
+        elif status == HijaStatus.EXITED and how:
+            cols["reason"] = how
         if note:
             cols["reason"] = f"{cols.get('reason') or 'ended'} ({note})"
         self._transition(tr.hija_id, status, only_from=STARTED,

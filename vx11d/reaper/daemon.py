@@ -9,11 +9,11 @@ import signal
 import time
 from typing import Any
 
-from .. import journal
+from .. import journal, textfmt
 from ..config import Config
-from ..db import Database, apply_migrations, low_space, record_event, stale_read_only_view
-from ..degraded import CAUSES, DB_FAULTS, FILE_CAUSES, DbFileWatch, WriteHealth
-from ..errors import DbError, StaleMountNamespace
+from ..db import Database, low_space, record_event, stale_read_only_view
+from ..degraded import DB_FAULTS, FILE_CAUSES, DbFileWatch, WriteHealth, migrate
+from ..errors import StaleMountNamespace
 from .breaker import Breaker, Trip
 from .kill import Pending, Terminator, open_verified, send
 from .metrics import ReaperMetrics
@@ -87,6 +87,8 @@ class ReaperService:
         self.health = health or WriteHealth("reaper", metrics.registry, log, clock=clock,
                                             path=db.path if db is not None else None)
         self.dbfile = DbFileWatch(db.path) if db is not None else None
+        if db is not None:
+            db.fault_log_level = logging.DEBUG  # self.health tells each fault and its end
         self.migrated = db is None
         self.clock = clock
         self.term = Terminator(clock)
@@ -168,16 +170,8 @@ class ReaperService:
         return max(0.01, nxt - now)
 
     def _migrate(self) -> None:
-        if self.migrated or self.db is None:
-            return
-        try:
-            apply_migrations(self.db)
-        except DB_FAULTS as e:
-            self.health.failed(e)
-            return
-        self.migrated = True
-        if self.dbfile is not None:
-            self.dbfile.opened()
+        if not self.migrated and self.db is not None:
+            self.migrated = migrate(self.db, self.health, self.dbfile)
 
     def start(self) -> None:
         self._migrate()
@@ -510,8 +504,8 @@ class ReaperService:
             self.health.failed(e)
             self._bound_held()
             return
-        self.health.recovered(f"{len(rows)} held record{'s' if len(rows) != 1 else ''} "
-                              "written" if self.health.degraded else "")
+        self.health.recovered(f"{textfmt.plural(len(rows), 'held record')} written"
+                              if self.health.degraded and rows else "")
 
     def _check_file(self) -> None:
         """The DB file deleted or replaced: hold the records (a write would land in a
@@ -528,8 +522,7 @@ class ReaperService:
         if self.health.cause == "corrupt":
             self.health.file_back = True  # the Database judges each new file itself
         elif self.health.writable and not self.health.file_back:
-            self.health.failed(DbError(f"{self.dbfile.path}: {CAUSES[problem]}"),
-                               cause=problem)
+            self.health.failed(self.dbfile.error(problem), cause=problem)
         elif problem == "db_replaced":
             self.db.close()
             self.migrated = False

@@ -95,6 +95,28 @@ def test_end_reasons(env, result, code, status):
     assert (row["status"], row["exit_status"]) == (status, code)
 
 
+@pytest.mark.parametrize(("result", "status", "code", "reason"), [
+    ("timeout", 15, 2, "reached its TTL, stopped with SIGTERM"),
+    ("timeout", 9, 2, "reached its TTL, killed by SIGKILL"),
+    ("success", 0, 1, "exited with status 0"),
+    ("exit-code", 3, 1, "exited with status 3 (systemd result exit-code)"),
+    ("core-dump", 11, 3, "killed by SIGSEGV (core dumped) (systemd result core-dump)")])
+def test_expiry_read_as_a_failure_exit_status_15_now_says_the_signal(
+        env, caplog, result, status, code, reason):
+    """Regression (issue 24 item 9): a normal expiry logged ``expired (result timeout,
+    exit status 15)``: 15 is SIGTERM's number, not an exit status."""
+    cfg, db, sd, reg, _clock, _m = env
+    row = spawn(cfg, db, reg, sd)
+    with caplog.at_level("INFO"):
+        sd.end(row["unit"], result, status, code=code)
+        reg.on_changes(sd.drain())
+    row = hijas.get(db, row["id"])
+    assert row["reason"] == reason
+    said = [r.getMessage() for r in caplog.records if row["id"] in r.getMessage()]
+    assert f"hija {row['id']} {row['status']}: {reason}" in said, said
+    assert not any("exit status" in m for m in said), said
+
+
 def test_a_stop_command_timing_out_after_an_early_exit_is_exited_not_expired(env):
     """Regression (the real-kernel tier, Debian 13 under emulation): a hija that exited 0
     50 s before its TTL got Result=timeout because its memory probe (ExecStopPost) ran
