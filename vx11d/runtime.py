@@ -241,10 +241,24 @@ def run(service: Service, *, notifier: Notifier | None = None,
         waker.close()
 
 
+async def _wait(wake: asyncio.Event, timeout: float | None) -> None:
+    """Sleep until ``wake`` is set or ``timeout`` seconds passed (None: no timeout)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=timeout)
+
+
 async def run_async(service: Any, *, notifier: Notifier | None = None,
-                    config_path: str | None = None) -> int:
-    """Run an asyncio service (async start/tick/stop) until SIGTERM/SIGINT."""
-    life = Lifecycle(notifier or Notifier(), watchdog=watchdog_interval())
+                    config_path: str | None = None, life: Lifecycle | None = None,
+                    wait: Callable[[asyncio.Event, float | None], Any] = _wait) -> int:
+    """Run an asyncio service (async start/tick/stop) until SIGTERM/SIGINT.
+
+    A service with ``due_in()`` (seconds until its next tick is due, ``None``: nothing
+    is due) is ticked only when that comes, not every ``interval``; its ``attach_waker``
+    gets a callable that makes the loop look again at once (an event changed what is
+    due). Between the two, the loop sleeps: nothing wakes it but a signal, the service,
+    or the watchdog ping.
+    """
+    life = life or Lifecycle(notifier or Notifier(), watchdog=watchdog_interval())
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
@@ -258,6 +272,9 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
     loop.add_signal_handler(signal.SIGTERM, on_signal, "stop")
     loop.add_signal_handler(signal.SIGINT, on_signal, "stop")
     loop.add_signal_handler(signal.SIGHUP, on_signal, "reload")
+    due_in = getattr(service, "due_in", None)
+    if hasattr(service, "attach_waker"):
+        service.attach_waker(wake.set)
     await service.start()
     life.started(service.status())
     next_tick = life.clock()
@@ -268,15 +285,22 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
             if cfg is not None:
                 await service.reload(cfg)
             life.end_reload(service.status())
+        if due_in is not None:
+            d = due_in()
+            next_tick = float("inf") if d is None else life.clock() + d
         if life.clock() >= next_tick:
             await service.tick()
-            next_tick = life.clock() + service.interval
+            if due_in is None:
+                next_tick = life.clock() + service.interval
+            else:
+                d = due_in()
+                next_tick = float("inf") if d is None else life.clock() + d
         life.progressed(service.status())
         wake.clear()
         if life.stop_requested or life.reload_requested:
             continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=life.wait_for(next_tick))
+        delay = life.wait_for(next_tick)
+        await wait(wake, None if delay == float("inf") else delay)
     life.begin_stop()
     await service.stop()
     life.stopped()
