@@ -15,7 +15,7 @@ from .. import journal, metrics, runtime, textfmt
 from ..config import Config
 from ..db import Database, stale_read_only_view
 from ..errors import DbReadOnly
-from . import tls
+from . import health, tls
 from .app import KEYRING, LIMITER, METRICS, TLS, build_app
 from .auth import Keyring
 from .context import GatewayContext
@@ -108,6 +108,8 @@ class GatewayService:
 
     async def tick(self) -> None:
         self.app[LIMITER].prune()
+        if self.ctx.db.health()[0] != "ok" or not self.ctx.db.migrated:
+            health.kick(self.app)  # the probe finds writes working again (no request needed)
         self._renew_if_stale_read_only()
 
     def _renew_if_stale_read_only(self) -> None:
