@@ -43,11 +43,13 @@ def db_hija_lookup(db: Database) -> HijaLookup:
     return lookup
 
 
-def build_evaluator(cfg: Config, proc_path: str, lookup: HijaLookup | None) -> Evaluator:
+def build_evaluator(cfg: Config, proc_path: str, lookup: HijaLookup | None, *,
+                    full_every: int = 1) -> Evaluator:
     """The rule evaluator for this process (its own pid and cgroup are never touched)."""
     return Evaluator(cfg.reaper, self_pid=os.getpid(),
                      self_cgroup=read_cgroup(proc_path, os.getpid()),
-                     cgroups=CgroupCache(proc_path), hija_lookup=lookup)
+                     cgroups=CgroupCache(proc_path), hija_lookup=lookup,
+                     full_every=full_every)
 
 
 def report_dict(rep: Report) -> dict[str, Any]:
@@ -107,7 +109,9 @@ class ReaperService:
         self.cfg = cfg
         self.rc = cfg.reaper
         lookup = db_hija_lookup(self.db) if self.db is not None else None
-        self.evaluator = build_evaluator(cfg, self.proc_path, lookup)
+        # decided again from scratch as often as the tracker re-reads every process
+        self.evaluator = build_evaluator(cfg, self.proc_path, lookup,
+                                         full_every=cfg.reaper.full_rescan_every)
         self.m.set_rules(self.evaluator.rule_names())
         self.breaker.configure(cfg.reaper)
         self.m.enforcement_stopped.set(1 if self.breaker.open else 0)
