@@ -14,7 +14,6 @@ main loop, so a hung loop (or a SIGSTOP) stops the pings and systemd restarts th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -22,13 +21,16 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sdnotify
 
 from .config import Config
 from .config import load as load_config
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("vx11.runtime")
 
@@ -243,6 +245,7 @@ def run(service: Service, *, notifier: Notifier | None = None,
 
 async def _wait(wake: asyncio.Event, timeout: float | None) -> None:
     """Sleep until ``wake`` is set or ``timeout`` seconds passed (None: no timeout)."""
+    import asyncio
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), timeout=timeout)
 
@@ -258,6 +261,8 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
     due). Between the two, the loop sleeps: nothing wakes it but a signal, the service,
     or the watchdog ping.
     """
+    import asyncio  # here: the sync daemons (the reaper) need not load it (~2 MB)
+
     life = life or Lifecycle(notifier or Notifier(), watchdog=watchdog_interval())
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
