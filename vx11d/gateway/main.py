@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from .. import journal, metrics, runtime, textfmt
+from .. import journal, metrics, runtime, textfmt, units
 from ..config import Config
 from ..db import Database, stale_read_only_view
 from ..errors import DbReadOnly
@@ -227,6 +227,7 @@ def _addr(name: object) -> str:
 
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the app, and run until SIGTERM."""
+    units.lean_pystemd()  # /health's unit states: the D-Bus binding without lxml (~7 MB)
     logging.getLogger("aiohttp.server").addFilter(BadRequestLog())
     registry = metrics.new_registry("gateway")
     # No DB I/O before serving: a read-only, full or missing state dir must not stop the
