@@ -23,6 +23,7 @@ from .track import Tracker, fd_budget
 
 COMPONENT = "reaper"
 MAX_HELD = 10_000  # records held while the DB refuses writes (the oldest go first)
+PRUNE_SLACK = 1.25  # the cgroup cache is pruned when it outgrows the table by this much
 RETRACK_SHARE = 0.8  # polling goes back to events when the table is below this share
 log = logging.getLogger("vx11.reaper")
 
@@ -257,7 +258,8 @@ class ReaperService:
     def scan_and_act(self) -> Report:
         t0 = time.perf_counter()
         snap = self._snapshot()
-        self.evaluator.cgroups.prune(snap)
+        if len(self.evaluator.cgroups) > PRUNE_SLACK * len(snap.procs) + 64:
+            self.evaluator.cgroups.prune(snap)  # entries of the processes gone since
         rep = self.evaluator.evaluate(snap)
         if self.tracker is not None:
             # The table may be minutes old for a process that exec'd since it was first

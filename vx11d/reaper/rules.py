@@ -43,8 +43,26 @@ HIJA_SLICE = "vx11-hijas.slice"
 _HIJA_UNIT = re.compile(r"^vx11-hija-(.+)\.service$")
 SUBREAPER_COMMS = ("systemd",)  # user managers are subreapers (PR_SET_CHILD_SUBREAPER)
 MIN_AGE_TICKS = 2  # see Evaluator._old_enough: the proof that a reused PID is never hit
-_PROTECTED, _UNNAMED = "protected", "unnamed"  # remembered verdicts
 _NEVER = float("inf")
+
+
+def _basis(p: Proc) -> tuple:
+    """What a remembered verdict about ``p`` was decided from (with its zombie children
+    and its parent's name)."""
+    return (p.start, p.ppid, p.state, p.comm, p.uid, p.flags)
+
+
+class _Verdict:
+    """A process nothing names (or that is protected), and what that was decided from."""
+
+    __slots__ = ("basis", "nzombies", "parent", "parent_comm", "proc", "protected", "recheck")
+
+    def __init__(self, protected: bool, recheck: float, nzombies: int, proc: Proc,
+                 parent: Proc | None) -> None:
+        self.protected, self.recheck, self.nzombies = protected, recheck, nzombies
+        self.proc, self.basis = proc, _basis(proc)
+        self.parent = parent
+        self.parent_comm = parent.comm if parent is not None else None
 
 # hija unit names -> (hija id, status or None when no row); raises on DB trouble.
 HijaLookup = Callable[[list[str]], dict[str, tuple[str, str | None]]]
@@ -126,8 +144,7 @@ class Evaluator:
         self.full_every = max(1, full_every)  # 1: every evaluation decides everything
         self.evaluations = 0
         self.matched = 0  # processes matched against the rules by the last evaluation
-        # pid -> (what the verdict was decided from, verdict, recheck at this now_ticks)
-        self._memo: dict[int, tuple[tuple, str, float]] = {}
+        self._memo: dict[int, _Verdict] = {}  # pid -> its remembered verdict
         self.rules = [CompiledRule(r) for r in cfg.rules]
         self.self_pid = self_pid
         # Our own unit is protected only when we run in one (a .service or .scope leaf).
@@ -214,27 +231,41 @@ class Evaluator:
         hija_candidates: list[tuple[Proc, str, str]] = []
         zp = snap.zombies_by_parent
         procs = snap.procs
+        now = snap.now_ticks
         self.evaluations += 1
-        memo = {} if (self.evaluations - 1) % self.full_every == 0 else self._memo
-        kept: dict[int, tuple[tuple, str, float]] = {}
+        if (self.evaluations - 1) % self.full_every == 0:
+            self._memo.clear()
+        memo = self._memo
+        for gone in memo.keys() - procs.keys():
+            del memo[gone]
         self.matched = 0
         for p in procs.values():
-            if p.state == "Z" or p.pid == 1 or p.pid == self.self_pid or snap.is_kthread(p):
+            pid = p.pid
+            m = memo.get(pid)
+            if m is not None:
+                # the verdict stands while what it was decided from is the same: the
+                # very objects (a tracked table keeps a process's Proc until it re-reads
+                # it), else equal values; cheapest tests first
+                parent = procs.get(p.ppid)
+                zs = zp.get(pid)
+                if now < m.recheck and (len(zs) if zs else 0) == m.nzombies \
+                        and (m.proc is p or m.basis == _basis(p)) \
+                        and (m.parent is parent or m.parent_comm == (
+                            parent.comm if parent is not None else None)):
+                    m.proc, m.parent = p, parent
+                    if m.protected:
+                        rep.protected += 1
+                    continue
+                del memo[pid]
+            if p.state == "Z" or pid == 1 or pid == self.self_pid or snap.is_kthread(p):
                 continue
-            nzombies = len(zp.get(p.pid, ()))
+            zs = zp.get(pid)
+            nzombies = len(zs) if zs else 0
             parent = procs.get(p.ppid)
-            basis = (p.start, p.ppid, p.state, p.comm, p.uid, p.flags, nzombies,
-                     parent.comm if parent is not None else None)
-            m = memo.get(p.pid)
-            if m is not None and m[0] == basis and snap.now_ticks < m[2]:
-                kept[p.pid] = m
-                if m[1] == _PROTECTED:
-                    rep.protected += 1
-                continue
             cg = self.cgroups.get(p)
             if self.protected(p, cg, snap):
                 rep.protected += 1
-                kept[p.pid] = (basis, _PROTECTED, _NEVER)
+                memo[pid] = _Verdict(True, _NEVER, nzombies, p, parent)
                 continue
             assert cg is not None
             unit = _hija_unit(cg)
@@ -244,10 +275,9 @@ class Evaluator:
             self.matched += 1
             f = self._match_rules(p, cg, snap, nzombies)
             if f is not None:
-                rep.findings.append(f)
+                rep.findings.append(f)  # judged again at every evaluation
             else:
-                kept[p.pid] = (basis, _UNNAMED, self._recheck_at(p, snap))
-        self._memo = kept
+                memo[pid] = _Verdict(False, self._recheck_at(p, snap), nzombies, p, parent)
         if hija_candidates:
             self._hija_findings(hija_candidates, snap, rep)
         self._count(rep)
