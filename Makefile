@@ -11,7 +11,7 @@ STAMP := $(VENV)/.vx11-deps
 # Every program a bench/*.py runs (the peers and load tools come from APT_PACKAGES;
 # tests/unit/test_makefile.py keeps this list complete).
 BENCH_TOOLS := wrk nginx prometheus-node-exporter promtool pigz gzip tar ps curl openssl \
-	unshare cc systemd-run systemd-analyze systemctl journalctl systemd-nspawn systemd-sysusers \
+	unshare cc gcc systemd-run systemd-analyze systemctl journalctl systemd-nspawn systemd-sysusers \
 	python3
 
 # Operator targets run vx11ctl on this host when it runs systemd (the installed package,
