@@ -119,19 +119,22 @@ class Lifecycle:
         self._last_status = status
         self.n.ready(status)
 
-    def progressed(self, status: str) -> None:
+    def progressed(self, status: str) -> bool:
         """One pass of the main loop finished: ping the watchdog (at most every half
         period: a loop that wakes often, like the reaper's, need not ping each time; the
         sleep is capped at the period, so pings stay under 1.5 periods apart, 0.75 of
         WatchdogSec), update STATUS."""
+        pinged = False
         if self.watchdog is not None:
             now = self.clock()
             if now - self._last_ping >= self.watchdog / 2:
                 self._last_ping = now
                 self.n.watchdog()
+                pinged = True
         if status != self._last_status:
             self._last_status = status
             self.n.status(status)
+        return pinged
 
     def begin_reload(self) -> None:
         self.reload_requested = False
@@ -259,7 +262,8 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
     is due) is ticked only when that comes, not every ``interval``; its ``attach_waker``
     gets a callable that makes the loop look again at once (an event changed what is
     due). Between the two, the loop sleeps: nothing wakes it but a signal, the service,
-    or the watchdog ping.
+    or the watchdog ping; a service's ``on_watchdog()`` runs at each ping (checks that
+    need no wake of their own).
     """
     import asyncio  # here: the sync daemons (the reaper) need not load it (~2 MB)
 
@@ -278,6 +282,7 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
     loop.add_signal_handler(signal.SIGINT, on_signal, "stop")
     loop.add_signal_handler(signal.SIGHUP, on_signal, "reload")
     due_in = getattr(service, "due_in", None)
+    on_watchdog = getattr(service, "on_watchdog", None)
     if hasattr(service, "attach_waker"):
         service.attach_waker(wake.set)
     await service.start()
@@ -300,8 +305,10 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
             else:
                 d = due_in()
                 next_tick = float("inf") if d is None else life.clock() + d
-        life.progressed(service.status())
+        pinged = life.progressed(service.status())
         wake.clear()
+        if pinged and on_watchdog is not None:
+            on_watchdog()  # cheap checks riding on a wake the watchdog needs anyway
         if life.stop_requested or life.reload_requested:
             continue
         delay = life.wait_for(next_tick)

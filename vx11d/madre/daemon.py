@@ -145,6 +145,17 @@ class MadreService:
         return bool(self._running or self.win.live or self.reg.tracked
                     or self.reg.end_awaited() or self.reg.held)
 
+    def on_watchdog(self) -> None:
+        """At each watchdog ping (every WatchdogSec/2, a wake the loop makes anyway): the
+        free-space probe and the DB file check, so a full disk or a deleted file shows
+        in STATUS while madre is idle too."""
+        before = self.health.cause
+        self._check_file()
+        self._check_space()
+        if self.health.cause != before:
+            self._pass_wanted = True
+            self._poke()
+
     def due_in(self) -> float | None:
         """Seconds until the next timed pass is due.
 

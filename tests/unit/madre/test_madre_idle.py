@@ -143,3 +143,21 @@ def test_a_deleted_db_file_is_noticed_by_the_directory_watch(madre):
     assert pokes and madre.due_in() == 0.0
     asyncio.run(madre.tick())
     assert madre.health.cause == "db_missing"
+
+
+def test_a_full_disk_is_seen_at_the_watchdog_ping_without_a_wake_of_its_own(madre,
+                                                                            monkeypatch):
+    """The free-space probe rides on the watchdog ping: idle madre still says so."""
+    from vx11d.db import DbFull
+    from vx11d.madre import daemon
+
+    asyncio.run(madre.start())
+    asyncio.run(madre.tick())
+    pokes = []
+    madre.attach_waker(lambda: pokes.append(1))
+    madre.on_watchdog()
+    assert not pokes and madre.health.cause is None  # nothing changed: nothing to do
+    monkeypatch.setattr(daemon, "low_space", lambda path: DbFull(f"{path}: full"))
+    madre.on_watchdog()
+    assert madre.health.cause == "disk_full" and pokes
+    assert "disk" in madre.status()
