@@ -46,23 +46,22 @@ MIN_AGE_TICKS = 2  # see Evaluator._old_enough: the proof that a reused PID is n
 _NEVER = float("inf")
 
 
-def _basis(p: Proc) -> tuple:
-    """What a remembered verdict about ``p`` was decided from (with its zombie children
-    and its parent's name)."""
-    return (p.start, p.ppid, p.state, p.comm, p.uid, p.flags)
+def _same(a: Proc, b: Proc) -> bool:
+    """Whether two reads of a process agree on what a verdict is decided from."""
+    return (a.start == b.start and a.ppid == b.ppid and a.state == b.state
+            and a.comm == b.comm and a.uid == b.uid and a.flags == b.flags)
 
 
 class _Verdict:
-    """A process nothing names (or that is protected), and what that was decided from."""
+    """A process nothing names (or that is protected), and what that was decided from:
+    the Proc read then (immutable), its zombie children, its parent's Proc."""
 
-    __slots__ = ("basis", "nzombies", "parent", "parent_comm", "proc", "protected", "recheck")
+    __slots__ = ("nzombies", "parent", "proc", "protected", "recheck")
 
     def __init__(self, protected: bool, recheck: float, nzombies: int, proc: Proc,
                  parent: Proc | None) -> None:
         self.protected, self.recheck, self.nzombies = protected, recheck, nzombies
-        self.proc, self.basis = proc, _basis(proc)
-        self.parent = parent
-        self.parent_comm = parent.comm if parent is not None else None
+        self.proc, self.parent = proc, parent
 
 # hija unit names -> (hija id, status or None when no row); raises on DB trouble.
 HijaLookup = Callable[[list[str]], dict[str, tuple[str, str | None]]]
@@ -248,11 +247,11 @@ class Evaluator:
                 # it), else equal values; cheapest tests first
                 parent = procs.get(p.ppid)
                 zs = zp.get(pid)
+                mp = m.parent
                 if now < m.recheck and (len(zs) if zs else 0) == m.nzombies \
-                        and (m.proc is p or m.basis == _basis(p)) \
-                        and (m.parent is parent or m.parent_comm == (
-                            parent.comm if parent is not None else None)):
-                    m.proc, m.parent = p, parent
+                        and (m.proc is p or _same(m.proc, p)) \
+                        and (mp is parent or (mp is not None and parent is not None
+                                              and mp.comm == parent.comm)):
                     if m.protected:
                         rep.protected += 1
                     continue
