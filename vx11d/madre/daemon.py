@@ -80,8 +80,9 @@ class Metrics:
                 self.ended.labels(t, r)
 
 
-def bind_wake_socket(path: str, group: str = "vx11") -> socket.socket:
-    """The wake datagram socket, writable by the group the gateway runs as."""
+def bind_wake_socket(path: str, group: str = "vx11") -> tuple[socket.socket, bool]:
+    """The wake datagram socket, and whether the group the gateway runs as can write
+    to it (if not, only root can wake madre)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -95,7 +96,8 @@ def bind_wake_socket(path: str, group: str = "vx11") -> socket.socket:
     except (KeyError, PermissionError) as e:
         log.warning("wake socket %s: cannot give it to group %s (%s); only root can "
                     "wake madre, the gateway's requests wait for the tick", path, group, e)
-    return s
+        return s, False
+    return s, True
 
 
 class MadreService:
@@ -105,7 +107,8 @@ class MadreService:
 
     def __init__(self, cfg: Config, db: Database, sd: SystemdClient,
                  registry: CollectorRegistry, *, wake_path: str | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wake_group: str = "vx11"
+                 ) -> None:
         self.cfg, self.db, self.sd = cfg, db, sd
         self.m = Metrics(registry)
         self.m.known_templates(cfg)
@@ -120,6 +123,7 @@ class MadreService:
         self.win.may_write = lambda: self.health.writable and self.health.due()
         self.win.on_write_error = self.health.failed
         self.wake_path = wake_path or cfg.gateway.madre_wake_socket
+        self.wake_group = wake_group
         self.sock: socket.socket | None = None
         self.interval = float(cfg.madre.tick)
         self._last_reconcile = 0.0
@@ -129,6 +133,7 @@ class MadreService:
         self._pass_wanted = False  # a plain wake (a window, a stop, vx11ctl): pass now
         self._poke: Callable[[], None] = lambda: None
         self._running: int | None = 0  # at the last refresh; None: unreadable
+        self._woken_by_gateway = True  # False: its requests are found by a pass each tick
         self.dirwatch: dirwatch.DirWatch | None = None
         self.m.next_expiry.set_function(self._seconds_to_expiry)
 
@@ -164,7 +169,8 @@ class MadreService:
         of the first activation window; the next reconcile (RECONCILE_EVERY while
         anything is live, RECONCILE_IDLE when not). Never sooner than ``madre.tick``
         after the previous pass, so what cannot be done at once (a unit whose stop is
-        still in flight) is retried at that pace, not in a spin.
+        still in flight) is retried at that pace, not in a spin. Every ``madre.tick``
+        when the gateway cannot wake madre (the wake socket's group could not be set).
         """
         now = self.clock()
         if self._pass_wanted:
@@ -174,7 +180,7 @@ class MadreService:
                                       else RECONCILE_IDLE)
         if self.health.degraded:
             due = min(due, self.health.next_try)
-        if self.reg.held:
+        if self.reg.held or not self._woken_by_gateway:
             due = min(due, self._last_pass + self.interval)
         wall = self.reg.clock()
         at = self.reg.earliest_expiry
@@ -192,7 +198,8 @@ class MadreService:
         self._loop.add_reader(self.sd.fileno(), self._on_bus)
         os.makedirs(os.path.dirname(self.wake_path), exist_ok=True)
         os.makedirs(self.reg.ends_dir, exist_ok=True)  # the hijas' memory probes write here
-        self.sock = bind_wake_socket(self.wake_path)
+        self.sock, self._woken_by_gateway = bind_wake_socket(self.wake_path,
+                                                             self.wake_group)
         self._loop.add_reader(self.sock.fileno(), self._on_wake)
         self.dirwatch = dirwatch.open_watch(os.path.dirname(os.path.abspath(self.db.path)))
         if self.dirwatch is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
 import time
 
@@ -52,7 +53,7 @@ def madre(dbpath, tmp_path):
     sd = FakeSystemd()
     clock = Clock()
     s = MadreService(cfg, db, sd, CollectorRegistry(), wake_path=str(tmp_path / "wake.sock"),
-                     clock=clock)
+                     clock=clock, wake_group=grp.getgrgid(os.getgid()).gr_name)
     s.fake_clock = clock
     yield s
     with contextlib.suppress(OSError):  # madre's stop closed it already
@@ -161,3 +162,14 @@ def test_a_full_disk_is_seen_at_the_watchdog_ping_without_a_wake_of_its_own(madr
     madre.on_watchdog()
     assert madre.health.cause == "disk_full" and pokes
     assert "disk" in madre.status()
+
+
+def test_a_wake_socket_the_gateway_cannot_use_keeps_madre_looking_every_tick(madre):
+    """Without group vx11 on the wake socket only root can wake madre: the gateway's
+    requests are then found by a pass every madre.tick, as the warning says."""
+    asyncio.run(madre.start())
+    asyncio.run(madre.tick())
+    madre._woken_by_gateway = False
+    assert madre.due_in() <= float(madre.cfg.madre.tick)
+    madre._woken_by_gateway = True
+    assert madre.due_in() > 60
