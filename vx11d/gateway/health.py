@@ -95,7 +95,7 @@ class HealthView:
         self.refreshes = 0
 
     def public(self, db: Any = None) -> dict[str, Any]:
-        """The aggregate; ``db``'s own state when it is degraded since (no I/O)."""
+        """The aggregate, or ``db``'s fault when it has one now (its last state, no I/O)."""
         status, cause = self.status, self.cause
         if db is not None:
             db_status, db_cause, _ = db.health()
