@@ -8,6 +8,11 @@ APT_PACKAGES := python3 python3-venv python3-dev build-essential cmake pkg-confi
 	prometheus-alertmanager prometheus-node-exporter systemd-journal-remote openssl \
 	mmdebstrap dpkg-dev lintian qemu-system-x86 openssh-client nginx wrk
 STAMP := $(VENV)/.vx11-deps
+# Every program a bench/*.py runs (the peers and load tools come from APT_PACKAGES;
+# tests/unit/test_makefile.py keeps this list complete).
+BENCH_TOOLS := wrk nginx prometheus-node-exporter promtool pigz gzip tar ps curl openssl \
+	unshare cc gcc systemd-run systemd-analyze systemctl journalctl systemd-nspawn systemd-sysusers \
+	python3
 
 # Operator targets run vx11ctl on this host when it runs systemd (the installed package,
 # else the checkout's), otherwise inside the sandbox (`vx11ctl sandbox`).
@@ -19,7 +24,8 @@ VX11CTL ?= $(shell command -v vx11ctl || echo $(VENV)/bin/vx11ctl)
 SANDBOX_UP = true
 endif
 
-.PHONY: help demo test lint unit bench deps apt model clean up-core up-full-test down smoke \
+.PHONY: help demo test lint unit bench bench-tools deps apt model clean up-core up-full-test \
+	down smoke \
 	llama-server \
 	status logs audit-rotate audit-rotate-do
 
@@ -108,7 +114,12 @@ unit: deps ## unit and integration tests only (no containers)
 demo: deps ## boot a sandbox systemd and walk through the daemon set
 	$(VENV)/bin/python -m vx11d.ctl.demo
 
-bench: deps llama-server ## every bench/*.py --quick
+bench-tools: apt ## the programs the benches run, installed and on PATH
+	@missing=$$(for t in $(BENCH_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then echo "bench: not on PATH after 'make apt': $$missing" \
+		"(add its package to APT_PACKAGES)" >&2; exit 1; fi
+
+bench: deps bench-tools llama-server ## every bench/*.py --quick
 	for b in bench/[!_]*.py; do VX11_LLAMA_SERVER_DIR=$(LLAMA_WHEELS) \
 		VX11_WHEELS=$(LLAMA_WHEELS) $(VENV)/bin/python $$b --quick || exit 1; done
 

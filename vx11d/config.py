@@ -183,7 +183,8 @@ class MadreConfig:
                                                  "full: also keeps Hermes up")
     port_range: list[int] = opt(doc="first and last port handed to hijas",
                                 factory=lambda: (20000, 20999))
-    tick: Duration = opt(Duration(1), "main-loop period (expiry backstop, windows)",
+    tick: Duration = opt(Duration(1), "least time between two timed passes (expiry backstop, "
+                         "window ends, retries)",
                          lo=0.05, hi=60)
     backstop_grace: Duration = opt(Duration(5), "how long past expiry madre lets systemd act "
                                    "before it stops a hija itself", lo=0, hi=3600)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
+import threading
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, make_wsgi_app
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
@@ -27,21 +31,67 @@ def new_registry(component: str, *, process: bool = True,
     return registry
 
 
-def serve(registry: CollectorRegistry, address: str, port: int) -> Any:
+class _Quiet(WSGIRequestHandler):
+    """No access log line per scrape on stderr (the journal)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class MetricsServer(ThreadingMixIn, WSGIServer):
+    """``/metrics`` over HTTP from a thread blocked in ``accept()``: no poll interval,
+    no wakeup between scrapes (socketserver's ``serve_forever`` wakes every 0.5 s).
+    Each scrape is answered in a thread of its own; :meth:`shutdown` wakes the blocked
+    accept by shutting the listening socket down, so a stop is immediate."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: str, port: int, app: Any) -> None:
+        self.address_family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+        super().__init__((address, port), _Quiet)
+        self.set_app(app)
+        self._closing = False
+        self.thread = threading.Thread(target=self._accept_loop, name="vx11-metrics",
+                                       daemon=True)
+
+    def _accept_loop(self) -> None:
+        while not self._closing:
+            try:
+                request, client = self.get_request()
+            except OSError:
+                continue  # the shutdown woke accept() (or a client vanished): look again
+            if self.verify_request(request, client):
+                self.process_request(request, client)
+            else:
+                self.shutdown_request(request)
+
+    def shutdown(self) -> None:
+        """Stop accepting now (a scrape in progress finishes in its thread)."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(5.0)
+        self.server_close()
+
+
+def serve(registry: CollectorRegistry, address: str, port: int) -> MetricsServer:
     """Serve ``/metrics`` for ``registry`` on ``address:port``; returns the server.
 
     An address this host does not have (a fleet metrics_address copied to the wrong
     host) is a config error (exit 78, one journal line), not a traceback.
     """
     try:
-        server, _thread = start_http_server(port, addr=address, registry=registry)
+        server = MetricsServer(address, port, make_wsgi_app(registry))
     except OSError as e:
-        if e.errno != errno.EADDRNOTAVAIL:
+        if e.errno not in (errno.EADDRNOTAVAIL, socket.EAI_NONAME):
             raise
         raise ConfigError(config_path(), "metrics_address",
                           f"{address} is not an address of this host (cannot listen on "
                           f"{address}:{port}); use loopback or this host's own address"
                           ) from e
+    server.thread.start()
     return server
 
 

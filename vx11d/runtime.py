@@ -14,7 +14,6 @@ main loop, so a hung loop (or a SIGSTOP) stops the pings and systemd restarts th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -22,13 +21,16 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sdnotify
 
 from .config import Config
 from .config import load as load_config
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("vx11.runtime")
 
@@ -117,19 +119,22 @@ class Lifecycle:
         self._last_status = status
         self.n.ready(status)
 
-    def progressed(self, status: str) -> None:
+    def progressed(self, status: str) -> bool:
         """One pass of the main loop finished: ping the watchdog (at most every half
         period: a loop that wakes often, like the reaper's, need not ping each time; the
         sleep is capped at the period, so pings stay under 1.5 periods apart, 0.75 of
         WatchdogSec), update STATUS."""
+        pinged = False
         if self.watchdog is not None:
             now = self.clock()
             if now - self._last_ping >= self.watchdog / 2:
                 self._last_ping = now
                 self.n.watchdog()
+                pinged = True
         if status != self._last_status:
             self._last_status = status
             self.n.status(status)
+        return pinged
 
     def begin_reload(self) -> None:
         self.reload_requested = False
@@ -241,10 +246,28 @@ def run(service: Service, *, notifier: Notifier | None = None,
         waker.close()
 
 
+async def _wait(wake: asyncio.Event, timeout: float | None) -> None:
+    """Sleep until ``wake`` is set or ``timeout`` seconds passed (None: no timeout)."""
+    import asyncio
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=timeout)
+
+
 async def run_async(service: Any, *, notifier: Notifier | None = None,
-                    config_path: str | None = None) -> int:
-    """Run an asyncio service (async start/tick/stop) until SIGTERM/SIGINT."""
-    life = Lifecycle(notifier or Notifier(), watchdog=watchdog_interval())
+                    config_path: str | None = None, life: Lifecycle | None = None,
+                    wait: Callable[[asyncio.Event, float | None], Any] = _wait) -> int:
+    """Run an asyncio service (async start/tick/stop) until SIGTERM/SIGINT.
+
+    A service with ``due_in()`` (seconds until its next tick is due, ``None``: nothing
+    is due) is ticked only when that comes, not every ``interval``; its ``attach_waker``
+    gets a callable that makes the loop look again at once (an event changed what is
+    due). Between the two, the loop sleeps: nothing wakes it but a signal, the service,
+    or the watchdog ping; a service's ``on_watchdog()`` runs at each ping (checks that
+    need no wake of their own).
+    """
+    import asyncio  # here: the sync daemons (the reaper) need not load it (~2 MB)
+
+    life = life or Lifecycle(notifier or Notifier(), watchdog=watchdog_interval())
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
@@ -258,6 +281,8 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
     loop.add_signal_handler(signal.SIGTERM, on_signal, "stop")
     loop.add_signal_handler(signal.SIGINT, on_signal, "stop")
     loop.add_signal_handler(signal.SIGHUP, on_signal, "reload")
+    due_in = getattr(service, "due_in", None)
+    on_watchdog = getattr(service, "on_watchdog", None)
     if hasattr(service, "attach_waker"):
         service.attach_waker(wake.set)
     await service.start()
@@ -270,15 +295,24 @@ async def run_async(service: Any, *, notifier: Notifier | None = None,
             if cfg is not None:
                 await service.reload(cfg)
             life.end_reload(service.status())
+        if due_in is not None:
+            d = due_in()
+            next_tick = float("inf") if d is None else life.clock() + d
         if life.clock() >= next_tick:
             await service.tick()
-            next_tick = life.clock() + service.interval
-        life.progressed(service.status())
+            if due_in is None:
+                next_tick = life.clock() + service.interval
+            else:
+                d = due_in()
+                next_tick = float("inf") if d is None else life.clock() + d
+        pinged = life.progressed(service.status())
         wake.clear()
+        if pinged and on_watchdog is not None:
+            on_watchdog()  # cheap checks riding on a wake the watchdog needs anyway
         if life.stop_requested or life.reload_requested:
             continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=life.wait_for(next_tick))
+        delay = life.wait_for(next_tick)
+        await wait(wake, None if delay == float("inf") else delay)
     life.begin_stop()
     await service.stop()
     life.stopped()

@@ -53,6 +53,29 @@ def decode(d: dict) -> dict[str, Any]:
     return {text(k): text(v) for k, v in d.items()}
 
 
+def lean_pystemd() -> None:
+    """Let ``pystemd``'s C binding import without the package's high-level API.
+
+    ``pystemd/__init__`` (and ``pystemd.systemd1``'s) import the object API, which loads
+    lxml for D-Bus introspection: ~7 MB of RSS in every process. vx11d uses only
+    ``dbuslib``, ``dbusexc`` and the unit property signatures, so a daemon's wiring calls
+    this first: both packages are made from their specs without running their
+    ``__init__``; their submodules import as usual. A no-op once pystemd is imported.
+    """
+    import importlib.util
+    import sys
+
+    if "pystemd" in sys.modules:
+        return
+    for name in ("pystemd", "pystemd.systemd1"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.submodule_search_locations is None:
+            return  # not installed: the import itself says so, later
+        mod = sys.modules[name] = importlib.util.module_from_spec(spec)
+        if "." in name:
+            setattr(sys.modules["pystemd"], name.rsplit(".", 1)[1], mod)
+
+
 def unit_path(name: str) -> bytes:
     """A unit's D-Bus object path, escaped as systemd does (``sd_bus_path_encode``)."""
     from pystemd.dbuslib import path_encode

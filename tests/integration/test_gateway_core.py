@@ -399,3 +399,92 @@ def test_smokes_missing_token_probes_read_as_an_attack_now_debug_and_not_counted
         assert r.status == 200
 
     run(loop, go())
+
+
+def _counting_contribution(app_ctx, gate=None):
+    """A /health contribution that counts its calls (each stands for a D-Bus round)."""
+    calls = []
+
+    async def contribute(app):
+        calls.append(1)
+        if gate is not None:
+            await gate.wait()
+        return {"probe": len(calls)}
+
+    app_ctx.extras.setdefault("health", []).append(contribute)
+    return calls
+
+
+def test_health_after_a_quiet_period_gets_a_fresh_view_and_none_is_made_meanwhile(
+        client_factory):
+    """Issue 25: no refresh on a clock; the first request after a quiet spell refreshes."""
+    from vx11d.gateway import health
+
+    make, loop = client_factory
+    c, ctx = make()
+    view = c.server.app[health.VIEW]
+    now = [view.fresh_at]  # the view made at start, as fresh as it gets
+    view.clock = lambda: now[0]
+    calls = _counting_contribution(ctx)
+
+    async def go():
+        await c.get("/health")
+        before = (len(calls), view.checked)
+        await asyncio.sleep(0.3)  # quiet: nothing refreshes by itself
+        assert len(calls) == before[0]
+        now[0] += 60.0  # a quiet minute
+        r = await c.get("/health")
+        assert r.status == 200 and await r.json() == {"status": "ok"}
+        assert len(calls) == before[0] + 1, "a stale view must be refreshed for the request"
+        assert view.fresh_at == now[0]
+        now[0] += health.MAX_AGE / 2  # within the bound: the view is reused
+        await c.get("/health")
+        assert len(calls) == before[0] + 1
+
+    run(loop, go())
+
+
+def test_a_flood_of_concurrent_health_requests_makes_at_most_one_refresh(client_factory):
+    from vx11d.gateway import health
+
+    make, loop = client_factory
+    c, ctx = make()
+    view = c.server.app[health.VIEW]
+    now = [view.fresh_at]  # the view made at start, as fresh as it gets
+    view.clock = lambda: now[0]
+    c.server.app[health.THROTTLE].rate = 1e9  # the tarpit is another test's concern
+    c.server.app[health.THROTTLE].burst = 1e9
+    gate = asyncio.Event()
+    calls = _counting_contribution(ctx, gate)
+
+    async def go():
+        now[0] += 60.0
+        n0 = view.refreshes
+        flood = [asyncio.ensure_future(c.get("/health")) for _ in range(50)]
+        while not calls:  # the one refresh is waiting on the gate
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        gate.set()
+        answers = await asyncio.gather(*flood)
+        assert all(r.status == 200 for r in answers)
+        assert len(calls) == 1 and view.refreshes == n0 + 1
+
+    run(loop, go())
+
+
+def test_a_db_fault_a_request_met_is_in_the_public_health_at_once(client_factory):
+    from vx11d.errors import DbReadOnly
+    from vx11d.gateway import health
+
+    make, loop = client_factory
+    c, ctx = make()
+    view = c.server.app[health.VIEW]
+    view.clock = lambda: view.fresh_at  # the view never ages in this test
+
+    async def go():
+        assert (await c.get("/health")).status == 200
+        ctx.db._note(DbReadOnly(f"{ctx.db.path}: attempt to write a readonly database"))
+        r = await c.get("/health")
+        assert r.status == 503 and (await r.json())["cause"] == "read_only"
+
+    run(loop, go())

@@ -36,7 +36,10 @@ def test_window_starts_hermes_and_expiry_stops_it(sandbox):
             "db = Database.from_config(config.load(), migrate=True)\nnow = time.time()\n"
             "db.write(lambda c: c.execute(\"INSERT INTO activations (component, created_at,"
             f" expires_at, requested_by) VALUES ('hermes', ?, ?, 'test')\", (now, now + "
-            f"{WINDOW})))\n")
+            f"{WINDOW})))\n"
+            # as `vx11ctl activate` and POST /vx11/policy do: madre acts on the wake
+            "from vx11d import hijas\n"
+            "assert hijas.wake_madre(config.load().gateway.madre_wake_socket)\n")
         t0 = time.monotonic()
         poll_for(lambda: show(sandbox, "vx11-hermes.service", "ActiveState")["ActiveState"]
                  == "active", 30, what="madre starts vx11-hermes inside the window")

@@ -41,3 +41,24 @@ def test_audit_rotate_do_asks_and_does_nothing_without_yes():
     assert r.returncode == 0 and "would-run rotate" in r.stdout
     r = make("audit-rotate-do", "VX11CTL=echo would-run", "CONFIRM=yes", input="")
     assert "would-run rotate" in r.stdout
+
+
+def test_make_bench_provides_every_program_a_bench_runs():
+    """Issue 25: `make bench` on a fresh machine failed with FileNotFoundError: 'wrk'."""
+    text = (REPO / "Makefile").read_text()
+    tools = set(re.search(r"^BENCH_TOOLS := ((?:.*\\\n)*.*)$", text, re.M).group(1)
+                .replace("\\\n", " ").split())
+    assert re.search(r"^bench: .*\bbench-tools\b", text, re.M)
+    called: dict[str, str] = {}
+    for b in sorted((REPO / "bench").glob("*.py")):
+        src = b.read_text()
+        for m in re.finditer(r"""(?:Popen|run|exec|check_output|which)\(\s*\[?\s*["']"""
+                             r"""([A-Za-z][\w.+-]*)["']""", src):
+            called.setdefault(m.group(1), b.name)
+    # the vx11 programs themselves (and run helpers taking a program name) are not tools
+    ours = {"vx11ctl", "vx11d", "sh"}
+    missing = {t: f for t, f in called.items() if t not in tools | ours}
+    assert not missing, f"programs benches run but BENCH_TOOLS lacks: {missing}"
+    apt = re.search(r"^APT_PACKAGES := ((?:.*\\\n)*.*)$", text, re.M).group(1)
+    for pkg in ("wrk", "nginx", "prometheus-node-exporter", "pigz", "procps", "curl"):
+        assert pkg in apt.split(), pkg

@@ -1,13 +1,19 @@
 """``GET /health``: the set's state for anyone, the detail for the token holder.
 
-A background task refreshes a cached view every ``REFRESH`` seconds: the DB probe
-(in the DB threads: is the file still ours, and while degraded, do writes work
-again), then every route module's contribution (daemon states over D-Bus, Hermes),
-each bounded. The set is ``degraded`` when the DB is (its cause) or when madre's unit
-is ``failed`` (``madre_failed``: nothing can be spawned); other daemons' states are in
-the detail. A request without a token only reads that view:
-no DB, no D-Bus, no upstream call on its path, so strangers flooding /health cost a
-dict lookup each.
+A cached view is refreshed on demand, not on a clock: the DB probe (in the DB
+threads: is the file still ours, and while degraded, do writes work again), then every
+route module's contribution (daemon states over D-Bus, Hermes), each bounded. The set
+is ``degraded`` when the DB is (its cause) or when madre's unit is ``failed``
+(``madre_failed``: nothing can be spawned); other daemons' states are in the detail.
+
+A request without a token reads that view when it is at most ``MAX_AGE`` old; an older
+one is refreshed first (the request waits up to ``REFRESH_WAIT`` for it, then answers
+the last view). At most one refresh is in flight: a flood of strangers shares it, and
+then reads the fresh view for ``MAX_AGE``, so it costs at most one D-Bus round per
+``MAX_AGE`` whatever its size, and a dict lookup per request. What the gateway already
+learns by itself is not waited for: a DB fault any request met is in the answer at
+once (the handle's state, no I/O). While the DB is degraded the service's tick
+refreshes the view (the probe is what finds writes working again).
 
 * no token: ``{"status": "ok"}`` → 200, or ``{"status": "degraded", "cause": CODE}``
   → 503. The cause is a short code (``read_only``, ``disk_full``, ``db_missing``,
@@ -36,7 +42,9 @@ from .context import AUTHENTICATED, CTX, SCOPES, GatewayContext
 
 log = logging.getLogger("vx11.gateway")
 
-REFRESH = 2.0  # seconds between two refreshes of the cached view
+MAX_AGE = 5.0  # a tokenless answer comes from a view at most this old
+REFRESH_WAIT = 2.0  # a request waits this long for a refresh, then takes the last view
+REFRESH = REFRESH_WAIT  # the DB probe's bound inside one refresh
 CONTRIBUTION_WAIT = 1.5  # each route module's contribution, at most
 MADRE = "vx11-madre.service"
 
@@ -76,16 +84,26 @@ class StrangerThrottle:
 class HealthView:
     """The last refreshed aggregate: status, cause, and when it was computed."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.monotonic) -> None:
         self.status = "ok"
         self.cause = ""
         self.checked = 0.0
         self.detail: dict[str, Any] = {}
+        self.clock = clock
+        self.fresh_at = float("-inf")  # clock() when the last refresh finished
+        self.inflight: asyncio.Future | None = None
+        self.refreshes = 0
 
-    def public(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": self.status}
-        if self.cause:
-            body["cause"] = self.cause
+    def public(self, db: Any = None) -> dict[str, Any]:
+        """The aggregate, or ``db``'s fault when it has one now (its last state, no I/O)."""
+        status, cause = self.status, self.cause
+        if db is not None:
+            db_status, db_cause, _ = db.health()
+            if db_status != "ok":
+                status, cause = "degraded", db_cause
+        body: dict[str, Any] = {"status": status}
+        if cause:
+            body["cause"] = cause
         return body
 
 
@@ -138,31 +156,50 @@ async def refresh(app: web.Application) -> None:
         status, cause = "degraded", "madre_failed"  # no spawn can start
     view.status, view.cause = status, cause
     view.checked = time.time()
+    view.fresh_at = view.clock()
+    view.refreshes += 1
 
 
-async def _refresher(app: web.Application, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await refresh(app)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the loop must outlive a bug in one pass
-            log.exception("health refresh failed")
+async def _refresh_logged(app: web.Application) -> None:
+    try:
+        await refresh(app)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a bug in one refresh must not fail the requests waiting for it
+        log.exception("health refresh failed")
+
+
+def kick(app: web.Application) -> asyncio.Future:
+    """The refresh in flight, or a new one: never two at once."""
+    view = app[VIEW]
+    if view.inflight is None or view.inflight.done():
+        view.inflight = asyncio.ensure_future(_refresh_logged(app))
+    return view.inflight
+
+
+async def fresh(app: web.Application, max_age: float = MAX_AGE) -> HealthView:
+    """The view, refreshed first when older than ``max_age`` (waiting at most
+    ``REFRESH_WAIT`` for it: a hung D-Bus answers with the last view)."""
+    view = app[VIEW]
+    if view.clock() - view.fresh_at > max_age:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), REFRESH)
+            await asyncio.wait_for(asyncio.shield(kick(app)), REFRESH_WAIT)
+    return view
 
 
 async def health(request: web.Request) -> web.Response:
     """Aggregate state from the cached view; with a ``read`` credential, the detail too."""
-    view = request.app[VIEW]
-    code = 200 if view.status == "ok" else 503
+    ctx = request.app[CTX]
     scopes = request.get(SCOPES, frozenset())
     if not request.get(AUTHENTICATED) or not ({"read", "admin"} & scopes):
         if request.app[THROTTLE].over(request.remote or "unknown"):
             await asyncio.sleep(TARPIT_S)
-        return web.json_response(view.public(), status=code)
-    ctx = request.app[CTX]
-    body: dict[str, Any] = {**view.public(), "component": "gateway", "db": db_state(ctx)}
+        public = (await fresh(request.app)).public(ctx.db)
+        return web.json_response(public, status=200 if public["status"] == "ok" else 503)
+    view = await fresh(request.app)
+    public = view.public(ctx.db)
+    code = 200 if public["status"] == "ok" else 503
+    body: dict[str, Any] = {**public, "component": "gateway", "db": db_state(ctx)}
     if view.checked:
         body["checked"] = textfmt.api_time(view.checked)
     body.update(await contributions(request.app))
@@ -170,25 +207,20 @@ async def health(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    """The /health route and the task that keeps its view fresh."""
+    """The /health route; the first view at start (the probe applies migrations)."""
     app[VIEW] = HealthView()
     app[THROTTLE] = StrangerThrottle()
     app.router.add_get("/health", health)
-    tasks: list[asyncio.Task] = []
-    stopping = asyncio.Event()
 
     async def start(app: web.Application) -> None:
         with contextlib.suppress(TimeoutError):  # the first view, if the DB answers soon
-            await asyncio.wait_for(refresh(app), REFRESH)
-        tasks.append(asyncio.get_running_loop().create_task(_refresher(app, stopping)))
+            await asyncio.wait_for(asyncio.shield(kick(app)), REFRESH_WAIT)
 
     async def stop(app: web.Application) -> None:
-        # The flag too: asyncio.wait_for in 3.11 can swallow a cancel that races a result.
-        stopping.set()
-        for t in tasks:
+        t = app[VIEW].inflight
+        if t is not None and not t.done():
             t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=REFRESH + CONTRIBUTION_WAIT)
+            await asyncio.wait([t], timeout=REFRESH + CONTRIBUTION_WAIT)
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)

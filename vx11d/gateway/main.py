@@ -11,11 +11,11 @@ import time
 
 from aiohttp import web
 
-from .. import journal, metrics, runtime, textfmt
+from .. import journal, metrics, runtime, textfmt, units
 from ..config import Config
 from ..db import Database, stale_read_only_view
 from ..errors import DbReadOnly
-from . import tls
+from . import health, tls
 from .app import KEYRING, LIMITER, METRICS, TLS, build_app
 from .auth import Keyring
 from .context import GatewayContext
@@ -108,6 +108,8 @@ class GatewayService:
 
     async def tick(self) -> None:
         self.app[LIMITER].prune()
+        if self.ctx.db.health()[0] != "ok" or not self.ctx.db.migrated:
+            health.kick(self.app)  # the probe finds writes working again (no request needed)
         self._renew_if_stale_read_only()
 
     def _renew_if_stale_read_only(self) -> None:
@@ -225,6 +227,7 @@ def _addr(name: object) -> str:
 
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the app, and run until SIGTERM."""
+    units.lean_pystemd()  # /health's unit states: the D-Bus binding without lxml (~7 MB)
     logging.getLogger("aiohttp.server").addFilter(BadRequestLog())
     registry = metrics.new_registry("gateway")
     # No DB I/O before serving: a read-only, full or missing state dir must not stop the

@@ -1,10 +1,13 @@
 """madre as a runtime service: the bus fd and the wake socket in the asyncio loop.
 
 ``start()`` reconciles the DB against systemd before READY; after that the loop reacts
-at once to two file descriptors: the D-Bus monitor connection (unit state changes,
-so ends are recorded promptly) and the wake datagram socket the gateway sends to
-after writing a request. ``tick()`` is the slow safety net: requests missed by a wake,
-the expiry backstop, activation windows, and a periodic reconcile.
+at once to three file descriptors: the D-Bus monitor connection (unit state changes,
+so ends are recorded promptly), the wake datagram socket the gateway and vx11ctl send
+to after writing a request, and an inotify watch on the DB's directory (the file
+deleted or replaced). ``tick()`` is the timed pass: the expiry backstop, activation
+window ends, the retries of a degraded DB, and a periodic reconcile. It runs when the
+earliest of those is due (``due_in()``), not on a clock: with nothing live, madre
+sleeps RECONCILE_IDLE between passes (the watchdog ping aside).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .. import hijas, journal, textfmt
+from .. import dirwatch, hijas, journal, textfmt
 from ..config import Config
 from ..db import Database, low_space, stale_read_only_view
 from ..degraded import DB_FAULTS, DbFileWatch, WriteHealth, migrate
@@ -33,7 +36,10 @@ from .windows import Windows
 
 log = logging.getLogger("vx11.madre")
 
-RECONCILE_EVERY = 30.0
+RECONCILE_EVERY = 30.0  # while a hija, a window or an awaited end is live
+# with nothing live, the reconcile only looks for what no event reports (a unit named
+# like a hija started by someone else, requests a lost wake-up missed)
+RECONCILE_IDLE = 300.0
 BATCH = 32  # requests started per loop pass (each is a D-Bus round trip or three)
 MAX_WAITERS = 4096  # settle notices madre remembers (oldest dropped: they re-read the DB)
 
@@ -75,8 +81,9 @@ class Metrics:
                 self.ended.labels(t, r)
 
 
-def bind_wake_socket(path: str, group: str = "vx11") -> socket.socket:
-    """The wake datagram socket, writable by the group the gateway runs as."""
+def bind_wake_socket(path: str, group: str = "vx11") -> tuple[socket.socket, bool]:
+    """The wake datagram socket, and whether the group the gateway runs as can write
+    to it (if not, only root can wake madre)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -90,7 +97,8 @@ def bind_wake_socket(path: str, group: str = "vx11") -> socket.socket:
     except (KeyError, PermissionError) as e:
         log.warning("wake socket %s: cannot give it to group %s (%s); only root can "
                     "wake madre, the gateway's requests wait for the tick", path, group, e)
-    return s
+        return s, False
+    return s, True
 
 
 class MadreService:
@@ -99,7 +107,9 @@ class MadreService:
     component = "madre"
 
     def __init__(self, cfg: Config, db: Database, sd: SystemdClient,
-                 registry: CollectorRegistry, *, wake_path: str | None = None) -> None:
+                 registry: CollectorRegistry, *, wake_path: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, wake_group: str = "vx11"
+                 ) -> None:
         self.cfg, self.db, self.sd = cfg, db, sd
         self.m = Metrics(registry)
         self.m.known_templates(cfg)
@@ -115,18 +125,73 @@ class MadreService:
         self.win.may_write = lambda: self.health.writable and self.health.due()
         self.win.on_write_error = self.health.failed
         self.wake_path = wake_path or cfg.gateway.madre_wake_socket
+        self.wake_group = wake_group
         self.sock: socket.socket | None = None
         self.interval = float(cfg.madre.tick)
         self._last_reconcile = 0.0
-        self._status = "starting"
-        self._poke: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.clock = clock
+        self._last_pass = float("-inf")  # when the last timed pass ran (monotonic)
+        self._pass_wanted = False  # a plain wake (a window, a stop, vx11ctl): pass now
+        self._poke: Callable[[], None] = lambda: None
+        self._running: int | None = 0  # at the last refresh; None: unreadable
+        self._woken_by_gateway = True  # False: its requests are found by a pass each tick
+        self.dirwatch: dirwatch.DirWatch | None = None
+        self.m.next_expiry.set_function(self._seconds_to_expiry)
 
     def attach_waker(self, poke: Callable[[], None]) -> None:
-        """The runtime's: makes the loop look again at once. Called when the status
-        changes between ticks (a hija's end seen on the bus), so STATUS= is sent then and
-        never lags the DB that `vx11ctl status` prints beside it."""
+        """The runtime's: called when an event changed what is due next."""
         self._poke = poke
+
+    def _seconds_to_expiry(self) -> float:
+        at = self.reg.earliest_expiry
+        return max(0.0, at - self.reg.clock()) if self._running and at is not None else 0.0
+
+    def _live(self) -> bool:
+        """Anything madre watches over: a hija, a window, an awaited or held end."""
+        return bool(self._running or self.win.live or self.reg.tracked
+                    or self.reg.end_awaited() or self.reg.held)
+
+    def on_watchdog(self) -> None:
+        """At each watchdog ping (every WatchdogSec/2, a wake the loop makes anyway): the
+        free-space probe and the DB file check, so a full disk or a deleted file shows
+        in STATUS while madre is idle too."""
+        before = self.health.cause
+        self._check_file()
+        self._check_space()
+        if self.health.cause != before:
+            self._pass_wanted = True
+            self._poke()
+
+    def due_in(self) -> float | None:
+        """Seconds until the next timed pass is due.
+
+        The earliest of: a pass asked for by a plain wake; the DB retry of a degraded
+        madre; the backstop of the first running hija (expiry + backstop_grace); the end
+        of the first activation window; the next reconcile (RECONCILE_EVERY while
+        anything is live, RECONCILE_IDLE when not). Never sooner than ``madre.tick``
+        after the previous pass, so what cannot be done at once (a unit whose stop is
+        still in flight) is retried at that pace, not in a spin. Every ``madre.tick``
+        when the gateway cannot wake madre (the wake socket's group could not be set).
+        """
+        now = self.clock()
+        if self._pass_wanted:
+            return 0.0
+        live = self._live()
+        due = self._last_reconcile + (RECONCILE_EVERY if live or self.health.degraded
+                                      else RECONCILE_IDLE)
+        if self.health.degraded:
+            due = min(due, self.health.next_try)
+        if self.reg.held or not self._woken_by_gateway:
+            due = min(due, self._last_pass + self.interval)
+        wall = self.reg.clock()
+        at = self.reg.earliest_expiry
+        if self._running and at is not None:
+            due = min(due, now + at + float(self.cfg.madre.backstop_grace) - wall)
+        if self.win.live:
+            due = min(due, now + min(self.win.live.values()) - wall)
+        due = max(due, self._last_pass + self.interval)
+        return max(0.0, due - now)
 
     async def start(self) -> None:
         self._migrate()
@@ -135,10 +200,15 @@ class MadreService:
         self._loop.add_reader(self.sd.fileno(), self._on_bus)
         os.makedirs(os.path.dirname(self.wake_path), exist_ok=True)
         os.makedirs(self.reg.ends_dir, exist_ok=True)  # the hijas' memory probes write here
-        self.sock = bind_wake_socket(self.wake_path)
+        self.sock, self._woken_by_gateway = bind_wake_socket(self.wake_path,
+                                                             self.wake_group)
         self._loop.add_reader(self.sock.fileno(), self._on_wake)
+        self.dirwatch = dirwatch.open_watch(os.path.dirname(os.path.abspath(self.db.path)))
+        if self.dirwatch is not None:
+            self._loop.add_reader(self.dirwatch.fileno(), self._on_dir)
         self._guard(self.reg.process_requests)
         self._refresh()
+        self._pass_wanted = True  # the first timed pass at once: windows, backstop
         done = (textfmt.counts({k: v for k, v in fixed.items() if v}, "nothing to fix")
                 if fixed is not None else "not yet")
         journal.event(log, "madre_started", "madre up: reconciled (%s), wake socket %s%s",
@@ -157,7 +227,7 @@ class MadreService:
         if fixed is None:
             self._last_reconcile = 0.0
             return None
-        self._last_reconcile = time.monotonic()
+        self._last_reconcile = self.clock()
         if self.reg.end_awaited():  # an end PID 1 has not logged yet: look again soon
             self._last_reconcile -= RECONCILE_EVERY - 2.0
         for k, v in fixed.items():
@@ -174,7 +244,16 @@ class MadreService:
             log.error("%s", e)
         return None
 
+    def _on_dir(self) -> None:
+        """The DB's directory changed: a deleted or replaced file is handled now."""
+        assert self.dirwatch is not None
+        self.dirwatch.drain()
+        if self.dbfile.problem() is not None or self.health.degraded:
+            self._pass_wanted = True
+            self._poke()
+
     def _on_bus(self) -> None:
+        self._check_file()
         try:
             self.reg.on_changes(self.sd.drain())
         except SystemdError as e:
@@ -182,6 +261,7 @@ class MadreService:
         except Exception:
             log.exception("handling unit changes failed")
         self._refresh()
+        self._poke()
 
     def _on_wake(self) -> None:
         assert self.sock is not None
@@ -192,15 +272,20 @@ class MadreService:
                 data, addr = self.sock.recvfrom(64)
                 n += 1
                 hid = hijas.parse_settle(data)
+                if hid is None:  # a plain wake: a window or a stop may have changed too
+                    self._pass_wanted = True
                 if hid is not None and isinstance(addr, bytes) and addr.startswith(b"\0"):
                     self._waiters[hid] = addr
                     new.append(hid)
                     while len(self._waiters) > MAX_WAITERS:  # oldest first
                         self._waiters.pop(next(iter(self._waiters)))
         self.m.wakes.inc(n)
+        self._check_file()
+        self._check_space()
         self._work()
         if new:
             self._notify_settled(new)
+        self._poke()
 
     def _notify_settled(self, ids: list[str]) -> None:
         """A burst's row may have been started by an earlier pass, before its settle
@@ -244,6 +329,8 @@ class MadreService:
             self._loop.call_soon(self._work)
 
     async def tick(self) -> None:
+        self._last_pass = self.clock()
+        self._pass_wanted = False
         self._check_file()
         self._check_space()
         if self.health.degraded or self.reg.held:
@@ -252,7 +339,8 @@ class MadreService:
         self._guard(self.reg.backstop)
         self._guard(self.win.tick)
         if not self.health.degraded and \
-                time.monotonic() - self._last_reconcile > RECONCILE_EVERY:
+                self.clock() - self._last_reconcile >= (RECONCILE_EVERY if self._live()
+                                                        else RECONCILE_IDLE):
             self._reconcile()
         self._refresh()
 
@@ -302,15 +390,24 @@ class MadreService:
     def _refresh(self) -> None:
         summary = self._guard(self.reg.summary)
         if summary is not None:
-            running, nxt = summary
+            running, _ = summary
             # rows still `running` whose end madre holds (not recorded yet) ran out
             running = max(0, running - len({h.hija_id for h in self.reg.held
                                             if h.status in ENDED}))
-            nxt = nxt if running else None
             self.m.running.set(running)
-            self.m.next_expiry.set(nxt or 0)
+            self._running = running
+        else:
+            self._running = None
+
+    def status(self) -> str:
+        """The STATUS line, its times counted from now (no DB read: the runtime asks
+        after every pass and every watchdog ping)."""
+        running = self._running
+        if running is not None:
             text = f"{running} hija{'s' if running != 1 else ''} running"
-            if nxt is not None:
+            at = self.reg.earliest_expiry
+            if running and at is not None:
+                nxt = max(0.0, at - self.reg.clock())
                 text += (f", next expiry in {textfmt.duration(math.ceil(nxt))}" if nxt >= 1
                          else ", next expiry due now")
         else:
@@ -321,12 +418,7 @@ class MadreService:
         if self.health.degraded or self.reg.held:
             text += "; " + (self.health.text(len(self.reg.held))
                             or f"{len(self.reg.held)} transitions pending")
-        if text != self._status:
-            self._poke()
-        self._status = text
-
-    def status(self) -> str:
-        return self._status
+        return text
 
     async def reload(self, cfg: Config) -> None:
         """New templates, limits and windows policy; the wake socket path stays."""
@@ -346,6 +438,10 @@ class MadreService:
             log.error("could not record the hijas that ended at stop: %s", e)
             if self.sock is not None:
                 self._loop.remove_reader(self.sock.fileno())
+        if self.dirwatch is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self.dirwatch.fileno())
+            self.dirwatch.close()
         if self.sock is not None:
             self.sock.close()
             with contextlib.suppress(OSError):

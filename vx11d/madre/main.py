@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .. import metrics, runtime
+from .. import metrics, runtime, units
 from ..config import Config
 from ..db import Database
 from ..pressure import PressureCollector
@@ -15,6 +15,7 @@ from .systemd import PystemdClient
 
 def main(cfg: Config, argv: list[str]) -> int:
     """Wire config, DB, metrics and the systemd client, and run until SIGTERM."""
+    units.lean_pystemd()  # the D-Bus binding without lxml (~7 MB)
     registry = metrics.new_registry("madre")
     # migrations are applied by the service: a DB that refuses them degrades madre
     # (the config check keeps one DB wait well inside WatchdogSec)

@@ -192,6 +192,7 @@ class Registry:
     def __init__(self, cfg: Config, db: Database, sd: SystemdClient, metrics: Any,
                  clock=time.time, health: WriteHealth | None = None) -> None:
         self.cfg, self.db, self.sd, self.m, self.clock = cfg, db, sd, metrics, clock
+        self.earliest_expiry: float | None = None  # of the running hijas, at summary()
         self.health = health or WriteHealth("madre", CollectorRegistry(), log)
         self.ends_dir = memory.ends_dir(cfg.gateway.madre_wake_socket)
         self.tracked: dict[str, Tracked] = {}  # unit name -> Tracked
@@ -765,6 +766,7 @@ class Registry:
         """(running hijas, seconds to the next expiry or None)."""
         r = self.db.query("SELECT count(*), min(expires_at) FROM spawner_hijas WHERE "
                           "status = ?", (HijaStatus.RUNNING,))[0]
+        self.earliest_expiry = r[1]  # wall clock, for madre's next timed pass
         nxt = None if r[1] is None else max(0.0, r[1] - self.clock())
         return int(r[0]), nxt
 

@@ -23,6 +23,7 @@ from .track import Tracker, fd_budget
 
 COMPONENT = "reaper"
 MAX_HELD = 10_000  # records held while the DB refuses writes (the oldest go first)
+PRUNE_SLACK = 1.25  # the cgroup cache is pruned when it outgrows the table by this much
 RETRACK_SHARE = 0.8  # polling goes back to events when the table is below this share
 log = logging.getLogger("vx11.reaper")
 
@@ -43,11 +44,13 @@ def db_hija_lookup(db: Database) -> HijaLookup:
     return lookup
 
 
-def build_evaluator(cfg: Config, proc_path: str, lookup: HijaLookup | None) -> Evaluator:
+def build_evaluator(cfg: Config, proc_path: str, lookup: HijaLookup | None, *,
+                    full_every: int = 1) -> Evaluator:
     """The rule evaluator for this process (its own pid and cgroup are never touched)."""
     return Evaluator(cfg.reaper, self_pid=os.getpid(),
                      self_cgroup=read_cgroup(proc_path, os.getpid()),
-                     cgroups=CgroupCache(proc_path), hija_lookup=lookup)
+                     cgroups=CgroupCache(proc_path), hija_lookup=lookup,
+                     full_every=full_every)
 
 
 def report_dict(rep: Report) -> dict[str, Any]:
@@ -109,7 +112,9 @@ class ReaperService:
         self.cfg = cfg
         self.rc = cfg.reaper
         lookup = db_hija_lookup(self.db) if self.db is not None else None
-        self.evaluator = build_evaluator(cfg, self.proc_path, lookup)
+        # decided again from scratch as often as the tracker re-reads every process
+        self.evaluator = build_evaluator(cfg, self.proc_path, lookup,
+                                         full_every=cfg.reaper.full_rescan_every)
         self.m.set_rules(self.evaluator.rule_names())
         self.breaker.configure(cfg.reaper)
         self.m.enforcement_stopped.set(1 if self.breaker.open else 0)
@@ -247,7 +252,8 @@ class ReaperService:
     def scan_and_act(self) -> Report:
         t0 = time.perf_counter()
         snap = self._snapshot()
-        self.evaluator.cgroups.prune(snap)
+        if len(self.evaluator.cgroups) > PRUNE_SLACK * len(snap.procs) + 64:
+            self.evaluator.cgroups.prune(snap)  # entries of the processes gone since
         rep = self.evaluator.evaluate(snap)
         if self.tracker is not None:
             # The table may be minutes old for a process that exec'd since it was first

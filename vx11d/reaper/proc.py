@@ -223,6 +223,9 @@ class CgroupCache:
             self._c[key] = read_cgroup(self.proc, p.pid)
         return self._c[key]
 
+    def __len__(self) -> int:
+        return len(self._c)
+
     def prune(self, snap: Snapshot) -> None:
         procs = snap.procs
         for key in [k for k in self._c if (p := procs.get(k[0])) is None or p.start != k[1]]:

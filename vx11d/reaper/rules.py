@@ -12,6 +12,14 @@ Order of decisions for each process:
 3. the configured rules, first match wins;
 4. anything no rule names is left alone.
 
+Incremental: a verdict of "protected" or "no rule matches" is remembered per process
+with what it was decided from (start time, parent, state, name, uid, flags, zombie
+children, the parent's name) and reused while none of that changed and no ``min_age``
+was crossed; it is decided again from scratch every ``full_every`` evaluations. A
+process some rule names is matched again at every evaluation, so a remembered verdict
+can only delay a new finding (a process that rewrote its command line or changed
+uids without anything in ``/proc/PID/stat`` changing), never cause a signal.
+
 A rule's ``user`` is matched against the process's **effective** uid as its own
 credentials say (``/proc/PID/status`` ``Uid:``, second field; what ``ps -o uid`` shows),
 never the owner of ``/proc/PID`` (root for a non-dumpable or setuid-changed process).
@@ -28,13 +36,32 @@ from dataclasses import dataclass, field
 
 from ..config import ReaperConfig, ReaperRule
 from ..hijas import LIVE
-from .proc import PF_KTHREAD, CgroupCache, Proc, Snapshot, read_cmdline, read_uids, unit_names
+from .proc import HZ, PF_KTHREAD, CgroupCache, Proc, Snapshot, read_cmdline, read_uids, unit_names
 
 HIJA_RULE = "hija"
 HIJA_SLICE = "vx11-hijas.slice"
 _HIJA_UNIT = re.compile(r"^vx11-hija-(.+)\.service$")
 SUBREAPER_COMMS = ("systemd",)  # user managers are subreapers (PR_SET_CHILD_SUBREAPER)
 MIN_AGE_TICKS = 2  # see Evaluator._old_enough: the proof that a reused PID is never hit
+_NEVER = float("inf")
+
+
+def _same(a: Proc, b: Proc) -> bool:
+    """Whether two reads of a process agree on what a verdict is decided from."""
+    return (a.start == b.start and a.ppid == b.ppid and a.state == b.state
+            and a.comm == b.comm and a.uid == b.uid and a.flags == b.flags)
+
+
+class _Verdict:
+    """A process nothing names (or that is protected), and what that was decided from:
+    the Proc read then (immutable), its zombie children, its parent's Proc."""
+
+    __slots__ = ("nzombies", "parent", "proc", "protected", "recheck")
+
+    def __init__(self, protected: bool, recheck: float, nzombies: int, proc: Proc,
+                 parent: Proc | None) -> None:
+        self.protected, self.recheck, self.nzombies = protected, recheck, nzombies
+        self.proc, self.parent = proc, parent
 
 # hija unit names -> (hija id, status or None when no row); raises on DB trouble.
 HijaLookup = Callable[[list[str]], dict[str, tuple[str, str | None]]]
@@ -110,8 +137,13 @@ class Evaluator:
     """Applies the never-touch list, the hija rule and the configured rules to a snapshot."""
 
     def __init__(self, cfg: ReaperConfig, *, self_pid: int, self_cgroup: str | None,
-                 cgroups: CgroupCache, hija_lookup: HijaLookup | None = None):
+                 cgroups: CgroupCache, hija_lookup: HijaLookup | None = None,
+                 full_every: int = 1):
         self.cfg = cfg
+        self.full_every = max(1, full_every)  # 1: every evaluation decides everything
+        self.evaluations = 0
+        self.matched = 0  # processes matched against the rules by the last evaluation
+        self._memo: dict[int, _Verdict] = {}  # pid -> its remembered verdict
         self.rules = [CompiledRule(r) for r in cfg.rules]
         self.self_pid = self_pid
         # Our own unit is protected only when we run in one (a .service or .scope leaf).
@@ -197,25 +229,67 @@ class Evaluator:
         rep = Report(snap)
         hija_candidates: list[tuple[Proc, str, str]] = []
         zp = snap.zombies_by_parent
-        for p in snap.procs.values():
-            if p.state == "Z" or p.pid == 1 or p.pid == self.self_pid or snap.is_kthread(p):
+        procs = snap.procs
+        now = snap.now_ticks
+        self.evaluations += 1
+        if (self.evaluations - 1) % self.full_every == 0:
+            self._memo.clear()
+        memo = self._memo
+        for gone in memo.keys() - procs.keys():
+            del memo[gone]
+        self.matched = 0
+        for p in procs.values():
+            pid = p.pid
+            m = memo.get(pid)
+            if m is not None:
+                # the verdict stands while what it was decided from is the same: the
+                # very objects (a tracked table keeps a process's Proc until it re-reads
+                # it), else equal values; cheapest tests first
+                parent = procs.get(p.ppid)
+                zs = zp.get(pid)
+                mp = m.parent
+                if now < m.recheck and (len(zs) if zs else 0) == m.nzombies \
+                        and (m.proc is p or _same(m.proc, p)) \
+                        and (mp is parent or (mp is not None and parent is not None
+                                              and mp.comm == parent.comm)):
+                    if m.protected:
+                        rep.protected += 1
+                    continue
+                del memo[pid]
+            if p.state == "Z" or pid == 1 or pid == self.self_pid or snap.is_kthread(p):
                 continue
+            zs = zp.get(pid)
+            nzombies = len(zs) if zs else 0
+            parent = procs.get(p.ppid)
             cg = self.cgroups.get(p)
             if self.protected(p, cg, snap):
                 rep.protected += 1
+                memo[pid] = _Verdict(True, _NEVER, nzombies, p, parent)
                 continue
             assert cg is not None
             unit = _hija_unit(cg)
             if unit is not None:
-                hija_candidates.append((p, cg, unit))
+                hija_candidates.append((p, cg, unit))  # the DB row decides, every time
                 continue
-            f = self._match_rules(p, cg, snap, len(zp.get(p.pid, ())))
+            self.matched += 1
+            f = self._match_rules(p, cg, snap, nzombies)
             if f is not None:
-                rep.findings.append(f)
+                rep.findings.append(f)  # judged again at every evaluation
+            else:
+                memo[pid] = _Verdict(False, self._recheck_at(p, snap), nzombies, p, parent)
         if hija_candidates:
             self._hija_findings(hija_candidates, snap, rep)
         self._count(rep)
         return rep
+
+    def _recheck_at(self, p: Proc, snap: Snapshot) -> float:
+        """When the process's age next crosses a rule's ``min_age`` (boot clock ticks)."""
+        at = _NEVER
+        for r in self.rules:
+            t = p.start + r.rule.min_age * HZ
+            if snap.now_ticks < t < at:
+                at = t
+        return at
 
     def _match_rules(self, p: Proc, cg: str, snap: Snapshot, nzombies: int
                      ) -> Finding | None:

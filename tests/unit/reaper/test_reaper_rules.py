@@ -181,3 +181,46 @@ def test_still_allowed_rechecks_a_fresh_cgroup(fp):
     assert not ev.still_allowed(f, "/system.slice/systemd-logind.service")
     assert not ev.still_allowed(f, "/other.slice/job-1.scope")
     assert not ev.still_allowed(f, None)
+
+
+def test_incremental_an_unchanged_process_is_not_matched_again_a_changed_one_is(fp, monkeypatch):
+    """Issue 25: only processes new or changed since the last scan meet the rules; a full
+    re-evaluation every ``full_every`` evaluations; what a rule names is judged each time."""
+    fp.add(BASE + 1, "idle-a")
+    fp.add(BASE + 2, "idle-b")
+    fp.add(BASE + 3, "stale-young", start=9000)  # 1000 s old: "stale" wants 1h
+    fp.add(BASE + 4, "code-server", ppid=1)  # a finding (orphans)
+    ev = Evaluator(cfg(RULES).reaper, self_pid=BASE + 999, self_cgroup=None,
+                   cgroups=proc.CgroupCache(fp.path), full_every=5)
+    matched: list[int] = []
+    real = ev._match_rules
+    monkeypatch.setattr(ev, "_match_rules", lambda p, *a: matched.append(p.pid) or real(p, *a))
+
+    first = ev.evaluate(proc.scan(fp.path))
+    assert sorted(matched) == [BASE + 1, BASE + 2, BASE + 3, BASE + 4]
+    assert [f.proc.pid for f in first.findings] == [BASE + 4]
+
+    matched.clear()
+    again = ev.evaluate(proc.scan(fp.path))  # a new snapshot, nothing changed
+    assert matched == [BASE + 4], "only the process a rule names is matched again"
+    assert [f.proc.pid for f in again.findings] == [BASE + 4]
+    assert again.protected == first.protected
+
+    matched.clear()
+    fp.add(BASE + 2, "stale-b", start=100)  # exec'd into something else (new name)
+    fp.add(BASE + 5, "newcomer")
+    rep = ev.evaluate(proc.scan(fp.path))
+    assert sorted(matched) == [BASE + 2, BASE + 4, BASE + 5]
+    assert {f.proc.pid: f.rule for f in rep.findings} == {BASE + 2: "stale", BASE + 4: "orphans"}
+
+    matched.clear()
+    fp.set_uptime(9000 + 3600 + 1)  # "stale-young" crosses the rule's min_age
+    rep = ev.evaluate(proc.scan(fp.path))
+    assert BASE + 3 in matched and BASE + 1 not in matched
+    assert {f.proc.pid: f.rule for f in rep.findings}[BASE + 3] == "stale"
+
+    matched.clear()
+    ev.evaluate(proc.scan(fp.path))  # the 5th
+    assert BASE + 1 not in matched
+    ev.evaluate(proc.scan(fp.path))  # the 6th: full_every after the first, all again
+    assert BASE + 1 in matched
