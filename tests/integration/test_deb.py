@@ -30,7 +30,9 @@ def test_package_metadata_and_contents(deb):
         assert path in files, path
     conffiles = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True,
                                text=True).stdout
-    assert conffiles.split() == ["/etc/vx11/vx11.yml"]  # the admin's edits survive upgrades
+    # the admin's edits survive upgrades: the config, and Grafana's provisioning file
+    assert sorted(conffiles.split()) == ["/etc/grafana/provisioning/dashboards/vx11d.yaml",
+                                         "/etc/vx11/vx11.yml"]
 
 
 def test_unpacked_venv_points_at_opt_and_runs(deb, tmp_path):
