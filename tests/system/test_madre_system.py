@@ -116,7 +116,9 @@ def test_spawn_register_expire_release_audit_and_burst(vx11):
 
 def test_bad_requests_get_clear_errors(vx11):
     sb = vx11
-    assert api(sb, "POST", "/vx11/spawn", {"template": "sleeper"})["status"] == 422
+    assert api(sb, "POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": "soon"}
+               )["status"] == 422
+    assert api(sb, "POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": 0})["status"] == 422
     assert api(sb, "POST", "/vx11/spawn", {"template": "sleeper", "ttl_s": 10**6}
                )["status"] == 422
     assert api(sb, "POST", "/vx11/spawn", {"template": "nope", "ttl_s": 5})["status"] == 404
