@@ -250,12 +250,25 @@ class Batcher:
         return bytes(memoryview(buf)[:n])
 
     def _step(self) -> None:
-        """One decode of every generating sequence's next token, then one prompt chunk
-        of the oldest sequence still reading its prompt (each in its own decode: see
-        the module's note on identical answers)."""
+        """One step: the next prompt chunk of every sequence still reading its prompt
+        (each in a decode of its own, up to ``n_batch`` prompt tokens in all: see the
+        module's note on identical answers), then one decode of every generating
+        sequence's next token, those that just read their prompt included: requests
+        that arrive together generate together from their first step on (reading one
+        prompt per step made them join one step apart, and each of those steps was a
+        decode with fewer rows, then as many again with fewer rows at the end)."""
         for s in list(self.active):
             if s.cancel.is_set():
                 self._end(s, Cancelled())
+        budget = self.n_batch
+        for s in [s for s in self.active if s.pending]:
+            base = len(s.slot.cached)
+            take = min(len(s.pending), self.n_batch - base % self.n_batch)  # fresh chunks
+            if take > budget and budget < self.n_batch:
+                break  # the next step reads it
+            budget -= take
+            if not self._read(s, base, take):
+                break
         gen = sorted((s for s in self.active if s.next_tok is not None),
                      key=lambda s: s.slot.seq_id)
         if gen:
@@ -269,23 +282,23 @@ class Batcher:
                     s.next_tok = None
                 for s in gen:
                     self._token(s, self.L.llama_sampler_sample(s.sampler, self.ctx, s.idx))
-        reading = next((s for s in self.active if s.pending), None)
-        if reading is not None:
-            s = reading
-            base = len(s.slot.cached)
-            take = min(len(s.pending), self.n_batch - base % self.n_batch)  # fresh chunks
-            for i in range(take):
-                self._add(i, s.pending[i], base + i, s.slot.seq_id, False)
-            last = take == len(s.pending)
-            self._logits[take - 1] = last
-            if self._decode(take, take, 1):
-                s.slot.cached.extend(s.pending[:take])
-                s.slot.exact = len(s.slot.cached)
-                del s.pending[:take]
-                if last:
-                    self._token(s, self.L.llama_sampler_sample(s.sampler, self.ctx,
-                                                               take - 1))
         self.m["kv_used"].set(self.kv_cells_used())
+
+    def _read(self, s: Seq, base: int, take: int) -> bool:
+        """Decode the next ``take`` prompt tokens of ``s`` (at position ``base``); after
+        the last, sample its first token. False when the KV cache was full."""
+        for i in range(take):
+            self._add(i, s.pending[i], base + i, s.slot.seq_id, False)
+        last = take == len(s.pending)
+        self._logits[take - 1] = last
+        if not self._decode(take, take, 1):
+            return False
+        s.slot.cached.extend(s.pending[:take])
+        s.slot.exact = len(s.slot.cached)
+        del s.pending[:take]
+        if last:
+            self._token(s, self.L.llama_sampler_sample(s.sampler, self.ctx, take - 1))
+        return True
 
     def _gen_rows(self, gen: list[Seq]) -> tuple[int, list[Slot]]:
         """Fill the batch with one row per sequence id from the lowest generating one to

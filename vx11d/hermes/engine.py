@@ -59,6 +59,13 @@ def _drop_page_cache(path: str) -> None:
             os.close(fd)
 
 
+def _name_thread() -> None:
+    """The engine thread shows as ``hermes-engine`` in ``top -H`` and ``ps -L`` (and so do
+    llama.cpp's compute threads it starts: a thread inherits its creator's name)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(15, b"hermes-engine", 0, 0, 0)  # PR_SET_NAME
+
+
 def parallel_for(cfg) -> int:
     """``hermes.parallel``, or when 0 the automatic choice: one sequence per 1024 cells
     of context, at most two per core and at most 4."""
@@ -80,7 +87,8 @@ class Engine:
         self.llm: Any = None
         self.last_use = time.monotonic()
         self._refused_stat: tuple | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hermes-infer")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hermes-infer",
+                                        initializer=_name_thread)
         self._ctx: Any = None
         self.batcher: Batcher | None = None
         self.handler: Any = None
