@@ -74,6 +74,7 @@ class Seq:
     cancel: threading.Event
     emit: Callable[[str], None]
     done: Callable[[Any], None]  # a result dict or an exception
+    gone: Callable[[], bool] | None = None  # polled before each step: True stops it too
     slot: Slot | None = None
     sampler: Any = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
@@ -83,6 +84,9 @@ class Seq:
     out: TextOut | None = None
     finish: str | None = None
     t0: float = 0.0
+
+    def stopped(self) -> bool:
+        return self.cancel.is_set() or (self.gone is not None and self.gone())
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -173,7 +177,7 @@ class Batcher:
             raise
 
     def _admit(self, seq: Seq) -> None:
-        if seq.cancel.is_set():
+        if seq.stopped():
             seq.done(Cancelled())
             return
         toks = seq.prep.tokens
@@ -258,7 +262,7 @@ class Batcher:
         prompt per step made them join one step apart, and each of those steps was a
         decode with fewer rows, then as many again with fewer rows at the end)."""
         for s in list(self.active):
-            if s.cancel.is_set():
+            if s.stopped():
                 self._end(s, Cancelled())
         budget = self.n_batch
         for s in [s for s in self.active if s.pending]:

@@ -3,9 +3,10 @@
 Every llama.cpp call on the context (load, the batch loop, close) runs on ONE worker
 thread, so the asyncio loop never blocks (its progress is what pings the watchdog) and
 calls never overlap. Requests join the batch loop (:mod:`batcher`) and get their text
-back through ``call_soon_threadsafe``; each request's cancel flag is checked before
-every decode step, so a timeout or a client that went away stops it within one token
-while the others go on.
+back through ``call_soon_threadsafe``; each request's cancel flag, deadline and client
+connection are checked on the engine thread before every decode step, so a timeout or a
+client that went away stops it within one token while the others go on (and the loop
+needs no timer to watch them).
 """
 
 from __future__ import annotations
@@ -242,10 +243,14 @@ class Engine:
         return p
 
     async def generate(self, prep: Prepared, cancel: threading.Event,
-                       on_text: Callable[[str], None], *, on_loop: bool = True) -> dict:
+                       on_text: Callable[[str], None], *, on_loop: bool = True,
+                       gone: Callable[[], bool] | None = None) -> dict:
         """Join the batch and generate; ``on_text`` gets each piece of the answer, on the
         loop (or, with ``on_loop=False``, on the engine thread: it must then be
-        thread-safe, e.g. a list append — no loop wake-up per token).
+        thread-safe, e.g. a list append — no loop wake-up per token). ``gone``, when
+        given, is called on the engine thread before every step (it must only read:
+        e.g. a deadline, a transport's closing flag); True stops the request as
+        ``cancel`` does, without the loop having to wake up to look.
 
         Returns ``{"prompt_tokens", "completion_tokens", "finish_reason"}``; raises
         Cancelled when ``cancel`` was set.
@@ -273,7 +278,7 @@ class Engine:
         batcher = self.batcher
         if batcher is None:
             raise RuntimeError("model is not loaded")
-        if batcher.submit(Seq(prep=prep, cancel=cancel, emit=emit, done=done)):
+        if batcher.submit(Seq(prep=prep, cancel=cancel, emit=emit, done=done, gone=gone)):
             self._pool.submit(batcher.run)
         try:
             return await fut
