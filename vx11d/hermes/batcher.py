@@ -122,6 +122,7 @@ class Batcher:
         self._new: list[Seq] = []
         self._lock = threading.Lock()
         self.running = False
+        self.after_step: Callable[[], None] | None = None  # e.g. hand the step's text over
         self._piece = ctypes.create_string_buffer(256)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         b = self.batch
@@ -167,6 +168,8 @@ class Batcher:
                     self._admit(seq)
                 if self.active:
                     self._step()
+                if self.after_step is not None:
+                    self.after_step()
         except BaseException as e:  # never leave a request hanging
             log.exception("batch loop failed")
             with self._lock:
@@ -174,6 +177,8 @@ class Batcher:
                 self.running = False
             for s in [*self.active, *new]:
                 self._end(s, e)
+            if self.after_step is not None:
+                self.after_step()
             raise
 
     def _admit(self, seq: Seq) -> None:

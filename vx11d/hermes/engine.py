@@ -3,7 +3,9 @@
 Every llama.cpp call on the context (load, the batch loop, close) runs on ONE worker
 thread, so the asyncio loop never blocks (its progress is what pings the watchdog) and
 calls never overlap. Requests join the batch loop (:mod:`batcher`) and get their text
-back through ``call_soon_threadsafe``; each request's cancel flag, deadline and client
+back through ``call_soon_threadsafe``, once per decode step for all of them (each call
+writes to the loop's self-pipe and wakes it up: one per token per request would preempt
+a compute thread that often on a small machine); each request's cancel flag, deadline and client
 connection are checked on the engine thread before every decode step, so a timeout or a
 client that went away stops it within one token while the others go on (and the loop
 needs no timer to watch them).
@@ -75,6 +77,14 @@ def parallel_for(cfg) -> int:
     return max(1, min(4, 2 * (os.cpu_count() or 1), int(cfg.n_ctx) // 1024))
 
 
+def _run_calls(calls: list) -> None:
+    for fn, arg in calls:
+        try:
+            fn(arg)
+        except Exception:  # one request's callback must not hold back the others'
+            log.exception("a request's text or result callback failed")
+
+
 class Engine:
     """The model's state machine: unloaded → loading → loaded (or refused), and back."""
 
@@ -93,6 +103,7 @@ class Engine:
         self._ctx: Any = None
         self.batcher: Batcher | None = None
         self.handler: Any = None
+        self._outbox: dict[asyncio.AbstractEventLoop, list] = {}  # engine thread only
         self._load_lock = asyncio.Lock()
 
     @property
@@ -180,9 +191,24 @@ class Engine:
         self.handler = chat_handler(llm)
         cache = SeqStateCache(int(cfg.prompt_cache)) if int(cfg.prompt_cache) > 0 else None
         self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache)
+        self.batcher.after_step = self._deliver
         self.m["kv_total"].set(int(llama_cpp.llama_n_ctx(ctx)))
         self.m["kv_used"].set(0)
         return llm
+
+    def _post(self, loop: asyncio.AbstractEventLoop, fn: Callable, arg: Any) -> None:
+        """On the engine thread: ``fn(arg)`` to run on ``loop`` after this step."""
+        self._outbox.setdefault(loop, []).append((fn, arg))
+
+    def _deliver(self) -> None:
+        """After each step: one wake-up per loop for everything the step produced, in
+        order (text before the result that ends a request)."""
+        if not self._outbox:
+            return
+        box, self._outbox = self._outbox, {}
+        for loop, calls in box.items():
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                loop.call_soon_threadsafe(_run_calls, calls)
 
     def _refuse(self, reason: str) -> None:
         self.state, self.reason = "refused", reason
@@ -268,12 +294,12 @@ class Engine:
                 fut.set_result(result)
 
         def done(result: Any) -> None:
-            loop.call_soon_threadsafe(settle, result)
+            self._post(loop, settle, result)
 
         emit = on_text
         if on_loop:
             def emit(text: str) -> None:
-                loop.call_soon_threadsafe(on_text, text)
+                self._post(loop, on_text, text)
 
         batcher = self.batcher
         if batcher is None:
