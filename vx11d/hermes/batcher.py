@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .prompt import Prepared, build_sampler
+from .prompt import Prepared, build_sampler, plain_greedy
 from .textout import TextOut
 
 log = logging.getLogger("vx11.hermes")
@@ -77,6 +77,8 @@ class Seq:
     gone: Callable[[], bool] | None = None  # polled before each step: True stops it too
     slot: Slot | None = None
     sampler: Any = None
+    greedy: Any = None  # (token ids, biases, id set) when the loop picks the largest logit
+    stop_memo: dict[int, bool] = field(default_factory=dict)  # stop_check's answers
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_tok: int | None = None
     idx: int = -1  # its logits row in this step's batch, -1: none
@@ -112,6 +114,9 @@ class Batcher:
         self.ctx = ctx  # a llama_context_p
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.vocab = llm._model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self._row = ctypes.c_float * self.n_vocab
+        self._n_generated = 0  # this step's, counted once a step
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
         self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(ctx))
         self.n_batch = n_batch
@@ -206,6 +211,12 @@ class Batcher:
         seq.slot = slot
         seq.pending = toks[n:]
         seq.sampler = build_sampler(self.llm, seq.prep)
+        bias = plain_greedy(seq.prep)
+        if bias is not None:
+            np = self._np
+            ids = [t for t in bias if 0 <= t < self.n_vocab]
+            seq.greedy = (np.array(ids, dtype=np.intp),
+                          np.array([bias[t] for t in ids], dtype=np.float32), set(ids))
         seq.out = TextOut(seq.prep.stop)
         seq.t0 = time.monotonic()
         self.m["prompt_cached_tokens"].inc(n)
@@ -290,7 +301,10 @@ class Batcher:
                     s.slot.cached.append(s.next_tok)
                     s.next_tok = None
                 for s in gen:
-                    self._token(s, self.L.llama_sampler_sample(s.sampler, self.ctx, s.idx))
+                    self._token(s, self._sample(s, s.idx))
+        if self._n_generated:
+            self.m["generated_tokens"].inc(self._n_generated)
+            self._n_generated = 0
         self.m["kv_used"].set(self.kv_cells_used())
 
     def _read(self, s: Seq, base: int, take: int) -> bool:
@@ -306,7 +320,7 @@ class Batcher:
         s.slot.exact = len(s.slot.cached)
         del s.pending[:take]
         if last:
-            self._token(s, self.L.llama_sampler_sample(s.sampler, self.ctx, take - 1))
+            self._token(s, self._sample(s, take - 1))
         return True
 
     def _gen_rows(self, gen: list[Seq]) -> tuple[int, list[Slot]]:
@@ -368,16 +382,50 @@ class Batcher:
         self._seq[i][0] = seq_id
         self._logits[i] = logits
 
+    def _sample(self, s: Seq, idx: int) -> int:
+        """The next token of ``s`` from logits row ``idx``: its sampler chain, or for
+        plain greedy the first largest logit after the bias (float32 adds, as the
+        logit-bias sampler does; the row is copied only when the bias touches the
+        unbiased row's largest)."""
+        if s.greedy is None:
+            return self.L.llama_sampler_sample(s.sampler, self.ctx, idx)
+        ptr = self.L.llama_get_logits_ith(self.ctx, idx)
+        row = self._np.frombuffer(self._row.from_address(ctypes.addressof(ptr.contents)),
+                                  dtype=self._np.float32)
+        best = int(row.argmax())
+        ids, bias, biased = s.greedy
+        if not biased:
+            return best
+        if best in biased:
+            row = row.copy()
+            row[ids] += bias
+            return int(row.argmax())
+        top = row[best]
+        for t, b in zip(ids.tolist(), bias, strict=True):
+            v = row[t] + b  # float32
+            if v > top or (v == top and t < best):
+                best, top = t, v
+        return best
+
+    def _is_stop(self, s: Seq, tok: int) -> bool:
+        """End of generation, or a token the chat format stops on (answers memoized
+        per request: the format's check only looks at the last token)."""
+        hit = s.stop_memo.get(tok)
+        if hit is None:
+            check = s.prep.stop_check
+            np = self._np
+            hit = bool(self.L.llama_vocab_is_eog(self.vocab, tok)) or (
+                check is not None and bool(check(np.array([tok], dtype=np.intc), None)))
+            s.stop_memo[tok] = hit
+        return hit
+
     def _token(self, s: Seq, tok: int) -> None:
         s.n_gen += 1
-        stop_ids = s.prep.stop_check
-        np = self._np
-        if self.L.llama_vocab_is_eog(self.vocab, tok) or (
-                stop_ids is not None and stop_ids(np.array([tok], dtype=np.intc), None)):
+        if self._is_stop(s, tok):
             s.n_gen -= 1  # the end-of-generation token is not part of the answer
             s.finish = "stop"
         else:
-            self.m["generated_tokens"].inc()
+            self._n_generated += 1
             k = self.L.llama_token_to_piece(self.vocab, tok, self._piece, 256, 0, False)
             text = s.out.push(self._piece.raw[:k]) if k > 0 else ""
             if text:
