@@ -104,7 +104,17 @@ def summarize(d: dict[int, dict], tids: list[int], tokens: int) -> dict:
 
 async def request(s: aiohttp.ClientSession, peer: dict, msgs: list, tokens: int,
                   stream: bool) -> tuple[int, int]:
-    """(completion tokens, prompt tokens) of one request."""
+    """(completion tokens, prompt tokens) of one request. llama-server closes a
+    keep-alive connection after a few requests, and the client may have picked it just
+    then: such a request never reached it and is sent again, once."""
+    try:
+        return await request_once(s, peer, msgs, tokens, stream)
+    except aiohttp.ServerDisconnectedError:
+        return await request_once(s, peer, msgs, tokens, stream)
+
+
+async def request_once(s: aiohttp.ClientSession, peer: dict, msgs: list, tokens: int,
+                       stream: bool) -> tuple[int, int]:
     body = hb.chat(msgs, tokens, stream, peer["model"])
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -161,7 +171,10 @@ def measure(peer: dict, pids: dict[str, int], kind: str, tokens: int, rounds: in
     d0 = asyncio.run(decodes(peer))
     before = {name: tasks(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
-    n, p = asyncio.run(workload(peer, kind, tokens, rounds))
+    try:
+        n, p = asyncio.run(workload(peer, kind, tokens, rounds))
+    except aiohttp.ClientError as e:
+        raise SystemExit(f"{peer['name']}, {kind}: {type(e).__name__}: {e}") from e
     wall = time.monotonic() - t0
     after = {name: tasks(pid) for name, pid in pids.items()}
     out: dict = {"tokens": n, "prompt_tokens": p, "wall_s": round(wall, 2), "threads": {},
