@@ -9,10 +9,13 @@ One llama.cpp context holds ``parallel`` sequences, each with its own KV stream 
     * admit: the free slot whose cached tokens share the longest prefix with the prompt
       (its KV is kept, the rest removed: the prompt cache); a saved state from RAM when
       it shares more (see :mod:`promptcache`);
-    * batch: the next token of every generating sequence (logits on) in one decode, then
-      one chunk (up to ``n_batch`` tokens) of the oldest prompt still being read in a
-      decode of its own, so a new request joins between two steps without stopping the
-      others;
+    * batch: first the next chunk of every prompt still being read, each in a decode
+      of its own (up to ``n_batch`` prompt tokens a step); then the next token of every
+      generating sequence (logits on) in one decode, with the sequences that just read
+      their prompt, and as a row of it the last prompt token of a prompt that has only
+      that one left (a prompt found in the cache but for its end): a new request joins
+      between two steps without stopping the others, and requests that arrive together
+      generate together;
     * sample: each sequence with its own sampler chain at its row of the logits;
     * a sequence ends at end-of-generation, a stop string, ``max_tokens``, the context's
       end or its cancel flag; its slot keeps its KV for the next prompt that shares it.
@@ -23,12 +26,13 @@ one below, and for a single row over >= 512 KV cells one that splits the cells a
 threads) and sums over a sequence's cells in cell order; each choice rounds differently,
 and now and then that changes a token. So: a KV stream per sequence (its cells start at
 0 and stay in position order, whatever the others do); a prompt is read in decodes of its
-own, chunked as it is alone; a generation step holds one row per sequence id from the
-lowest generating one to the highest, an idle slot in between getting a pad token that
-is removed after the step, and a lone sequence past 256 tokens getting one beside it (at
-least two rows: no split kernel). That keeps every
-generating row on the per-row kernel alone and together, and the rows in one ubatch
-(llama.cpp splits a batch of separate streams at every gap in the ids). Tested in
+own, chunked as it is alone (but a lone last token is a row of the generation step,
+alone or not, so it gets the per-row kernel as a short last chunk does); a generation
+step holds one row per sequence id from the lowest generating one to the highest, an
+idle slot in between getting a pad token that is removed after the step, and a lone
+sequence past 256 tokens getting one beside it (at least two rows: no split kernel).
+That keeps every generating row on the per-row kernel alone and together, and the rows
+in one ubatch (llama.cpp splits a batch of separate streams at every gap in the ids). Tested in
 tests/integration/test_hermes_batching.py; the bench reports
 ``concurrent_answers_identical``.
 """
@@ -282,6 +286,9 @@ class Batcher:
                 self._end(s, Cancelled())
         budget = self.n_batch
         for s in [s for s in self.active if s.pending]:
+            if len(s.pending) == 1:  # its prompt's last token: a row of the generation
+                s.next_tok = s.pending[0]  # decode (the per-row kernel, as alone)
+                continue
             base = len(s.slot.cached)
             take = min(len(s.pending), self.n_batch - base % self.n_batch)  # fresh chunks
             if take > budget and budget < self.n_batch:
@@ -293,13 +300,17 @@ class Batcher:
                      key=lambda s: s.slot.seq_id)
         if gen:
             n, pads = self._gen_rows(gen)
-            ok = self._decode(n, 0, len(gen))
+            tails = sum(1 for s in gen if s.pending)
+            ok = self._decode(n, tails, len(gen))
             for slot in pads:  # a pad's cell goes, the slot's cache stays
                 self.L.llama_memory_seq_rm(self.mem, slot.seq_id, len(slot.cached), -1)
             if ok:
                 for s in gen:
                     s.slot.cached.append(s.next_tok)
                     s.next_tok = None
+                    if s.pending:  # the prompt is read: its KV is reusable
+                        s.pending.clear()
+                        s.slot.exact = len(s.slot.cached)
                 for s in gen:
                     self._token(s, self._sample(s, s.idx))
         if self._n_generated:
@@ -356,8 +367,10 @@ class Batcher:
         return len(s.slot.cached) + 1 > SPLIT_WINDOW // 2 and self.n_ctx_seq >= SPLIT_WINDOW
 
     def _decode(self, n: int, n_prompt: int, n_seqs: int) -> bool:
-        """llama_decode of the first ``n`` batch entries; False when the KV cache was
-        full (room was made; the step is tried again)."""
+        """llama_decode of the first ``n`` batch entries (``n_prompt`` of them prompt
+        tokens: all of a prompt chunk, or the last prompt tokens in a generation step,
+        one row per sequence of ``n_seqs``); False when the KV cache was full (room was
+        made; the step is tried again)."""
         self.batch.n_tokens = n
         t = time.perf_counter()
         rc = self.L.llama_decode(self.ctx, self.batch)
@@ -368,11 +381,12 @@ class Batcher:
             raise RuntimeError(f"llama_decode failed ({rc})")
         dt = time.perf_counter() - t
         m = self.m
+        rows = n if n_prompt == n else n_seqs  # real rows (a generation step's pads aside)
         if n_prompt:
             m["prompt_tokens"].inc(n_prompt)
-            m["prompt_seconds"].inc(dt)
-        else:
-            m["generated_seconds"].inc(dt)
+            m["prompt_seconds"].inc(dt * n_prompt / rows)
+        if n_prompt < rows:
+            m["generated_seconds"].inc(dt * (rows - n_prompt) / rows)
         m["batch_size"].observe(n_seqs)
         return True
 
