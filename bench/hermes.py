@@ -94,9 +94,13 @@ def start_worker(tmp: str, model: str, **extra) -> tuple[subprocess.Popen, str]:
 
 
 async def unix_get(sock: str, path: str) -> dict:
+    return json.loads(await unix_text(sock, path))
+
+
+async def unix_text(sock: str, path: str) -> str:
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as s, \
             s.get("http://h" + path) as r:
-        return await r.json()
+        return await r.text()
 
 
 class Gateway:
@@ -327,7 +331,8 @@ def start_llama_cpp_server(binary: str, model: str, tmp: str
     log = open(os.path.join(tmp, "llama_cpp_server.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen([binary, "-m", model, "--host", "127.0.0.1", "--port", str(port),
                              "-t", str(THREADS), "-tb", str(THREADS), "-c", str(N_CTX),
-                             "-np", str(PARALLEL), "--api-key", REMOTE_KEY, "-a", "smollm2"],
+                             "-np", str(PARALLEL), "--api-key", REMOTE_KEY, "-a", "smollm2",
+                             "--metrics"],
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     url = f"http://127.0.0.1:{port}"
@@ -341,7 +346,7 @@ def start_llama_cpp_server(binary: str, model: str, tmp: str
             raise SystemExit(f"llama-server did not start; see {tmp}/llama_cpp_server.log")
         time.sleep(0.1)
     return proc, {"name": "llama_cpp_server", "model": "smollm2",
-                  "url": url + "/v1/chat/completions",
+                  "url": url + "/v1/chat/completions", "metrics": url + "/metrics",
                   "headers": {"Authorization": f"Bearer {REMOTE_KEY}"}}
 
 

@@ -9,10 +9,13 @@ One llama.cpp context holds ``parallel`` sequences, each with its own KV stream 
     * admit: the free slot whose cached tokens share the longest prefix with the prompt
       (its KV is kept, the rest removed: the prompt cache); a saved state from RAM when
       it shares more (see :mod:`promptcache`);
-    * batch: the next token of every generating sequence (logits on) in one decode, then
-      one chunk (up to ``n_batch`` tokens) of the oldest prompt still being read in a
-      decode of its own, so a new request joins between two steps without stopping the
-      others;
+    * batch: first the next chunk of every prompt still being read, each in a decode
+      of its own (up to ``n_batch`` prompt tokens a step); then the next token of every
+      generating sequence (logits on) in one decode, with the sequences that just read
+      their prompt, and as a row of it the last prompt token of a prompt that has only
+      that one left (a prompt found in the cache but for its end): a new request joins
+      between two steps without stopping the others, and requests that arrive together
+      generate together;
     * sample: each sequence with its own sampler chain at its row of the logits;
     * a sequence ends at end-of-generation, a stop string, ``max_tokens``, the context's
       end or its cancel flag; its slot keeps its KV for the next prompt that shares it.
@@ -23,12 +26,13 @@ one below, and for a single row over >= 512 KV cells one that splits the cells a
 threads) and sums over a sequence's cells in cell order; each choice rounds differently,
 and now and then that changes a token. So: a KV stream per sequence (its cells start at
 0 and stay in position order, whatever the others do); a prompt is read in decodes of its
-own, chunked as it is alone; a generation step holds one row per sequence id from the
-lowest generating one to the highest, an idle slot in between getting a pad token that
-is removed after the step, and a lone sequence past 256 tokens getting one beside it (at
-least two rows: no split kernel). That keeps every
-generating row on the per-row kernel alone and together, and the rows in one ubatch
-(llama.cpp splits a batch of separate streams at every gap in the ids). Tested in
+own, chunked as it is alone (but a lone last token is a row of the generation step,
+alone or not, so it gets the per-row kernel as a short last chunk does); a generation
+step holds one row per sequence id from the lowest generating one to the highest, an
+idle slot in between getting a pad token that is removed after the step, and a lone
+sequence past 256 tokens getting one beside it (at least two rows: no split kernel).
+That keeps every generating row on the per-row kernel alone and together, and the rows
+in one ubatch (llama.cpp splits a batch of separate streams at every gap in the ids). Tested in
 tests/integration/test_hermes_batching.py; the bench reports
 ``concurrent_answers_identical``.
 """
@@ -43,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .prompt import Prepared, build_sampler
+from .prompt import Prepared, build_sampler, plain_greedy
 from .textout import TextOut
 
 log = logging.getLogger("vx11.hermes")
@@ -74,8 +78,11 @@ class Seq:
     cancel: threading.Event
     emit: Callable[[str], None]
     done: Callable[[Any], None]  # a result dict or an exception
+    gone: Callable[[], bool] | None = None  # polled before each step: True stops it too
     slot: Slot | None = None
     sampler: Any = None
+    greedy: Any = None  # (token ids, biases, id set) when the loop picks the largest logit
+    stop_memo: dict[int, bool] = field(default_factory=dict)  # stop_check's answers
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_tok: int | None = None
     idx: int = -1  # its logits row in this step's batch, -1: none
@@ -83,6 +90,9 @@ class Seq:
     out: TextOut | None = None
     finish: str | None = None
     t0: float = 0.0
+
+    def stopped(self) -> bool:
+        return self.cancel.is_set() or (self.gone is not None and self.gone())
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -108,6 +118,9 @@ class Batcher:
         self.ctx = ctx  # a llama_context_p
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.vocab = llm._model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self._row = ctypes.c_float * self.n_vocab
+        self._n_generated = 0  # this step's, counted once a step
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
         self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(ctx))
         self.n_batch = n_batch
@@ -118,6 +131,7 @@ class Batcher:
         self._new: list[Seq] = []
         self._lock = threading.Lock()
         self.running = False
+        self.after_step: Callable[[], None] | None = None  # e.g. hand the step's text over
         self._piece = ctypes.create_string_buffer(256)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         b = self.batch
@@ -163,6 +177,8 @@ class Batcher:
                     self._admit(seq)
                 if self.active:
                     self._step()
+                if self.after_step is not None:
+                    self.after_step()
         except BaseException as e:  # never leave a request hanging
             log.exception("batch loop failed")
             with self._lock:
@@ -170,10 +186,12 @@ class Batcher:
                 self.running = False
             for s in [*self.active, *new]:
                 self._end(s, e)
+            if self.after_step is not None:
+                self.after_step()
             raise
 
     def _admit(self, seq: Seq) -> None:
-        if seq.cancel.is_set():
+        if seq.stopped():
             seq.done(Cancelled())
             return
         toks = seq.prep.tokens
@@ -197,6 +215,12 @@ class Batcher:
         seq.slot = slot
         seq.pending = toks[n:]
         seq.sampler = build_sampler(self.llm, seq.prep)
+        bias = plain_greedy(seq.prep)
+        if bias is not None:
+            np = self._np
+            ids = [t for t in bias if 0 <= t < self.n_vocab]
+            seq.greedy = (np.array(ids, dtype=np.intp),
+                          np.array([bias[t] for t in ids], dtype=np.float32), set(ids))
         seq.out = TextOut(seq.prep.stop)
         seq.t0 = time.monotonic()
         self.m["prompt_cached_tokens"].inc(n)
@@ -250,42 +274,65 @@ class Batcher:
         return bytes(memoryview(buf)[:n])
 
     def _step(self) -> None:
-        """One decode of every generating sequence's next token, then one prompt chunk
-        of the oldest sequence still reading its prompt (each in its own decode: see
-        the module's note on identical answers)."""
+        """One step: the next prompt chunk of every sequence still reading its prompt
+        (each in a decode of its own, up to ``n_batch`` prompt tokens in all: see the
+        module's note on identical answers), then one decode of every generating
+        sequence's next token, those that just read their prompt included: requests
+        that arrive together generate together from their first step on (reading one
+        prompt per step made them join one step apart, and each of those steps was a
+        decode with fewer rows, then as many again with fewer rows at the end)."""
         for s in list(self.active):
-            if s.cancel.is_set():
+            if s.stopped():
                 self._end(s, Cancelled())
+        budget = self.n_batch
+        for s in [s for s in self.active if s.pending]:
+            if len(s.pending) == 1:  # its prompt's last token: a row of the generation
+                s.next_tok = s.pending[0]  # decode (the per-row kernel, as alone)
+                continue
+            base = len(s.slot.cached)
+            take = min(len(s.pending), self.n_batch - base % self.n_batch)  # fresh chunks
+            if take > budget and budget < self.n_batch:
+                break  # the next step reads it
+            budget -= take
+            if not self._read(s, base, take):
+                break
         gen = sorted((s for s in self.active if s.next_tok is not None),
                      key=lambda s: s.slot.seq_id)
         if gen:
             n, pads = self._gen_rows(gen)
-            ok = self._decode(n, 0, len(gen))
+            tails = sum(1 for s in gen if s.pending)
+            ok = self._decode(n, tails, len(gen))
             for slot in pads:  # a pad's cell goes, the slot's cache stays
                 self.L.llama_memory_seq_rm(self.mem, slot.seq_id, len(slot.cached), -1)
             if ok:
                 for s in gen:
                     s.slot.cached.append(s.next_tok)
                     s.next_tok = None
+                    if s.pending:  # the prompt is read: its KV is reusable
+                        s.pending.clear()
+                        s.slot.exact = len(s.slot.cached)
                 for s in gen:
-                    self._token(s, self.L.llama_sampler_sample(s.sampler, self.ctx, s.idx))
-        reading = next((s for s in self.active if s.pending), None)
-        if reading is not None:
-            s = reading
-            base = len(s.slot.cached)
-            take = min(len(s.pending), self.n_batch - base % self.n_batch)  # fresh chunks
-            for i in range(take):
-                self._add(i, s.pending[i], base + i, s.slot.seq_id, False)
-            last = take == len(s.pending)
-            self._logits[take - 1] = last
-            if self._decode(take, take, 1):
-                s.slot.cached.extend(s.pending[:take])
-                s.slot.exact = len(s.slot.cached)
-                del s.pending[:take]
-                if last:
-                    self._token(s, self.L.llama_sampler_sample(s.sampler, self.ctx,
-                                                               take - 1))
+                    self._token(s, self._sample(s, s.idx))
+        if self._n_generated:
+            self.m["generated_tokens"].inc(self._n_generated)
+            self._n_generated = 0
         self.m["kv_used"].set(self.kv_cells_used())
+
+    def _read(self, s: Seq, base: int, take: int) -> bool:
+        """Decode the next ``take`` prompt tokens of ``s`` (at position ``base``); after
+        the last, sample its first token. False when the KV cache was full."""
+        for i in range(take):
+            self._add(i, s.pending[i], base + i, s.slot.seq_id, False)
+        last = take == len(s.pending)
+        self._logits[take - 1] = last
+        if not self._decode(take, take, 1):
+            return False
+        s.slot.cached.extend(s.pending[:take])
+        s.slot.exact = len(s.slot.cached)
+        del s.pending[:take]
+        if last:
+            self._token(s, self._sample(s, take - 1))
+        return True
 
     def _gen_rows(self, gen: list[Seq]) -> tuple[int, list[Slot]]:
         """Fill the batch with one row per sequence id from the lowest generating one to
@@ -320,8 +367,10 @@ class Batcher:
         return len(s.slot.cached) + 1 > SPLIT_WINDOW // 2 and self.n_ctx_seq >= SPLIT_WINDOW
 
     def _decode(self, n: int, n_prompt: int, n_seqs: int) -> bool:
-        """llama_decode of the first ``n`` batch entries; False when the KV cache was
-        full (room was made; the step is tried again)."""
+        """llama_decode of the first ``n`` batch entries (``n_prompt`` of them prompt
+        tokens: all of a prompt chunk, or the last prompt tokens in a generation step,
+        one row per sequence of ``n_seqs``); False when the KV cache was full (room was
+        made; the step is tried again)."""
         self.batch.n_tokens = n
         t = time.perf_counter()
         rc = self.L.llama_decode(self.ctx, self.batch)
@@ -332,11 +381,12 @@ class Batcher:
             raise RuntimeError(f"llama_decode failed ({rc})")
         dt = time.perf_counter() - t
         m = self.m
+        rows = n if n_prompt == n else n_seqs  # real rows (a generation step's pads aside)
         if n_prompt:
             m["prompt_tokens"].inc(n_prompt)
-            m["prompt_seconds"].inc(dt)
-        else:
-            m["generated_seconds"].inc(dt)
+            m["prompt_seconds"].inc(dt * n_prompt / rows)
+        if n_prompt < rows:
+            m["generated_seconds"].inc(dt * (rows - n_prompt) / rows)
         m["batch_size"].observe(n_seqs)
         return True
 
@@ -346,16 +396,50 @@ class Batcher:
         self._seq[i][0] = seq_id
         self._logits[i] = logits
 
+    def _sample(self, s: Seq, idx: int) -> int:
+        """The next token of ``s`` from logits row ``idx``: its sampler chain, or for
+        plain greedy the first largest logit after the bias (float32 adds, as the
+        logit-bias sampler does; the row is copied only when the bias touches the
+        unbiased row's largest)."""
+        if s.greedy is None:
+            return self.L.llama_sampler_sample(s.sampler, self.ctx, idx)
+        ptr = self.L.llama_get_logits_ith(self.ctx, idx)
+        row = self._np.frombuffer(self._row.from_address(ctypes.addressof(ptr.contents)),
+                                  dtype=self._np.float32)
+        best = int(row.argmax())
+        ids, bias, biased = s.greedy
+        if not biased:
+            return best
+        if best in biased:
+            row = row.copy()
+            row[ids] += bias
+            return int(row.argmax())
+        top = row[best]
+        for t, b in zip(ids.tolist(), bias, strict=True):
+            v = row[t] + b  # float32
+            if v > top or (v == top and t < best):
+                best, top = t, v
+        return best
+
+    def _is_stop(self, s: Seq, tok: int) -> bool:
+        """End of generation, or a token the chat format stops on (answers memoized
+        per request: the format's check only looks at the last token)."""
+        hit = s.stop_memo.get(tok)
+        if hit is None:
+            check = s.prep.stop_check
+            np = self._np
+            hit = bool(self.L.llama_vocab_is_eog(self.vocab, tok)) or (
+                check is not None and bool(check(np.array([tok], dtype=np.intc), None)))
+            s.stop_memo[tok] = hit
+        return hit
+
     def _token(self, s: Seq, tok: int) -> None:
         s.n_gen += 1
-        stop_ids = s.prep.stop_check
-        np = self._np
-        if self.L.llama_vocab_is_eog(self.vocab, tok) or (
-                stop_ids is not None and stop_ids(np.array([tok], dtype=np.intc), None)):
+        if self._is_stop(s, tok):
             s.n_gen -= 1  # the end-of-generation token is not part of the answer
             s.finish = "stop"
         else:
-            self.m["generated_tokens"].inc()
+            self._n_generated += 1
             k = self.L.llama_token_to_piece(self.vocab, tok, self._piece, 256, 0, False)
             text = s.out.push(self._piece.raw[:k]) if k > 0 else ""
             if text:

@@ -3,9 +3,12 @@
 Every llama.cpp call on the context (load, the batch loop, close) runs on ONE worker
 thread, so the asyncio loop never blocks (its progress is what pings the watchdog) and
 calls never overlap. Requests join the batch loop (:mod:`batcher`) and get their text
-back through ``call_soon_threadsafe``; each request's cancel flag is checked before
-every decode step, so a timeout or a client that went away stops it within one token
-while the others go on.
+back through ``call_soon_threadsafe``, once per decode step for all of them (each call
+writes to the loop's self-pipe and wakes it up: one per token per request would preempt
+a compute thread that often on a small machine); each request's cancel flag, deadline and client
+connection are checked on the engine thread before every decode step, so a timeout or a
+client that went away stops it within one token while the others go on (and the loop
+needs no timer to watch them).
 """
 
 from __future__ import annotations
@@ -59,12 +62,27 @@ def _drop_page_cache(path: str) -> None:
             os.close(fd)
 
 
+def _name_thread() -> None:
+    """The engine thread shows as ``hermes-engine`` in ``top -H`` and ``ps -L`` (and so do
+    llama.cpp's compute threads it starts: a thread inherits its creator's name)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(15, b"hermes-engine", 0, 0, 0)  # PR_SET_NAME
+
+
 def parallel_for(cfg) -> int:
     """``hermes.parallel``, or when 0 the automatic choice: one sequence per 1024 cells
     of context, at most two per core and at most 4."""
     if cfg.parallel:
         return int(cfg.parallel)
     return max(1, min(4, 2 * (os.cpu_count() or 1), int(cfg.n_ctx) // 1024))
+
+
+def _run_calls(calls: list) -> None:
+    for fn, arg in calls:
+        try:
+            fn(arg)
+        except Exception:  # one request's callback must not hold back the others'
+            log.exception("a request's text or result callback failed")
 
 
 class Engine:
@@ -80,10 +98,12 @@ class Engine:
         self.llm: Any = None
         self.last_use = time.monotonic()
         self._refused_stat: tuple | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hermes-infer")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hermes-infer",
+                                        initializer=_name_thread)
         self._ctx: Any = None
         self.batcher: Batcher | None = None
         self.handler: Any = None
+        self._outbox: dict[asyncio.AbstractEventLoop, list] = {}  # engine thread only
         self._load_lock = asyncio.Lock()
 
     @property
@@ -171,9 +191,24 @@ class Engine:
         self.handler = chat_handler(llm)
         cache = SeqStateCache(int(cfg.prompt_cache)) if int(cfg.prompt_cache) > 0 else None
         self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache)
+        self.batcher.after_step = self._deliver
         self.m["kv_total"].set(int(llama_cpp.llama_n_ctx(ctx)))
         self.m["kv_used"].set(0)
         return llm
+
+    def _post(self, loop: asyncio.AbstractEventLoop, fn: Callable, arg: Any) -> None:
+        """On the engine thread: ``fn(arg)`` to run on ``loop`` after this step."""
+        self._outbox.setdefault(loop, []).append((fn, arg))
+
+    def _deliver(self) -> None:
+        """After each step: one wake-up per loop for everything the step produced, in
+        order (text before the result that ends a request)."""
+        if not self._outbox:
+            return
+        box, self._outbox = self._outbox, {}
+        for loop, calls in box.items():
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                loop.call_soon_threadsafe(_run_calls, calls)
 
     def _refuse(self, reason: str) -> None:
         self.state, self.reason = "refused", reason
@@ -234,10 +269,14 @@ class Engine:
         return p
 
     async def generate(self, prep: Prepared, cancel: threading.Event,
-                       on_text: Callable[[str], None], *, on_loop: bool = True) -> dict:
+                       on_text: Callable[[str], None], *, on_loop: bool = True,
+                       gone: Callable[[], bool] | None = None) -> dict:
         """Join the batch and generate; ``on_text`` gets each piece of the answer, on the
         loop (or, with ``on_loop=False``, on the engine thread: it must then be
-        thread-safe, e.g. a list append — no loop wake-up per token).
+        thread-safe, e.g. a list append — no loop wake-up per token). ``gone``, when
+        given, is called on the engine thread before every step (it must only read:
+        e.g. a deadline, a transport's closing flag); True stops the request as
+        ``cancel`` does, without the loop having to wake up to look.
 
         Returns ``{"prompt_tokens", "completion_tokens", "finish_reason"}``; raises
         Cancelled when ``cancel`` was set.
@@ -255,17 +294,17 @@ class Engine:
                 fut.set_result(result)
 
         def done(result: Any) -> None:
-            loop.call_soon_threadsafe(settle, result)
+            self._post(loop, settle, result)
 
         emit = on_text
         if on_loop:
             def emit(text: str) -> None:
-                loop.call_soon_threadsafe(on_text, text)
+                self._post(loop, on_text, text)
 
         batcher = self.batcher
         if batcher is None:
             raise RuntimeError("model is not loaded")
-        if batcher.submit(Seq(prep=prep, cancel=cancel, emit=emit, done=done)):
+        if batcher.submit(Seq(prep=prep, cancel=cancel, emit=emit, done=done, gone=gone)):
             self._pool.submit(batcher.run)
         try:
             return await fut

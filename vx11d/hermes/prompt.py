@@ -134,6 +134,19 @@ def free_sampler(smpl: Any) -> None:
     llama_cpp.llama_sampler_free(smpl)
 
 
+def plain_greedy(p: Prepared) -> dict[int, float] | None:
+    """The logit bias when the chain would only add it and take the largest logit
+    (temperature 0, neutral penalties, no grammar): the batch loop then picks the token
+    itself from the logits row, as llama.cpp's greedy sampler does (first of the
+    largest), without copying the whole vocabulary into a candidate list. Else None."""
+    s = p.sampling
+    if s["temperature"] != 0.0 or p.grammar is not None or (
+            s["repeat_penalty"], s["frequency_penalty"], s["presence_penalty"]) != (
+            1.0, 0.0, 0.0):
+        return None
+    return s["logit_bias"]
+
+
 def build_sampler(llm: Any, p: Prepared) -> Any:
     """The request's sampler chain, in llama-cpp-python's order: logit bias, penalties,
     grammar, then greedy (temperature 0) or top-k/typical/top-p/min-p/temperature/dist."""

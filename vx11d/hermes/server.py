@@ -239,35 +239,27 @@ class Worker:
 
     async def _generate(self, request, prep, deadline, on_text, cancel, on_loop):
         started = time.monotonic()
+
+        def gone() -> bool:  # on the engine thread, before each step: reads only
+            transport = request.transport
+            return (transport is None or transport.is_closing()
+                    or time.monotonic() >= deadline)
+
         task = asyncio.ensure_future(self.engine.generate(prep, cancel, on_text,
-                                                          on_loop=on_loop))
-        outcome = "ok"
+                                                          on_loop=on_loop, gone=gone))
         try:
-            while not task.done():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    outcome = "timeout"
-                    break
-                done, _ = await asyncio.wait({task}, timeout=min(0.1, left))
-                if done:
-                    break
-                transport = request.transport
-                if transport is None or transport.is_closing() or cancel.is_set():
-                    outcome = "cancelled"
-                    break
+            counts = await task
         except asyncio.CancelledError:
             cancel.set()
             with contextlib.suppress(BaseException):
                 await task
             raise
-        if outcome != "ok":
-            cancel.set()
-        try:
-            counts = await task
         except Cancelled:
-            return None, outcome if outcome != "ok" else "cancelled"
+            if time.monotonic() >= deadline:
+                return None, "timeout"
+            return None, "cancelled"
         self._account(counts, started)
-        return counts, outcome
+        return counts, "ok"
 
     async def _complete(self, request, prep, deadline, headers=None
                         ) -> tuple[web.StreamResponse, str]:

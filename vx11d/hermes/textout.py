@@ -4,6 +4,10 @@ A token's piece can end inside a UTF-8 sequence, and a stop string can span toke
 text is released only when it can no longer change: an incomplete trailing sequence is
 held back, and so is a tail that could still grow into a stop string. Invalid bytes are
 dropped (as llama-cpp-python's ``errors="ignore"`` does).
+
+Only the text not yet released is kept (a stop string cannot begin in released text:
+such a tail would have been held back), so each token costs the same however long the
+answer grows.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ class TextOut:
     def __init__(self, stop: list[str] | tuple[str, ...] = ()) -> None:
         self.stop = [s for s in stop if s]
         self._longest = max((len(s) for s in self.stop), default=0)
+        # every proper prefix of a stop string: a tail that may still grow into one
+        self._prefixes = {s[:i] for s in self.stop for i in range(1, len(s))}
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        self.text = ""
-        self.sent = 0
+        self.held = ""  # decoded, not released yet
         self.stopped = False
 
     def push(self, piece: bytes) -> str:
@@ -29,38 +34,30 @@ class TextOut:
         new = self._dec.decode(piece)
         if not new:
             return ""
-        start = len(self.text)
-        self.text += new
-        if self.stop:
-            # a stop string may begin up to len-1 characters before the new text
-            lo = max(0, start - self._longest + 1)
-            cut = min((i for i in (self.text.find(s, lo) for s in self.stop) if i >= 0),
-                      default=-1)
-            if cut >= 0:
-                self.text = self.text[:cut]
-                self.stopped = True
-                return self._release(len(self.text))
-            return self._release(len(self.text) - self._held())
-        return self._release(len(self.text))
+        text = self.held + new
+        if not self.stop:
+            self.held = ""
+            return text
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.held = ""
+            self.stopped = True
+            return text[:cut]
+        keep = self._tail(text)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
 
-    def _held(self) -> int:
-        """Length of the longest tail that is a proper prefix of some stop string."""
-        t = self.text
+    def _tail(self, t: str) -> int:
+        """Length of the longest tail of ``t`` that is a proper prefix of a stop string."""
         for n in range(min(self._longest - 1, len(t)), 0, -1):
-            tail = t[-n:]
-            if any(s.startswith(tail) for s in self.stop):
+            if t[-n:] in self._prefixes:
                 return n
         return 0
 
-    def _release(self, upto: int) -> str:
-        if upto <= self.sent:
-            return ""
-        out = self.text[self.sent:upto]
-        self.sent = upto
-        return out
-
     def finish(self) -> str:
         """The end of generation: whatever was held back (no stop matched)."""
-        if not self.stopped:
-            self.text += self._dec.decode(b"", final=True)
-        return self._release(len(self.text))
+        if self.stopped:
+            return ""
+        out = self.held + self._dec.decode(b"", final=True)
+        self.held = ""
+        return out
