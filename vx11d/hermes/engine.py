@@ -62,6 +62,28 @@ def _drop_page_cache(path: str) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def _page_cache_dropped_while_read(path: str, every: float = 0.2):
+    """While the model file is read (``mmap`` off), its pages already in the worker's own
+    memory are dropped from the page cache every ``every`` seconds and once at the end:
+    the cgroup is charged for the file's pages too, and on cgroup v1 (no ``MemoryHigh=``)
+    they would pile up to ``MemoryMax`` before the kernel reclaims them."""
+    done = threading.Event()
+
+    def drop() -> None:
+        while not done.wait(every):
+            _drop_page_cache(path)
+
+    t = threading.Thread(target=drop, name="hermes-fadvise", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+        _drop_page_cache(path)
+
+
 def _name_thread() -> None:
     """The engine thread shows as ``hermes-engine`` in ``top -H`` and ``ps -L`` (and so do
     llama.cpp's compute threads it starts: a thread inherits its creator's name)."""
@@ -166,10 +188,13 @@ class Engine:
         # The Llama object gives the model, its tokenizer and its chat handler (chat_format
         # None: the GGUF's tokenizer.chat_template, checked before the load); its own
         # one-sequence context is made tiny and replaced by the batch's context.
-        llm = Llama(model_path=cfg.model_path, n_ctx=64, n_batch=64, n_ubatch=64,
-                    use_mmap=cfg.mmap,
-                    n_threads=cfg.n_threads or None, chat_format=cfg.chat_format or None,
-                    flash_attn=cfg.flash_attn, verbose=False)
+        reading = (contextlib.nullcontext() if cfg.mmap
+                   else _page_cache_dropped_while_read(cfg.model_path))
+        with reading:
+            llm = Llama(model_path=cfg.model_path, n_ctx=64, n_batch=64, n_ubatch=64,
+                        use_mmap=cfg.mmap,
+                        n_threads=cfg.n_threads or None, chat_format=cfg.chat_format or None,
+                        flash_attn=cfg.flash_attn, verbose=False)
         try:
             llm._ctx.close()
             params = type(llm.context_params).from_buffer_copy(llm.context_params)
@@ -186,8 +211,6 @@ class Engine:
             llm.close()
             raise
         self._ctx = ctx
-        if not cfg.mmap:
-            _drop_page_cache(cfg.model_path)
         self.handler = chat_handler(llm)
         cache = SeqStateCache(int(cfg.prompt_cache)) if int(cfg.prompt_cache) > 0 else None
         self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache)
