@@ -15,11 +15,15 @@ PYTHON = "/opt/vx11d/bin/python"  # the package's interpreter inside the sandbox
 
 
 def main(doc: str, inside: Callable[[bool], dict], host: Callable[[argparse.Namespace], int],
-         quick_help: str = "fewer samples (< 60 s)", keep: bool = True) -> int:
+         quick_help: str = "fewer samples (< 60 s)", keep: bool = True,
+         flags: dict[str, str] | None = None) -> int:
     """Parse the bench's arguments; ``--inside``: print ``inside(quick)`` as JSON, else
-    run ``host(args)``."""
+    run ``host(args)``. ``flags``: the bench's own on/off options and their help (the
+    host side passes them on to ``--inside``, which reads them from ``sys.argv``)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=quick_help)
+    for flag, text in (flags or {}).items():
+        ap.add_argument(flag, action="store_true", help=text)
     if keep:
         ap.add_argument("--keep", action="store_true", help="leave the sandbox up")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)

@@ -25,6 +25,11 @@ core in ``idle``; each daemon <= node_exporter under the same scrapes (the worst
 the scraped windows); the set's RSS <= 90 MB; <= 1 wakeup per second per daemon without
 scrapes. ``--quick``: 30 s windows (a 15 s settle), else 120 s (60 s settle).
 
+``--hour``: after the ``idle_scraped`` window, the set stays idle for an hour from its
+start, scraped every 15 s, and each daemon's RSS (``VmRSS``, and its anonymous and
+file-backed parts) is sampled every 5 minutes: ``rss_hour`` in the last line (about
+70 min in all).
+
 The last line is one JSON object: ``set_idle_cpu_percent``, ``set_rss_mb``,
 ``worst_cpu_ratio_vs_node_exporter``, ``daemons`` (per daemon: ``cpu_percent``,
 ``rss_mb``, ``wakeups_per_s`` in ``idle``, and the other windows' figures beside them).
@@ -54,6 +59,7 @@ SET = ("gateway", "madre", "reaper")
 SCRAPE_EVERY = 15.0
 PROCESSES = 10_000
 HIJAS = 1_000
+HOUR_S, HOUR_SAMPLE_EVERY = 3600.0, 300.0
 GOAL_SET_CPU, GOAL_SET_RSS_MB, GOAL_WAKEUPS = 0.15, 90.0, 1.0
 
 CPARENT = r"""
@@ -105,11 +111,15 @@ class Daemon:
                             switches += int(line.split()[1])
             except (FileNotFoundError, ProcessLookupError):
                 pass  # a thread that ended between the listing and the read
-        rss_kb = 0
+        rss_kb = anon_kb = file_kb = 0
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     rss_kb = int(line.split()[1])
+                elif line.startswith("RssAnon:"):
+                    anon_kb = int(line.split()[1])
+                elif line.startswith("RssFile:"):
+                    file_kb = int(line.split()[1])
         cg_us = None
         try:
             with open(self.cpu_stat) as f:
@@ -119,7 +129,7 @@ class Daemon:
         except OSError:
             pass
         return {"thread_ns": ns, "switches": switches, "rss_kb": rss_kb, "cgroup_us": cg_us,
-                "t": time.monotonic()}
+                "anon_kb": anon_kb, "file_kb": file_kb, "t": time.monotonic()}
 
 
 def _scrape(port: int) -> None:
@@ -154,6 +164,8 @@ def window(daemons: dict[str, Daemon], seconds: float, scrape: bool) -> dict[str
         out[n] = {"cpu_percent": round(cg if cg is not None else threads, 4),
                   "cpu_percent_threads": round(threads, 4),
                   "rss_mb": round(b["rss_kb"] / 1024, 1),
+                  "rss_anon_mb": round(b["anon_kb"] / 1024, 1),
+                  "rss_file_mb": round(b["file_kb"] / 1024, 1),
                   "wakeups_per_s": round((b["switches"] - a["switches"]) / dt, 2)}
     return out
 
@@ -199,6 +211,37 @@ def _start_processes(n: int, tmp: str) -> subprocess.Popen:
     return p
 
 
+def hour(daemons: dict[str, Daemon]) -> dict[str, list]:
+    """Idle and scraped until an hour after the set started: per daemon, its RSS in MB
+    (total, anonymous, file-backed) every 5 minutes, with the minutes since its start."""
+    started = {n: time.monotonic() - _age_s(d.pid) for n, d in daemons.items()}
+    out: dict[str, list] = {n: [] for n in daemons}
+
+    def sample() -> None:
+        for n, d in daemons.items():
+            s = d.sample()
+            out[n].append({"minutes": round((time.monotonic() - started[n]) / 60, 1),
+                           "rss_mb": round(s["rss_kb"] / 1024, 1),
+                           "rss_anon_mb": round(s["anon_kb"] / 1024, 1),
+                           "rss_file_mb": round(s["file_kb"] / 1024, 1)})
+
+    sample()
+    end = min(started.values()) + HOUR_S
+    while time.monotonic() < end:
+        window(daemons, min(HOUR_SAMPLE_EVERY, max(1.0, end - time.monotonic())), scrape=True)
+        sample()
+    return out
+
+
+def _age_s(pid: int) -> float:
+    """Seconds since the process started (its start time in clock ticks since boot)."""
+    with open(f"/proc/{pid}/stat") as f:
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def inside(quick: bool) -> dict:
     """Runs in the container: the four windows."""
     seconds, settle = (30.0, 15.0) if quick else (120.0, 60.0)
@@ -208,6 +251,8 @@ def inside(quick: bool) -> dict:
     res: dict[str, object] = {"window_s": seconds}
     res["idle"] = window(daemons, seconds, scrape=False)
     res["idle_scraped"] = window(daemons, seconds, scrape=True)
+    if "--hour" in sys.argv:
+        res["rss_hour"] = hour(daemons)
     _add_hijas(HIJAS)
     with tempfile.TemporaryDirectory() as tmp:
         procs = _start_processes(PROCESSES, tmp)
@@ -234,8 +279,8 @@ def host(args: argparse.Namespace) -> int:
     try:
         sb.up(timeout=180)
 
-        def run(*argv: str, inp: str | None = None) -> str:
-            r = sb.exec(list(argv), timeout=900, input=inp)
+        def run(*argv: str, inp: str | None = None, timeout: float = 900) -> str:
+            r = sb.exec(list(argv), timeout=timeout, input=inp)
             if r.returncode != 0:
                 raise SystemExit(f"{' '.join(argv)}: {r.stderr.strip()[-800:]}")
             return r.stdout
@@ -246,7 +291,8 @@ def host(args: argparse.Namespace) -> int:
         run("systemctl", "start", "vx11.target", "vx11-gateway.service",
             "prometheus-node-exporter.service")
         out = run("/opt/vx11d/bin/python", str(Path(__file__).resolve()), "--inside",
-                  *(["--quick"] if args.quick else []))
+                  *(["--quick"] if args.quick else []), *(["--hour"] if args.hour else []),
+                  timeout=900 + (HOUR_S if args.hour else 0))
         res = json.loads(out.strip().splitlines()[-1])
     finally:
         sb.down()
@@ -289,10 +335,23 @@ def host(args: argparse.Namespace) -> int:
         "window_s": res["window_s"],
         "quick": args.quick,
     }
+    if "rss_hour" in res:
+        print("RSS MB (anonymous + file-backed) over the first hour, idle and scraped:")
+        print(f"{'minutes':<10}" + "".join(f"{d:>22}" for d in SET))
+        for i, row in enumerate(res["rss_hour"]["gateway"]):
+            cells = [res["rss_hour"][d][i] for d in SET]
+            print(f"{row['minutes']:<10}" + "".join(
+                f"{c['rss_mb']:>8} ({c['rss_anon_mb']:>5}+{c['rss_file_mb']:>5})"
+                for c in cells))
+        summary["rss_hour"] = res["rss_hour"]
+        first = sum(res["rss_hour"][d][0]["rss_mb"] for d in SET)
+        last = sum(res["rss_hour"][d][-1]["rss_mb"] for d in SET)
+        summary["set_rss_mb_start"], summary["set_rss_mb_hour"] = round(first, 1), round(last, 1)
     print(json.dumps(summary, sort_keys=True))
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main(__doc__, inside, host, quick_help="30 s windows (about 4 min in all)",
-                  keep=False))
+                  keep=False, flags={"--hour": "also RSS over the set's first idle hour "
+                                     "(about 70 min in all)"}))
