@@ -243,15 +243,34 @@ class QemuHost:
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the booted host as root, output captured."""
         if not self.is_up():
-            raise SandboxError(f"host {self.name} is not up")
+            raise self._gone()
         base = {"PATH": HOST_PATH, "LANG": "C.UTF-8", "HOME": "/root", "TERM": "dumb",
                 "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0",
                 "DEBIAN_FRONTEND": "noninteractive"}
         base.update(env or {})
         command = shlex.join(["env", "-i", *[f"{k}={v}" for k, v in base.items()], *argv])
-        return subprocess.run(self._ssh(command), text=True, input=input, timeout=timeout,
-                              capture_output=True, check=False,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+        r = subprocess.run(self._ssh(command), text=True, input=input, timeout=timeout,
+                           capture_output=True, check=False,
+                           stdin=None if input is not None else subprocess.DEVNULL)
+        if r.returncode == 255 and self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)  # ssh lost the guest: was it qemu that ended?
+            if not self.is_up():
+                raise self._gone(" ".join(argv))
+        return r
+
+    def _gone(self, during: str = "") -> SandboxError:
+        """The guest is not running: how qemu ended and the console's last lines (a
+        panic, an OOM kill of PID 1), read before the host dir goes."""
+        if self.proc is None:
+            return SandboxError(f"host {self.name} is not up")
+        err = ""
+        with contextlib.suppress(OSError):
+            err = (self.dir / "qemu.err").read_text(errors="replace")[-1000:]
+        return SandboxError(f"host {self.name}: qemu exited (status {self.proc.returncode})"
+                            + (f" during `{during}`" if during else "")
+                            + f"\nqemu stderr: {err.strip() or '(empty)'}"
+                            + f"\nconsole (boot {self.boots}):\n{self.log_tail()}")
 
 
 def destroy_dir_root(d: Path) -> None:
