@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _idlekids import start_idle, stop_idle
 from _sandboxed import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,22 +62,6 @@ HIJAS = 1_000
 HOUR_S, HOUR_SAMPLE_EVERY = 3600.0, 300.0
 GOAL_SET_CPU, GOAL_SET_RSS_MB, GOAL_WAKEUPS = 0.15, 90.0, 1.0
 
-CPARENT = r"""
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
-static pid_t *kids; static int nk;
-static void stop(int s) { (void)s; for (int i = 0; i < nk; i++) kill(kids[i], SIGKILL);
-  for (int i = 0; i < nk; i++) waitpid(kids[i], NULL, 0); _exit(0); }
-int main(int argc, char **argv) {
-  int n = argc > 1 ? atoi(argv[1]) : 0; kids = calloc(n + 1, sizeof *kids);
-  signal(SIGTERM, stop);
-  for (int i = 0; i < n; i++) { pid_t p = fork(); if (p < 0) { perror("fork"); stop(0); }
-    if (p == 0) { signal(SIGTERM, SIG_DFL); for (;;) pause(); } kids[nk++] = p; }
-  printf("ready\n"); fflush(stdout); for (;;) pause(); }
-"""
 
 
 # --- inside the container ----------------------------------------------------------------
@@ -196,21 +180,6 @@ def _add_hijas(n: int) -> None:
     conn.close()
 
 
-def _start_processes(n: int, tmp: str) -> subprocess.Popen:
-    src, exe = Path(tmp, "idle.c"), Path(tmp, "vx11-bench-idle")
-    src.write_text(CPARENT)
-    # gcc, not cc: cc is a link through /etc/alternatives, which the container's fresh
-    # /etc lacks
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True, capture_output=True)
-    p = subprocess.Popen([str(exe), str(n)], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    assert p.stdout is not None
-    if p.stdout.readline().strip() != "ready":
-        os.killpg(p.pid, signal.SIGKILL)
-        raise SystemExit("the idle-process parent did not start")
-    return p
-
-
 def hour(daemons: dict[str, Daemon]) -> dict[str, list]:
     """Idle and scraped until an hour after the set started: per daemon, its RSS in MB
     (total, anonymous, file-backed) every 5 minutes, with the minutes since its start."""
@@ -255,7 +224,7 @@ def inside(quick: bool) -> dict:
         res["rss_hour"] = hour(daemons)
     _add_hijas(HIJAS)
     with tempfile.TemporaryDirectory() as tmp:
-        procs = _start_processes(PROCESSES, tmp)
+        procs = start_idle(PROCESSES, tmp)
         try:
             # the reaper lists the new PIDs at its next check and reads them at its next
             # scan (30 s interval): let that happen before the window
@@ -264,8 +233,7 @@ def inside(quick: bool) -> dict:
             res["loaded_scraped"] = window(daemons, seconds, scrape=True)
             res["processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
         finally:
-            procs.terminate()
-            procs.wait(120)
+            stop_idle(procs)
     return res
 
 
