@@ -288,7 +288,8 @@ class ReaperConfig:
         "events", "events: read each process once and learn exits from pidfds (falls back "
         "to poll above the open-file limit); poll: re-read every process every scan")
     new_process_check: Duration = opt(Duration(0.5), "with tracking: events, how often "
-                                      "new PIDs are looked for (zombie detection delay)",
+                                      "new PIDs are looked for (zombie detection delay; 4x "
+                                      "longer after 10 s with no new PID and no exit)",
                                       lo=0.05, hi=60)
     full_rescan_every: int = opt(20, "with tracking: events, re-read every process every "
                                  "this many scans (catches exec and setuid)", lo=1, hi=100_000)

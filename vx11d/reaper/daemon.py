@@ -25,6 +25,8 @@ COMPONENT = "reaper"
 MAX_HELD = 10_000  # records held while the DB refuses writes (the oldest go first)
 PRUNE_SLACK = 1.25  # the cgroup cache is pruned when it outgrows the table by this much
 RETRACK_SHARE = 0.8  # polling goes back to events when the table is below this share
+QUIET_AFTER_S = 10.0  # no PID handed out and no exit for this long: the host is quiet...
+QUIET_CHECK_FACTOR = 4  # ...and new PIDs are looked for this much less often (2 s)
 log = logging.getLogger("vx11.reaper")
 
 
@@ -104,6 +106,7 @@ class ReaperService:
         self._rows: list[tuple[Any, ...]] = []
         self.tracker: Tracker | None = None
         self.next_probe = 0.0
+        self.active_at = self.clock()  # the last check that saw a new PID or an exit
         self._next_flush = 0.0
         self._lookup_failing = False
         self._configure(cfg)
@@ -148,18 +151,32 @@ class ReaperService:
 
     def _track_tick(self, now: float) -> None:
         """Exit events and new PIDs, in one batch every ``new_process_check``: the loop
-        does not wake per exit (under churn that would be a wake per process)."""
+        does not wake per exit (under churn that would be a wake per process). Once no
+        PID was handed out and nothing exited for ``QUIET_AFTER_S``, the check comes
+        ``QUIET_CHECK_FACTOR`` times less often, until the next check that sees one: a
+        host where nothing happens costs fewer wakeups, and a zombie born on it is seen
+        within that longer period (2 s at the default) instead of 0.5 s."""
         t = self.tracker
         assert t is not None
         if now < self.next_probe:
             return
-        self.next_probe = now + self.rc.new_process_check
+        before = t.last_pid
         t.check_new()  # first: a probed process that already exited fires at once
-        t.handle_events()
+        if t.handle_events() or t.last_pid != before:
+            self.active_at = now
+        self.next_probe = now + self.probe_period(now)
         self.m.live_zombies.set(len(t.zombies))
         if t.overflow:
             self._untrack(f"more processes than {t.max_tracked} pidfds fit under the "
                           f"open-file limit (LimitNOFILE)")
+
+    def probe_period(self, now: float) -> float:
+        """Seconds to the next new-PID check: ``new_process_check``, longer on a quiet
+        host."""
+        period = self.rc.new_process_check
+        if now - self.active_at >= QUIET_AFTER_S:
+            period *= QUIET_CHECK_FACTOR
+        return period
 
     # --- Service ------------------------------------------------------------------
 

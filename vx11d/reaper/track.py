@@ -162,6 +162,11 @@ class Tracker:
                 self._reread(child, self.procs.get(child))
         return len(ready)
 
+    @property
+    def last_pid(self) -> int:
+        """The last PID the kernel had handed out at the last look (-1 before one)."""
+        return self._last_pid
+
     def check_new(self) -> int:
         """Probe the PIDs handed out since the last look; returns how many were new."""
         last = self._loadavg.read()

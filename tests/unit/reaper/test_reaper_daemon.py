@@ -163,3 +163,59 @@ def test_reaper_dropped_its_records_on_a_failed_write_now_holds_and_writes_them(
     assert "degraded" not in svc.status()
     assert db.query("SELECT count(*) FROM events WHERE event = 'reaper_db_recovered'"
                     )[0][0] == 1
+
+
+class QuietTracker:
+    """A tracker whose host hands out a PID or has an exit only when told."""
+
+    def __init__(self) -> None:
+        self.last_pid = self.host_pid = 100  # what it saw; what the kernel handed out
+        self.exits = 0
+        self.zombies: set[int] = set()
+        self.overflow = False
+        self.checks = 0
+
+    def check_new(self) -> int:
+        self.checks += 1
+        n, self.last_pid = self.host_pid - self.last_pid, self.host_pid
+        return n
+
+    def handle_events(self) -> int:
+        n, self.exits = self.exits, 0
+        return n
+
+
+def test_a_quiet_host_is_checked_for_new_pids_less_often_until_one_comes(tmp_path):
+    """Regression: the reaper woke every 0.5 s (2.2 wakeups a second) on a host where
+    nothing forked or exited."""
+    fp = leaky_tree(tmp_path)
+    clock = Clock()
+    svc, _ = service(fp, LEAKY + "  interval: 30\n  new_process_check: 0.5\n", clock=clock)
+    t = svc.tracker = QuietTracker()
+    svc.next_scan = float("inf")  # the full scans (every 30 s) are not what is counted
+
+    def run_for(seconds: float) -> list[float]:
+        """Tick at each wake the service asks for; the gaps between the checks."""
+        gaps, last, end = [], clock.t, clock.t + seconds
+        while clock.t < end:
+            clock.t += svc.interval
+            before = t.checks
+            svc.tick()
+            if t.checks > before:
+                gaps.append(round(clock.t - last, 3))
+                last = clock.t
+        return gaps
+
+    svc.tick()  # the first check, at once
+    gaps = run_for(60)
+    assert gaps[:3] == [0.5, 0.5, 0.5]  # busy until proven quiet
+    assert set(gaps[-5:]) == {2.0}, gaps  # quiet: 4x less often
+    assert len(gaps) < 60 / 0.5 / 2
+    t.host_pid += 3  # a fork on the quiet host: seen at the next (2 s) check...
+    gaps = run_for(3)
+    assert gaps[0] == 2.0 and gaps[1:] and set(gaps[1:]) == {0.5}, gaps  # ...then busy
+    clock.t += 20
+    svc.tick()
+    t.exits = 1  # an exit counts as activity too
+    gaps = run_for(3)
+    assert gaps[0] == 2.0 and set(gaps[1:]) == {0.5}, gaps
