@@ -18,7 +18,9 @@ gateway, madre, the reaper, and node_exporter):
 Per daemon: CPU in % of one core from the scheduler's nanosecond counters
 (``cpu.stat`` ``usage_usec`` of the unit's cgroup: every thread, those that ended in the
 window too, e.g. a scrape's; ``cpu_percent_threads`` is the sum over the live threads'
-``/proc/PID/task/*/schedstat``), RSS (``VmRSS``) at the end of the window, and wakeups
+``/proc/PID/task/*/schedstat``), RSS (``VmRSS``; beside it its anonymous part and the
+PSS, where a page shared by the three daemons counts a third in each) at the end of the
+window, and wakeups
 per second (voluntary + involuntary context switches of every live thread, from
 ``/proc/PID/task/*/status``). Goals: the set (gateway + madre + reaper) <= 0.15 % of one
 core in ``idle``; each daemon <= node_exporter under the same scrapes (the worst ratio of
@@ -31,8 +33,9 @@ file-backed parts) is sampled every 5 minutes: ``rss_hour`` in the last line (ab
 70 min in all).
 
 The last line is one JSON object: ``set_idle_cpu_percent``, ``set_rss_mb``,
-``worst_cpu_ratio_vs_node_exporter``, ``daemons`` (per daemon: ``cpu_percent``,
-``rss_mb``, ``wakeups_per_s`` in ``idle``, and the other windows' figures beside them).
+``worst_cpu_ratio_vs_node_exporter``, ``set_pss_mb``, ``set_rss_anon_mb``, ``daemons``
+(per daemon: ``cpu_percent``, ``rss_mb``, ``wakeups_per_s`` in ``idle``, and the other
+windows' figures beside them).
 """
 
 from __future__ import annotations
@@ -104,6 +107,11 @@ class Daemon:
                     anon_kb = int(line.split()[1])
                 elif line.startswith("RssFile:"):
                     file_kb = int(line.split()[1])
+        pss_kb = 0
+        with open(f"/proc/{self.pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss_kb = int(line.split()[1])
         cg_us = None
         try:
             with open(self.cpu_stat) as f:
@@ -113,7 +121,8 @@ class Daemon:
         except OSError:
             pass
         return {"thread_ns": ns, "switches": switches, "rss_kb": rss_kb, "cgroup_us": cg_us,
-                "anon_kb": anon_kb, "file_kb": file_kb, "t": time.monotonic()}
+                "anon_kb": anon_kb, "file_kb": file_kb, "pss_kb": pss_kb,
+                "t": time.monotonic()}
 
 
 def _scrape(port: int) -> None:
@@ -150,6 +159,7 @@ def window(daemons: dict[str, Daemon], seconds: float, scrape: bool) -> dict[str
                   "rss_mb": round(b["rss_kb"] / 1024, 1),
                   "rss_anon_mb": round(b["anon_kb"] / 1024, 1),
                   "rss_file_mb": round(b["file_kb"] / 1024, 1),
+                  "pss_mb": round(b["pss_kb"] / 1024, 1),
                   "wakeups_per_s": round((b["switches"] - a["switches"]) / dt, 2)}
     return out
 
@@ -291,6 +301,10 @@ def host(args: argparse.Namespace) -> int:
         "set_idle_cpu_percent": round(set_cpu, 4),
         "set_loaded_cpu_percent": round(sum(res["loaded"][d]["cpu_percent"] for d in SET), 4),
         "set_rss_mb": round(set_rss, 1),
+        # the same memory with each shared page (libpython, libcrypto: mapped by all
+        # three) counted once across them (PSS), and the anonymous part alone
+        "set_pss_mb": round(sum(res["idle"][d]["pss_mb"] for d in SET), 1),
+        "set_rss_anon_mb": round(sum(res["idle"][d]["rss_anon_mb"] for d in SET), 1),
         "set_rss_mb_loaded": round(sum(res["loaded"][d]["rss_mb"] for d in SET), 1),
         "worst_cpu_ratio_vs_node_exporter": round(ratio, 3),
         "daemons": daemons,
