@@ -44,6 +44,22 @@ def start_madre_and_gateway(sb: Any, repo: Path, gateway: str) -> None:
         sb.exec(argv, timeout=60)
 
 
+def run_in(sb: Any, *argv: str, inp: str | None = None, timeout: float = 600) -> str:
+    """``argv`` in the sandbox, its output; a failure ends the bench with its stderr."""
+    r = sb.exec(list(argv), timeout=timeout, input=inp)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)}: {r.stderr.strip()[-800:]}")
+    return r.stdout
+
+
+def set_up_node_exporter(sb: Any) -> None:
+    """Debian's prometheus-node-exporter, the peer every scraped host already runs, made
+    ready in the sandbox on 127.0.0.1:9100 (its user and its arguments; not started)."""
+    run_in(sb, "systemd-sysusers", "-", inp='u prometheus - "Prometheus daemon"\n')
+    run_in(sb, "sh", "-c", "mkdir -p /etc/default && echo 'ARGS=\"--web.listen-address="
+           "127.0.0.1:9100\"' > /etc/default/prometheus-node-exporter")
+
+
 def run_inside(sb: Any, script: str, quick: bool, timeout: float) -> dict | None:
     """``script --inside`` in the sandbox: its last output line as JSON, or None (its
     output printed to stderr) when it failed."""

@@ -52,7 +52,7 @@ import urllib.request
 from pathlib import Path
 
 from _idlekids import start_idle, stop_idle
-from _sandboxed import main
+from _sandboxed import main, run_in, set_up_node_exporter
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = {"gateway": "vx11-gateway.service", "madre": "vx11-madre.service",
@@ -257,20 +257,13 @@ def host(args: argparse.Namespace) -> int:
     try:
         sb.up(timeout=180)
 
-        def run(*argv: str, inp: str | None = None, timeout: float = 900) -> str:
-            r = sb.exec(list(argv), timeout=timeout, input=inp)
-            if r.returncode != 0:
-                raise SystemExit(f"{' '.join(argv)}: {r.stderr.strip()[-800:]}")
-            return r.stdout
-
-        run("systemd-sysusers", "-", inp='u prometheus - "Prometheus daemon"\n')
-        run("sh", "-c", "mkdir -p /etc/default && echo 'ARGS=\"--web.listen-address="
-            "127.0.0.1:9100\"' > /etc/default/prometheus-node-exporter")
-        run("systemctl", "start", "vx11.target", "vx11-gateway.service",
-            "prometheus-node-exporter.service")
-        out = run("/opt/vx11d/bin/python", str(Path(__file__).resolve()), "--inside",
-                  *(["--quick"] if args.quick else []), *(["--hour"] if args.hour else []),
-                  timeout=900 + (HOUR_S if args.hour else 0))
+        set_up_node_exporter(sb)
+        run_in(sb, "systemctl", "start", "vx11.target", "vx11-gateway.service",
+               "prometheus-node-exporter.service", timeout=900)
+        out = run_in(sb, "/opt/vx11d/bin/python", str(Path(__file__).resolve()), "--inside",
+                     *(["--quick"] if args.quick else []),
+                     *(["--hour"] if args.hour else []),
+                     timeout=900 + (HOUR_S if args.hour else 0))
         res = json.loads(out.strip().splitlines()[-1])
     finally:
         sb.down()

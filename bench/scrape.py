@@ -20,6 +20,7 @@ already scrapes). Goals: ``series_1000 == series_10`` and each daemon's p99 <= n
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -28,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _sandboxed import main
+from _sandboxed import main, run_in, set_up_node_exporter
 
 REPO = Path(__file__).resolve().parents[1]
 PORTS = {"gateway": 9711, "madre": 9712, "reaper": 9713, "node_exporter": 9100}
@@ -122,15 +123,8 @@ def host(args: argparse.Namespace) -> int:
     try:
         sb.up(timeout=180)
 
-        def run(*argv: str, inp: str | None = None) -> str:
-            r = sb.exec(list(argv), timeout=600, input=inp)
-            if r.returncode != 0:
-                raise SystemExit(f"{' '.join(argv)}: {r.stderr.strip()[-500:]}")
-            return r.stdout
-
-        run("systemd-sysusers", "-", inp='u prometheus - "Prometheus daemon"\n')
-        run("sh", "-c", "mkdir -p /etc/default && echo 'ARGS=\"--web.listen-address="
-            "127.0.0.1:9100\"' > /etc/default/prometheus-node-exporter")
+        run = functools.partial(run_in, sb)
+        set_up_node_exporter(sb)
         run("systemctl", "start", "vx11.target", "prometheus-node-exporter.service")
         run("systemctl", "start", "vx11-rotate.service")
         # Hermes on a tiny generated model, inside an activation window (madre starts it)

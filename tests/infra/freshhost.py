@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from vx11d.ctl import cgroups
-from vx11d.ctl.sandbox import systemd_child, term_on_parent_death
+from vx11d.ctl.sandbox import check_name, systemd_child, term_on_parent_death
 from vx11d.errors import SandboxError
 
 CACHE = Path(os.environ.get("VX11_HOST_CACHE", "/var/cache/vx11-test"))
@@ -169,10 +169,8 @@ class FreshHost:
 
     def __init__(self, image: Path, name: str, *, hosts: Path = HOSTS,
                  die_with_caller: bool = True, bind_ro: Iterable[str] = ()):
-        if not name.replace("-", "").isalnum() or len(name) > 40:
-            raise SandboxError(f"bad host name {name!r}: letters, digits and '-'")
         self.image = image
-        self.name = name
+        self.name = check_name(name, "host")
         self.dir = hosts / name
         self.root = self.dir / "root"
         self.die_with_caller = die_with_caller

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from tests.infra.freshhost import HOST_PATH, HOSTS, destroy_dir, make_copy
-from vx11d.ctl.sandbox import term_on_parent_death
+from vx11d.ctl.sandbox import check_name, term_on_parent_death
 from vx11d.errors import SandboxError
 
 MEMORY_MB = int(os.environ.get("VX11_VM_MEM", "2048"))
@@ -76,10 +76,8 @@ class QemuHost:
     """One copy of a VM image root, booted (and re-booted) by qemu on its own kernel."""
 
     def __init__(self, image: Path, name: str, *, hosts: Path = HOSTS):
-        if not name.replace("-", "").isalnum() or len(name) > 40:
-            raise SandboxError(f"bad host name {name!r}: letters, digits and '-'")
         self.image = image
-        self.name = name
+        self.name = check_name(name, "host")
         self.dir = hosts / name
         self.root = self.dir / "root"
         self.disk = self.dir / "disk.img"

@@ -55,6 +55,14 @@ def default_name() -> str:
     return os.environ.get("VX11_SANDBOX") or "vx11"
 
 
+def check_name(name: str, what: str = "sandbox") -> str:
+    """``name`` if it can name a container and its dirs: letters, digits and '-', at most
+    40 characters; else a SandboxError."""
+    if not name.replace("-", "").isalnum() or len(name) > 40:
+        raise SandboxError(f"bad {what} name {name!r}: letters, digits and '-'")
+    return name
+
+
 class Sandbox:
     """One named sandbox: its state dir on the host and its container."""
 
@@ -62,9 +70,7 @@ class Sandbox:
                  venv: str | None = None, die_with_caller: bool = False,
                  limits: bool = True, netns: str | None = None,
                  masked: tuple[str, ...] = MASKED):
-        self.name = name or default_name()
-        if not self.name.replace("-", "").isalnum() or len(self.name) > 40:
-            raise SandboxError(f"bad sandbox name {self.name!r}: letters, digits and '-'")
+        self.name = check_name(name or default_name())
         self.repo = repo
         self.venv = Path(venv or sys.prefix)
         self.state = STATE_ROOT / self.name
