@@ -15,6 +15,10 @@ exactly ``max_tokens``), interleaved runs, medians:
   ``*_llama_server``); llama.cpp's ``llama-server`` over HTTP (keys
   ``*_llama_cpp_server``), built by ``make llama-server`` from the source the installed
   llama-cpp-python vendors, with the same flags, ``-np`` = Hermes's ``parallel``;
+- tokens/s on one stream in a conversation past 256 KV cells (the ~500-token system
+  prompt below, its prefix cached by both after a first call), the gateway against
+  llama-server (keys ``*_long*``): where the f16 KV cache's pad row used to cost;
+  ``--kv-cache-type f16`` runs the worker with that cache to compare;
 - prompt reuse: a ~500-token system prompt; conversation A turn 1 (cold), conversation B
   turn 1, then A turn 2 resending A's history: its prefix comes back from the saved state
   (llama_cpp.server, without a cache, evaluates it again);
@@ -25,7 +29,7 @@ exactly ``max_tokens``), interleaved runs, medians:
 - the worker's RSS loaded and after the idle unload; Switch latency; the damaged-GGUF
   corpus against a live worker.
 
-    python bench/hermes.py [--quick] [--threads N]
+    python bench/hermes.py [--quick] [--threads N] [--kv-cache-type auto|f16|q8_0]
 """
 
 from __future__ import annotations
@@ -64,13 +68,16 @@ EOG_BIAS = {"0": -100.0, "2": -100.0}  # <|endoftext|>, <|im_end|>: never stop e
 SYSTEM = " ".join(f"Rule {i}: keep unit {i} bounded, observable and restartable, and "
                   "report its state in one short line." for i in range(1, 21))  # ~500 tokens
 REMOTE_KEY = "bench-remote-key-0123456789"
+LONG = [{"role": "system", "content": SYSTEM}, *PROMPT]  # past 256 KV cells
+WORKER_EXTRA: dict = {}  # --kv-cache-type
 
 
 def worker_config(tmp: str, model: str, **extra) -> str:
     path = os.path.join(tmp, "hermes.yml")
     h = {"socket": os.path.join(tmp, "run", "hermes.sock"), "model_path": model,
          "model_sha256": "", "metrics_port": 0, "n_ctx": N_CTX, "n_threads": THREADS,
-         "parallel": PARALLEL, "max_tokens": 4096, "request_timeout": 300, **extra}
+         "parallel": PARALLEL, "max_tokens": 4096, "request_timeout": 300,
+         **WORKER_EXTRA, **extra}
     with open(path + ".tmp", "w") as f:
         json.dump({"db": {"path": os.path.join(tmp, "vx11.db")}, "hermes": h}, f)
     os.replace(path + ".tmp", path)
@@ -213,9 +220,10 @@ def chat(messages: list, tokens: int, stream: bool, model: str = "hermes",
     return b
 
 
-async def http_throughput(s: aiohttp.ClientSession, peer: dict, tokens: int) -> float:
+async def http_throughput(s: aiohttp.ClientSession, peer: dict, tokens: int,
+                          messages: list = PROMPT) -> float:
     t0 = time.perf_counter()
-    async with s.post(peer["url"], json=chat(PROMPT, tokens, False, peer["model"]),
+    async with s.post(peer["url"], json=chat(messages, tokens, False, peer["model"]),
                       headers=peer["headers"]) as r:
         data = await r.json()
         assert r.status == 200, data
@@ -414,8 +422,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs (< 60 s)")
     ap.add_argument("--threads", type=int, default=THREADS, help="n_threads for every peer")
+    ap.add_argument("--kv-cache-type", choices=["auto", "f16", "q8_0"],
+                    help="the worker's hermes.kv_cache_type (default: its default)")
     a = ap.parse_args()
     THREADS = a.threads
+    if a.kv_cache_type:
+        WORKER_EXTRA["kv_cache_type"] = a.kv_cache_type
+    kv_type = config.HermesConfig(**WORKER_EXTRA).kv_type
     # --quick: prompt reuse runs once per peer, and llama_server (which keeps no saved
     # states) gets only B turn 1 and A turn 2; the full run repeats all of it 5 times
     runs, tokens, ft_tokens, reuse_runs, srv_reuse_runs, conc_tokens = (
@@ -473,6 +486,16 @@ def main() -> int:
         llm.close()
         del llm
         lap("throughput")
+        # one stream again, in a conversation past 256 KV cells (a system prompt of ~500
+        # tokens, its prefix cached by both after the first call), against llama-server
+        long_tps = {"gateway": [], "llama_cpp_server": []}
+        for name in long_tps:
+            asyncio.run(with_session(http_throughput, by_name[name], 4, LONG))
+        for i in range(runs):
+            for name in (list(long_tps) if i % 2 == 0 else list(long_tps)[::-1]):
+                long_tps[name].append(asyncio.run(with_session(
+                    http_throughput, by_name[name], tokens, LONG)))
+        lap("long")
         cold, warm, srv_warm = [], [], []
         for run in range(reuse_runs):
             c, w = asyncio.run(prompt_reuse(gpeer, run))
@@ -547,6 +570,11 @@ def main() -> int:
         "first_token_ms_llama_cpp_server": round(med(ft["llama_cpp_server"]) * 1000, 2),
         "first_token_overhead_vs_llama_cpp_server_ms": round(med(g - c for g, c in zip(
             ft["gateway"], ft["llama_cpp_server"], strict=True)) * 1000, 2),
+        "kv_cache_type": kv_type,
+        "tokens_per_s_long_gateway": round(med(long_tps["gateway"]), 1),
+        "tokens_per_s_long_llama_cpp_server": round(med(long_tps["llama_cpp_server"]), 1),
+        "ratio_vs_llama_cpp_server_long": round(med(x / y for x, y in zip(
+            long_tps["gateway"], long_tps["llama_cpp_server"], strict=True)), 3),
         "system_prompt_tokens": sys_tokens,
         "cold_first_token_ms": round(med(cold) * 1000, 1),
         "cached_prefix_first_token_ms": round(med(warm) * 1000, 1),
@@ -582,6 +610,8 @@ def main() -> int:
     print(f"{'first token ms (median)':30}{r['first_token_ms_gateway']:>12}"
           f"{r['first_token_ms_inprocess']:>12}{r['first_token_ms_llama_server']:>14}"
           f"{r['first_token_ms_llama_cpp_server']:>14}")
+    print(f"{'tokens/s, ~500-token context':30}{r['tokens_per_s_long_gateway']:>12}"
+          f"{'':>12}{'':>14}{r['tokens_per_s_long_llama_cpp_server']:>14}")
     print(f"{'2nd turn first token ms':30}{r['cached_prefix_first_token_ms']:>12}"
           f"{'':>12}{r['cached_prefix_first_token_ms_llama_server']:>14}")
     print(f"{f'{clients} clients aggregate tokens/s':30}{r['aggregate_tokens_per_s']:>12}"
@@ -593,7 +623,9 @@ def main() -> int:
           f"{r['aggregate_ratio_vs_llama_server']}, vs llama-server "
           f"{r['aggregate_ratio_vs_llama_cpp_server']}; first-token overhead "
           f"{r['first_token_overhead_ms']} ms (vs llama-server "
-          f"{r['first_token_overhead_vs_llama_cpp_server_ms']} ms); concurrent answers "
+          f"{r['first_token_overhead_vs_llama_cpp_server_ms']} ms); ~500-token context vs "
+          f"llama-server {r['ratio_vs_llama_cpp_server_long']} (KV cache {kv_type}); "
+          f"concurrent answers "
           f"identical to alone: {r['concurrent_answers_identical']}")
     print(f"prompt reuse ({sys_tokens}-token system prompt): cold {r['cold_first_token_ms']} "
           f"ms, 2nd turn after another conversation {r['cached_prefix_first_token_ms']} ms "

@@ -27,6 +27,15 @@ def worker(tmp_path_factory, real_model):
         yield w
 
 
+@pytest.fixture(scope="module")
+def worker_f16(tmp_path_factory, real_model):
+    """An f16 KV cache: llama.cpp picks the attention kernel by the decode's shape."""
+    with running_worker(str(tmp_path_factory.mktemp("hermes-batch-f16")), real_model,
+                        model_sha256=DEFAULT.sha256, n_ctx=4096, n_threads=2,
+                        max_tokens=256, parallel=4, queue_max=8, kv_cache_type="f16") as w:
+        yield w
+
+
 def _metrics(w: WorkerProc) -> dict[str, float]:
     out = {}
     for line in w.get("/metrics")[1].decode().splitlines():
@@ -140,10 +149,14 @@ def test_llama_server_style_metrics_pass_promtool_and_add_up(worker):
     assert m["vx11_hermes_requests_running"] == 0 and m["vx11_hermes_queue_depth"] == 0
 
 
-def test_a_long_conversation_alone_and_with_another_joining_gives_the_same_tokens(worker):
+@pytest.mark.parametrize("kv", ["q8_0 (default)", "f16"])
+def test_a_long_conversation_alone_and_with_another_joining_gives_the_same_tokens(
+        kv, request):
     """Past 256 tokens a lone sequence would switch llama.cpp to its split-KV attention
-    kernel, and back when another joins: the pad row keeps it on one kernel, so the
-    answers are the same token for token."""
+    kernel with an f16 KV cache, and back when another joins: the pad row keeps it on
+    one kernel. A q8_0 cache has one kernel for every decode and needs no pad. Either
+    way the answers are the same token for token."""
+    worker = request.getfixturevalue("worker_f16" if kv == "f16" else "worker")
     system = " ".join(f"Rule {i}: keep unit {i} bounded, observable and restartable."
                       for i in range(1, 26))  # ~300 tokens
     qs = ["Which rule is about unit 7?", "Summarise the rules in one sentence."]

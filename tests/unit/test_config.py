@@ -271,3 +271,19 @@ def test_daemon_refuses_db_timeouts_over_its_own_watchdog_with_exit_78(tmp_path)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "db.write_deadline" in lines[0] and "WatchdogSec=4s" in \
         lines[0], r.stderr
+
+
+@pytest.mark.parametrize("text, kv", [
+    ("", "q8_0"),
+    ("hermes: {flash_attn: false}", "f16"),
+    ("hermes: {kv_cache_type: f16}", "f16"),
+    ("hermes: {kv_cache_type: q4_0}", "q4_0"),
+])
+def test_kv_cache_type_auto_is_q8_0_with_flash_attention_else_f16(text, kv):
+    assert config.parse(text, "vx11.yml").hermes.kv_type == kv
+
+
+def test_a_quantized_kv_cache_without_flash_attention_is_refused():
+    with pytest.raises(config.ConfigError) as ei:
+        config.parse("hermes: {kv_cache_type: q8_0, flash_attn: false}", "vx11.yml")
+    assert "kv_cache_type q8_0 needs flash_attn: true" in str(ei.value)

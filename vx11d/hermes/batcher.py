@@ -32,9 +32,12 @@ step holds one row per sequence id from the lowest generating one to the highest
 idle slot in between getting a pad token that is removed after the step, and a lone
 sequence past 256 tokens getting one beside it (at least two rows: no split kernel).
 That keeps every generating row on the per-row kernel alone and together, and the rows
-in one ubatch (llama.cpp splits a batch of separate streams at every gap in the ids). Tested in
-tests/integration/test_hermes_batching.py; the bench reports
-``concurrent_answers_identical``.
+in one ubatch (llama.cpp splits a batch of separate streams at every gap in the ids).
+The split and tiled kernels exist only for an f16 KV cache: with a quantized one (q8_0,
+the default with flash attention) every row takes the per-row kernel whatever the
+decode's shape, and a lone sequence goes without the pad (a two-row decode takes ~1.5x a
+one-row one on 2 cores). Tested in tests/integration/test_hermes_batching.py (both cache
+types); the bench reports ``concurrent_answers_identical``.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class Batcher:
     engine's thread (started by the engine when work arrives)."""
 
     def __init__(self, llm: Any, ctx: Any, parallel: int, n_batch: int, metrics: dict,
-                 cache: Any = None) -> None:
+                 cache: Any = None, kernel_by_shape: bool = True) -> None:
         import llama_cpp
         import numpy as np  # with the model: the idle worker stays small
 
@@ -126,6 +129,7 @@ class Batcher:
         self.n_batch = n_batch
         self.m = metrics
         self.cache = cache
+        self.kernel_by_shape = kernel_by_shape  # f16 KV: see _split_kernel
         self.slots = [Slot(i) for i in range(parallel)]
         self.active: list[Seq] = []
         self._new: list[Seq] = []
@@ -363,8 +367,12 @@ class Batcher:
     def _split_kernel(self, s: Seq) -> bool:
         """Would a lone row of ``s`` get the split kernel? llama.cpp pads a stream's
         window to a multiple of 256 cells and splits a single row's attention from 512
-        cells on; below that the lone row already gets the per-row kernel."""
-        return len(s.slot.cached) + 1 > SPLIT_WINDOW // 2 and self.n_ctx_seq >= SPLIT_WINDOW
+        cells on; below that the lone row already gets the per-row kernel. Only an f16
+        KV cache has the split (and the tiled) kernel: with a quantized one every row of
+        every decode takes the per-row kernel, and the pad would only cost time (a
+        decode of two rows takes ~1.5x one of a single row here)."""
+        return (self.kernel_by_shape and len(s.slot.cached) + 1 > SPLIT_WINDOW // 2
+                and self.n_ctx_seq >= SPLIT_WINDOW)
 
     def _decode(self, n: int, n_prompt: int, n_seqs: int) -> bool:
         """llama_decode of the first ``n`` batch entries (``n_prompt`` of them prompt

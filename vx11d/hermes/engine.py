@@ -202,7 +202,7 @@ class Engine:
             params.n_batch = params.n_ubatch = N_BATCH
             params.n_seq_max = self.parallel
             params.kv_unified = False  # a KV stream per sequence (see batcher)
-            params.type_k = params.type_v = KV_TYPES[cfg.kv_cache_type]
+            params.type_k = params.type_v = KV_TYPES[cfg.kv_type]
             ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
             if not ctx:
                 raise ValueError(f"llama.cpp cannot make a context of {cfg.n_ctx} cells "
@@ -213,7 +213,8 @@ class Engine:
         self._ctx = ctx
         self.handler = chat_handler(llm)
         cache = SeqStateCache(int(cfg.prompt_cache)) if int(cfg.prompt_cache) > 0 else None
-        self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache)
+        self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache,
+                               kernel_by_shape=not (cfg.flash_attn and cfg.kv_type != "f16"))
         self.batcher.after_step = self._deliver
         self.m["kv_total"].set(int(llama_cpp.llama_n_ctx(ctx)))
         self.m["kv_used"].set(0)
