@@ -22,10 +22,11 @@ exactly ``max_tokens``), interleaved runs, medians:
 - prompt reuse: a ~500-token system prompt; conversation A turn 1 (cold), conversation B
   turn 1, then A turn 2 resending A's history: its prefix comes back from the saved state
   (llama_cpp.server, without a cache, evaluates it again);
-- 4 concurrent clients: aggregate tokens/s through the gateway, llama_cpp.server and
-  llama-server, the gateway's queue wait (p99, from the worker's X-VX11-Queue-Wait-Ms
-  header), and whether each client's answer is the one its prompt gets alone
-  (``concurrent_answers_identical``);
+- 4 concurrent clients: whether each client's answer is the one its prompt gets alone
+  (``concurrent_answers_identical``) and the gateway's queue wait (p99, from the
+  worker's X-VX11-Queue-Wait-Ms header); then aggregate tokens/s through the gateway,
+  llama_cpp.server and llama-server in interleaved runs (3 with --quick, 5), each with
+  new prompts (cached by no peer), medians and the median of the per-run ratios;
 - the worker's RSS loaded and after the idle unload; Switch latency; the damaged-GGUF
   corpus against a live worker.
 
@@ -358,8 +359,8 @@ def start_llama_cpp_server(binary: str, model: str, tmp: str
                   "headers": {"Authorization": f"Bearer {REMOTE_KEY}"}}
 
 
-def client_messages(i: int) -> list:
-    return [{"role": "user", "content": f"Client {i}: tell me about lighthouses."}]
+def client_messages(i: int, run: str = "") -> list:
+    return [{"role": "user", "content": f"Client {i}{run}: tell me about lighthouses."}]
 
 
 async def answer(s: aiohttp.ClientSession, peer: dict, msgs: list, tokens: int
@@ -374,13 +375,13 @@ async def answer(s: aiohttp.ClientSession, peer: dict, msgs: list, tokens: int
                 data["choices"][0]["message"]["content"])
 
 
-async def concurrent(peer: dict, clients: int, tokens: int
+async def concurrent(peer: dict, clients: int, tokens: int, run: str = ""
                      ) -> tuple[float, list[float], list[str]]:
     """Aggregate tokens/s of ``clients`` simultaneous requests, their queue waits and
     their answers."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         t0 = time.perf_counter()
-        out = await asyncio.gather(*(answer(s, peer, client_messages(i), tokens)
+        out = await asyncio.gather(*(answer(s, peer, client_messages(i, run), tokens)
                                      for i in range(clients)))
         wall = time.perf_counter() - t0
     return sum(n for n, _, _ in out) / wall, [w for _, w, _ in out], [t for _, _, t in out]
@@ -431,8 +432,8 @@ def main() -> int:
     kv_type = config.HermesConfig(**WORKER_EXTRA).kv_type
     # --quick: prompt reuse runs once per peer, and llama_server (which keeps no saved
     # states) gets only B turn 1 and A turn 2; the full run repeats all of it 5 times
-    runs, tokens, ft_tokens, reuse_runs, srv_reuse_runs, conc_tokens = (
-        (5, 48, 4, 1, 1, 24) if a.quick else (9, 128, 8, 5, 5, 64))
+    runs, tokens, ft_tokens, reuse_runs, srv_reuse_runs, conc_tokens, conc_runs = (
+        (5, 48, 4, 1, 1, 24, 3) if a.quick else (9, 128, 8, 5, 5, 64, 5))
     clients = 4
     t_start = time.monotonic()
     laps: dict[str, float] = {}
@@ -506,9 +507,20 @@ def main() -> int:
                                                          cold_turn=not a.quick))[1])
         lap("reuse")
         solo = asyncio.run(alone(gpeer, clients, conc_tokens))
-        agg, waits, together = asyncio.run(concurrent(gpeer, clients, conc_tokens))
-        agg_srv, _, _ = asyncio.run(concurrent(speer, clients, conc_tokens))
-        agg_cpp, _, _ = asyncio.run(concurrent(cpeer, clients, conc_tokens))
+        _, waits, together = asyncio.run(concurrent(gpeer, clients, conc_tokens))
+        # aggregate: new prompts every run (no peer has them cached), interleaved, the
+        # order rotated; ratios are medians of the per-run ratios
+        conc = {"gateway": [], "llama_server": [], "llama_cpp_server": []}
+        for i in range(conc_runs):
+            names = list(conc)[i % 3:] + list(conc)[:i % 3]
+            for name in names:
+                conc[name].append(asyncio.run(concurrent(by_name[name], clients,
+                                                         conc_tokens, f" (run {i})"))[0])
+        agg, agg_srv, agg_cpp = (statistics.median(conc[n]) for n in conc)
+
+        def conc_ratio(peer: str) -> float:
+            return statistics.median(g / x for g, x in zip(conc["gateway"], conc[peer],
+                                                           strict=True))
         for p in (srv, cpp):
             p.terminate()
             p.wait(30)
@@ -583,9 +595,10 @@ def main() -> int:
         "concurrent_clients": clients,
         "aggregate_tokens_per_s": round(agg, 1),
         "aggregate_tokens_per_s_llama_server": round(agg_srv, 1),
-        "aggregate_ratio_vs_llama_server": round(agg / agg_srv, 3),
+        "aggregate_ratio_vs_llama_server": round(conc_ratio("llama_server"), 3),
         "aggregate_tokens_per_s_llama_cpp_server": round(agg_cpp, 1),
-        "aggregate_ratio_vs_llama_cpp_server": round(agg / agg_cpp, 3),
+        "aggregate_ratio_vs_llama_cpp_server": round(conc_ratio("llama_cpp_server"), 3),
+        "aggregate_runs": conc_runs,
         "concurrent_answers_identical": solo == together,
         "queue_wait_ms_p99": round(waits[min(len(waits) - 1, int(len(waits) * 0.99))], 1),
         "rss_mb_loaded": round(loaded_rss / 2**20, 1),
