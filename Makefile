@@ -12,7 +12,7 @@ STAMP := $(VENV)/.vx11-deps
 # tests/unit/test_makefile.py keeps this list complete).
 BENCH_TOOLS := wrk nginx prometheus-node-exporter promtool pigz gzip tar ps curl openssl \
 	unshare cc gcc systemd-run systemd-analyze systemctl journalctl systemd-nspawn systemd-sysusers \
-	python3
+	python3 install cat uname qemu-system-x86_64 ssh ssh-keygen mkfs.ext4
 
 # Operator targets run vx11ctl on this host when it runs systemd (the installed package,
 # else the checkout's), otherwise inside the sandbox (`vx11ctl sandbox`).

@@ -21,7 +21,18 @@ Not in ``make bench`` (``--quick`` only says so): ~10 minutes on 2 quiet cores (
 prompt is most of it) plus ~1 minute to write the model the first time; more on a busy
 machine. Needs ~4 GB of free disk.
 
-    python bench/hermes_7b.py [--keep]
+``--vm bookworm|trixie``: the same on the real-kernel tier's guest (tests/vm: that
+release's own kernel, systemd as PID 1, pure cgroup v2, the package built for that
+release and installed with apt), with 8 GiB of guest RAM so that the unit's 6G, not the
+guest, is the limit. Under qemu's TCG (no KVM here) llama.cpp runs many times slower, so
+``--prompt-tokens`` (default 2000) and ``--out-tokens`` (128) can be lowered there:
+llama.cpp zeroes the whole KV cache when it makes the context (it is charged at load,
+whatever the prompt), and a prompt of 512 tokens or more fills one whole 512-token
+batch, so its compute buffers are all touched too: the cgroup's peak is the one a
+2,000-token prompt gives.
+
+    python bench/hermes_7b.py [--keep] [--vm bookworm|trixie] [--prompt-tokens N]
+                              [--out-tokens N]
 """
 
 from __future__ import annotations
@@ -39,23 +50,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from _sandboxed import PYTHON, print_rows  # noqa: E402
-
 # on the host's disk (the sandbox's /var is a tmpfs, whose pages would be charged to the
 # writer, not to the unit that maps them); the checkout is bound into the sandbox
 MODEL = str(REPO / ".state" / "bench-models" / "random-weights-llama2-7b-q4_0.gguf")
 UNIT = "vx11-hermes.service"
 SOCK = "/run/vx11-hermes/hermes.sock"
+VM_MODEL = "/var/lib/vx11/models/random-weights-llama2-7b-q4_0.gguf"
 PROMPT_TOKENS, OUT_TOKENS = 2000, 128
-CONFIG = f"""log_level: info
+CONFIG = """log_level: info
 hermes:
-  model_path: {MODEL}
+  model_path: {model}
   model_sha256: ''
   max_model_size: 5G
   n_ctx: 4096
   parallel: 1
   kv_cache_type: q8_0
-  max_tokens: {OUT_TOKENS}
+  max_tokens: {out}
   request_timeout: 3600
   idle_unload: 15
 """
@@ -111,7 +121,7 @@ def _sh(*argv: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout.strip()
 
 
-def inside() -> dict:
+def inside(prompt_tokens: int, out_tokens: int) -> dict:
     import subprocess
 
     from vx11d.hermes.testmodel import high_byte_bias
@@ -125,11 +135,11 @@ def inside() -> dict:
     pid = int(_sh("systemctl", "show", "-p", "MainPID", "--value", UNIT))
     res["idle_rss_bytes"] = _proc(pid)["VmRSS"]
     bias = {str(k): v for k, v in high_byte_bias().items()}
-    bias["2"] = -100.0  # no end of sequence: exactly OUT_TOKENS come out
+    bias["2"] = -100.0  # no end of sequence: exactly out_tokens come out
     words = " ".join(f"unit {i % 97} is bounded" for i in range(400))
     # random-weight vocabulary: ~1.44 tokens a character with the llama-2 template
-    body = {"messages": [{"role": "user", "content": words[:int(PROMPT_TOKENS / 1.44)]}],
-            "max_tokens": OUT_TOKENS, "temperature": 0, "stream": True,
+    body = {"messages": [{"role": "user", "content": words[:int(prompt_tokens / 1.44)]}],
+            "max_tokens": out_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}, "logit_bias": bias}
     c = UnixConn("h", timeout=3600)
     t0 = time.monotonic()
@@ -208,7 +218,6 @@ def inside() -> dict:
 # --- on the host --------------------------------------------------------------------------
 
 def host(args: argparse.Namespace) -> int:
-    from vx11d.ctl.sandbox import Sandbox
     from vx11d.hermes.testmodel import write_q4_0_model
 
     t0 = time.monotonic()
@@ -224,24 +233,15 @@ def host(args: argparse.Namespace) -> int:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    sb = Sandbox(os.environ.get("VX11_SANDBOX") or f"vx11bench7b-{os.getpid()}")
-    sb.up()
-    try:
-        sb.write_config(CONFIG)
-        r = sb.exec([PYTHON, str(Path(__file__).resolve()), "--inside"], timeout=7200)
-        if r.returncode != 0:
-            print(r.stdout, r.stderr, file=sys.stderr)
-            return 1
-        res = json.loads(r.stdout.strip().splitlines()[-1])
-        res["model_bytes"] = os.path.getsize(MODEL)
-        res["model_write_s"] = written
-        enforced = sb.enforced()
-        res["limits_enforced"] = all(enforced.values())
-    finally:
-        if not args.keep:
-            sb.down()
+    res = in_vm(args) if args.vm else in_sandbox(args)
+    if res is None:
+        return 1
+    res["model_bytes"] = os.path.getsize(MODEL)
+    res["model_write_s"] = written
     res["seconds"] = round(time.monotonic() - t0, 1)
     gib = 1024**3
+    from _sandboxed import print_rows
+
     print_rows([
         ("model (LLaMA-2-7B shape, Q4_0, random weights)",
          f"{res['model_bytes'] / gib:.2f} GiB, written in {res['model_write_s']} s"),
@@ -260,15 +260,99 @@ def host(args: argparse.Namespace) -> int:
         ("after the idle unload: RSS / cgroup (same process)",
          f"{res.get('rss_bytes_after_unload', 0) / 2**20:.0f} MiB / "
          f"{res['cgroup_bytes_after_unload'] / 2**20:.0f} MiB ({res['same_process']})"),
+        ("host", res["where"]),
         ("limits enforced (measured)", str(res["limits_enforced"])),
         ("total (s)", str(res["seconds"]))])
     print(json.dumps(res, sort_keys=True))
     return 0
 
 
+def in_sandbox(args: argparse.Namespace) -> dict | None:
+    """The run in the sandbox (this machine's kernel, its delegated controllers)."""
+    from _sandboxed import PYTHON
+
+    from vx11d.ctl.sandbox import Sandbox
+
+    sb = Sandbox(os.environ.get("VX11_SANDBOX") or f"vx11bench7b-{os.getpid()}")
+    sb.up()
+    try:
+        sb.write_config(CONFIG.format(model=MODEL, out=args.out_tokens))
+        r = sb.exec([PYTHON, str(Path(__file__).resolve()), "--inside", "--prompt-tokens",
+                     str(args.prompt_tokens), "--out-tokens", str(args.out_tokens)],
+                    timeout=7200)
+        if r.returncode != 0:
+            print(r.stdout, r.stderr, file=sys.stderr)
+            return None
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        enforced = sb.enforced()
+        res["limits_enforced"] = all(enforced.values())
+        res["where"] = "sandbox (systemd-nspawn, this machine's kernel)"
+        return res
+    finally:
+        if not args.keep:
+            sb.down()
+
+
+def in_vm(args: argparse.Namespace) -> dict | None:
+    """The run on the real-kernel tier's guest of ``args.vm`` (its own kernel, pure
+    cgroup v2), the package for that release installed with apt."""
+    os.environ.setdefault("VX11_VM_MEM", "8192")  # the unit's 6G is the limit, not the RAM
+    os.environ.setdefault("VX11_VM_DISK", "12G")  # the 3.8 GB model beside the root
+    from tests.host.packages import build_current
+    from tests.infra import freshhost
+    from tests.vm.qemuhost import QemuHost, clean_stale
+
+    deb = build_current(args.vm, hermes=True)
+    image = freshhost.ensure_image(freshhost.image_packages([deb]), suite=args.vm, vm=True)
+    clean_stale("vx11b7-")
+    vm = QemuHost(image, f"vx11b7-{os.getpid()}-{args.vm}").create()
+
+    def run(*argv: str, timeout: float = 900, input: str | None = None) -> str:
+        r = vm.exec(list(argv), timeout=timeout, input=input)
+        if r.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)}: exit {r.returncode}\n{r.stdout[-2000:]}"
+                             f"\n{r.stderr[-2000:]}")
+        return r.stdout
+
+    try:
+        vm.put(deb, f"/root/{deb.name}")
+        vm.put(MODEL, "/root/model.gguf")
+        for f in ("hermes_7b.py", "_sandboxed.py"):
+            vm.put(REPO / "bench" / f, f"/root/bench/{f}")
+        boot_s = vm.boot(timeout=600)
+        run("sh", "-c", f"cd /root && apt-get install -y --no-install-recommends ./{deb.name}")
+        run("sh", "-c", f"install -d -o root -g vx11 -m 0750 {os.path.dirname(VM_MODEL)} && "
+            f"mv /root/model.gguf {VM_MODEL} && chown root:vx11 {VM_MODEL} && "
+            f"chmod 0640 {VM_MODEL}")
+        run("install", "-o", "root", "-g", "vx11", "-m", "0640", "/dev/stdin",
+            "/etc/vx11/vx11.yml", input=CONFIG.format(model=VM_MODEL, out=args.out_tokens))
+        run("vx11ctl", "config", "check")
+        out = run("/opt/vx11d/bin/python3", "/root/bench/hermes_7b.py", "--inside",
+                  "--prompt-tokens", str(args.prompt_tokens), "--out-tokens",
+                  str(args.out_tokens), timeout=4 * 3600)
+        res = json.loads(out.strip().splitlines()[-1])
+        # pure cgroup v2 on the guest's own kernel: the memory controller is on for the
+        # unit (the kernel's own list, not systemd's view); tests/vm shows the OOM kill
+        controllers = run("cat", "/sys/fs/cgroup/system.slice/cgroup.subtree_control")
+        res["limits_enforced"] = res["cgroup"] == "v2" and "memory" in controllers.split()
+        kernel = run("uname", "-r").strip()
+        res["where"] = f"qemu guest, Debian {args.vm}, kernel {kernel}, {vm.accel}"
+        res["guest_boot_s"] = round(boot_s, 1)
+        return res
+    finally:
+        if not args.keep:
+            vm.destroy()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", action="store_true", help="leave the sandbox up")
+    ap.add_argument("--keep", action="store_true", help="leave the sandbox (or guest) up")
+    ap.add_argument("--vm", choices=["bookworm", "trixie"],
+                    help="run on the real-kernel tier's guest of that release")
+    ap.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS,
+                    help=f"prompt length (default {PROMPT_TOKENS})")
+    ap.add_argument("--out-tokens", type=int, default=OUT_TOKENS,
+                    help=f"tokens generated (default {OUT_TOKENS})")
     ap.add_argument("--quick", action="store_true",
                     help="what make bench passes: this bench is not part of it")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
@@ -278,7 +362,7 @@ def main() -> int:
         print(json.dumps({"skipped": "not part of --quick"}))
         return 0
     if args.inside:
-        print(json.dumps(inside()))
+        print(json.dumps(inside(args.prompt_tokens, args.out_tokens)))
         return 0
     return host(args)
 

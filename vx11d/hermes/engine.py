@@ -40,6 +40,24 @@ N_BATCH = 512  # tokens per decode step (prompt chunks and every sequence's next
 __all__ = ["Cancelled", "Engine", "rss_bytes"]
 
 
+def kv_cache_type(cfg: Any, meta: dict[str, str]) -> str:
+    """The KV cache's type for this model: ``hermes.kv_cache_type``, ``auto`` resolved
+    (q8_0 with flash attention when every key and value head is a whole number of q8_0
+    blocks of 32, as in every common model; else f16: llama.cpp cannot make a q8_0 cache
+    of, say, 16-wide heads)."""
+    kv = cfg.kv_type
+    if cfg.kv_cache_type != "auto" or kv == "f16":
+        return kv
+    arch = meta.get("general.architecture", "")
+    try:
+        width = int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"])
+        k = int(meta.get(f"{arch}.attention.key_length", width))
+        v = int(meta.get(f"{arch}.attention.value_length", width))
+    except (KeyError, ValueError, ZeroDivisionError):
+        return "f16"
+    return kv if k % 32 == 0 and v % 32 == 0 else "f16"
+
+
 def rss_bytes(proc: str = "/proc") -> int:
     """This process's resident set size in bytes."""
     with open(f"{proc}/self/statm") as f:
@@ -117,6 +135,7 @@ class Engine:
         self.check = check
         self.state = "unloaded"
         self.reason = ""
+        self.kv_type = cfg.kv_type  # the loaded model's (kv_cache_type)
         self.llm: Any = None
         self.last_use = time.monotonic()
         self._refused_stat: tuple | None = None
@@ -177,8 +196,9 @@ class Engine:
             self.m["loaded"].set(1)
             self.m["refused"].set(0)
             self.m["load_seconds"].set(took)
-            journal.event(log, "hermes_model_loaded", "model %s loaded in %.2fs",
-                          self.model_id, took, model=self.model_id, load_seconds=round(took, 3))
+            journal.event(log, "hermes_model_loaded", "model %s loaded in %.2fs (KV cache %s)",
+                          self.model_id, took, self.kv_type, model=self.model_id,
+                          load_seconds=round(took, 3), kv_cache_type=self.kv_type)
 
     def _load(self) -> Any:
         import llama_cpp
@@ -202,11 +222,15 @@ class Engine:
             params.n_batch = params.n_ubatch = N_BATCH
             params.n_seq_max = self.parallel
             params.kv_unified = False  # a KV stream per sequence (see batcher)
-            params.type_k = params.type_v = KV_TYPES[cfg.kv_type]
+            self.kv_type = kv_cache_type(cfg, llm.metadata)
+            params.type_k = params.type_v = KV_TYPES[self.kv_type]
             ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
             if not ctx:
+                hint = "" if self.kv_type == "f16" else (
+                    f" with a {self.kv_type} KV cache (it needs attention heads a multiple "
+                    "of 32 wide: try hermes.kv_cache_type: f16)")
                 raise ValueError(f"llama.cpp cannot make a context of {cfg.n_ctx} cells "
-                                 f"for {self.parallel} sequences")
+                                 f"for {self.parallel} sequences{hint}")
         except BaseException:
             llm.close()
             raise
@@ -214,7 +238,7 @@ class Engine:
         self.handler = chat_handler(llm)
         cache = SeqStateCache(int(cfg.prompt_cache)) if int(cfg.prompt_cache) > 0 else None
         self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache,
-                               kernel_by_shape=not (cfg.flash_attn and cfg.kv_type != "f16"))
+                               kernel_by_shape=not (cfg.flash_attn and self.kv_type != "f16"))
         self.batcher.after_step = self._deliver
         self.m["kv_total"].set(int(llama_cpp.llama_n_ctx(ctx)))
         self.m["kv_used"].set(0)
