@@ -24,8 +24,11 @@ machine. Needs ~4 GB of free disk.
 ``--vm bookworm|trixie``: the same on the real-kernel tier's guest (tests/vm: that
 release's own kernel, systemd as PID 1, pure cgroup v2, the package built for that
 release and installed with apt), with 8 GiB of guest RAM so that the unit's 6G, not the
-guest, is the limit. Under qemu's TCG (no KVM here) llama.cpp runs many times slower, so
-``--prompt-tokens`` (default 2000) and ``--out-tokens`` (128) can be lowered there:
+guest, is the limit. Under qemu's TCG (no KVM on the development VM) the load took 74 s
+but llama.cpp's AVX2 code runs more than 80x slower than natively (a 512-row decode, 29 s
+natively, had not ended after 40 minutes): there, read the unit's ``memory.peak`` in the
+guest (``--keep``) rather than wait for the answer, or run it where KVM works.
+``--prompt-tokens`` (default 2000) and ``--out-tokens`` (128) can be lowered:
 llama.cpp zeroes the whole KV cache when it makes the context (it is charged at load,
 whatever the prompt), and a prompt of 512 tokens or more fills one whole 512-token
 batch, so its compute buffers are all touched too: the cgroup's peak is the one a
