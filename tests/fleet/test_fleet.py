@@ -42,9 +42,16 @@ def test_every_host_scraped_with_the_shipped_config(fleet: Fleet):
                     '(vx11_gateway_requests_total{route!="/vx11/hermes/metrics"})')
     assert all(reqs.get(n, 0) == 0 for n in names), reqs
     # the Hermes relay is scraped over TLS with the `read` credential: 503 (Hermes is
-    # not active), not 401 or 403
-    targets = fleet.api(9090, "/api/v1/targets")["data"]["activeTargets"]
-    hermes = [t for t in targets if t["labels"]["job"] == "vx11-hermes"]
+    # not active), not 401 or 403; once each target has been scraped (health "unknown"
+    # and no error until then)
+
+    def hermes_targets() -> list[dict]:
+        targets = fleet.api(9090, "/api/v1/targets")["data"]["activeTargets"]
+        found = [t for t in targets if t["labels"]["job"] == "vx11-hermes"]
+        scraped = {t["labels"]["instance"] for t in found if t["health"] != "unknown"}
+        return found if scraped == names else []
+
+    hermes = poll(hermes_targets, 60, "every host's Hermes relay scraped once")
     assert {t["labels"]["instance"] for t in hermes} == names
     assert all("503" in t["lastError"] for t in hermes), [t["lastError"] for t in hermes]
 
