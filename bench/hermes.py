@@ -429,7 +429,6 @@ def main() -> int:
     THREADS = a.threads
     if a.kv_cache_type:
         WORKER_EXTRA["kv_cache_type"] = a.kv_cache_type
-    kv_type = config.HermesConfig(**WORKER_EXTRA).kv_type
     # --quick: prompt reuse runs once per peer, and llama_server (which keeps no saved
     # states) gets only B turn 1 and A turn 2; the full run repeats all of it 5 times
     runs, tokens, ft_tokens, reuse_runs, srv_reuse_runs, conc_tokens, conc_runs = (
@@ -470,6 +469,7 @@ def main() -> int:
         for p in peers:  # load the model in the worker (checks included), warm the server
             asyncio.run(with_session(http_throughput, p, 4))
         ip_throughput(llm, 4)
+        kv_type = asyncio.run(unix_get(sock, "/health"))["kv_cache_type"]  # auto resolved
         order = ["gateway", "llama_server", "inprocess", "llama_cpp_server"]
         tps = {name: [] for name in order}
         ft = {name: [] for name in order}

@@ -390,13 +390,6 @@ class HermesConfig:
                            "with it")
     window: Duration = opt(Duration(7200), "default activation window", lo=60, hi=30 * 86400)
 
-    @property
-    def kv_type(self) -> str:
-        """The KV cache's type, ``auto`` resolved."""
-        if self.kv_cache_type == "auto":
-            return "q8_0" if self.flash_attn else "f16"
-        return self.kv_cache_type
-
     def validate(self) -> str | None:
         if self.kv_cache_type not in ("auto", "f16") and not self.flash_attn:
             return f"kv_cache_type {self.kv_cache_type} needs flash_attn: true (llama.cpp " \

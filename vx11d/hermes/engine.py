@@ -45,9 +45,10 @@ def kv_cache_type(cfg: Any, meta: dict[str, str]) -> str:
     (q8_0 with flash attention when every key and value head is a whole number of q8_0
     blocks of 32, as in every common model; else f16: llama.cpp cannot make a q8_0 cache
     of, say, 16-wide heads)."""
-    kv = cfg.kv_type
-    if cfg.kv_cache_type != "auto" or kv == "f16":
-        return kv
+    if cfg.kv_cache_type != "auto":
+        return cfg.kv_cache_type
+    if not cfg.flash_attn:
+        return "f16"  # llama.cpp quantizes the V cache only with flash attention
     arch = meta.get("general.architecture", "")
     try:
         width = int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"])
@@ -55,7 +56,7 @@ def kv_cache_type(cfg: Any, meta: dict[str, str]) -> str:
         v = int(meta.get(f"{arch}.attention.value_length", width))
     except (KeyError, ValueError, ZeroDivisionError):
         return "f16"
-    return kv if k % 32 == 0 and v % 32 == 0 else "f16"
+    return "q8_0" if k % 32 == 0 and v % 32 == 0 else "f16"
 
 
 def rss_bytes(proc: str = "/proc") -> int:
@@ -135,7 +136,7 @@ class Engine:
         self.check = check
         self.state = "unloaded"
         self.reason = ""
-        self.kv_type = cfg.kv_type  # the loaded model's (kv_cache_type)
+        self.kv_type = ""  # the loaded model's KV cache type (kv_cache_type)
         self.llm: Any = None
         self.last_use = time.monotonic()
         self._refused_stat: tuple | None = None

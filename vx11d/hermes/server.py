@@ -134,6 +134,7 @@ class Worker:
         return web.json_response({
             "status": status, "component": "hermes",
             "model": e.state, "reason": e.reason, "model_id": e.model_id,
+            "kv_cache_type": e.kv_type if e.state == "loaded" else "",
             "queue": self.waiting, "running": self.running, "parallel": e.parallel,
             "rss_bytes": rss_bytes(),
             "idle_seconds": round(time.monotonic() - e.last_use, 1)}, status=code,

@@ -16,7 +16,7 @@ from vx11d.hermes.server import Worker, new_metrics
 
 def _worker(state: str, draining: bool = False) -> Worker:
     engine = SimpleNamespace(state=state, reason="", model_id="m.gguf", parallel=2,
-                             last_use=0.0)
+                             last_use=0.0, kv_type="q8_0")
     w = Worker(SimpleNamespace(), engine, new_metrics(CollectorRegistry()), None)
     w.draining = draining
     return w
@@ -33,4 +33,5 @@ def test_health_answers_like_llama_server(state, draining, status, word):
     resp = asyncio.run(go())
     body = json.loads(resp.body)
     assert (resp.status, body["status"], body["model"]) == (status, word, state)
+    assert body["kv_cache_type"] == ("q8_0" if state == "loaded" else "")
     assert ("Retry-After" in resp.headers) == (status == 503)
