@@ -345,6 +345,9 @@ def test_forbidden_is_403_naming_the_scope_and_not_counted_toward_429(dbpath, ca
     assert len(denied) == 21 and {r.VX11_CREDENTIAL for r in denied} == {"read", "operate"}
     failed = [r for r in caplog.records if getattr(r, "VX11_EVENT", "") == "auth_failed"]
     assert failed and all(r.VX11_CREDENTIAL == "none" for r in failed)
+    blocked = [r for r in caplog.records if getattr(r, "VX11_EVENT", "") == "auth_client_blocked"]
+    assert len(blocked) == 1 and blocked[0].VX11_CLIENT == "127.0.0.1", blocked
+    assert "after 3 failed token attempts" in blocked[0].getMessage()
 
 
 def test_operate_requests_are_journaled_with_the_credential_name(dbpath, caplog):

@@ -19,7 +19,7 @@ import time
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from .. import journal
+from .. import journal, textfmt
 from ..errors import DbBusy, DbIntegrityError, DbUnavailable
 from . import health, openapi
 from .auth import FailureLimiter, Keyring, presented_tokens
@@ -205,8 +205,11 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
                           _route_label(request), extra={"VX11_EVENT": "auth_probe"})
                 return _unauthorized(request)
             tokens = probe  # a probe header that proves nothing is a guess like a token
-        if tokens:  # only a presented token is a guess; a missing one is not
-            limiter.failed(client)
+        if tokens and (blocked := limiter.failed(client)):  # a missing one is no guess
+            journal.event(log, "auth_client_blocked", "client %s refused (429) for %s after "
+                          "%d failed token attempts", client, textfmt.duration(blocked),
+                          limiter.limit, level=logging.WARNING, client=client,
+                          seconds=round(blocked))
         reason = "invalid" if tokens else "missing"
         m["auth_failures"].labels(reason).inc()
         journal.event(log, "auth_failed", "rejected %s credential from %s on %s %s",

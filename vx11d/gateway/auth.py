@@ -176,13 +176,16 @@ class FailureLimiter:
             return 0.0
         return max(0.0, times[0] + self.window - self.clock())
 
-    def failed(self, client: str) -> None:
+    def failed(self, client: str) -> float:
+        """Count a failure; the seconds ``client`` is now refused for when this one
+        blocked it (it was not blocked before), else 0."""
         times = self._recent(client)
         times.append(self.clock())
         self._fails[client] = times[-self.limit:]
         self._fails.move_to_end(client)
         while len(self._fails) > MAX_TRACKED_CLIENTS:
             self._fails.popitem(last=False)
+        return self.blocked(client) if len(times) == self.limit else 0.0
 
     def blocked_clients(self) -> int:
         """How many clients are refused (429) right now; safe from another thread."""

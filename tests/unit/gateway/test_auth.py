@@ -185,10 +185,12 @@ def test_broken_credential_file_refused_alone(tmp_path, monkeypatch):
 def test_limiter_blocks_after_limit_then_forgets():
     now = [0.0]
     lim = FailureLimiter(3, 60, clock=lambda: now[0])
-    for _ in range(3):
+    for n in range(3):
         assert lim.blocked("a") == 0
-        lim.failed("a")
+        # the failure that blocks says so, once (the journal's auth_client_blocked)
+        assert lim.failed("a") == (pytest.approx(60) if n == 2 else 0)
     assert lim.blocked("a") == pytest.approx(60)
+    assert lim.failed("a") == 0  # blocked already
     assert lim.blocked("b") == 0
     now[0] = 61
     assert lim.blocked("a") == 0
