@@ -236,6 +236,24 @@ def set_aside_stale(path: str, stale: set[Ident], owner: Ident | None) -> list[s
     return moved
 
 
+def kept_beside(path: str) -> list[tuple[str, int, float]]:
+    """What restores and adoptions kept beside the DB and nothing deletes (path, bytes,
+    mtime), oldest first: ``<db>.replaced-<time>`` (with its ``-wal``/``-shm``) and
+    ``<db>-wal.stale-<inode>``/``<db>-shm.stale-<inode>``."""
+    d, base = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        if n.startswith((f"{base}.replaced-", f"{base}-wal.stale-", f"{base}-shm.stale-")):
+            with suppress(OSError):
+                st = os.lstat(os.path.join(d, n))
+                out.append((os.path.join(d, n), st.st_size, st.st_mtime))
+    return sorted(out, key=lambda x: (x[2], x[0]))
+
+
 @contextmanager
 def dir_lock(path: str, wait: float = LOCK_WAIT_S) -> Iterator[bool]:
     """``flock`` on the DB's directory: yields True when held, False when another

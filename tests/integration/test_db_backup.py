@@ -119,8 +119,15 @@ def test_restore_with_no_daemon_puts_the_backup_back_and_reports_what_it_lacks(t
     assert hija_ids(kept_as) == set(kept) | set(later)  # the replaced DB, whole
     c = ctl(cfg, "db", "check")
     assert c.returncode == 0, c.stdout + c.stderr
+    # nothing deletes the replaced DB: `db check` says it is there, and how big
+    assert f"{dbp}: ok\nkept beside it: 1 replaced database, " in c.stdout, c.stdout
+    assert f"({kept_as.name}); nothing deletes them" in c.stdout, c.stdout
     text = ctl(cfg, "db", "restore", str(dest))
     assert text.returncode == 0 and "not in the backup: nothing" in text.stdout, text.stdout
+    j = json.loads(ctl(cfg, "db", "check", "--json").stdout)
+    assert [k["path"] for k in j["kept"]][0] == str(kept_as)
+    assert len(j["kept"]) == 2 and all(k["bytes"] > 0 for k in j["kept"]), j
+    assert j["kept"][0]["files"][0] == str(kept_as), j  # with its -wal/-shm, if any
 
 
 def test_restore_refuses_an_unsound_file_and_leaves_the_live_db_untouched(tmp_path):
