@@ -125,7 +125,7 @@ def test_restore_with_no_daemon_puts_the_backup_back_and_reports_what_it_lacks(t
     text = ctl(cfg, "db", "restore", str(dest))
     assert text.returncode == 0 and "not in the backup: nothing" in text.stdout, text.stdout
     j = json.loads(ctl(cfg, "db", "check", "--json").stdout)
-    assert [k["path"] for k in j["kept"]][0] == str(kept_as)
+    assert j["kept"][0]["path"] == str(kept_as)
     assert len(j["kept"]) == 2 and all(k["bytes"] > 0 for k in j["kept"]), j
     assert j["kept"][0]["files"][0] == str(kept_as), j  # with its -wal/-shm, if any
 
