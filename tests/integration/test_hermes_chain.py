@@ -87,7 +87,8 @@ def test_openai_client_against_the_gateway(gateway):
     gw, ctx = gateway()
     activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TOKEN, max_retries=0)
-    bias = {str(k): v for k, v in high_byte_bias().items()}
+    # no end of answer: a random model may end at any token on another CPU's kernels
+    bias = {**{str(k): v for k, v in high_byte_bias().items()}, "2": -100.0}
     r = client.chat.completions.create(model="hermes", messages=[
         {"role": "user", "content": "hello"}], max_tokens=12, logit_bias=bias)
     assert r.choices[0].message.role == "assistant"
