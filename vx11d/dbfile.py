@@ -33,10 +33,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 from urllib.parse import quote
 
 SCHEMA_TABLE = "schema_migrations"
 SIDECARS = ("-wal", "-shm")
+REPLACED = ".replaced-"  # <db>.replaced-<time>: a DB a restore replaced, kept
+STALE = ".stale-"  # <db>-wal.stale-<id>: a sidecar set aside, kept
 LOCK_WAIT_S = 2.0
 
 Ident = tuple[int, int]
@@ -225,7 +228,7 @@ def set_aside_stale(path: str, stale: set[Ident], owner: Ident | None) -> list[s
         got = identity(side)
         if got is None or got not in stale:
             continue
-        dest = f"{side}.stale-{got[1]}"
+        dest = f"{side}{STALE}{got[1]}"
         try:
             os.rename(side, dest)
         except FileNotFoundError:
@@ -236,22 +239,31 @@ def set_aside_stale(path: str, stale: set[Ident], owner: Ident | None) -> list[s
     return moved
 
 
-def kept_beside(path: str) -> list[tuple[str, int, float]]:
-    """What restores and adoptions kept beside the DB and nothing deletes (path, bytes,
-    mtime), oldest first: ``<db>.replaced-<time>`` (with its ``-wal``/``-shm``) and
-    ``<db>-wal.stale-<inode>``/``<db>-shm.stale-<inode>``."""
+def kept_beside(path: str) -> list[dict[str, Any]]:
+    """What restores and adoptions kept beside the DB and nothing deletes, oldest first:
+    each ``<db>.replaced-<time>`` with its own ``-wal``/``-shm`` as one entry, each
+    ``<db>-{wal,shm}.stale-<id>`` as one; ``{path, replaced, files, bytes, mtime}``."""
     d, base = os.path.split(os.path.abspath(path))
     try:
-        names = os.listdir(d)
+        names = sorted(os.listdir(d))
     except OSError:
         return []
-    out = []
+    kept: dict[str, dict[str, Any]] = {}
     for n in names:
-        if n.startswith((f"{base}.replaced-", f"{base}-wal.stale-", f"{base}-shm.stale-")):
-            with suppress(OSError):
-                st = os.lstat(os.path.join(d, n))
-                out.append((os.path.join(d, n), st.st_size, st.st_mtime))
-    return sorted(out, key=lambda x: (x[2], x[0]))
+        replaced = n.startswith(base + REPLACED)
+        if not (replaced or n.startswith(tuple(f"{base}{s}{STALE}" for s in SIDECARS))):
+            continue
+        try:
+            st = os.lstat(os.path.join(d, n))
+        except OSError:
+            continue
+        key = os.path.join(d, n.removesuffix("-wal").removesuffix("-shm") if replaced else n)
+        k = kept.setdefault(key, {"path": key, "replaced": replaced, "files": [], "bytes": 0,
+                                  "mtime": st.st_mtime})
+        k["files"].append(os.path.join(d, n))
+        k["bytes"] += st.st_size
+        k["mtime"] = min(k["mtime"], st.st_mtime)
+    return sorted(kept.values(), key=lambda k: (k["mtime"], k["path"]))
 
 
 @contextmanager

@@ -305,13 +305,13 @@ def _keep_old(path: str) -> str:
     if not os.path.exists(path):
         for s in dbfile.SIDECARS:  # sidecars of a file deleted earlier: never applied
             if os.path.exists(path + s):
-                os.rename(path + s, f"{path}{s}.stale-{_stamp()}")
+                os.rename(path + s, f"{path}{s}{dbfile.STALE}{_stamp()}")
         return ""
-    kept = f"{path}.replaced-{_stamp()}"
+    kept = f"{path}{dbfile.REPLACED}{_stamp()}"
     n = 1
     while os.path.exists(kept):
         n += 1
-        kept = f"{path}.replaced-{_stamp()}-{n}"
+        kept = f"{path}{dbfile.REPLACED}{_stamp()}-{n}"
     os.link(path, kept)
     for s in dbfile.SIDECARS:
         if os.path.exists(path + s):

@@ -44,36 +44,22 @@ def check(args: argparse.Namespace) -> int:
                     "message": said}, said)
         return 1
     problems = db.check(d)
-    kept, now = _kept(d.path), time.time()
+    kept = dbfile.kept_beside(d.path)
     text = f"{d.path}: ok" if not problems else "\n".join(problems)
     if kept:
-        dbs = sum(1 for k in kept if ".replaced-" in k["path"])
+        dbs = sum(k["replaced"] for k in kept)
         what = [textfmt.plural(dbs, "replaced database")] if dbs else []
         if len(kept) > dbs:
             what.append(textfmt.plural(len(kept) - dbs, "set-aside -wal/-shm file"))
-        oldest = min(kept, key=lambda k: k["mtime"])
         text += (f"\nkept beside it: {' and '.join(what)}, "
                  f"{textfmt.size(sum(k['bytes'] for k in kept))}, the oldest "
-                 f"{textfmt.relative(min(oldest['mtime'], now))} "
-                 f"({os.path.basename(oldest['path'])}); nothing deletes them: remove them "
-                 "once you no longer need the old data (docs/faults.md)")
+                 f"{textfmt.relative(min(kept[0]['mtime'], time.time()))} "
+                 f"({os.path.basename(kept[0]['path'])}); nothing deletes them: remove "
+                 "them once you no longer need the old data (docs/faults.md)")
     emit(args, {"path": d.path, "ok": not problems, "problems": problems,
                 "kept": [{"path": k["path"], "files": k["files"], "bytes": k["bytes"],
                           "modified": textfmt.api_time(k["mtime"])} for k in kept]}, text)
     return 1 if problems else 0
-
-
-def _kept(path: str) -> list[dict]:
-    """What restores and adoptions kept beside the DB: a replaced database with its own
-    ``-wal``/``-shm`` as one entry, each set-aside sidecar as one."""
-    by: dict[str, dict] = {}
-    for f, n, t in dbfile.kept_beside(path):
-        key = f.removesuffix("-wal").removesuffix("-shm") if ".replaced-" in f else f
-        k = by.setdefault(key, {"path": key, "files": [], "bytes": 0, "mtime": t})
-        k["files"].append(f)
-        k["bytes"] += n
-        k["mtime"] = min(k["mtime"], t)
-    return sorted(by.values(), key=lambda k: (k["mtime"], k["path"]))
 
 
 def schema(args: argparse.Namespace) -> int:
