@@ -26,7 +26,7 @@ from vx11d import config
 from vx11d.db import Database
 from vx11d.gateway.app import build_app
 from vx11d.gateway.context import GatewayContext
-from vx11d.hermes.testmodel import high_byte_bias
+from vx11d.hermes.testmodel import endless_bias
 from vx11d.hijas import activate, deactivate
 
 REMOTE_KEY = "remote-key-for-tests-0123456789"
@@ -87,8 +87,7 @@ def test_openai_client_against_the_gateway(gateway):
     gw, ctx = gateway()
     activate(ctx.db, ctx.cfg, "hermes", 3600, "test")
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TOKEN, max_retries=0)
-    # no end of answer: a random model may end at any token on another CPU's kernels
-    bias = {**{str(k): v for k, v in high_byte_bias().items()}, "2": -100.0}
+    bias = {str(k): v for k, v in endless_bias().items()}  # no end of answer at any token
     r = client.chat.completions.create(model="hermes", messages=[
         {"role": "user", "content": "hello"}], max_tokens=12, logit_bias=bias)
     assert r.choices[0].message.role == "assistant"
@@ -194,7 +193,7 @@ def test_gateway_stream_cancel_and_queue_full_pass_through(tmp_path, dbpath):
         hdr = {"X-VX11-Token": TOKEN}
         # random weights emit invalid UTF-8 that holds chunks back: bias it away; and no
         # end-of-sequence (token 2), so the first stream surely outlasts the second request
-        bias = {**{str(k): v for k, v in high_byte_bias().items()}, "2": -100.0}
+        bias = {str(k): v for k, v in endless_bias().items()}
         body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 400,
                 "logit_bias": bias}
         try:

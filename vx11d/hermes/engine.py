@@ -239,7 +239,7 @@ class Engine:
         self.handler = chat_handler(llm)
         cache = SeqStateCache(int(cfg.prompt_cache)) if int(cfg.prompt_cache) > 0 else None
         self.batcher = Batcher(llm, ctx, self.parallel, N_BATCH, self.m, cache,
-                               kernel_by_shape=not (cfg.flash_attn and self.kv_type != "f16"))
+                               kernel_by_shape=self.kv_type == "f16")  # quantized: one kernel
         self.batcher.after_step = self._deliver
         self.m["kv_total"].set(int(llama_cpp.llama_n_ctx(ctx)))
         self.m["kv_used"].set(0)

@@ -22,6 +22,7 @@ PIECES = ["▁the", "▁a", "▁is", "▁of", "▁and", "▁to", "▁in", "▁it
           "▁hermes", "▁switch", "▁ok", "▁yes", "▁no", "e", "s", "t", "▁", "."]
 N_BYTE = 256
 FIRST_BYTE = 3
+EOS = 2  # </s>, after <unk> and <s> (see _vocabulary)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ BENCH_SHAPE = Shape(layers=8, embd=768, heads=12, ff=2048, ctx=512)
 def high_byte_bias() -> dict[int, float]:
     """A logit_bias that suppresses byte tokens >= 0x80 (invalid UTF-8 alone)."""
     return {FIRST_BYTE + b: -100.0 for b in range(0x80, 0x100)}
+
+
+def endless_bias() -> dict[int, float]:
+    """:func:`high_byte_bias` with the end of answer suppressed too: random weights may
+    end an answer at any token (where depends on the CPU's kernels), so a request that
+    must still be generating runs to ``max_tokens``."""
+    return {**high_byte_bias(), EOS: -100.0}
 
 
 def _vocabulary(pieces: list[str]) -> list[str]:
@@ -68,7 +76,7 @@ def _llama_writer(path: str, tokens: list[str], *, ctx: int, embd: int, layers: 
     w.add_token_types([2, 3, 3] + [6] * N_BYTE + [1] * pieces)
     w.add_token_scores([0.0] * (FIRST_BYTE + N_BYTE) + [-float(i) for i in range(pieces)])
     w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    w.add_eos_token_id(EOS)
     w.add_unk_token_id(0)
     return w
 
